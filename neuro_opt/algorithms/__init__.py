@@ -1,0 +1,39 @@
+"""Ask/tell optimizers over discrete search spaces, batched over replicates.
+
+``make(name, space, n_reps, seed, prior=None, **hyperparameters)`` builds one:
+``gpbo`` (variable-rho unless ``mode="fixed"``), ``gpbo_fixed_rho``,
+``extensive``, ``greedy``.
+"""
+
+from __future__ import annotations
+
+from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.algorithms.extensive import ExtensiveSearch
+from neuro_opt.algorithms.gpbo import GPBO
+from neuro_opt.algorithms.greedy import GreedySearch
+
+_REGISTRY = {
+    "gpbo": GPBO,
+    "gpbo_fixed_rho": lambda *a, **kw: GPBO(*a, **{"mode": "fixed", **kw}),
+    "extensive": ExtensiveSearch,
+    "greedy": GreedySearch,
+}
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make(name: str, space, n_reps: int = 1, seed=0, prior=None, **hyperparameters) -> Optimizer:
+    """Build optimizer ``name`` for ``space`` with ``n_reps`` replicates."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}") from None
+    try:
+        return cls(space, n_reps=n_reps, seed=seed, prior=prior, **hyperparameters)
+    except TypeError as exc:
+        raise ValueError(f"algorithm {name!r}: bad hyperparameters {sorted(hyperparameters)}: {exc}") from None
+
+
+__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties"]

@@ -1,0 +1,99 @@
+"""The offline loop: one problem x one algorithm x replicates -> a per-query trace.
+
+Replicates run in lockstep as one batch (the GP engine batches them). The trace
+is an Arrow table with one row per replicate x query, so it crosses process
+boundaries (Ray) and lands in Parquet without any live object.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from neuro_opt import algorithms
+from neuro_opt.datasets.base import Problem, sample_responses
+
+TRACE_SCHEMA = pa.schema([
+    ("rep", pa.int32()),
+    ("query", pa.int32()),  # 1-based
+    ("point", pa.int32()),
+    ("response", pa.float64()),
+    ("best", pa.int32()),
+    ("exploration", pa.float64()),
+    ("exploitation", pa.float64()),
+])
+
+
+def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | None = None, seed=0,
+             noise: float = 0.0, response_mode: str = "gaussian", use_prior: bool = False,
+             hyperparameters: dict | None = None, progress=None) -> pa.Table:
+    """Run ``n_reps`` replicates of ``algorithm`` on ``problem``.
+
+    Args:
+        problem: the ground truth and, for repetition modes, the recordings.
+        algorithm: a name known to :func:`neuro_opt.algorithms.make`.
+        n_reps: replicates (one batch).
+        n_queries: queries per replicate; None = the size of the space.
+        seed: int or SeedSequence; the algorithm and the responses get
+            independent child streams.
+        noise: Gaussian noise std as a fraction of the maximum response (Fig. S3).
+        response_mode: see :func:`neuro_opt.datasets.sample_responses`.
+        use_prior: give ``problem.prior`` to the algorithm.
+        hyperparameters: keyword arguments of the algorithm.
+        progress: optional callable ``progress(query)`` after each query.
+
+    Returns:
+        Arrow table (``TRACE_SCHEMA``), ``n_reps x n_queries`` rows.
+    """
+    P = problem.space.n_points
+    if n_queries is None:
+        n_queries = P
+    if not isinstance(n_queries, (int, np.integer)) or n_queries < 1:
+        raise ValueError(f"n_queries must be a positive integer, got {n_queries!r}")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise level must be >= 0, got {noise!r}")
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    s_alg, s_resp = ss.spawn(2)
+    prior = problem.prior if use_prior else None
+    if use_prior and prior is None:
+        raise ValueError(f"use_prior is set but problem {problem.key!r} has no prior")
+    opt = algorithms.make(algorithm, problem.space, n_reps=n_reps, seed=s_alg, prior=prior,
+                          **(hyperparameters or {}))
+    rng = np.random.default_rng(s_resp)
+    pts = np.empty((n_reps, n_queries), dtype=np.int64)
+    resp = np.empty((n_reps, n_queries))
+    best = np.empty((n_reps, n_queries), dtype=np.int64)
+    explore = np.empty((n_reps, n_queries))
+    exploit = np.empty((n_reps, n_queries))
+    for t in range(n_queries):
+        truth = problem.truth_at(t)
+        x = opt.ask()
+        y = sample_responses(problem, x, rng, noise=noise, mode=response_mode,
+                             truth=None if problem.stationary else truth)
+        opt.tell(x, y)
+        b = opt.best()
+        top = truth.max()
+        pts[:, t], resp[:, t], best[:, t] = x, y, b
+        explore[:, t] = truth[b] / top if top > 0 else 0.0
+        exploit[:, t] = truth[x] / top if top > 0 else 0.0
+        if progress is not None:
+            progress(t + 1)
+    reps = np.repeat(np.arange(n_reps), n_queries)
+    queries = np.tile(np.arange(1, n_queries + 1), n_reps)
+    return pa.table({
+        "rep": pa.array(reps, pa.int32()), "query": pa.array(queries, pa.int32()),
+        "point": pa.array(pts.ravel(), pa.int32()), "response": pa.array(resp.ravel()),
+        "best": pa.array(best.ravel(), pa.int32()), "exploration": pa.array(explore.ravel()),
+        "exploitation": pa.array(exploit.ravel()),
+    }, schema=TRACE_SCHEMA)
+
+
+def curves(table: pa.Table, column: str) -> np.ndarray:
+    """A trace column as a ``reps x queries`` array (rows ordered by rep, then query)."""
+    rep = table.column("rep").to_numpy()
+    q = table.column("query").to_numpy()
+    vals = table.column(column).to_numpy()
+    n_reps, n_q = int(rep.max()) + 1, int(q.max())
+    out = np.full((n_reps, n_q), np.nan)
+    out[rep, q - 1] = vals
+    return out

@@ -1,0 +1,337 @@
+"""Sweep cells: plain functions ``run_<kind>(params: dict, seed: int) -> pyarrow.Table``.
+
+The sweep launcher runs each inside a Ray task. Each is deterministic for a
+given ``(params, seed)`` (timings aside), returns plain columns only, and uses
+``params["threads"]`` torch threads (default 1), restoring the previous setting.
+
+Common parameters (all optional; defaults are small so a cell runs in seconds):
+
+================  =========  ==========================================================
+key               default    meaning
+================  =========  ==========================================================
+n_channels        16         electrodes simulated (unusable ones are dropped: ~90 % kept)
+n_session         1200       trials in the simulated session
+n_test            300        test trials: the last ``n_test`` of the session
+n_train           600        training trials: the first ``n_train`` (10 % of them validate)
+ipi_ms            30         inter-pulse interval (10, 30 or 100)
+runway_ms         20         runway; ``lead_ms`` (20) pulse-1 onset into the forecast
+horizon_ms        164        forecast horizon
+sim               {}         extra keyword arguments for ``simulate_session``
+n_bases           12         TBFM bases
+lam               1e-2       TBFM Frobenius penalty (alternating); ``lam_adamw`` 1e-4 for adamw
+tbfm_method       alternating   ``alternating`` or ``adamw``
+max_seconds       60         training time cap per model (baselines mostly)
+max_epochs        200        epoch cap per baseline
+ae_window         40         AE-LSTM training sub-window (forecast ms; the paper's 40)
+threads           1          torch threads inside the cell
+================  =========  ==========================================================
+
+Model names: ``tbfm``, ``tbfm_adamw`` (TBFM trained by joint AdamW), ``tbfm_sham``
+(state-agnostic, sham runway), ``tbfm_fsam`` (basis count chosen by FSAM), ``lssm``, ``ae_lstm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm
+from neuro_opt.tbfm.compile import compile_tbfm
+from neuro_opt.tbfm.control import demo_reference_tracking, demo_target_ranges
+from neuro_opt.tbfm.data import from_session, stim_descriptor, time_ordered_split
+from neuro_opt.tbfm.fsam import fit_fsam
+from neuro_opt.tbfm.metrics import forecast_report, r2_horizon
+from neuro_opt.tbfm.model import TBFM, fit_tbfm
+from neuro_opt.tbfm.simulator import simulate_session
+
+MODELS = ("tbfm", "tbfm_adamw", "tbfm_sham", "tbfm_fsam", "lssm", "ae_lstm")
+
+_DEFAULTS = dict(n_channels=16, n_session=1200, n_test=300, n_train=600, ipi_ms=30, runway_ms=20, lead_ms=20,
+                 horizon_ms=164, sim={}, n_bases=12, lam=1e-2, tbfm_method="alternating", max_seconds=60.0,
+                 max_epochs=200, threads=1, val_fraction=0.1, lam_adamw=1e-4, ae_window=40)
+
+
+def _params(params: dict | None, extra: dict) -> dict:
+    p = {**_DEFAULTS, **extra}
+    for k, v in (params or {}).items():
+        if k not in p:
+            raise ValueError(f"unknown parameter {k!r}; known: {', '.join(sorted(p))}")
+        p[k] = v
+    return p
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Limit torch and BLAS (numpy) threads to ``n`` inside the block, then restore them.
+
+    Oversubscribed BLAS threads on a loaded machine make a 100 us product take milliseconds,
+    so the latency cell must control both pools.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        from threadpoolctl import threadpool_limits  # installed with botorch
+        blas = threadpool_limits(limits=int(n))
+    except ImportError:  # pragma: no cover - threadpoolctl comes with botorch
+        blas = contextlib.nullcontext()
+    try:
+        with blas:
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _seed(seed: int, *salt: int) -> int:
+    """A 31-bit seed derived from (seed, salt) with numpy SeedSequence."""
+    return int(np.random.SeedSequence([int(seed), *salt]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _session(p: dict, seed: int, return_components: bool = False):
+    s = simulate_session(n_trials=int(p["n_session"]), n_channels=int(p["n_channels"]), ipi_ms=int(p["ipi_ms"]),
+                         seed=_seed(seed, 1), return_components=return_components, **dict(p["sim"]))
+    ts = from_session(s, runway_ms=int(p["runway_ms"]), lead_ms=int(p["lead_ms"]), horizon_ms=int(p["horizon_ms"]))
+    return s, ts
+
+
+def _split(p: dict, ts):
+    n_train, n_test = int(p["n_train"]), int(p["n_test"])
+    if n_train + n_test > ts.n_trials:
+        raise ValueError(f"n_train ({n_train}) + n_test ({n_test}) exceeds the {ts.n_trials} stimulated trials of the "
+                         f"session; raise n_session")
+    return time_ordered_split(ts, n_train, n_test=n_test, val_fraction=float(p["val_fraction"]))
+
+
+def build_and_fit(name: str, train, val, p: dict, seed: int):
+    """Build model ``name`` (see :data:`MODELS`) with cell parameters ``p``, train it; returns ``(model, FitResult-like dict)``."""
+    torch.manual_seed(_seed(seed, 2, MODELS.index(name) if name in MODELS else 99))
+    C, R, H = train.n_channels, int(p["runway_ms"]), int(p["horizon_ms"])
+    ms = float(p["max_seconds"])
+    if name in ("tbfm", "tbfm_adamw", "tbfm_sham"):
+        model = (state_agnostic_tbfm(C, R, H, int(p["n_bases"])) if name == "tbfm_sham"
+                 else TBFM(C, R, H, int(p["n_bases"])))
+        method = "adamw" if name == "tbfm_adamw" else p["tbfm_method"]
+        lam = float(p["lam"]) if method == "alternating" else float(p["lam_adamw"])
+        r = fit_tbfm(model, train, val, method=method, lam=lam, max_seconds=ms, seed=_seed(seed, 3))
+        return model, {"train_s": r.train_s, "n_iters": r.n_iters, "best_iter": r.best_iter, "val_r2": r.best_val_r2,
+                       "n_bases": model.n_bases}
+    if name == "tbfm_fsam":
+        r = fit_fsam(train, val, max_bases=int(p.get("max_bases", p["n_bases"])), lam=float(p["lam"]),
+                     seed=_seed(seed, 4))
+        return r.model, {"train_s": r.train_s, "n_iters": len(r.curve), "best_iter": r.chosen,
+                         "val_r2": max(c["val_r2"] for c in r.curve), "n_bases": r.chosen}
+    if name in ("lssm", "ae_lstm"):
+        model = LSSM(C, R, H) if name == "lssm" else AELSTM(C, R, H, window=int(p["ae_window"]))
+        lr = 2e-3 if name == "lssm" else 1e-3
+        r = fit_baseline(model, train, val, lr=lr, max_epochs=int(p["max_epochs"]),
+                         patience=15 if name == "lssm" else 30, max_seconds=ms, seed=_seed(seed, 3))
+        return model, {"train_s": r.train_s, "n_iters": r.n_iters, "best_iter": r.best_iter, "val_r2": r.best_val_r2,
+                       "n_bases": 0}
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+
+
+def time_forecasts(fn, runways: list, n_calls: int = 1000, warmup: int = 100) -> dict:
+    """Time ``fn(runway)`` over ``n_calls`` calls cycling through ``runways``, with ``time.perf_counter``.
+
+    Returns ``us_per_forecast`` (median), ``us_p10``, ``us_p90``, ``us_iqr``, ``us_mean`` (microseconds).
+    """
+    for i in range(warmup):
+        fn(runways[i % len(runways)])
+    t = np.empty(n_calls)
+    for i in range(n_calls):
+        x = runways[i % len(runways)]
+        t0 = time.perf_counter()
+        fn(x)
+        t[i] = time.perf_counter() - t0
+    t *= 1e6
+    q10, q25, q50, q75, q90 = np.percentile(t, [10, 25, 50, 75, 90])
+    return {"us_per_forecast": float(q50), "us_p10": float(q10), "us_p90": float(q90), "us_iqr": float(q75 - q25),
+            "us_mean": float(t.mean())}
+
+
+def _forecast_fn(model, compiled, ipi: int, lead: int, device: str):
+    """A batch-1 forecast function on a numpy ``R x C`` float32 runway, returning a numpy ``H x C`` forecast."""
+    if compiled is not None:
+        return lambda x: compiled.predict_one(x, ipi)
+    stim = torch.from_numpy(stim_descriptor(ipi, model.horizon, lead)).to(device)
+    idx = torch.zeros(1, dtype=torch.long, device=device)
+    model.eval().to(device)
+
+    def fn(x):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x).to(device).unsqueeze(0), stim, idx)[0].cpu().numpy()
+    return fn
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows)
+
+
+def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
+    """Train models on the first ``n_train`` trials of a simulated session; score them on the last ``n_test``.
+
+    Extra params: ``models`` (default ``["tbfm"]``), ``horizons`` for R2 by horizon
+    (default ``[10, 20, 40, 82, 164]``), ``latency`` (default False: also time
+    batch-1 forecasts, ``latency_calls`` calls).
+
+    Returns one row per model with columns: ``model, seed, n_channels, n_train, n_test, ipi_ms,
+    n_bases, train_s, n_iters, best_iter, val_r2, train_r2, test_r2, test_r2_mean,
+    state_dependent_r2, r2_h{h}`` per horizon, and with ``latency`` also ``us_per_forecast``.
+    """
+    p = _params(params, {"models": ["tbfm"], "horizons": [10, 20, 40, 82, 164], "latency": False,
+                         "latency_calls": 300, "max_bases": 8})
+    rows = []
+    with _threads(p["threads"]):
+        s, ts = _session(p, seed)
+        train, val, test = _split(p, ts)
+        for name in p["models"]:
+            model, info = build_and_fit(name, train, val, p, seed)
+            rep = forecast_report(model.predict(test), test.target, test.runway, horizons=p["horizons"])
+            row = {"model": name, "seed": int(seed), "n_channels": int(p["n_channels"]),
+                   "n_usable": int(ts.n_channels), "n_train": int(p["n_train"]), "n_test": int(p["n_test"]),
+                   "ipi_ms": int(p["ipi_ms"]), "n_bases": int(info["n_bases"]), "train_s": float(info["train_s"]),
+                   "n_iters": int(info["n_iters"]), "best_iter": int(info["best_iter"]),
+                   "val_r2": float(info["val_r2"]),
+                   "train_r2": r2_horizon(model.predict(train), train.target),
+                   "test_r2": rep["r2"], "test_r2_mean": rep["r2_mean"],
+                   "state_dependent_r2": rep["state_dependent_r2"]}
+            row.update({k: v for k, v in rep.items() if k.startswith("r2_h")})
+            if p["latency"]:
+                fn = _forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), "cpu")
+                runways = [np.ascontiguousarray(test.runway[i]) for i in range(min(64, test.n_trials))]
+                row["us_per_forecast"] = time_forecasts(fn, runways, int(p["latency_calls"]), 30)["us_per_forecast"]
+            rows.append(row)
+    return _table(rows)
+
+
+def run_compare(params: dict, seed: int) -> pa.Table:
+    """TBFM vs LSSM vs AE-LSTM vs state-agnostic TBFM on one session.
+
+    Same as :func:`run_sample_efficiency` with ``models`` defaulting to
+    ``["tbfm", "tbfm_sham", "lssm", "ae_lstm"]`` and ``latency=True`` (adds ``us_per_forecast``).
+    """
+    p = dict(params or {})
+    p.setdefault("models", ["tbfm", "tbfm_sham", "lssm", "ae_lstm"])
+    p.setdefault("latency", True)
+    return run_sample_efficiency(p, seed)
+
+
+def run_fsam(params: dict, seed: int) -> pa.Table:
+    """FSAM: R2 vs basis count, and the chosen count.
+
+    Extra params: ``max_bases`` (default 8; the paper went to 15), ``patience``
+    (stages without gain before stopping, default 2), ``min_delta`` (1e-3), ``hidden`` (8).
+
+    Returns one row per stage: ``seed, n_channels, n_train, n_bases, val_r2, train_r2, test_r2,
+    stage_s, chosen`` (the chosen count, the same on every row), ``is_chosen``, ``total_s``.
+    """
+    p = _params(params, {"max_bases": 8, "patience": 2, "min_delta": 1e-3, "hidden": 8})
+    with _threads(p["threads"]):
+        s, ts = _session(p, seed)
+        train, val, test = _split(p, ts)
+        r = fit_fsam(train, val, max_bases=int(p["max_bases"]), patience=int(p["patience"]),
+                     min_delta=float(p["min_delta"]), hidden=int(p["hidden"]), lam=float(p["lam"]),
+                     seed=_seed(seed, 4), test=test)
+    return _table([{"seed": int(seed), "n_channels": int(p["n_channels"]), "n_usable": int(ts.n_channels),
+                    "n_train": int(p["n_train"]), "n_bases": int(c["n_bases"]), "val_r2": float(c["val_r2"]),
+                    "train_r2": float(c["train_r2"]), "test_r2": float(c["test_r2"]), "stage_s": float(c["train_s"]),
+                    "chosen": int(r.chosen), "is_chosen": bool(c["n_bases"] == r.chosen), "total_s": float(r.train_s)}
+                   for c in r.curve])
+
+
+def run_latency(params: dict, seed: int) -> pa.Table:
+    """Batch-1 forecast latency, compiled vs uncompiled TBFM and baselines.
+
+    Each model is first trained briefly on a small simulated session (latency
+    does not depend on how long it trained); then ``n_calls`` forecasts of
+    distinct test runways are timed one by one with ``time.perf_counter``
+    (including numpy -> torch conversion, z-scoring, and device transfers).
+
+    Extra params: ``models`` (default ``["tbfm"]``; ``lssm``, ``ae_lstm``,
+    ``tbfm_sham`` allowed), ``compiled`` (default ``[False, True]``; compiled
+    applies to TBFM models only), ``horizons`` (default ``[40, 164]``),
+    ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"`` = both when a GPU is present),
+    ``rank`` (None: full weight map; k: rank-k TBFM), ``n_calls`` (1000),
+    ``warmup`` (100). Defaults here use ``n_channels=94, n_session=500, n_train=300, n_test=100`` and
+    ``sim={"bad_fraction": 0.0}`` (all 94 channels usable, as in the paper's 94-electrode benchmark).
+
+    Returns one row per (model, compiled, device, horizon_ms): ``model, compiled, device, n_channels,
+    n_usable, horizon_ms, runway_ms, n_bases, rank, threads, us_per_forecast`` (median),
+    ``us_p10, us_p90, us_iqr, us_mean, n_calls``.
+    """
+    p = _params(params, {"models": ["tbfm"], "compiled": [False, True], "horizons": [40, 164], "device": "cpu",
+                         "rank": None, "n_calls": 1000, "warmup": 100})
+    for k, v in {"n_channels": 94, "n_session": 500, "n_train": 300, "n_test": 100,
+                 "sim": {"bad_fraction": 0.0}}.items():  # every simulated channel usable: C = n_channels
+        if k not in (params or {}):
+            p[k] = v
+    devices = ["cpu"] if p["device"] == "cpu" else ["cuda"] if p["device"] == "cuda" else \
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but torch sees no GPU")
+    rows = []
+    with _threads(p["threads"]):
+        for horizon in p["horizons"]:
+            ph = {**p, "horizon_ms": int(horizon), "max_seconds": min(float(p["max_seconds"]), 20.0),
+                  "max_epochs": min(int(p["max_epochs"]), 3)}
+            s, ts = _session(ph, seed)
+            train, val, test = _split(ph, ts)
+            runways = [np.ascontiguousarray(test.runway[i]) for i in range(test.n_trials)]
+            for name in p["models"]:
+                if name in ("tbfm", "tbfm_adamw", "tbfm_sham") and p["rank"] is not None:
+                    torch.manual_seed(_seed(seed, 2))
+                    model = TBFM(ts.n_channels, ph["runway_ms"], int(horizon), int(p["n_bases"]), rank=int(p["rank"]),
+                                 state_agnostic=name == "tbfm_sham")
+                    fit_tbfm(model, train, val, lam=float(p["lam"]), max_iters=5)
+                else:
+                    model, _ = build_and_fit(name, train, val, {**ph, "tbfm_method": "alternating"}, seed)
+                is_tbfm = isinstance(model, TBFM)
+                for compiled in p["compiled"]:
+                    if compiled and not is_tbfm:
+                        continue
+                    for device in devices:
+                        if compiled and device != "cpu":
+                            continue  # the compiled model is numpy: CPU only
+                        comp = compile_tbfm(model, [int(p["ipi_ms"])], lead=int(p["lead_ms"])) if compiled else None
+                        fn = _forecast_fn(model, comp, int(p["ipi_ms"]), int(p["lead_ms"]), device)
+                        t = time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"]))
+                        model.to("cpu")
+                        rows.append({"model": name, "compiled": bool(compiled), "device": device,
+                                     "n_channels": int(p["n_channels"]), "n_usable": int(ts.n_channels),
+                                     "horizon_ms": int(horizon), "runway_ms": int(p["runway_ms"]),
+                                     "n_bases": int(getattr(model, "n_bases", 0)),
+                                     "rank": -1 if p["rank"] is None else int(p["rank"]),
+                                     "threads": int(p["threads"]), **t, "n_calls": int(p["n_calls"])})
+    return _table(rows)
+
+
+def run_control(params: dict, seed: int) -> pa.Table:
+    """The two closed-loop demonstrations with a TBFM trained on the session's early trials.
+
+    Extra params: ``target_step`` (Demonstration 1's step, default ``lead_ms - 1``:
+    just before pulse 1), ``n_mix`` (trajectories per reference, 3).
+
+    Returns one row per demonstration (``target_ranges``, ``reference_tracking``): ``demo, seed,
+    n_channels, n_train, n_test, auc, n_pos, n_neg, test_r2, knob, fpr, tpr`` (the last three are
+    lists: the swept margin or threshold and the ROC points).
+    """
+    p = _params(params, {"target_step": None, "n_mix": 3})
+    with _threads(p["threads"]):
+        s, ts = _session(p, seed)
+        train, val, test = _split(p, ts)
+        model, _ = build_and_fit("tbfm", train, val, p, seed)
+        forecast = model.predict(test)
+        stim_ch = [int(np.nonzero(ts.channels == c)[0][0]) for c in s.stim_sites]
+        rng = np.random.default_rng(_seed(seed, 5))
+        step = int(p["lead_ms"]) - 1 if p["target_step"] is None else int(p["target_step"])
+        rest = train.runway.reshape(-1, train.n_channels)
+        d1 = demo_target_ranges(forecast, test.target, rest, stim_ch, step, rng)
+        d2 = demo_reference_tracking(forecast, test.target, stim_ch, int(p["lead_ms"]), rng, n_mix=int(p["n_mix"]))
+        r2 = r2_horizon(forecast, test.target)
+    return _table([{"demo": name, "seed": int(seed), "n_channels": int(p["n_channels"]), "n_train": int(p["n_train"]),
+                    "n_test": int(p["n_test"]), "auc": float(d.auc), "n_pos": d.n_pos, "n_neg": d.n_neg,
+                    "test_r2": float(r2), "knob": d.knob.tolist(), "fpr": d.fpr.tolist(), "tpr": d.tpr.tolist()}
+                   for name, d in (("target_ranges", d1), ("reference_tracking", d2))])

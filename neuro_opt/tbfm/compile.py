@@ -1,0 +1,147 @@
+"""Compilation: a trained TBFM reduced to a linear model per stimulation descriptor.
+
+The bases depend on the stimulation descriptor only, so for a small discrete
+set of descriptors they can be computed once and stored; the MLP is dropped.
+The z-scoring and the output scaling are folded into the weight map::
+
+    w     = A x + a                        (A: (B*C) x (R*C), x: the raw runway flattened)
+    y[c]  = x_last[c] + basis_d^T w[:, c]  (basis_d: B x H, one per descriptor)
+
+with ``A[(b, c), (r, c')] = std[c] * W[(b, c), (r, c')] / std[c']`` and
+``a[(b, c)] = std[c] * (bias[b, c] - sum_j W[(b, c), j] mean[c'(j)] / std[c'(j)])``.
+A rank-k model keeps its factors (``A = U V``). The state-agnostic (sham
+runway) model compiles to ``A = 0``. Everything runs in numpy float32 with no
+autograd, which is what closed-loop inference needs; the folding is done in
+float64, so compiled and uncompiled forecasts agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuro_opt.tbfm.data import LEAD_MS, stim_descriptor
+from neuro_opt.tbfm.model import TBFM
+
+
+@dataclass
+class CompiledTBFM:
+    """A compiled TBFM: numpy only, one set of bases per descriptor key.
+
+    Attributes:
+        n_channels, runway, horizon, n_bases: C, R, H, B.
+        A: ``(B*C) x (R*C)`` float32 weight map on the raw runway (None if
+            rank-limited or state-agnostic).
+        U, V: ``(B*C) x k`` and ``k x (R*C)`` factors when rank-limited.
+        a: ``B*C`` offset.
+        bases: key -> ``H x B`` float32 (transposed bases, ready to multiply).
+    """
+
+    n_channels: int
+    runway: int
+    horizon: int
+    n_bases: int
+    A: np.ndarray | None
+    U: np.ndarray | None
+    V: np.ndarray | None
+    a: np.ndarray
+    bases: dict
+
+    def weights(self, x: np.ndarray) -> np.ndarray:
+        """Basis weights ``N x C x B`` for raw runways ``N x R x C``."""
+        xf = x.reshape(x.shape[0], -1)
+        if self.A is not None:
+            w = xf @ self.A.T + self.a
+        elif self.U is not None:
+            w = (xf @ self.V.T) @ self.U.T + self.a
+        else:
+            w = np.broadcast_to(self.a, (x.shape[0], self.a.size))
+        return w.reshape(x.shape[0], self.n_bases, self.n_channels).transpose(0, 2, 1)
+
+    def predict(self, runway: np.ndarray, key) -> np.ndarray:
+        """Forecast ``N x H x C`` (or ``H x C`` for a single ``R x C`` runway) for descriptor ``key``.
+
+        Args:
+            runway: raw runway ``N x R x C`` or ``R x C`` (float32 preferred).
+            key: a descriptor key given to :func:`compile_tbfm` (the inter-pulse interval).
+        """
+        x = np.asarray(runway)
+        single = x.ndim == 2
+        if single:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (self.runway, self.n_channels):
+            raise ValueError(f"runway must be R x C or N x R x C with R={self.runway}, C={self.n_channels}; "
+                             f"got shape {np.shape(runway)}")
+        if not np.isfinite(x).all():
+            raise ValueError("runway contains NaN or inf")
+        try:
+            bt = self.bases[key]
+        except KeyError:
+            raise KeyError(f"no compiled bases for descriptor {key!r}; compiled: {sorted(self.bases)}") from None
+        w = self.weights(x)  # N x C x B
+        y = x[:, -1, None, :] + np.matmul(bt, w.transpose(0, 2, 1))  # N x H x C
+        return y[0] if single else y
+
+    def predict_one(self, runway: np.ndarray, key) -> np.ndarray:
+        """Fast path for one ``R x C`` float32 runway (no checks beyond NaN): ``H x C``.
+
+        This is the closed-loop call: two matrix-vector products and one small matrix product.
+        """
+        if np.isnan(runway).any():
+            raise ValueError("runway contains NaN")
+        xf = runway.reshape(-1)
+        if self.A is not None:
+            w = self.A @ xf + self.a
+        elif self.U is not None:
+            w = self.U @ (self.V @ xf) + self.a
+        else:
+            w = self.a
+        return runway[-1] + self.bases[key] @ w.reshape(self.n_bases, self.n_channels)
+
+
+def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS, descriptors: dict | None = None) -> CompiledTBFM:
+    """Compile a trained TBFM for a discrete set of stimulation descriptors.
+
+    Args:
+        model: a trained :class:`~neuro_opt.tbfm.model.TBFM` (any subclass whose
+            ``bases(stim)`` maps ``K x H x 3`` to ``K x B x H``, e.g. the FSAM model).
+        ipis: inter-pulse intervals to compile (key = the interval; 0 = sham, no pulse).
+        lead: pulse-1 onset in the forecast (ms), as in training.
+        descriptors: alternatively ``{key: H x 3 descriptor}``.
+    """
+    if descriptors is None:
+        descriptors = {int(i): stim_descriptor(int(i), model.horizon, lead) for i in ipis}
+    if not descriptors:
+        raise ValueError("nothing to compile: give at least one inter-pulse interval or descriptor")
+    C, R, B = model.n_channels, model.runway, model.n_bases
+    with torch.no_grad():
+        bases = {}
+        for k, d in descriptors.items():
+            d = torch.as_tensor(np.asarray(d, dtype=np.float32))
+            if d.shape != (model.horizon, model.stim_dim):
+                raise ValueError(f"descriptor {k!r} must be {model.horizon} x {model.stim_dim}, got {tuple(d.shape)}")
+            bases[k] = np.ascontiguousarray(model.bases(d[None])[0].double().numpy().T.astype(np.float32))  # H x B
+        mean = model.mean.double().numpy()
+        std = model.std.double().numpy()
+        est = model.estimator
+        bias = est.bias.detach().double().numpy()  # B x C
+        in_scale = np.tile(1.0 / std, R)  # R*C: 1/std[c'] for flattened (r, c')
+        in_shift = np.tile(mean / std, R)
+        out_scale = np.tile(std, B)  # B*C: std[c] for flattened (b, c)
+        A = U = V = None
+        if model.state_agnostic:
+            a = out_scale * bias.reshape(-1)
+        elif est.rank is None:
+            W = est.weight.detach().double().numpy().reshape(B * C, R * C)
+            a = out_scale * (bias.reshape(-1) - W @ in_shift)
+            A = np.ascontiguousarray((out_scale[:, None] * W * in_scale[None, :]).astype(np.float32))
+        else:
+            Uw = est.U.detach().double().numpy()
+            Vw = est.V.detach().double().numpy()
+            a = out_scale * (bias.reshape(-1) - Uw @ (Vw @ in_shift))
+            U = np.ascontiguousarray((out_scale[:, None] * Uw).astype(np.float32))
+            V = np.ascontiguousarray((Vw * in_scale[None, :]).astype(np.float32))
+    return CompiledTBFM(n_channels=C, runway=R, horizon=model.horizon, n_bases=B, A=A, U=U, V=V,
+                        a=a.astype(np.float32), bases=bases)

@@ -1,0 +1,1 @@
+"""Orchestration: Hydra entry points, grid expansion, Ray fan-out, MLflow, Parquet results."""

@@ -1,0 +1,139 @@
+"""Grid expansion: an experiment's ``grid:`` crossed into cells.
+
+A cell is a plain, hashable description of one unit of work: its grid
+coordinates (``coords``, the columns it adds to every result row) and the
+fully resolved config it runs with (``payload``). Its key is a stable hash of
+the payload; its random stream derives from (global seed, key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.schema import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("algorithm", "dataset")  # grid keys whose values name config-group options
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    coords: dict
+    payload: dict
+
+    def seed_sequence(self, seed: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence([int(seed), int(self.key[:15], 16)])
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_group_option(group: str, name: str) -> DictConfig:
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"grid.{group}: no option {name!r} in conf/{group}/; available: {', '.join(options)}")
+    return OmegaConf.load(path)
+
+
+def _cli_keys(overrides: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        out.append((k, v))
+    return out
+
+
+def apply_scale(cfg: DictConfig, overrides: list[str]) -> None:
+    """Apply ``scales[cfg.scale]`` (dotted key -> value) except keys set on the command line."""
+    scales = cfg.get("scales") or {}
+    if cfg.scale not in ("default", "paper") and cfg.scale not in scales:
+        raise ConfigError(f"scale={cfg.scale!r}: expected default or paper"
+                          f"{' or ' + ', '.join(scales) if scales else ''}")
+    preset = scales.get(cfg.scale) or {}
+    cli = [k for k, _ in _cli_keys(overrides)]
+    for key, value in preset.items():
+        if any(c == key or c.startswith(key + ".") or key.startswith(c + ".") for c in cli):
+            continue
+        OmegaConf.update(cfg, key, value, merge=False, force_add=False)
+
+
+def grid_axes(cfg: DictConfig) -> dict[str, list]:
+    """The grid as ``key -> list of values``, validated."""
+    grid = OmegaConf.to_container(cfg.grid, resolve=True) or {}
+    axes = {}
+    for key, values in grid.items():
+        if key == "muscle" and values == "all":
+            axes[key] = values  # expanded per dataset in expand()
+            continue
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key} must be a non-empty list of values, got {values!r}")
+        if len(set(json.dumps(v, sort_keys=True) for v in values)) != len(values):
+            raise ConfigError(f"grid.{key} has repeated values: {values}")
+        axes[key] = values
+    return axes
+
+
+def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[dict, DictConfig]]:
+    """Cross the grid into ``(coords, cell config)`` pairs.
+
+    Group keys (``algorithm``, ``dataset``) load ``conf/<group>/<value>.yaml``;
+    command-line overrides ``algorithm.X=...`` still apply to the options that
+    have ``X``. ``muscle: all`` expands to every problem of the dataset
+    (``problem_keys(cell_cfg)`` lists them; None for kinds without problems).
+    """
+    axes = grid_axes(cfg)
+    if axes.get("muscle") == "all":
+        axes.pop("muscle")
+        cfg.muscle = "all"
+    cli = _cli_keys(overrides)
+    combos = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())] if axes else [{}]
+    out = []
+    for coords in combos:
+        c = cfg.copy()
+        for key, value in coords.items():
+            if key in GROUPS:
+                opt = load_group_option(key, str(value))
+                for k, v in cli:
+                    if k.startswith(key + ".") and OmegaConf.select(opt, k[len(key) + 1:]) is not None:
+                        OmegaConf.update(opt, k[len(key) + 1:], OmegaConf.select(cfg, k), merge=False)
+                c[key] = opt
+            elif key == "muscle":
+                continue
+            else:
+                if OmegaConf.select(c, key, default="__missing__") == "__missing__" and not key.startswith("params."):
+                    raise ConfigError(f"grid key {key!r} is not a config key; grid keys are config keys "
+                                      f"such as noise, algorithm, algorithm.kappa, muscle")
+                OmegaConf.update(c, key, value, merge=False)
+        muscles = coords.get("muscle", c.muscle)
+        if problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool):
+            keys = problem_keys(c)
+            wanted = keys if muscles == "all" else ([muscles] if isinstance(muscles, str) else list(muscles))
+            unknown = [m for m in wanted if m not in keys]
+            if unknown:
+                raise ConfigError(f"muscle {unknown[0]!r} is not in dataset {c.dataset.name!r}; it has: "
+                                  f"{', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+            for m in wanted:
+                cc = c.copy()
+                cc.muscle = m
+                out.append(({**coords, "muscle": m}, cc))
+        else:
+            out.append((coords, c))
+    return out
+
+
+def make_cell(coords: dict, cell_cfg: DictConfig, payload_keys: tuple[str, ...]) -> Cell:
+    payload = {k: OmegaConf.to_container(cell_cfg[k], resolve=True) if OmegaConf.is_config(cell_cfg[k])
+               else cell_cfg[k] for k in payload_keys}
+    payload["coords"] = coords
+    return Cell(key=stable_hash(payload), coords=coords, payload=payload)

@@ -1,0 +1,27 @@
+"""Experiment kinds: what a cell runs and how its results are reported.
+
+A kind is a module-level object with:
+
+* ``payload_keys``: the config keys a cell needs (its content, hashed into its key);
+* ``problem_keys(cfg) -> list[str] | None``: dataset problems to expand ``muscle: all`` over;
+* ``validate(cfg, cells)``: raise ConfigError before any work starts;
+* ``run_cell(payload, seed_sequence, data) -> pyarrow.Table``: runs in a Ray task;
+* ``report(cfg, table, run_dir, tracker, parent_run) -> dict``: groups and extras for summary.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sweeps.schema import ConfigError
+
+KINDS = {
+    "optimization": "sweeps.kinds.optimization",
+}
+
+
+def get(name: str):
+    try:
+        return importlib.import_module(KINDS[name]).KIND
+    except KeyError:
+        raise ConfigError(f"kind={name!r} is not a known experiment kind; known: {', '.join(sorted(KINDS))}") from None

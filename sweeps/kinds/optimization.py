@@ -1,0 +1,212 @@
+"""Simulated optimization runs: problem x algorithm x replicates (Fig. S3 and friends)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from neuro_opt import algorithms, metrics
+from neuro_opt.datasets import Dataset, load as load_dataset
+from neuro_opt.simulate import simulate
+from sweeps import plots
+from sweeps.schema import ConfigError
+
+CURVES = ("exploration", "exploitation")
+
+
+def dataset_args(ds_cfg: dict) -> tuple[str, dict]:
+    ds = dict(ds_cfg)
+    try:
+        name = ds.pop("name")
+    except KeyError:
+        raise ConfigError("dataset.name is missing: every conf/dataset/*.yaml names its dataset") from None
+    return name, ds
+
+
+class OptimizationKind:
+    payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "response_mode",
+                    "use_prior", "seed")
+
+    def __init__(self):
+        self._datasets: dict[str, Dataset] = {}
+
+    # --------------------------------------------------------------- driver side
+    def dataset(self, ds_cfg: dict) -> Dataset:
+        from sweeps.grid import stable_hash
+        key = stable_hash(ds_cfg)
+        if key not in self._datasets:
+            name, args = dataset_args(ds_cfg)
+            try:
+                self._datasets[key] = load_dataset(name, **args)
+            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+                raise ConfigError(f"dataset={name}: {exc}") from None
+        return self._datasets[key]
+
+    def problem_keys(self, cfg) -> list[str]:
+        from omegaconf import OmegaConf
+        return self.dataset(OmegaConf.to_container(cfg.dataset, resolve=True)).keys()
+
+    def data_for(self, payload: dict):
+        return self.dataset(payload["dataset"])[payload["muscle"]]
+
+    def validate(self, cfg, cells) -> None:
+        for cell in cells:
+            p = cell.payload
+            problem = self.data_for(p)
+            where = f"cell {cell.coords}"
+            noise = p["noise"]
+            if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+                raise ConfigError(f"noise={noise!r} ({where}): a noise level is a std as a fraction of the "
+                                  f"maximum response and must be >= 0")
+            n_q, P = p["n_queries"], problem.space.n_points
+            if n_q is not None and (n_q < 1 or n_q > P):
+                raise ConfigError(f"n_queries={n_q} ({where}): must be between 1 and the size of the search "
+                                  f"space of {problem.key!r} ({P} points)")
+            if p["n_reps"] < 1:
+                raise ConfigError(f"n_reps={p['n_reps']}: must be >= 1")
+            if p["response_mode"] not in ("gaussian", "repetition_valid", "repetition_all"):
+                raise ConfigError(f"response_mode={p['response_mode']!r}: expected gaussian, repetition_valid "
+                                  f"or repetition_all")
+            alg = dict(p["algorithm"])
+            name = alg.pop("name", None)
+            try:  # builds the optimizer once: catches unknown names, unknown or out-of-range hyperparameters
+                algorithms.make(name, problem.space, n_reps=1, seed=0,
+                                prior=problem.prior if p["use_prior"] else None, **alg)
+            except ValueError as exc:
+                raise ConfigError(f"algorithm ({where}): {exc}") from None
+            if p["use_prior"] and problem.prior is None:
+                raise ConfigError(f"use_prior=true but problem {problem.key!r} of dataset "
+                                  f"{p['dataset']['name']!r} has no prior map")
+
+    # --------------------------------------------------------------- worker side
+    @staticmethod
+    def run_cell(payload: dict, seed_sequence, problem) -> pa.Table:
+        alg = dict(payload["algorithm"])
+        name = alg.pop("name")
+        return simulate(problem, name, n_reps=payload["n_reps"], n_queries=payload["n_queries"],
+                        seed=seed_sequence, noise=float(payload["noise"]), response_mode=payload["response_mode"],
+                        use_prior=payload["use_prior"], hyperparameters=alg)
+
+    # --------------------------------------------------------------- report
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+        pool = [k for k in cfg.report.pool if k in axes or k == "muscle"]
+        group_keys = [k for k in axes if k not in pool]
+        cols = [k.replace(".", "_") for k in group_keys]
+        groups = []
+        curves_by_group = {}
+        combos = _unique_rows(table, cols)
+        for combo in combos:
+            sub = table
+            for c, v in zip(cols, combo):
+                sub = sub.filter(pc.equal(sub[c], pa.scalar(v, sub.schema.field(c).type)))
+            cur = {name: _curves(sub, name) for name in CURVES}
+            params = dict(zip(group_keys, combo))
+            m = {}
+            for name, arr in cur.items():
+                m[f"{name}_final"] = _ms(metrics.final(arr))
+                m[f"{name}_auc"] = _ms(metrics.auc(arr))
+            conv = metrics.queries_to_convergence(_curves(sub, "point"))
+            m["converged_fraction"] = _ms(np.isfinite(conv).astype(float))
+            groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m})
+            curves_by_group[tuple(combo)] = cur
+            if tracker is not None:
+                run = tracker.start(_run_name(params), params={**params, "n_runs": groups[-1]["n"]},
+                                    parent=parent_run)
+                tracker.metrics(run, {k: v[0] for k, v in m.items()})
+                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
+                tracker.curves(run, {f"{n}_mean": a.mean(0).tolist() for n, a in cur.items()})
+                tracker.end(run)
+        comparisons = self._compare(cfg, table, group_keys, cols, combos, pool)
+        figs = run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        plots.curves_figure(group_keys, curves_by_group, figs / "curves.png")
+        numeric = [k for k in group_keys if k != "algorithm" and all(isinstance(c[group_keys.index(k)], (int, float))
+                                                                      for c in combos)]
+        if "algorithm" in group_keys and len(numeric) == 1:
+            plots.final_vs_param(groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png")
+        return {"groups": groups, "comparisons": comparisons}
+
+    def _compare(self, cfg, table, group_keys, cols, combos, pool):
+        """Performance points and one-sided Wilcoxon tests between algorithm pairs, paired by problem."""
+        if "algorithm" not in group_keys:
+            return []
+        pairs = [tuple(p) for p in cfg.report.compare]
+        if not pairs:
+            return []
+        ai = group_keys.index("algorithm")
+        others = sorted({tuple(v for i, v in enumerate(c) if i != ai) for c in combos})
+        out = []
+        for a, b in pairs:
+            for rest in others:
+                params = {k: v for k, v in zip([g for g in group_keys if g != "algorithm"], rest)}
+                per = {}
+                for alg in (a, b):
+                    sub = table.filter(pc.equal(table["algorithm"], alg))
+                    for k, v in params.items():
+                        c = k.replace(".", "_")
+                        sub = sub.filter(pc.equal(sub[c], pa.scalar(v, sub.schema.field(c).type)))
+                    per[alg] = sub
+                if per[a].num_rows == 0 or per[b].num_rows == 0:
+                    continue
+                entry = {"params": params, "a": a, "b": b}
+                for name in CURVES:
+                    ca, cb = _curves(per[a], name), _curves(per[b], name)
+                    pts = metrics.performance_points(ca, cb)
+                    pa_, pb_ = _per_problem_final(per[a], name), _per_problem_final(per[b], name)
+                    common = sorted(set(pa_) & set(pb_))
+                    p = metrics.wilcoxon_greater(np.array([pa_[k] for k in common]),
+                                                 np.array([pb_[k] for k in common])) if len(common) > 1 else None
+                    entry[f"{name}_points_final"] = float(pts[-1])
+                    entry[f"{name}_p_value"] = p
+                    if name == "exploration":
+                        entry["queries_to_reach_b_final"] = metrics.queries_to_reach(ca, float(cb.mean(0)[-1]))
+                out.append(entry)
+        return out
+
+
+def _run_name(params: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items()) or "all"
+
+
+def _ms(x) -> list[float]:
+    m, s = metrics.mean_sem(np.asarray(x, dtype=float))
+    return [float(m), float(s)]
+
+
+def _unique_rows(table: pa.Table, cols: list[str]) -> list[tuple]:
+    if not cols:
+        return [()]
+    seen = dict.fromkeys(zip(*[table[c].to_pylist() for c in cols]))
+    return sorted(seen, key=lambda r: tuple((str(type(v)), v) for v in r))
+
+
+def _curves(sub: pa.Table, column: str) -> np.ndarray:
+    """``runs x queries`` for every (cell, rep) run in ``sub``."""
+    cell = sub["cell"].to_numpy(zero_copy_only=False)
+    rep = sub["rep"].to_numpy()
+    q = sub["query"].to_numpy()
+    vals = sub[column].to_numpy()
+    run_ids = {r: i for i, r in enumerate(sorted(set(zip(cell, rep))))}
+    idx = np.array([run_ids[r] for r in zip(cell, rep)])
+    out = np.full((len(run_ids), int(q.max())), np.nan)
+    out[idx, q - 1] = vals
+    return out
+
+
+def _per_problem_final(sub: pa.Table, column: str) -> dict:
+    """Mean final value per problem (muscle), the unit paired in Wilcoxon tests."""
+    qmax = pc.max(sub["query"]).as_py()
+    last = sub.filter(pc.equal(sub["query"], qmax))
+    keys = last["muscle"].to_pylist() if "muscle" in last.column_names else ["all"] * last.num_rows
+    vals = last[column].to_pylist()
+    acc: dict = {}
+    for k, v in zip(keys, vals):
+        acc.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+KIND = OptimizationKind()

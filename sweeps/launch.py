@@ -1,0 +1,223 @@
+"""``python -m sweeps.launch +exp=NAME [key=value ...]``: compose, expand, fan out, record, report.
+
+1. Hydra composes ``conf/config.yaml`` with the experiment; the schema validates it.
+2. The grid expands into cells; everything is validated before any work starts.
+3. Cells run as Ray tasks (a local Ray, or the cluster at ``cluster.address``);
+   each finished cell's table is written to ``results/`` as it arrives, so
+   ``resume=<run folder>`` skips finished cells.
+4. The report reads the Parquet results only: summary groups, MLflow child runs,
+   figures, ``summary.json``. The last line printed is the path of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps import grid, kinds
+from sweeps.schema import ConfigError
+from sweeps.store import ResultStore, coord_columns
+from sweeps.tracking import Tracker
+
+
+def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: list, data):
+    """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
+    import numpy as np
+    import torch
+
+    try:
+        import ray
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
+        pass
+    table = kinds.get(kind_name).run_cell(payload, np.random.SeedSequence(entropy), data)
+    return coord_columns(table, key, coords)
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with a clear message, when nothing listens at ``cluster.address``."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"cluster.address={address!r}: expected host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+                          f"start the head with `ray start --head` or set cluster.address=null for a local Ray") from None
+
+
+def connect_ray(cfg: DictConfig) -> bool:
+    """Connect to (or start) Ray. Returns True if this call started it (and must shut it down)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.cluster.address
+    if address:
+        check_address(address)
+    runtime_env = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True) or None
+    kwargs = dict(logging_level=logging.WARNING, include_dashboard=False, runtime_env=runtime_env)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.cluster.num_cpus, **kwargs)
+    return True
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Reject top-level keys the schema does not know (Hydra lets ``+key=value`` add them)."""
+    from dataclasses import fields
+
+    from sweeps.schema import Config
+
+    known = {f.name for f in fields(Config)} | {"hydra"}
+    unknown = sorted(set(cfg.keys()) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; top-level keys are: {', '.join(sorted(known))}")
+
+
+def build_cells(cfg: DictConfig, overrides: list[str]):
+    check_keys(cfg)
+    grid.apply_scale(cfg, overrides)
+    kind = kinds.get(cfg.kind)
+    pairs = grid.expand(cfg, overrides, getattr(kind, "problem_keys", None))
+    cells = [grid.make_cell(coords, c, kind.payload_keys) for coords, c in pairs]
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two grid points give identical cells; check grid for values that do not change anything")
+    kind.validate(cfg, cells)
+    return kind, cells
+
+
+def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
+    """Run an experiment from a composed config; returns the path of ``summary.json``."""
+    import ray
+    from tqdm import tqdm
+
+    t0 = time.time()
+    run_dir = Path(run_dir).resolve()
+    if cfg.resume:
+        if not (Path(cfg.resume) / "results").is_dir():
+            raise ConfigError(f"resume={cfg.resume!r}: not a run folder (no results/ inside)")
+        run_dir = Path(cfg.resume).resolve()
+    kind, cells = build_cells(cfg, overrides)
+    store = ResultStore(run_dir)
+    done = store.done() if cfg.resume else set()
+    pending = [c for c in cells if c.key not in done]
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
+    started = connect_ray(cfg)
+    parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=_loggable(cfg),
+                           tags={"run_dir": str(run_dir), "resumed_cells": str(len(cells) - len(pending))})
+    failures = []
+    try:
+        task = ray.remote(_execute).options(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
+        refs_of_data = {}
+        futures = {}
+        for c in pending:
+            dkey = grid.stable_hash([c.payload.get("dataset"), c.payload.get("muscle")])
+            if dkey not in refs_of_data:
+                data = kind.data_for(c.payload) if hasattr(kind, "data_for") else None
+                refs_of_data[dkey] = ray.put(data)
+            ent = list(c.seed_sequence(cfg.seed).entropy)
+            futures[task.remote(cfg.kind, c.key, c.coords, c.payload, ent, refs_of_data[dkey])] = c
+        bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=cfg.experiment, unit="cell",
+                   disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+        waiting = list(futures)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            cell = futures[ready[0]]
+            try:
+                store.write(cell.key, ray.get(ready[0]))
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the sweep
+                failures.append({"cell": cell.key, "coords": cell.coords, "error": _short(exc)})
+            bar.update(1)
+            bar.set_postfix(failed=len(failures))
+        bar.close()
+    except KeyboardInterrupt:
+        tracker.end(parent, "KILLED")
+        print(f"interrupted; finished cells are kept. Resume with: resume={run_dir}", file=sys.stderr)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+    summary = {"experiment": cfg.experiment, "run_dir": str(run_dir), "mlflow_run_id": parent}
+    if failures:
+        (run_dir / "failures.json").write_text(json.dumps(failures, indent=2))
+    try:
+        table = store.read()
+    except FileNotFoundError:
+        tracker.end(parent, "FAILED")
+        raise RuntimeError(f"every cell failed; first error: {failures[0]['error'] if failures else 'none'}")
+    report = kind.report(cfg, table, run_dir, tracker, parent, grid.grid_axes(cfg))
+    summary["wall_s"] = round(time.time() - t0, 2)
+    summary.update(report)
+    summary["n_cells"], summary["failed_cells"] = len(cells), len(failures)
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=_json_default))
+    tracker.metrics(parent, {"wall_s": summary["wall_s"], "failed_cells": len(failures)})
+    for sub in ("results", "figures"):
+        if (run_dir / sub).is_dir():
+            tracker.artifacts(parent, run_dir / sub, sub)
+    tracker.artifacts(parent, path)
+    if (run_dir / ".hydra").is_dir():
+        tracker.artifacts(parent, run_dir / ".hydra", "config")
+    tracker.end(parent, "FAILED" if failures else "FINISHED")
+    if failures:
+        print(f"{len(failures)} of {len(cells)} cells failed (see {run_dir / 'failures.json'}); first: "
+              f"{failures[0]['coords']}: {failures[0]['error']}", file=sys.stderr)
+    print(f"MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  then open http://127.0.0.1:5000 "
+          f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
+    print(path)
+    return path
+
+
+def _loggable(cfg: DictConfig) -> dict:
+    d = OmegaConf.to_container(cfg, resolve=True)
+    d.pop("scales", None)
+    return d
+
+
+def _short(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text[-2000:]
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    try:
+        path = run(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if json.loads(path.read_text()).get("failed_cells"):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main()

@@ -1,0 +1,81 @@
+"""Structured config: the typed schema that validates every composed config.
+
+Registered in Hydra's ConfigStore as ``schema`` and listed first in the root
+defaults, so an unknown top-level key or a value of the wrong type fails at
+composition with Hydra's message naming the key. Group contents that vary by
+option (algorithm hyperparameters, dataset arguments) are open mappings here and
+are validated against the code that consumes them before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what is expected."""
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment_name: Optional[str] = None  # default: the experiment's name
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    cpus_per_cell: float = 1.0
+    max_retries: int = 3
+    runtime_env: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    pool: List[str] = field(default_factory=lambda: ["muscle"])
+    compare: List[Any] = field(default_factory=list)
+
+
+@dataclass
+class StudyConfig:
+    name: Optional[str] = None
+    storage: Optional[str] = None
+
+
+@dataclass
+class Config:
+    experiment: str = "single"
+    kind: str = "optimization"
+    seed: int = 0
+    n_reps: int = 10
+    n_queries: Optional[int] = None
+    scale: str = "default"
+    resume: Optional[str] = None
+    noise: float = 0.0
+    response_mode: str = "gaussian"
+    muscle: Any = "all"
+    use_prior: bool = False
+    grid: Dict[str, Any] = field(default_factory=dict)
+    scales: Dict[str, Any] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    progress: bool = True
+    algorithm: Any = MISSING
+    dataset: Any = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    params: Dict[str, Any] = field(default_factory=dict)  # free parameters of non-optimization kinds
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("if_null"):
+        OmegaConf.register_new_resolver("if_null", lambda a, b: b if a is None else a)
+
+
+register()

@@ -1,0 +1,141 @@
+"""The batched engine against GPyTorch's ExactGP, incremental updates, and numerical safety."""
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+
+from neuro_opt.gp import BatchGP, GPNumericalError
+
+X = np.argwhere(np.ones((6, 5))).astype(float)
+P = len(X)
+
+
+def exact_posterior(Xo, yo, lengthscale, noise_std, outputscale):
+    class M(gpytorch.models.ExactGP):
+        def __init__(self, x, y, lik):
+            super().__init__(x, y, lik)
+            self.mean = gpytorch.means.ZeroMean()
+            self.cov = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=X.shape[1]))
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(self.mean(x), self.cov(x))
+
+    lik = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-12))
+    m = M(torch.tensor(Xo), torch.tensor(yo), lik)
+    m.cov.base_kernel.lengthscale = torch.tensor(lengthscale)
+    m.cov.outputscale = torch.tensor(outputscale)
+    lik.noise = torch.tensor(noise_std ** 2)
+    m.eval()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False), gpytorch.settings.cholesky_jitter(0.0, 0.0):
+        f = m(torch.tensor(X))
+        return f.mean.numpy(), f.variance.numpy()
+
+
+def fill(gp, rng, n, repeat_every=3):
+    obs = [[] for _ in range(gp.b)]
+    ys = [[] for _ in range(gp.b)]
+    for t in range(n):
+        pts = rng.integers(0, P, gp.b) if t % repeat_every else np.full(gp.b, 5)
+        y = rng.random(gp.b)
+        gp.observe(pts, y)
+        for r in range(gp.b):
+            obs[r].append(int(pts[r]))
+            ys[r].append(float(y[r]))
+    return obs, ys
+
+
+@pytest.mark.parametrize("mode", ["variable", "fixed"])
+@pytest.mark.parametrize("b", [1, 7])
+def test_posterior_equals_gpytorch_exact_gp(mode, b):
+    rng = np.random.default_rng(b)
+    gp = BatchGP(X, b, 40, mode=mode, lengthscale=[1.3, 0.7], noise=0.1, outputscale=0.6, fit_steps=4)
+    obs, ys = fill(gp, rng, 15)
+    gp.fit()
+    mu, var = gp.posterior()
+    for r in range(b):
+        yn = np.array(ys[r]) / max(ys[r])
+        m, v = exact_posterior(X[obs[r]], yn, gp.lengthscale[r].numpy(), float(gp.noise[r]), float(gp.outputscale[r]))
+        assert np.abs(mu[r].numpy() - m).max() < 1e-5
+        assert np.abs(var[r].numpy() - v).max() < 1e-5
+
+
+def test_collapsed_marginal_likelihood_equals_full_data_mll():
+    rng = np.random.default_rng(3)
+    gp = BatchGP(X, 2, 40, mode="variable", fit_steps=0)
+    obs, ys = fill(gp, rng, 12)
+    ls, nz, os_ = torch.tensor([[0.9, 1.7], [2.0, 0.5]]), torch.tensor([0.03, 0.2]), torch.tensor([0.4, 1.3])
+    mine = gp._mll(gp._collapsed(), ls, nz, os_)
+    for r in range(2):
+        yn = np.array(ys[r]) / max(ys[r])
+        K = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=2)
+        K.lengthscale = ls[r]
+        C = os_[r] * K(torch.tensor(X[obs[r]])).to_dense().detach() + nz[r] ** 2 * torch.eye(len(yn))
+        ref = torch.distributions.MultivariateNormal(torch.zeros(len(yn)), C).log_prob(torch.tensor(yn))
+        assert float(mine[r]) == pytest.approx(float(ref), abs=1e-6)
+
+
+def test_fixed_incremental_equals_recomputation():
+    rng = np.random.default_rng(5)
+    prior = rng.random(P)
+    inc = BatchGP(X, 3, 30, mode="fixed", lengthscale=1.1, noise=0.07, outputscale=0.5, prior_mean=prior)
+    obs, ys = fill(inc, rng, 20)
+    # recompute from scratch: variable-mode engine with the same (fixed) hyperparameters, no refit
+    rec = BatchGP(X, 3, 30, mode="variable", prior_mean=prior, fit_steps=0, rho_bounds=(0.01, 10), noise_bounds=(1e-3, 1))
+    rec.raw_ls = rec.ls_con.inverse_transform(torch.full((3, 2), 1.1))
+    rec.raw_noise = rec.noise_con.inverse_transform(torch.full((3,), 0.07))
+    rec.raw_os = rec.os_con.inverse_transform(torch.full((3,), 0.5))
+    for t in range(20):
+        rec.observe([obs[r][t] for r in range(3)], [ys[r][t] for r in range(3)])
+    for w in (1.0, 0.4):
+        inc.set_prior_weight(w)
+        rec.set_prior_weight(w)
+        (m1, v1), (m2, v2) = inc.posterior(), rec.posterior()
+        assert torch.allclose(m1, m2, atol=1e-7) and torch.allclose(v1, v2, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["variable", "fixed"])
+def test_replicate_result_does_not_depend_on_its_batch(mode):
+    rng = np.random.default_rng(11)
+    pts = rng.integers(0, P, (10, 6))
+    ys = rng.random((10, 6))
+    big = BatchGP(X, 6, 12, mode=mode, fit_steps=5)
+    solo = BatchGP(X, 1, 12, mode=mode, fit_steps=5)
+    for t in range(10):
+        big.observe(pts[t], ys[t])
+        solo.observe(pts[t, 2:3], ys[t, 2:3])
+        big.fit()
+        solo.fit()
+    mb, vb = big.posterior()
+    ms, vs = solo.posterior()
+    assert torch.allclose(mb[2], ms[0], atol=1e-9) and torch.allclose(vb[2], vs[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["variable", "fixed"])
+@pytest.mark.parametrize("case", ["repeat_one_point", "all_equal", "all_zero", "zero_variance"])
+def test_no_nan_reaches_the_acquisition(mode, case):
+    rng = np.random.default_rng(0)
+    gp = BatchGP(X, 4, 60, mode=mode, noise_bounds=(1e-4, 0.05), noise=1e-4, fit_steps=5)
+    for t in range(50):
+        pts = np.full(4, 7) if case in ("repeat_one_point", "zero_variance") else rng.integers(0, P, 4)
+        y = {"repeat_one_point": rng.random(4), "all_equal": np.full(4, 0.3), "all_zero": np.zeros(4),
+             "zero_variance": np.full(4, 2.0)}[case]
+        gp.observe(pts, y)
+        gp.fit()
+        m, v = gp.posterior()
+        assert torch.isfinite(m).all() and torch.isfinite(v).all() and (v > 0).all()
+
+
+def test_cholesky_failure_names_replicate_and_hyperparameters():
+    gp = BatchGP(X, 2, 5, mode="fixed", lengthscale=1.0, noise=1e-12, max_jitter=1e-11)
+    gp.observe([3, 3], [1.0, 1.0])
+    with pytest.raises(GPNumericalError, match=r"replicate 0: lengthscale=\[1.0, 1.0\], noise=1e-12"):
+        gp.observe([3, 3], [1.0, 1.0])
+
+
+def test_bad_observations_raise():
+    gp = BatchGP(X, 2, 5)
+    with pytest.raises(ValueError, match="NaN"):
+        gp.observe([1, 2], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="out of range"):
+        gp.observe([1, P], [0.1, 0.2])

@@ -1,0 +1,138 @@
+"""The main job end to end through Hydra, a real local Ray and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["+exp=noise_sweep", "n_reps=2", "n_queries=12", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1",
+        "dataset.n_muscles=2", "progress=false"]
+
+
+def launch(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def results(run_dir: Path) -> pa.Table:
+    files = sorted((run_dir / "results").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    return table.sort_by([("cell", "ascending"), ("rep", "ascending"), ("query", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("launch")
+    proc = launch(tmp, *TINY, "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp}/store/mlflow.db")
+    summary_path = Path(proc.stdout.strip().splitlines()[-1])
+    return tmp, proc, summary_path
+
+
+def test_tiny_noise_sweep_writes_parquet_mlflow_and_summary(tiny_run):
+    tmp, proc, summary_path = tiny_run
+    assert summary_path.name == "summary.json" and summary_path.is_file()
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
+    summary = json.loads(summary_path.read_text())
+    run_dir = Path(summary["run_dir"])
+    # 3 algorithms x 2 noise levels x 2 muscles = 12 cells, each 2 reps x 12 queries
+    table = results(run_dir)
+    assert table.num_rows == 12 * 2 * 12
+    assert set(table["algorithm"].to_pylist()) == {"gpbo", "extensive", "greedy"}
+    assert set(table["noise"].to_pylist()) == {0.0, 0.5}
+    assert len(set(table["muscle"].to_pylist())) == 2
+    assert summary["experiment"] == "noise_sweep" and summary["failed_cells"] == 0
+    groups = {(g["params"]["algorithm"], g["params"]["noise"]): g for g in summary["groups"]}
+    assert set(groups) == {(a, n) for a in ("gpbo", "extensive", "greedy") for n in (0.0, 0.5)}
+    for g in groups.values():
+        assert g["n"] == 4  # 2 muscles x 2 reps
+        for m in ("exploration_final", "exploitation_final", "exploration_auc", "exploitation_auc"):
+            value, sem = g["metrics"][m]
+            assert 0.0 <= value <= 1.0 and sem >= 0.0
+    # the summary agrees with the Parquet rows it was computed from
+    last = table.filter(pc.equal(table["query"], 12))
+    ext0 = [v for a, n, v in zip(last["algorithm"].to_pylist(), last["noise"].to_pylist(),
+                                 last["exploitation"].to_pylist()) if a == "extensive" and n == 0.0]
+    assert groups[("extensive", 0.0)]["metrics"]["exploitation_final"][0] == pytest.approx(sum(ext0) / len(ext0))
+    assert (run_dir / "figures" / "curves.png").stat().st_size > 10_000
+    assert (run_dir / "figures" / "final_vs_noise.png").stat().st_size > 10_000
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/store/mlflow.db")
+    exp = client.get_experiment_by_name("noise_sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_id == summary["mlflow_run_id"]]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert len(children) == 6
+    for c in children:
+        assert {"exploration_final", "exploitation_final", "exploration_auc", "exploitation_auc"} <= set(c.data.metrics)
+        hist = client.get_metric_history(c.info.run_id, "exploration_mean")
+        assert sorted(m.step for m in hist) == list(range(1, 13))
+    arts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"])}
+    assert {"results", "figures", "summary.json"} <= arts
+    assert len(client.list_artifacts(summary["mlflow_run_id"], "results")) == 12
+
+
+def test_same_seed_same_results_with_one_and_two_workers(tiny_run, tmp_path):
+    _, _, summary_path = tiny_run
+    two = results(Path(json.loads(summary_path.read_text())["run_dir"]))
+    proc = launch(tmp_path, *TINY, "cluster.num_cpus=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    one = results(Path(json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())["run_dir"]))
+    assert one.equals(two)
+    other = launch(tmp_path, *TINY, "seed=1", "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    reseeded = results(Path(json.loads(Path(other.stdout.strip().splitlines()[-1]).read_text())["run_dir"]))
+    assert not reseeded.equals(two)
+
+
+def test_resume_skips_finished_cells_and_completes_identically(tiny_run, tmp_path):
+    import shutil
+
+    _, _, summary_path = tiny_run
+    src = Path(json.loads(summary_path.read_text())["run_dir"])
+    run_dir = tmp_path / "partial"
+    shutil.copytree(src / "results", run_dir / "results")
+    removed = sorted((run_dir / "results").glob("*.parquet"))[:5]
+    kept = {p.name: p.stat().st_mtime_ns for p in (run_dir / "results").glob("*.parquet") if p not in removed}
+    for p in removed:
+        p.unlink()
+    launch(tmp_path, *TINY, "cluster.num_cpus=2", f"resume={run_dir}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "results").glob("*.parquet")}
+    assert len(after) == 12
+    assert all(after[name] == mtime for name, mtime in kept.items())  # finished cells untouched
+    assert results(run_dir).equals(results(src))
+    assert json.loads((run_dir / "summary.json").read_text())["n_cells"] == 12
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+exp=no_such_experiment"], "no_such_experiment"),
+    (["+exp=noise_sweep", "+bogus_key=1"], "bogus_key"),
+    (["+exp=noise_sweep", "bogus_key=1"], "bogus_key"),
+    (["+exp=noise_sweep", "n_reps=many"], "n_reps"),
+    (["+exp=noise_sweep", "grid.noise=[0.1,-0.2]"], "noise=-0.2"),
+    (["+exp=noise_sweep", "n_queries=500"], "n_queries=500"),
+    (["+exp=noise_sweep", "algorithm.kappa=-1", "grid.algorithm=[gpbo]"], "kappa"),
+    (["+exp=noise_sweep", "grid.algorithm=[gpbo,nope]"], "nope"),
+    (["+exp=noise_sweep", "dataset=no_such_dataset"], "no_such_dataset"),
+    (["+exp=noise_sweep", "cluster.address=127.0.0.1:9"], "cluster.address"),
+    (["+exp=noise_sweep", "scale=huge"], "scale"),
+])
+def test_bad_input_stops_before_any_work(tmp_path, overrides, message):
+    proc = launch(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("runs/*/*/results/*.parquet"))
+    assert "Started a local Ray instance" not in proc.stderr

@@ -1,0 +1,64 @@
+"""Sweep cells: plain Arrow tables, expected columns, determinism, parameter errors (tiny scale)."""
+
+import pyarrow as pa
+import pytest
+
+from neuro_opt.tbfm import cells
+
+TINY = dict(n_channels=8, n_session=260, n_train=150, n_test=60, horizon_ms=60, max_seconds=10.0, max_epochs=2)
+
+
+def _plain(table: pa.Table) -> None:
+    assert isinstance(table, pa.Table) and table.num_rows > 0
+    for field in table.schema:
+        assert pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_boolean(field.type) \
+            or pa.types.is_string(field.type) or pa.types.is_list(field.type), field
+
+
+def test_sample_efficiency_and_compare():
+    t = cells.run_compare({**TINY, "max_bases": 2, "latency_calls": 20,
+                           "models": ["tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm"]}, seed=0)
+    _plain(t)
+    rows = {r["model"]: r for r in t.to_pylist()}
+    assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm"}
+    for col in ("test_r2", "state_dependent_r2", "test_r2_mean", "train_s", "us_per_forecast", "r2_h10", "r2_h40"):
+        assert col in t.column_names
+    assert rows["tbfm"]["test_r2"] > rows["tbfm_sham"]["test_r2"]
+    assert all(r["us_per_forecast"] > 0 and r["n_train"] == 150 for r in rows.values())
+    again = cells.run_sample_efficiency({**TINY, "models": ["tbfm"]}, seed=0).to_pylist()[0]
+    assert again["test_r2"] == rows["tbfm"]["test_r2"]  # deterministic for a seed
+    other = cells.run_sample_efficiency({**TINY, "models": ["tbfm"]}, seed=1).to_pylist()[0]
+    assert other["test_r2"] != again["test_r2"]
+
+
+def test_fsam_cell():
+    t = cells.run_fsam({**TINY, "max_bases": 3, "patience": 3}, seed=0)
+    _plain(t)
+    assert t.column("n_bases").to_pylist() == [1, 2, 3]
+    assert sum(t.column("is_chosen").to_pylist()) == 1
+    assert len(set(t.column("chosen").to_pylist())) == 1
+
+
+def test_latency_cell():
+    t = cells.run_latency({**TINY, "n_channels": 10, "models": ["tbfm", "lssm"], "horizons": [40], "n_calls": 30,
+                           "warmup": 5}, seed=0)
+    _plain(t)
+    keys = {(r["model"], r["compiled"], r["device"], r["horizon_ms"]) for r in t.to_pylist()}
+    assert keys == {("tbfm", False, "cpu", 40), ("tbfm", True, "cpu", 40), ("lssm", False, "cpu", 40)}
+    assert all(r["us_per_forecast"] > 0 and r["us_p10"] <= r["us_per_forecast"] <= r["us_p90"] for r in t.to_pylist())
+
+
+def test_control_cell():
+    t = cells.run_control(TINY, seed=0)
+    _plain(t)
+    assert t.column("demo").to_pylist() == ["target_ranges", "reference_tracking"]
+    assert all(0.0 <= a <= 1.0 for a in t.column("auc").to_pylist())
+
+
+def test_unknown_or_inconsistent_params():
+    with pytest.raises(ValueError, match="unknown parameter 'n_trains'"):
+        cells.run_sample_efficiency({"n_trains": 10}, seed=0)
+    with pytest.raises(ValueError, match="raise n_session"):
+        cells.run_sample_efficiency({**TINY, "n_train": 250}, seed=0)
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        cells.run_sample_efficiency({**TINY, "models": ["gru"]}, seed=0)

@@ -1,0 +1,70 @@
+"""Compilation: the linear model's forecasts equal the uncompiled TBFM's to 1e-5."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuro_opt.tbfm.compile import compile_tbfm
+from neuro_opt.tbfm.data import from_session, stim_descriptor, time_ordered_split
+from neuro_opt.tbfm.fsam import fit_fsam
+from neuro_opt.tbfm.model import TBFM, fit_tbfm
+from neuro_opt.tbfm.simulator import simulate_session
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def split():
+    s = simulate_session(n_trials=420, n_channels=10, ipi_ms=[10, 30, 100], seed=5)
+    return time_ordered_split(from_session(s, horizon_ms=120), n_train=320, n_test=100)
+
+
+def _uncompiled(model, runway, ipi):
+    with torch.no_grad():
+        return model(torch.from_numpy(runway), stim_descriptor(ipi, model.horizon, 20)).numpy()
+
+
+@pytest.mark.parametrize("kind", ["full", "rank", "sham"])
+def test_compiled_equals_uncompiled(split, kind):
+    train, val, test = split
+    torch.manual_seed(1)
+    model = TBFM(train.n_channels, 20, 120, n_bases=6, rank=8 if kind == "rank" else None,
+                 state_agnostic=kind == "sham")
+    fit_tbfm(model, train, val, method="adamw", max_iters=4)  # mixed intervals: joint training
+    assert float(model.penalty().detach()) > 0 or kind == "sham"  # trained, nonzero weights
+    comp = compile_tbfm(model, ipis=(10, 30, 100))
+    runway = np.ascontiguousarray(test.runway)
+    for ipi in (10, 30, 100):
+        ref = _uncompiled(model, runway, ipi)
+        out = comp.predict(runway, ipi)
+        assert out.shape == ref.shape == (test.n_trials, 120, train.n_channels)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+        one = comp.predict_one(runway[3], ipi)
+        np.testing.assert_allclose(one, ref[3], rtol=0, atol=1e-5)
+    # different descriptors really give different forecasts (the bases were compiled per descriptor)
+    assert np.abs(comp.predict(runway, 10) - comp.predict(runway, 100)).max() > 1e-3
+    assert comp.A is None if kind != "full" else comp.A.shape == (6 * train.n_channels, 20 * train.n_channels)
+
+
+def test_compiled_fsam_model(split):
+    train, val, _ = split
+    one_ipi = [t.subset(np.nonzero(t.ipi_ms == 30)[0]) for t in (train, val)]
+    res = fit_fsam(*one_ipi, max_bases=3, patience=3, max_iters=6, keep_all=True)
+    comp = compile_tbfm(res.model, ipis=[30])
+    runway = np.ascontiguousarray(one_ipi[1].runway)
+    np.testing.assert_allclose(comp.predict(runway, 30), _uncompiled(res.model, runway, 30), rtol=0, atol=1e-5)
+
+
+def test_compiled_bad_input(split):
+    train, _, test = split
+    comp = compile_tbfm(TBFM(train.n_channels, 20, 120, n_bases=3), ipis=[30])
+    with pytest.raises(KeyError, match="no compiled bases for descriptor 10"):
+        comp.predict(test.runway[:2], 10)
+    with pytest.raises(ValueError, match="runway must be R x C or N x R x C"):
+        comp.predict(test.runway[:2, :, :-1], 30)
+    bad = np.array(test.runway[:2])
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        comp.predict(bad, 30)
+    with pytest.raises(ValueError, match="NaN"):
+        comp.predict_one(bad[0], 30)
