@@ -88,19 +88,23 @@ def test_simulate_trace_shape_and_bad_arguments():
 
 
 def test_gpbo_beats_extensive_on_a_low_noise_map():
-    """GP-BO: higher final exploitation (significant, one-sided Wilcoxon over problems)
-    and final exploration no worse than extensive search's by more than 5 points."""
-    d = load("synthetic_rat", n_subjects=5, n_muscles=4, seed=11)
+    """After 16 queries (half the rat array), as in Fig. 2 of the paper: GP-BO's exploitation
+    is higher (one-sided Wilcoxon over 20 problems, p < 0.01) and its exploration matches or
+    beats extensive search's, on smooth (sedated) synthetic maps with 5 % noise.
+
+    (With the full 32-query budget and almost no noise, extensive search has tested every
+    electrode and knows the best one exactly, so exploration is compared at half budget.)"""
+    d = load("synthetic_rat", n_subjects=5, n_muscles=4, seed=11, state="sedated")
     ex_g, ei_g, ex_e, ei_e = [], [], [], []
     for i, p in enumerate(d):
-        g = simulate(p, "gpbo", n_reps=6, seed=100 + i, noise=0.05)
-        e = simulate(p, "extensive", n_reps=6, seed=100 + i, noise=0.05)
+        g = simulate(p, "gpbo", n_reps=6, n_queries=16, seed=100 + i, noise=0.05)
+        e = simulate(p, "extensive", n_reps=6, n_queries=16, seed=100 + i, noise=0.05)
         ex_g.append(metrics.final(curves(g, "exploration")).mean())
         ei_g.append(metrics.final(curves(g, "exploitation")).mean())
         ex_e.append(metrics.final(curves(e, "exploration")).mean())
         ei_e.append(metrics.final(curves(e, "exploitation")).mean())
     assert metrics.wilcoxon_greater(np.array(ei_g), np.array(ei_e)) < 0.01
-    assert np.mean(ex_g) >= np.mean(ex_e) - 0.05
+    assert np.mean(ex_g) >= np.mean(ex_e)
 
 
 def test_problem_validation_errors():

@@ -139,3 +139,30 @@ def test_bad_observations_raise():
         gp.observe([1, 2], [0.1, float("nan")])
     with pytest.raises(ValueError, match="out of range"):
         gp.observe([1, P], [0.1, 0.2])
+
+
+def test_analytic_mll_gradient_equals_autograd():
+    rng = np.random.default_rng(4)
+    gp = BatchGP(X, 3, 40, mode="variable", fit_steps=0)
+    fill(gp, rng, 14)
+    data = gp._collapsed()
+    Xu = data["Xu"]
+    data["sqdiff"] = (Xu.unsqueeze(-2) - Xu.unsqueeze(-3)) ** 2
+    raw = torch.tensor(rng.normal(0, 1, (3, 4)), requires_grad=True)
+    mll, grad = gp.mll_and_grad(data, raw.detach())
+    ref = gp._mll(data, gp.ls_con.transform(raw[:, :2]), gp.noise_con.transform(raw[:, 2]),
+                  gp.os_con.transform(raw[:, 3]))
+    ref.sum().backward()
+    assert torch.allclose(mll, ref.detach(), atol=1e-8)
+    assert torch.allclose(grad, raw.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_refit_increases_the_marginal_likelihood():
+    rng = np.random.default_rng(9)
+    gp = BatchGP(X, 4, 40, mode="variable", fit_steps=30)
+    fill(gp, rng, 20)
+    data = gp._collapsed()
+    before = gp._mll(data, gp.lengthscale, gp.noise, gp.outputscale)
+    gp.fit()
+    after = gp._mll(data, gp.lengthscale, gp.noise, gp.outputscale)
+    assert torch.all(after > before)

@@ -46,7 +46,7 @@ class GPBO(Optimizer):
 
     def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
                  mode: str = "variable", rho_low: float = 0.02, rho_high: float = 5.0,
-                 noise_min: float = 1e-4, noise_max: float = 0.05, outputscale_min: float = 0.01,
+                 noise_min: float = 1e-4, noise_max: float = 0.05, outputscale_min: float = 0.25,
                  outputscale_max: float = 1.0, rho=1.0, noise: float = 0.05, outputscale: float = 1.0,
                  prior_scale: float = 0.75, prior_fade: int | None = None, fit_steps: int = 10,
                  lr: float = 0.1, capacity: int | None = None, device: str = "cpu"):

@@ -144,7 +144,8 @@ class AELSTM(ForecastModel):
 
 def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: float = 2e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 200, patience: int = 15, batch_size: int = 128,
-                 seed: int = 0, max_seconds: float | None = None, clip: float = 1.0, verbose: bool = False) -> FitResult:
+                 seed: int = 0, max_seconds: float | None = None, clip: float = 1.0,
+                 verbose: bool = False) -> FitResult:
     """Train an :class:`LSSM` or :class:`AELSTM` with AdamW and early stopping on validation R2 (full horizon).
 
     The model's normalizer is set from ``train``; the best model is restored in place.

@@ -28,6 +28,16 @@ threads           1          torch threads inside the cell
 
 Model names: ``tbfm``, ``tbfm_adamw`` (TBFM trained by joint AdamW), ``tbfm_sham``
 (state-agnostic, sham runway), ``tbfm_fsam`` (basis count chosen by FSAM), ``lssm``, ``ae_lstm``.
+
+Suggested default-scale parameters (measured on the shared 2-core box, one thread per cell):
+
+* sample efficiency: ``n_channels=32, n_session=6000, n_test=1000``, ``n_train`` in
+  ``[300, 600, 1200, 2500, 5000]``: 8 to 20 s per TBFM cell (simulation included).
+* compare: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000, max_seconds=150``:
+  4 to 6 min per seed with all four models (LSSM and AE-LSTM use most of it).
+* fsam: ``n_channels=32, n_session=3000, n_train=2000, max_bases=15``: about 1.5 min.
+* latency: the defaults of :func:`run_latency` (94 channels): about 1 min with LSSM and AE-LSTM.
+* control: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000``: about 30 s.
 """
 
 from __future__ import annotations
@@ -106,7 +116,10 @@ def _split(p: dict, ts):
 
 
 def build_and_fit(name: str, train, val, p: dict, seed: int):
-    """Build model ``name`` (see :data:`MODELS`) with cell parameters ``p``, train it; returns ``(model, FitResult-like dict)``."""
+    """Build model ``name`` (see :data:`MODELS`) with cell parameters ``p`` and train it.
+
+    Returns ``(model, info)`` with ``info`` holding ``train_s, n_iters, best_iter, val_r2, n_bases``.
+    """
     torch.manual_seed(_seed(seed, 2, MODELS.index(name) if name in MODELS else 99))
     C, R, H = train.n_channels, int(p["runway_ms"]), int(p["horizon_ms"])
     ms = float(p["max_seconds"])

@@ -101,7 +101,8 @@ class CompiledTBFM:
         return runway[-1] + self.bases[key] @ w.reshape(self.n_bases, self.n_channels)
 
 
-def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS, descriptors: dict | None = None) -> CompiledTBFM:
+def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS,
+                 descriptors: dict | None = None) -> CompiledTBFM:
     """Compile a trained TBFM for a discrete set of stimulation descriptors.
 
     Args:

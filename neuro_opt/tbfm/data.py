@@ -146,7 +146,8 @@ def window_trials(lfp: np.ndarray, onsets, ipi_ms, *, runway_ms: int = RUNWAY_MS
     if fs != 1000:
         raise ValueError(f"fs must be 1000 Hz (1 ms per sample), got {fs}; resample first")
     if runway_ms < 1 or horizon_ms < 1 or lead_ms < 0:
-        raise ValueError(f"need runway_ms >= 1, horizon_ms >= 1, lead_ms >= 0; got {runway_ms}, {horizon_ms}, {lead_ms}")
+        raise ValueError(f"need runway_ms >= 1, horizon_ms >= 1, lead_ms >= 0; "
+                         f"got {runway_ms}, {horizon_ms}, {lead_ms}")
     onsets = np.asarray(onsets, dtype=np.int64).reshape(-1)
     n = onsets.size
     ipi = np.full(n, int(ipi_ms), dtype=np.int64) if np.isscalar(ipi_ms) else np.asarray(ipi_ms, dtype=np.int64)
@@ -165,7 +166,10 @@ def window_trials(lfp: np.ndarray, onsets, ipi_ms, *, runway_ms: int = RUNWAY_MS
         raise ValueError(f"trial {bad} (onset {onsets[bad]}) needs samples [{start[bad]}, {stop[bad]}) "
                          f"outside the recording (0..{lfp.shape[0]})")
     T = runway_ms + horizon_ms
-    x = lfp[start[:, None] + np.arange(T)[None, :]][:, :, chans].astype(np.float32)
+    x = np.empty((n, T, chans.size), dtype=np.float32)
+    steps = np.arange(T)[None, :]
+    for i in range(0, n, 512):  # in chunks: never materialize all channels of all windows at once
+        x[i:i + 512] = lfp[start[i:i + 512, None] + steps][:, :, chans]
     _check_finite(x, "the windowed LFP")
     return TrialSet(x=x, runway_len=runway_ms, lead=lead_ms, ipi_ms=ipi, stimulated=stim,
                     trial_index=np.arange(n), channels=chans)
@@ -226,9 +230,17 @@ def time_ordered_split(ts: TrialSet, n_train: int, *, n_test: int | None = None,
 
 def zscore_stats(ts: TrialSet) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (``channels`` each, float32) over the training trials and time."""
-    x = ts.x.astype(np.float64)
-    mean = x.mean(axis=(0, 1))
-    std = x.std(axis=(0, 1))
+    n = ts.n_trials * ts.x.shape[1]
+    if n == 0:
+        raise ValueError("no trials to compute z-scoring statistics from")
+    s1 = np.zeros(ts.n_channels)
+    for i in range(0, ts.n_trials, 1024):
+        s1 += ts.x[i:i + 1024].sum(axis=(0, 1), dtype=np.float64)
+    mean = s1 / n
+    s2 = np.zeros(ts.n_channels)
+    for i in range(0, ts.n_trials, 1024):
+        s2 += ((ts.x[i:i + 1024].astype(np.float64) - mean) ** 2).sum(axis=(0, 1))
+    std = np.sqrt(s2 / n)
     flat = np.nonzero(std < 1e-8)[0]
     if flat.size:
         raise ValueError(f"channel(s) {ts.channels[flat].tolist()} are flat (std ~ 0): drop unusable channels "

@@ -95,7 +95,8 @@ class FSAMResult:
 
 
 def fit_fsam(train: TrialSet, val: TrialSet, *, max_bases: int = 15, patience: int = 2, min_delta: float = 1e-3,
-             hidden: int = 8, depth: int = 2, method: str = "alternating", lam: float = 1e-2, max_iters: int | None = None,
+             hidden: int = 8, depth: int = 2, method: str = "alternating", lam: float = 1e-2,
+             max_iters: int | None = None,
              stage_patience: int | None = None, seed: int = 0, keep_all: bool = False, runway: int | None = None,
              horizon: int | None = None, test: TrialSet | None = None) -> FSAMResult:
     """Grow a TBFM one basis at a time.
