@@ -57,8 +57,10 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
     prior = problem.prior if use_prior else None
     if use_prior and prior is None:
         raise ValueError(f"use_prior is set but problem {problem.key!r} has no prior")
-    opt = algorithms.make(algorithm, problem.space, n_reps=n_reps, seed=s_alg, prior=prior,
-                          **(hyperparameters or {}))
+    hp = dict(hyperparameters or {})
+    if algorithm.startswith("gpbo"):
+        hp.setdefault("capacity", n_queries)
+    opt = algorithms.make(algorithm, problem.space, n_reps=n_reps, seed=s_alg, prior=prior, **hp)
     rng = np.random.default_rng(s_resp)
     pts = np.empty((n_reps, n_queries), dtype=np.int64)
     resp = np.empty((n_reps, n_queries))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sys
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,28 @@ def apply_scale(cfg: DictConfig, overrides: list[str]) -> None:
     for key, value in preset.items():
         if any(c == key or c.startswith(key + ".") or key.startswith(c + ".") for c in cli):
             continue
+        if key.startswith("dataset.") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            print(f"note: scale={cfg.scale} sets {key}, which dataset {cfg.dataset.name!r} does not take; "
+                  f"left out", file=sys.stderr)
+            continue
         OmegaConf.update(cfg, key, value, merge=False, force_add=False)
+
+
+def _flatten_grid(grid: dict, prefix: str = "") -> dict:
+    """Nested grid mappings (``grid: {params: {n_train: [...]}}``) become dotted keys
+    (``params.n_train``), so ``grid.params.n_train=[...]`` overrides them from the command line."""
+    out = {}
+    for key, values in grid.items():
+        if isinstance(values, dict):
+            out.update(_flatten_grid(values, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = values
+    return out
 
 
 def grid_axes(cfg: DictConfig) -> dict[str, list]:
     """The grid as ``key -> list of values``, validated."""
-    grid = OmegaConf.to_container(cfg.grid, resolve=True) or {}
+    grid = _flatten_grid(OmegaConf.to_container(cfg.grid, resolve=True) or {})
     axes = {}
     for key, values in grid.items():
         if key == "muscle" and values == "all":
@@ -114,7 +131,7 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
                 if OmegaConf.select(c, key, default="__missing__") == "__missing__" and not key.startswith("params."):
                     raise ConfigError(f"grid key {key!r} is not a config key; grid keys are config keys "
                                       f"such as noise, algorithm, algorithm.kappa, muscle")
-                OmegaConf.update(c, key, value, merge=False)
+                OmegaConf.update(c, key, value, merge=False, force_add=key.startswith("params."))
         muscles = coords.get("muscle", c.muscle)
         if problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool):
             keys = problem_keys(c)

@@ -39,6 +39,9 @@ class ClusterConfig:
 class ReportConfig:
     pool: List[str] = field(default_factory=lambda: ["muscle"])
     compare: List[Any] = field(default_factory=list)
+    by: List[str] = field(default_factory=list)  # result columns that split groups further (e.g. model)
+    metrics: List[str] = field(default_factory=list)  # result columns summarized as [mean, sem]
+    x: Optional[str] = None  # grid key on the x axis of the summary figure
 
 
 @dataclass
@@ -70,6 +73,9 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     params: Dict[str, Any] = field(default_factory=dict)  # free parameters of non-optimization kinds
+    online: Any = None  # kind=online: the session (conf/online/*.yaml, hardware.online.OnlineConfig)
+    rig: Any = None  # kind=online: the rig (conf/rig/*.yaml)
+    mode: Optional[str] = None  # kind=online: operator | autonomous | dry_run (null: the online config's)
 
 
 def register() -> None:

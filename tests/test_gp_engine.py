@@ -166,3 +166,19 @@ def test_refit_increases_the_marginal_likelihood():
     gp.fit()
     after = gp._mll(data, gp.lengthscale, gp.noise, gp.outputscale)
     assert torch.all(after > before)
+
+
+@pytest.mark.parametrize("mode", ["variable", "fixed"])
+def test_buffers_grow_past_the_initial_capacity(mode):
+    rng = np.random.default_rng(2)
+    small = BatchGP(X, 2, 3, mode=mode, fit_steps=2)
+    big = BatchGP(X, 2, 40, mode=mode, fit_steps=2)
+    for _ in range(11):
+        pts, y = rng.integers(0, P, 2), rng.random(2)
+        small.observe(pts, y)
+        big.observe(pts, y)
+    small.fit()
+    big.fit()
+    assert small.capacity >= 11
+    (m1, v1), (m2, v2) = small.posterior(), big.posterior()
+    assert torch.allclose(m1, m2, atol=1e-9) and torch.allclose(v1, v2, atol=1e-9)

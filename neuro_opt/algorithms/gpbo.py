@@ -39,7 +39,7 @@ class GPBO(Optimizer):
         prior_fade: the prior's weight falls linearly to zero over this many
             queries (None: never fades).
         fit_steps, lr: hyperparameter refit effort per query (variable-rho).
-        capacity: maximum number of queries (default: 4 x the space, at least 64).
+        capacity: queries to allocate for (default: the space size, 64 to 256); grows as needed.
     """
 
     name = "gpbo"
@@ -61,7 +61,7 @@ class GPBO(Optimizer):
         if self.prior is not None:
             top = self.prior.max()
             prior_mean = prior_scale * (self.prior / top if top > 0 else self.prior)
-        self.gp = BatchGP(space.X, self.b, capacity or max(64, 4 * space.n_points), mode=mode,
+        self.gp = BatchGP(space.X, self.b, capacity or min(max(64, space.n_points), 256), mode=mode,
                           rho_bounds=(rho_low, rho_high), noise_bounds=(noise_min, noise_max),
                           outputscale_bounds=(outputscale_min, outputscale_max),
                           lengthscale=rho, noise=noise, outputscale=outputscale, prior_mean=prior_mean, fit_steps=fit_steps, lr=lr,

@@ -103,7 +103,7 @@ class BatchGP:
     Args:
         X: ``P x d`` GP inputs of every point.
         n_reps: ``b``.
-        capacity: maximum number of observations per replicate.
+        capacity: observations per replicate to allocate for; the buffers double when full.
         mode: ``"variable"`` or ``"fixed"``.
         rho_bounds, noise_bounds, outputscale_bounds: bounds of the refit (variable mode).
         lengthscale, noise, outputscale: fixed length-scale (scalar or ``d``), noise std and
@@ -214,7 +214,7 @@ class BatchGP:
         if bool(((pts < 0) | (pts >= self.P)).any()):
             raise ValueError(f"point index out of range 0..{self.P - 1}: {pts.tolist()}")
         if self.n >= self.capacity:
-            raise ValueError(f"GP capacity of {self.capacity} observations exceeded")
+            self._grow(2 * self.capacity)
         self.ymax = torch.maximum(self.ymax, yy)
         if self.mode == "variable":
             self._observe_collapsed(pts, yy)
@@ -267,6 +267,22 @@ class BatchGP:
         return mean, var
 
     # --------------------------------------------------------------- internals
+    def _grow(self, capacity: int) -> None:
+        """Double the observation buffers (amortized O(1) per observation)."""
+        def pad(t, dims):
+            shape = list(t.shape)
+            out = torch.zeros([capacity if i in dims else n for i, n in enumerate(shape)], dtype=t.dtype, device=t.device)
+            out[tuple(slice(0, n) for n in shape)] = t
+            return out
+        if self.mode == "variable":
+            self.slot_pt, self.cnt = pad(self.slot_pt, {1}), pad(self.cnt, {1})
+            self.sum, self.sumsq = pad(self.sum, {1}), pad(self.sumsq, {1})
+        else:
+            self.obs_pt, self.beta, self.gamma = pad(self.obs_pt, {1}), pad(self.beta, {1}), pad(self.gamma, {1})
+            self.L, self.V = pad(self.L, {1, 2}), pad(self.V, {1})
+        self.capacity = capacity
+
+
     def _scale(self) -> torch.Tensor:
         return torch.where(self.ymax > 0, self.ymax, torch.ones_like(self.ymax))
 

@@ -17,6 +17,9 @@ from sweeps.schema import ConfigError
 
 KINDS = {
     "optimization": "sweeps.kinds.optimization",
+    "latency": "sweeps.kinds.latency",
+    "throughput": "sweeps.kinds.throughput",
+    "tbfm": "sweeps.kinds.tbfm",
 }
 
 

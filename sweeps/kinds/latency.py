@@ -1,0 +1,334 @@
+"""Time per GP-BO query vs input-space size, dimensions and history (Fig. S8).
+
+A cell is one (GP mode, device, varied axis): it times the query after ``history``
+observations for every value of that axis (``params.values[axis]``), the other two held at
+``params.anchor`` (Fig. S8: 10,000 points, 3 dimensions, 1,000 queries). For each setting:
+
+1. a discrete grid with exactly ``n_points`` points in ``n_dims`` dimensions (spacing 1, so
+   the length-scale bounds are in grid steps as everywhere else) and a random smooth function
+   on it (a few Gaussian bumps plus 5 % noise);
+2. the GP-BO optimizer of the mode (``conf/algorithm/gpbo.yaml`` for ``variable_rho``,
+   ``gpbo_fixed_rho.yaml`` for ``fixed_rho``, one replicate, on the device) gets ``history``
+   observations straight into its engine (``BatchGP.observe``) at distinct random points (all
+   distinct while ``history <= n_points``: the worst case, since a real run repeats points and
+   the engine collapses repeats), then one untimed refit;
+3. ``warmup`` untimed queries, then ``repeats`` timed ones: ``tell`` (observe, plus the
+   hyperparameter refit in variable-rho) and ``ask`` (posterior over every point, UCB, argmax
+   with random ties, the point back on the host): what the online loop waits for between a
+   response and the next stimulation. Each timed query adds one observation, so the
+   history runs ``history, history + 1, ...``. Timing stops early (after at least 3) once
+   the timed queries of one setting exceed ``max_seconds_per_setting``.
+
+Cells take ``cluster.cpus_per_cell`` cores (the exp file asks for 2, the whole of a 2-core
+machine, so cells run one at a time and never time each other); torch uses that many threads.
+``device: cuda`` cells time nothing (zero rows) when no CUDA device is visible to the worker;
+the summary lists them under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sweeps.schema import ConfigError
+
+MODES = {"variable_rho": "variable", "fixed_rho": "fixed"}
+AXES = ("n_points", "n_dims", "history")
+DEVICES = ("cpu", "cuda")
+# Published reference (Fig. S8): the 500th query of a 10,000-point 3-D space.
+PUBLISHED_MS = {"cpu": 130.0, "cuda": 7.0}
+TARGET_MS = {"variable_rho": 50.0, "fixed_rho": 5.0}  # issue 3, at 10,000 points, 3-D, history 500, CPU
+TARGET_SETTING = {"n_points": 10000, "n_dims": 3, "history": 500}
+
+SCHEMA = pa.schema([
+    ("mode", pa.string()), ("device", pa.string()), ("axis", pa.string()),
+    ("n_points", pa.int64()), ("n_dims", pa.int64()), ("history", pa.int64()),
+    ("n_unique", pa.int64()), ("sample", pa.int32()),
+    ("ms_query", pa.float64()), ("ms_tell", pa.float64()), ("ms_ask", pa.float64()),
+    ("threads", pa.int32()), ("device_name", pa.string()),
+])
+
+
+# ------------------------------------------------------------------ the measurement
+def grid_space(n_points: int, n_dims: int):
+    """A :class:`SearchSpace` with exactly ``n_points`` points: the first ``n_points`` (C order)
+    of the smallest cube with ``side ** n_dims >= n_points``."""
+    from neuro_opt.space import SearchSpace
+
+    side = max(1, int(round(n_points ** (1.0 / n_dims))))
+    while side ** n_dims < n_points:
+        side += 1
+    while side > 1 and (side - 1) ** n_dims >= n_points:
+        side -= 1
+    mask = np.zeros(side ** n_dims, dtype=bool)
+    mask[:n_points] = True
+    return SearchSpace({f"x{j}": range(side) for j in range(n_dims)}, mask=mask.reshape((side,) * n_dims))
+
+
+def smooth_function(X: np.ndarray, rng: np.random.Generator, n_bumps: int = 3) -> np.ndarray:
+    """A random smooth map over ``P x d`` inputs: Gaussian bumps 15-35 % of the range wide, max 1."""
+    lo, hi = X.min(0), X.max(0)
+    span = np.maximum(hi - lo, 1.0)
+    f = np.zeros(X.shape[0])
+    for k in range(n_bumps):
+        c = rng.uniform(lo, hi)
+        w = rng.uniform(0.15, 0.35, size=X.shape[1]) * span
+        f += (1.0 if k == 0 else rng.uniform(0.3, 0.9)) * np.exp(-0.5 * (((X - c) / w) ** 2).sum(1))
+    return f / f.max()
+
+
+def time_queries(algorithm: dict, n_points: int, n_dims: int, history: int, device: str = "cpu",
+                 repeats: int = 7, warmup: int = 1, max_seconds: float = 60.0, seed=0) -> dict:
+    """Time GP-BO queries after ``history`` observations (module docstring, steps 1-3).
+
+    Args:
+        algorithm: an algorithm config (``name`` plus hyperparameters), e.g. conf/algorithm/gpbo.yaml.
+
+    Returns ``{"ms_query", "ms_tell", "ms_ask": lists, "n_unique": int}``.
+    """
+    import torch
+
+    from neuro_opt import algorithms
+
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    s_fun, s_alg, s_pts = ss.spawn(3)
+    space = grid_space(n_points, n_dims)
+    f = smooth_function(space.X, np.random.default_rng(s_fun))
+    rng = np.random.default_rng(s_pts)
+
+    def respond(x):
+        return np.clip(f[x] + rng.normal(0.0, 0.05, size=np.shape(x)), 0.0, None)
+
+    alg = dict(algorithm)
+    name = alg.pop("name")
+    opt = algorithms.make(name, space, n_reps=1, seed=s_alg, capacity=history + warmup + repeats + 1,
+                          device=device, **alg)
+    gp = opt.gp
+    P = space.n_points
+    if history <= P:
+        pts = rng.choice(P, size=history, replace=False)
+    else:
+        pts = np.concatenate([rng.permutation(P), rng.integers(0, P, history - P)])
+    for x, y in zip(pts, respond(pts)):
+        gp.observe(np.array([x]), np.array([y]))
+    opt.t = history  # the optimizer is past its random start: every query below uses the model
+    gp.fit()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x = opt.ask()
+    sync()
+    out = {"ms_query": [], "ms_tell": [], "ms_ask": []}
+    spent = 0.0
+    for i in range(warmup + repeats):
+        y = respond(x)
+        t0 = time.perf_counter()
+        opt.tell(x, y)
+        sync()
+        t1 = time.perf_counter()
+        x = opt.ask()
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            out["ms_query"].append(1e3 * (t2 - t0))
+            out["ms_tell"].append(1e3 * (t1 - t0))
+            out["ms_ask"].append(1e3 * (t2 - t1))
+            spent += t2 - t0
+            if spent > max_seconds and len(out["ms_query"]) >= 3:
+                break
+    out["n_unique"] = int(len(np.unique(pts)))
+    return out
+
+
+def settings_of(params: dict) -> list[dict]:
+    """The (n_points, n_dims, history) settings of a cell: its axis' values, the rest at the anchor."""
+    axis = params["axis"]
+    return [{**{k: int(params["anchor"][k]) for k in AXES}, axis: int(v)} for v in params["values"][axis]]
+
+
+# ------------------------------------------------------------------ the kind
+def _check_cpus(cfg) -> None:
+    if cfg.cluster.address:
+        return
+    have = cfg.cluster.num_cpus or os.cpu_count() or 1
+    if cfg.cluster.cpus_per_cell > have:
+        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell} but the local Ray has {have} CPU(s): "
+                          f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}")
+
+
+class LatencyKind:
+    payload_keys = ("kind", "params", "seed")
+    problem_keys = None
+
+    def validate(self, cfg, cells) -> None:
+        from neuro_opt import algorithms
+
+        if cfg.n_queries is not None:
+            raise ConfigError(f"n_queries={cfg.n_queries}: the latency experiment has no query budget; the history "
+                              f"lengths are params.values.history and params.anchor.history")
+        _check_cpus(cfg)
+        for cell in cells:
+            p = cell.payload["params"]
+            where = f"cell {cell.coords}"
+            for key in ("mode", "device", "axis", "anchor", "values", "algorithms", "repeats", "warmup",
+                        "max_seconds_per_setting"):
+                if key not in p:
+                    raise ConfigError(f"params.{key} is missing ({where}); see conf/exp/latency.yaml")
+            if p["mode"] not in MODES:
+                raise ConfigError(f"params.mode={p['mode']!r} ({where}): expected one of {', '.join(MODES)}")
+            if p["device"] not in DEVICES:
+                raise ConfigError(f"params.device={p['device']!r} ({where}): expected cpu or cuda")
+            if p["axis"] not in AXES:
+                raise ConfigError(f"params.axis={p['axis']!r} ({where}): expected one of {', '.join(AXES)}")
+            for k in AXES:
+                a = p["anchor"].get(k)
+                if not isinstance(a, int) or a < 1:
+                    raise ConfigError(f"params.anchor.{k}={a!r}: must be an integer >= 1")
+                vals = p["values"].get(k)
+                if not isinstance(vals, list) or not vals or any(not isinstance(v, int) or v < 1 for v in vals):
+                    raise ConfigError(f"params.values.{k}={vals!r}: must be a non-empty list of integers >= 1")
+            if not isinstance(p["repeats"], int) or p["repeats"] < 3:
+                raise ConfigError(f"params.repeats={p['repeats']!r}: must be an integer >= 3 (median and SEM)")
+            if not isinstance(p["warmup"], int) or p["warmup"] < 0:
+                raise ConfigError(f"params.warmup={p['warmup']!r}: must be an integer >= 0")
+            if not p["max_seconds_per_setting"] > 0:
+                raise ConfigError(f"params.max_seconds_per_setting={p['max_seconds_per_setting']!r}: must be > 0")
+            alg = dict(p["algorithms"].get(p["mode"]) or {})
+            name = alg.pop("name", None)
+            try:  # builds the optimizer once: catches unknown or out-of-range hyperparameters
+                opt = algorithms.make(name, grid_space(8, 2), n_reps=1, seed=0, capacity=4, **alg)
+            except ValueError as exc:
+                raise ConfigError(f"params.algorithms.{p['mode']} ({where}): {exc}") from None
+            if getattr(getattr(opt, "gp", None), "mode", None) != MODES[p["mode"]]:
+                raise ConfigError(f"params.algorithms.{p['mode']}: algorithm {name!r} is not a "
+                                  f"{MODES[p['mode']]}-rho GP-BO")
+
+    @staticmethod
+    def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
+        import torch
+
+        p = payload["params"]
+        rows = {f.name: [] for f in SCHEMA}
+        if p["device"] == "cuda" and not torch.cuda.is_available():
+            return pa.table(rows, schema=SCHEMA)  # skipped: no GPU visible to this worker
+        dev_name = torch.cuda.get_device_name(0) if p["device"] == "cuda" else (_cpu_name() or "cpu")
+        settings = settings_of(p)
+        for s, child in zip(settings, seed_sequence.spawn(len(settings))):
+            r = time_queries(p["algorithms"][p["mode"]], s["n_points"], s["n_dims"], s["history"], p["device"],
+                             int(p["repeats"]), int(p["warmup"]), float(p["max_seconds_per_setting"]), child)
+            for i, (q, tl, ak) in enumerate(zip(r["ms_query"], r["ms_tell"], r["ms_ask"])):
+                for k, v in (("mode", p["mode"]), ("device", p["device"]), ("axis", p["axis"]),
+                             ("n_points", s["n_points"]), ("n_dims", s["n_dims"]), ("history", s["history"]),
+                             ("n_unique", r["n_unique"]), ("sample", i), ("ms_query", q), ("ms_tell", tl),
+                             ("ms_ask", ak), ("threads", torch.get_num_threads()), ("device_name", dev_name)):
+                    rows[k].append(v)
+        return pa.table(rows, schema=SCHEMA)
+
+    # ------------------------------------------------------------------ report
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+        keys = ("mode", "n_points", "n_dims", "history", "device")
+        cols = {k: table[k].to_pylist() for k in keys}
+        combos = sorted(set(zip(*cols.values())), key=lambda r: tuple(str(v) if isinstance(v, str) else v for v in r))
+        groups = []
+        for combo in combos:
+            sub = table
+            for k, v in zip(keys, combo):
+                sub = sub.filter(pc.equal(sub[k], v))
+            params = dict(zip(keys, combo))
+            m = {name: _median_sem(sub[col].to_numpy()) for name, col in
+                 (("ms_per_query", "ms_query"), ("ms_tell", "ms_tell"), ("ms_ask", "ms_ask"))}
+            g = {"params": params, "n": sub.num_rows, "metrics": m,
+                 "threads": int(sub["threads"][0].as_py()), "device_name": sub["device_name"][0].as_py(),
+                 "n_unique": int(sub["n_unique"][0].as_py())}
+            groups.append(g)
+            if tracker is not None:
+                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()),
+                                    params={**params, "n_samples": g["n"], "threads": g["threads"],
+                                            "device_name": g["device_name"]}, parent=parent_run)
+                tracker.metrics(run, {k: v[0] for k, v in m.items()})
+                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
+                tracker.end(run)
+        out = {"groups": groups, "anchor": dict(cfg.params.anchor), "targets": _targets(groups)}
+        wanted = axes.get("params.device") or [cfg.params.get("device")]
+        skipped = [d for d in wanted if d not in set(cols["device"])]
+        if skipped:
+            out["skipped"] = [f"device={d}: no rows (no such device visible to the Ray workers)" for d in skipped]
+        figs = run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        if groups:
+            latency_figure(groups, dict(cfg.params.anchor), figs / "latency.png")
+        return out
+
+
+def _median_sem(x: np.ndarray) -> list[float]:
+    """``[median, SEM]``; the SEM is that of the mean (std / sqrt(n)), 0 for one sample."""
+    x = np.asarray(x, dtype=float)
+    sem = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    return [float(np.median(x)), sem]
+
+
+def _targets(groups: list[dict]) -> list[dict]:
+    """The issue's latency targets at 10,000 points, 3-D, history 500 on CPU, as measured."""
+    out = []
+    for g in groups:
+        p = g["params"]
+        if p["device"] == "cpu" and all(p[k] == v for k, v in TARGET_SETTING.items()):
+            ms = g["metrics"]["ms_per_query"][0]
+            out.append({"params": p, "ms_per_query": ms, "target_ms": TARGET_MS[p["mode"]],
+                        "met": bool(ms <= TARGET_MS[p["mode"]]), "published_ms": PUBLISHED_MS["cpu"]})
+    return out
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
+    """ms per query vs each axis (the other two at the anchor), one line per mode x device (Fig. S8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    lines = sorted({(g["params"]["mode"], g["params"]["device"]) for g in groups})
+    for ax, axis in zip(axes, AXES):
+        others = [k for k in AXES if k != axis]
+        for i, (mode, dev) in enumerate(lines):
+            gs = sorted((g for g in groups if g["params"]["mode"] == mode and g["params"]["device"] == dev
+                         and all(g["params"][k] == anchor[k] for k in others)), key=lambda g: g["params"][axis])
+            if not gs:
+                continue
+            x = [g["params"][axis] for g in gs]
+            m = [g["metrics"]["ms_per_query"][0] for g in gs]
+            s = [g["metrics"]["ms_per_query"][1] for g in gs]
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=f"C{i}", label=f"{mode}, {dev}")
+        if axis == "history":
+            for dev, ms in PUBLISHED_MS.items():
+                ax.plot([TARGET_SETTING["history"]], [ms], marker="*", ms=11, ls="none",
+                        color="k" if dev == "cpu" else "0.5", label=f"published {dev} ({ms:g} ms, 10k pts, 3-D)")
+        ax.set_xlabel(axis.replace("_", " "))
+        ax.set_yscale("log")
+        if axis == "n_points":
+            ax.set_xscale("log")
+        ax.set_title(", ".join(f"{k}={anchor[k]}" for k in others), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms per query (median +/- SEM)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+KIND = LatencyKind()

@@ -1,0 +1,127 @@
+"""TBFM experiments: each cell calls ``neuro_opt.tbfm.cells.run_<params.cell>(params, seed)``.
+
+Grid keys are ``params.X`` (crossed into cells); ``params.rep`` numbers independent
+replicates (a different seed each, pooled in the summary). The summary groups rows by
+the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e.g.
+``model``), and reports each column of ``report.metrics`` as ``[mean, sem]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from neuro_opt import metrics as M  # noqa: E402
+from neuro_opt.tbfm import cells  # noqa: E402
+from sweeps.schema import ConfigError  # noqa: E402
+
+CELLS = {name[len("run_"):]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
+
+
+class TBFMKind:
+    payload_keys = ("kind", "params", "seed")
+
+    def validate(self, cfg, cell_list) -> None:
+        for c in cell_list:
+            p = dict(c.payload["params"])
+            name = p.pop("cell", None)
+            if name not in CELLS:
+                raise ConfigError(f"params.cell={name!r}: expected one of {', '.join(sorted(CELLS))}")
+            p.pop("rep", None)
+            try:
+                cells._params({k: v for k, v in p.items()}, _EXTRA.get(name, {}))
+            except ValueError as exc:
+                raise ConfigError(f"params ({name}): {exc}") from None
+        for key in list(cfg.report.metrics) + list(cfg.report.by):
+            if not isinstance(key, str):
+                raise ConfigError(f"report.metrics / report.by take column names, got {key!r}")
+
+    @staticmethod
+    def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
+        p = dict(payload["params"])
+        fn = CELLS[p.pop("cell")]
+        rep = p.pop("rep", 0)
+        seed = int(seed_sequence.generate_state(1)[0] % (2**31 - 1))
+        table = fn(p, seed)
+        return table.append_column("rep", pa.array([int(rep)] * table.num_rows, pa.int64())) \
+            if "rep" not in table.column_names else table
+
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+        pool = set(cfg.report.pool) | {"params.rep"}
+        keys = [k for k in axes if k not in pool]
+        by = [b for b in cfg.report.by if b in table.column_names]
+        cols = [k.replace(".", "_") for k in keys] + by
+        names = keys + by
+        wanted = [m for m in cfg.report.metrics if m in table.column_names] or \
+            [c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type)]
+        rows = table.to_pylist()
+        groups_rows: dict = {}
+        for r in rows:
+            groups_rows.setdefault(tuple(r[c] for c in cols), []).append(r)
+        groups = []
+        for combo in sorted(groups_rows, key=lambda t: tuple(str(x) for x in t)):
+            rs = groups_rows[combo]
+            mets = {}
+            for m in wanted:
+                vals = np.array([r[m] for r in rs if r[m] is not None], dtype=float)
+                if vals.size:
+                    mean, sem = M.mean_sem(vals)
+                    mets[m] = [float(mean), float(sem)]
+            params = dict(zip(names, combo))
+            groups.append({"params": params, "n": len(rs), "metrics": mets})
+            if tracker is not None:
+                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()) or "all", params=params,
+                                    parent=parent_run)
+                tracker.metrics(run, {k: v[0] for k, v in mets.items()})
+                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in mets.items()})
+                tracker.end(run)
+        figs = run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        x = cfg.report.x
+        if x and x in keys:
+            _figure(groups, x, [n for n in names if n != x], wanted, figs / f"{wanted[0] if wanted else 'metric'}_vs_"
+                    f"{x.replace('.', '_')}.png")
+        return {"groups": groups}
+
+
+_EXTRA = {
+    "sample_efficiency": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
+    "compare": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
+    "fsam": {"max_bases": None, "patience": None, "min_delta": None, "hidden": None},
+    "latency": {"models": None, "compiled": None, "horizons": None, "device": None, "rank": None, "n_calls": None,
+                "warmup": None},
+    "control": {"target_step": None, "n_mix": None},
+}
+
+
+def _figure(groups, x, series_keys, wanted, path):
+    """Each metric vs the x grid key, one line per combination of the other keys."""
+    mets = wanted[:4]
+    fig, axes = plt.subplots(1, len(mets), figsize=(4.2 * len(mets), 3.6), squeeze=False)
+    series: dict = {}
+    for g in groups:
+        series.setdefault(tuple(g["params"].get(k) for k in series_keys), []).append(g)
+    for i, (label, gs) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+        gs = sorted(gs, key=lambda g: g["params"][x])
+        for ax, m in zip(axes[0], mets):
+            pts = [(g["params"][x], *g["metrics"][m]) for g in gs if m in g["metrics"]]
+            if not pts:
+                continue
+            xs, ms, ss = zip(*pts)
+            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
+                        label=", ".join(f"{k}={v}" for k, v in zip(series_keys, label)))
+            ax.set_xlabel(x)
+            ax.set_ylabel(m)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+KIND = TBFMKind()

@@ -1,0 +1,85 @@
+"""``python -m sweeps.launch +exp=online``: one online session on the rig, through the pinned Ray actor.
+
+The session itself (safety checks, journal, resume, EMG processing) is
+``hardware.online.run_online``; this module adds the launcher's contracts: the
+config from Hydra, every query logged to MLflow as it is journaled, and
+``summary.json`` in the run folder as the last line printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from sweeps.schema import ConfigError
+from sweeps.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class OnlineTracker:
+    """The ``log_query`` / ``log_summary`` interface hardware.online calls, on MLflow."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    def log_query(self, record: dict) -> None:
+        values = {k: record[k] for k in ("response", "exploration", "exploitation")
+                  if isinstance(record.get(k), (int, float)) and record[k] == record[k]}
+        self.tracker.metrics(self.run_id, values, step=int(record.get("query", 0)))
+
+    def log_summary(self, summary: dict, artifacts) -> None:
+        for path in artifacts or []:
+            if Path(path).exists():
+                self.tracker.artifacts(self.run_id, path)
+
+
+def _resolve_paths(rig: dict) -> dict:
+    """Relative file paths in the rig config are relative to the repository, wherever the launch runs."""
+    for key in ("ch2xy",):
+        val = rig.get(key)
+        if isinstance(val, str) and not Path(val).is_absolute() and not Path(val).exists() and (ROOT / val).exists():
+            rig[key] = str(ROOT / val)
+    return rig
+
+
+def run_session(cfg, run_dir: Path, t0: float) -> Path:
+    from hardware.online import run_online
+
+    if cfg.online is None or cfg.rig is None:
+        raise ConfigError("kind=online needs an online config and a rig: use +exp=online (online=NAME rig=NAME)")
+    online = OmegaConf.to_container(cfg.online, resolve=True)
+    rig = _resolve_paths(OmegaConf.to_container(cfg.rig, resolve=True))
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
+    parent = tracker.start(f"online {online.get('name', '')} {run_dir.name}",
+                           params={"online": online, "rig": rig, "mode": cfg.mode})
+    try:
+        session = run_online(online, rig, run_dir=run_dir, resume=cfg.resume, mode=cfg.mode,
+                             n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
+                             tracker=OnlineTracker(tracker, parent), confirm=None if cfg.mode == "operator" else
+                             (lambda prompt: ""))
+    except (ValueError, FileNotFoundError) as exc:
+        tracker.end(parent, "FAILED")
+        raise ConfigError(str(exc)) from None
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
+    out_dir = Path(session.get("run_dir", run_dir))
+    metrics = {k: [float(v), 0.0] for k, v in session.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    summary = {"experiment": cfg.experiment, "run_dir": str(out_dir), "mlflow_run_id": parent,
+               "wall_s": round(time.time() - t0, 2),
+               "groups": [{"params": {"online": online.get("name"), "mode": session.get("mode", cfg.mode)},
+                           "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
+               "session": session}
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    tracker.artifacts(parent, path)
+    tracker.end(parent, "FINISHED")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  then open http://127.0.0.1:5000 "
+          f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
+    print(path)
+    return path
