@@ -112,10 +112,10 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
-    if cfg.kind == "online":
-        check_keys(cfg)
-        from sweeps.online import run_session
-        return run_session(cfg, run_dir, t0)
+    check_keys(cfg)
+    kind = kinds.get(cfg.kind)
+    if hasattr(kind, "drive"):  # kinds that are not a grid of independent cells (online, tune, ...)
+        return kind.drive(cfg, overrides, run_dir, t0)
     if cfg.resume:
         if not (Path(cfg.resume) / "results").is_dir():
             raise ConfigError(f"resume={cfg.resume!r}: not a run folder (no results/ inside)")

@@ -46,7 +46,7 @@ def _resolve_paths(rig: dict) -> dict:
     return rig
 
 
-def run_session(cfg, run_dir: Path, t0: float) -> Path:
+def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
     from hardware.online import run_online
 
     if cfg.online is None or cfg.rig is None:
@@ -83,3 +83,10 @@ def run_session(cfg, run_dir: Path, t0: float) -> Path:
           f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
     print(path)
     return path
+
+
+class OnlineKind:
+    drive = staticmethod(run_session)
+
+
+KIND = OnlineKind()

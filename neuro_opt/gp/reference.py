@@ -110,7 +110,7 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     s_alg, s_resp = ss.spawn(2)
     rng_alg, rng_resp = np.random.default_rng(s_alg), np.random.default_rng(s_resp)
-    X_all = torch.as_tensor(problem.space.X, dtype=torch.float64)
+    X_all = torch.tensor(problem.space.X, dtype=torch.float64)
     bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_min, outputscale_max)
 
     pts = np.empty(n_queries, dtype=np.int64)

@@ -6,7 +6,11 @@ A kind is a module-level object with:
 * ``problem_keys(cfg) -> list[str] | None``: dataset problems to expand ``muscle: all`` over;
 * ``validate(cfg, cells)``: raise ConfigError before any work starts;
 * ``run_cell(payload, seed_sequence, data) -> pyarrow.Table``: runs in a Ray task;
-* ``report(cfg, table, run_dir, tracker, parent_run) -> dict``: groups and extras for summary.json.
+* ``report(cfg, table, run_dir, tracker, parent_run, axes) -> dict``: groups and extras for summary.json.
+
+A kind that is not a grid of independent cells (an online session, an Optuna study)
+instead defines ``drive(cfg, overrides, run_dir, t0) -> Path``, which does the whole
+launch itself and returns the path of ``summary.json`` (printed last).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ KINDS = {
     "latency": "sweeps.kinds.latency",
     "throughput": "sweeps.kinds.throughput",
     "tbfm": "sweeps.kinds.tbfm",
+    "online": "sweeps.online",
 }
 
 
