@@ -29,7 +29,8 @@ class OnlineTracker:
     def log_query(self, record: dict) -> None:
         values = {k: record[k] for k in ("response", "exploration", "exploitation")
                   if isinstance(record.get(k), (int, float)) and record[k] == record[k]}
-        self.tracker.metrics(self.run_id, values, step=int(record.get("query", 0)))
+        # journal queries are 0-based; MLflow steps are 1-based queries, as in the offline curves
+        self.tracker.metrics(self.run_id, values, step=int(record.get("query", 0)) + 1)
 
     def log_summary(self, summary: dict, artifacts) -> None:
         for path in artifacts or []:

@@ -103,3 +103,8 @@ __all__ = ["Dataset", "Problem", "NonStationaryProblem", "sample_responses", "lo
            "spinal_locomotion4d", "gamma_smoothness", "prior_quality", "synthetic_cortical5d", "load_rat5d",
            "load_neuromosaics_cortical", "load_neuromosaics_spinal", "load_table", "to_trials",
            "augment_frequency", "frequency_augmented", "nonstationary"]
+
+# hierarchical GP-BO (seed 003): the synthetic two-electrode dataset (pairs of channels x delays)
+from neuro_opt.datasets.two_electrode import TwoElectrodeProblem, pattern_space, two_electrode  # noqa: E402
+
+register("two_electrode", partial(two_electrode, name="two_electrode"))

@@ -1,0 +1,164 @@
+"""The benchmark experiments of issue 3 and the BoTorch reference loop they measure against.
+
+Speed itself is measured by the experiments (``+exp=latency``, ``+exp=throughput``), not
+here: these tests check that the reference loop is the model it claims to be and that tiny
+launches through the real launcher (local Ray, MLflow sqlite) produce the promised summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from neuro_opt.datasets import load
+from neuro_opt.gp import BatchGP
+from neuro_opt.gp.reference import botorch_reference_run, fitted_hyperparameters
+from neuro_opt.simulate import TRACE_SCHEMA, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides, "progress=false",
+                           f"tracking.uri=sqlite:///{tmp}/mlflow.db"], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_reference_loop_is_the_published_model_and_matches_the_engine():
+    """At every query the reference's posterior over all points equals the engine's exact GP
+    with the hyperparameters BoTorch fitted (to 1e-5), the fitted hyperparameters lie within
+    their bounds, and the random start and responses match simulate(gpbo) with the same seed."""
+    d = load("synthetic_rat", n_subjects=1, n_muscles=1)
+    problem = d[d.keys()[0]]
+    bounds = dict(rho_low=0.1, rho_high=4.0, noise_min=1e-3, noise_max=0.2, outputscale_min=0.25,
+                  outputscale_max=1.0)
+    seen = []
+
+    def record(t, model, mean, var, points, responses):
+        seen.append((t, fitted_hyperparameters(model), mean, var, points, responses))
+
+    trace = botorch_reference_run(problem, 5, seed=7, noise=0.2, kappa=3.0, n_random=2, on_query=record, **bounds)
+    assert trace.schema == TRACE_SCHEMA and trace.num_rows == 5
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
+    for t, hp, mean, var, points, responses in seen:
+        assert all(bounds["rho_low"] <= ls <= bounds["rho_high"] for ls in hp["lengthscale"])
+        assert bounds["noise_min"] - 1e-9 <= hp["noise"] <= bounds["noise_max"] + 1e-9
+        assert bounds["outputscale_min"] <= hp["outputscale"] <= bounds["outputscale_max"]
+        gp = BatchGP(problem.space.X, 1, 8, mode="fixed", lengthscale=hp["lengthscale"], noise=hp["noise"],
+                     outputscale=hp["outputscale"])
+        for x, y in zip(points, responses):
+            gp.observe(np.array([x]), np.array([y]))
+        with torch.no_grad():
+            m, v = gp.posterior()
+        np.testing.assert_allclose(m[0].numpy(), mean, atol=1e-5)
+        np.testing.assert_allclose(v[0].numpy(), var, atol=1e-5)
+    # the believed best is the argmax of the last posterior mean; exploration/exploitation as simulate
+    last_mean = seen[-1][2]
+    best = trace["best"].to_pylist()[-1]
+    assert last_mean[best] == pytest.approx(last_mean.max())
+    truth = problem.truth
+    assert trace["exploration"].to_pylist()[-1] == pytest.approx(truth[best] / truth.max())
+    pts = trace["point"].to_pylist()
+    np.testing.assert_allclose(trace["exploitation"].to_numpy(), truth[pts] / truth.max())
+    # same seed: the same random start and the same responses as the engine's GP-BO
+    ref_engine = simulate(problem, "gpbo", n_reps=1, n_queries=2, seed=7, noise=0.2,
+                          hyperparameters={"kappa": 3.0, "n_random": 2, **bounds})
+    assert ref_engine["point"].to_pylist() == pts[:2]
+    assert ref_engine["response"].to_pylist() == trace["response"].to_pylist()[:2]
+
+
+def test_reference_loop_rejects_bad_arguments():
+    d = load("synthetic_rat", n_subjects=1, n_muscles=1)
+    problem = d[d.keys()[0]]
+    for kwargs, msg in (({"n_queries": 0}, "n_queries"), ({"kappa": -1.0}, "kappa"),
+                        ({"n_random": 0}, "n_random"), ({"rho_low": 5.0, "rho_high": 1.0}, "rho")):
+        with pytest.raises(ValueError, match=msg):
+            botorch_reference_run(problem, **{"n_queries": 2, **kwargs})
+
+
+TINY_LATENCY = ["+exp=latency", "cluster.num_cpus=2", "cluster.cpus_per_cell=1", "params.values.n_points=[150,300]", "params.values.n_dims=[1,2]",
+                "params.values.history=[10,20]", "params.anchor.n_points=300", "params.anchor.n_dims=2",
+                "params.anchor.history=20", "params.repeats=3", "params.warmup=0"]
+
+
+def test_tiny_latency_launch(tmp_path):
+    proc = launch(tmp_path, *TINY_LATENCY)
+    summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+    assert summary["experiment"] == "latency" and summary["failed_cells"] == 0
+    assert summary["n_cells"] == 2 * 2 * 3  # modes x devices x axes
+    groups = summary["groups"]
+    settings = {(g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) for g in groups}
+    # each axis varied with the other two at the anchor (300 points, 2-D, history 20)
+    assert settings == {(150, 2, 20), (300, 2, 20), (300, 1, 20), (300, 2, 10)}
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    assert {(g["params"]["mode"], g["params"]["device"]) for g in groups} == \
+        {(m, dv) for m in ("fixed_rho", "variable_rho") for dv in devices}
+    assert len(groups) == 4 * 2 * len(devices)
+    for g in groups:
+        assert set(g["params"]) == {"mode", "n_points", "n_dims", "history", "device"}
+        median, sem = g["metrics"]["ms_per_query"]
+        assert median > 0 and sem >= 0
+        anchor = (g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) == (300, 2, 20)
+        assert g["n"] == 3 * (3 if anchor else 1)  # the anchor is timed in each of the 3 axis cells
+    if not torch.cuda.is_available():
+        assert any("cuda" in s for s in summary["skipped"])
+    run_dir = Path(summary["run_dir"])
+    assert (run_dir / "figures" / "latency.png").stat().st_size > 10_000
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("latency").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
+    assert len(children) == len(groups)
+    assert all({"ms_per_query", "ms_per_query_sem"} <= set(c.data.metrics) for c in children)
+
+
+def test_tiny_throughput_launch(tmp_path):
+    proc = launch(tmp_path, "+exp=throughput", "cluster.num_cpus=2", "cluster.cpus_per_cell=1", "n_queries=3", "n_reps=3",
+                  "params.n_problems=2", "params.workload_specs.rat.runs_reference=1",
+                  "params.workload_specs.nhp.runs_reference=1")
+    summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+    assert summary["experiment"] == "throughput" and summary["failed_cells"] == 0
+    groups = {(g["params"]["workload"], g["params"]["engine"]): g for g in summary["groups"]}
+    assert set(groups) == {(w, e) for w in ("rat", "nhp") for e in ("batched", "botorch_reference")}
+    for (w, e), g in groups.items():
+        assert set(g["params"]) == {"workload", "engine"}
+        assert g["n"] == (2 * 3 if e == "batched" else 1)  # n_reps x n_problems, or the reference runs
+        assert g["n_queries"] == 3
+        rate, sem = g["metrics"]["runs_per_s"]
+        assert rate > 0 and sem >= 0
+        for m in ("exploration_final", "exploitation_final"):
+            value, sem = g["metrics"][m]
+            assert 0.0 <= value <= 1.0 and sem >= 0.0
+    for w in ("rat", "nhp"):
+        expected = groups[(w, "batched")]["metrics"]["runs_per_s"][0] / \
+            groups[(w, "botorch_reference")]["metrics"]["runs_per_s"][0]
+        assert summary["ratios"][w] == pytest.approx(expected)
+    assert {c["workload"] for c in summary["comparisons"]} == {"rat", "nhp"}
+    assert (Path(summary["run_dir"]) / "figures" / "throughput.png").stat().st_size > 10_000
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
+    assert len(children) == 4
+    assert all({"runs_per_s", "exploration_final", "exploitation_final"} <= set(c.data.metrics) for c in children)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+exp=latency", "params.modes=[bogus_rho]"], "bogus_rho"),
+    (["+exp=throughput", "cluster.num_cpus=1"], "cpus_per_cell"),
+])
+def test_bad_benchmark_config_stops_before_any_work(tmp_path, overrides, message):
+    proc = launch(tmp_path, *overrides, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
