@@ -8,15 +8,16 @@ from mlflow.tracking import MlflowClient
 
 from tests.test_launch import launch
 
-TINY = ["params.n_channels=6", "params.n_session=500", "params.n_test=100", "params.max_seconds=5",
-        "params.max_epochs=2", "progress=false"]
+# ++ adds a params key the experiment file does not list, or overrides it
+TINY = ["++params.n_channels=6", "++params.n_session=320", "++params.n_test=60", "++params.max_seconds=2",
+        "++params.max_epochs=1", "progress=false"]
 CASES = {
-    "tbfm_sample_efficiency": (["grid.params.n_train=[150,300]", "grid.params.rep=[0]"], "test_r2", 4),
-    "tbfm_compare": (["params.n_train=300", "grid.params.rep=[0]"], "state_dependent_r2", 4),
-    "tbfm_fsam": (["params.n_train=300", "params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
-    "tbfm_latency": (["params.models=[tbfm]", "params.n_calls=20", "params.n_train=300", "grid.params.rank=[null]"],
+    "tbfm_sample_efficiency": (["grid.params.n_train=[100,200]", "grid.params.rep=[0]"], "test_r2", 4),
+    "tbfm_compare": (["++params.n_train=200", "grid.params.rep=[0]"], "state_dependent_r2", 4),
+    "tbfm_fsam": (["++params.n_train=200", "++params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
+    "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]"],
                      "us_per_forecast", 4),
-    "tbfm_control": (["params.n_train=300", "grid.params.rep=[0]"], "auc", 2),
+    "tbfm_control": (["++params.n_train=200", "grid.params.rep=[0]"], "auc", 2),
 }
 
 
@@ -25,7 +26,7 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     extra, metric, n_groups = CASES[exp]
     overrides = [f"+exp={exp}", *TINY, *extra, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
     if exp == "tbfm_latency":  # latency builds its own small sessions
-        overrides = [o for o in overrides if not o.startswith(("params.n_session", "params.n_test"))]
+        overrides = [o for o in overrides if not o.startswith(("++params.n_session", "++params.n_test"))]
     proc = launch(tmp_path, *overrides)
     summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
     groups = summary["groups"]

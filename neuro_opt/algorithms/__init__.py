@@ -37,3 +37,10 @@ def make(name: str, space, n_reps: int = 1, seed=0, prior=None, **hyperparameter
 
 
 __all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties"]
+
+# hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
+# (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself
+# spans several spaces and lives in neuro_opt.algorithms.hierarchical (make_method, run_patterns)
+from neuro_opt.algorithms.hierarchical import ProductGPBO  # noqa: E402
+
+_REGISTRY["gpbo_product"] = ProductGPBO

@@ -25,6 +25,8 @@ KINDS = {
     "throughput": "sweeps.kinds.throughput",
     "tbfm": "sweeps.kinds.tbfm",
     "online": "sweeps.online",
+    "tune": "sweeps.kinds.tune",
+    "calibration": "sweeps.kinds.calibrate",
 }
 
 
