@@ -120,19 +120,50 @@ def test_resume_skips_finished_cells_and_completes_identically(tiny_run, tmp_pat
 @pytest.mark.parametrize("overrides,message", [
     (["+exp=no_such_experiment"], "no_such_experiment"),
     (["+exp=noise_sweep", "+bogus_key=1"], "bogus_key"),
-    (["+exp=noise_sweep", "bogus_key=1"], "bogus_key"),
     (["+exp=noise_sweep", "n_reps=many"], "n_reps"),
     (["+exp=noise_sweep", "grid.noise=[0.1,-0.2]"], "noise=-0.2"),
-    (["+exp=noise_sweep", "n_queries=500"], "n_queries=500"),
-    (["+exp=noise_sweep", "algorithm.kappa=-1", "grid.algorithm=[gpbo]"], "kappa"),
-    (["+exp=noise_sweep", "grid.algorithm=[gpbo,nope]"], "nope"),
-    (["+exp=noise_sweep", "dataset=no_such_dataset"], "no_such_dataset"),
-    (["+exp=noise_sweep", "cluster.address=127.0.0.1:9"], "cluster.address"),
-    (["+exp=noise_sweep", "scale=huge"], "scale"),
 ])
-def test_bad_input_stops_before_any_work(tmp_path, overrides, message):
+def test_bad_input_stops_the_cli_before_any_work(tmp_path, overrides, message):
     proc = launch(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not list(tmp_path.glob("runs/*/*/results/*.parquet"))
     assert "Started a local Ray instance" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["bogus_key=1"], "bogus_key"),
+    (["n_queries=500"], "n_queries=500"),
+    (["algorithm.kappa=-1", "grid.algorithm=[gpbo]"], "kappa"),
+    (["grid.algorithm=[gpbo,nope]"], "nope"),
+    (["dataset=no_such_dataset"], "no_such_dataset"),
+    (["scale=huge"], "scale"),
+    (["muscle=nhp1/NOPE", "grid.muscle=[nhp1/NOPE]"], "NOPE"),
+])
+def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweeps.grid import CONF_DIR
+    from sweeps.launch import build_cells
+    from sweeps.schema import ConfigError
+
+    with pytest.raises((ConfigError, HydraException, OmegaConfBaseException), match=message):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["+exp=noise_sweep", *overrides])
+        build_cells(cfg, ["+exp=noise_sweep", *overrides])
+
+
+def test_unreachable_cluster_address_is_refused_at_once():
+    import time
+
+    from sweeps.launch import check_address
+    from sweeps.schema import ConfigError
+
+    t0 = time.time()
+    with pytest.raises(ConfigError, match="cluster.address='127.0.0.1:9': nothing answers"):
+        check_address("127.0.0.1:9")
+    with pytest.raises(ConfigError, match="expected host:port"):
+        check_address("nohost")
+    assert time.time() - t0 < 10

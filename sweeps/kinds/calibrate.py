@@ -68,10 +68,6 @@ def _plan(setup: tune.Setup) -> tuple[list, dict, int]:
                 if name in (lo, hi) and not alg[lo] < alg[hi]:
                     alg[hi if name == lo else lo] = v * 2 if name == lo else v / 2
             tune.check_algorithm(alg, space0, where, n_q)
-    extra = sorted(set(values) - set(order))
-    if extra:
-        raise ConfigError(f"params.values has lists for {extra}, which params.calibrate does not name; "
-                          f"add them to params.calibrate or drop them")
     rounds = p.get("max_rounds", 3)
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ConfigError(f"params.max_rounds={rounds!r}: expected an integer >= 1")

@@ -1,0 +1,269 @@
+"""Optuna calibration (+exp=tune_gpbo), the one-at-a-time procedure (+exp=kappa_calibration) and
+promotion to an online config (python -m sweeps.promote), end to end: a real local Ray, an
+Optuna sqlite storage and an MLflow sqlite store in temp folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sweeps.schema import ConfigError
+from tests.test_launch import ROOT, launch
+
+# 2 virtual rats x 2 muscles: rat1 trains, rat2 is held out; one problem per pruning step
+TINY = ["dataset.n_subjects=2", "dataset.n_muscles=2", "n_reps=3", "n_queries=10", "params.heldout_reps=4",
+        "params.batch_problems=1", "cluster.num_cpus=2", "progress=false"]
+TUNE = ["+exp=tune_gpbo", *TINY, "params.sampler.n_startup_trials=4", "params.pruner.n_startup_trials=3"]
+BAD_KAPPA = 0.3
+
+
+def summary_of(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+
+
+def load_study(storage: str, name: str = "tiny"):
+    import optuna
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """A small study that starts from a deliberately bad kappa."""
+    tmp = tmp_path_factory.mktemp("tune")
+    storage = f"sqlite:///{tmp}/optuna.db"
+    proc = launch(tmp, *TUNE, "params.n_trials=8", "study.name=tiny", f"study.storage={storage}",
+                  f"params.start=[{{kappa: {BAD_KAPPA}}}]", "params.space.kappa.low=0.2",
+                  f"tracking.uri=sqlite:///{tmp}/mlflow.db")
+    return tmp, storage, proc, summary_of(proc)
+
+
+def test_study_beats_a_bad_starting_kappa_and_is_tracked(study_run):
+    from optuna.trial import TrialState
+
+    tmp, storage, proc, summary = study_run
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
+    study = load_study(storage)
+    assert len(study.trials) == 8 == summary["study"]["n_trials"]
+    first = study.trials[0]
+    assert first.params["kappa"] == BAD_KAPPA and first.state == TrialState.COMPLETE
+    assert study.best_value > first.value
+    assert summary["study"]["best_trial"] == study.best_trial.number
+    # every trial's bounds are ordered, whatever was sampled
+    for t in study.trials:
+        hp = t.user_attrs["hyperparameters"]
+        assert hp["rho_low"] < hp["rho_high"] and hp["noise_min"] < hp["noise_max"]
+
+    groups = {g["params"]["method"]: g for g in summary["groups"]}
+    assert set(groups) == {"optuna", "published_defaults"}
+    best_hp = study.best_trial.user_attrs["hyperparameters"]
+    assert {k: groups["optuna"]["params"][k] for k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min",
+                                                       "noise_max")} == \
+        {k: best_hp[k] for k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")}
+    assert groups["published_defaults"]["params"]["kappa"] == 3.0
+    for g in groups.values():
+        assert g["n"] == 2 * 4  # held-out: 2 muscles x heldout_reps
+        assert set(g["metrics"]) >= {"heldout_objective", "train_objective", "simulated_runs"}
+        assert all(len(v) == 2 for v in g["metrics"].values())
+        assert 0.0 <= g["metrics"]["heldout_objective"][0] <= 1.0
+    assert groups["optuna"]["metrics"]["train_objective"][0] == pytest.approx(study.best_value)
+    runs = sum(t.user_attrs["simulated_runs"] for t in study.trials)
+    assert groups["optuna"]["metrics"]["simulated_runs"] == [runs, 0.0] and 0 < runs <= 8 * 2 * 3
+    assert groups["published_defaults"]["metrics"]["simulated_runs"] == [0.0, 0.0]
+
+    run_dir = Path(summary["run_dir"])
+    table = pq.read_table(run_dir / "results" / "trials.parquet")
+    assert table.num_rows == 8 and table["hp_kappa"][0].as_py() == BAD_KAPPA
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert json.loads(parent.data.params["chosen.algorithm"]) == best_hp
+    exp = client.get_experiment_by_name("tune_gpbo")
+    children = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
+    assert len(children) == 8
+    assert {c.data.tags["optuna.state"] for c in children} <= {"COMPLETE", "PRUNED", "FAIL"}
+    arts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "figures")}
+    assert {"figures/optimization_history.png", "figures/param_importances.png", "figures/slices.png",
+            "figures/heldout_curves.png"} <= arts
+    assert "results/trials.parquet" in {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "results")}
+
+
+def test_promotion_round_trips_into_the_online_config(study_run, tmp_path):
+    from hardware.online import OnlineConfig, run_online
+
+    tmp, storage, _, summary = study_run
+    study = load_study(storage)
+    best = study.trials[summary["study"]["best_trial"]].user_attrs["hyperparameters"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "sweeps.promote", f"source={summary['mlflow_run_id']}", "name=rat_tuned",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"out_dir={tmp_path}"]
+    proc = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "rat_tuned.yaml"
+    cfg = OnlineConfig.load(path)
+    assert cfg.algorithm == best  # exactly the trial's values, every hyperparameter
+    assert cfg.name == "rat_tuned" and cfg.n_queries == 10 and cfg.space == {"x": list(range(1, 9)),
+                                                                               "y": [1, 2, 3, 4]}
+    prov = cfg.provenance
+    groups = {g["params"]["method"]: g for g in summary["groups"]}
+    assert prov["source"] == summary["mlflow_run_id"] and prov["dataset"] == "synthetic_rat"
+    assert prov["heldout_objective"] == pytest.approx(groups["optuna"]["metrics"]["heldout_objective"][0])
+    assert prov["heldout_subjects"] == ["rat2"] and prov["date"] and prov["code_version"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    assert client.get_run(summary["mlflow_run_id"]).data.tags["neuro_opt.promoted"] == "rat_tuned"
+
+    again = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "overwrite=true" in again.stderr
+    from sweeps import promote
+    assert promote.main(["source=tiny", "name=rat_tuned", "overwrite=true", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                         f"out_dir={tmp_path}"]) == 0  # by study name: the storage is found through MLflow
+    assert OnlineConfig.load(path).algorithm == load_study(storage).best_trial.user_attrs["hyperparameters"]
+
+    # the online runner accepts it: three queries on the simulated rig, in-process
+    rig = yaml.safe_load((ROOT / "conf" / "rig" / "simulated.yaml").read_text())
+    rig.update(latency_s=0.0, ch2xy=str(ROOT / "conf" / "rig" / "ch2xy_rat32.json"))
+    rig["limits"]["min_interval_s"] = 0.0
+    session = run_online(path, rig, run_dir=tmp_path / "session", mode="autonomous", n_queries=3, use_actor=False,
+                         echo=lambda *a: None)
+    assert session["n_queries"] == 3
+
+
+def test_relaunch_with_the_same_study_name_adds_trials(study_run):
+    tmp, storage, _, first = study_run
+    proc = launch(tmp, *TUNE, "params.n_trials=3", "study.name=tiny", f"study.storage={storage}",
+                  f"params.start=[{{kappa: {BAD_KAPPA}}}]", "params.space.kappa.low=0.2",
+                  f"tracking.uri=sqlite:///{tmp}/mlflow.db")
+    summary = summary_of(proc)
+    study = load_study(storage)
+    assert len(study.trials) == 11 == summary["study"]["n_trials"]
+    assert summary["study"]["resumed"] is True and summary["study"]["launch_trials"] == 3
+    assert not any(t.user_attrs.get("start_point") for t in study.trials[8:])  # start points only once
+    assert {t.user_attrs["launch"] for t in study.trials[8:]} == {Path(summary["run_dir"]).name}
+    assert summary["mlflow_run_id"] != first["mlflow_run_id"]
+    assert summary["study"]["best_value"] >= first["study"]["best_value"]
+
+
+def test_calibration_one_at_a_time_from_a_bad_kappa(tmp_path):
+    proc = launch(tmp_path, "+exp=kappa_calibration", *TINY, "params.calibrate=[kappa]",
+                  f"params.values.kappa=[{BAD_KAPPA},3.0]", f"params.published.kappa={BAD_KAPPA}",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    summary = summary_of(proc)
+    groups = {g["params"]["method"]: g for g in summary["groups"]}
+    assert set(groups) == {"one_at_a_time", "published_defaults"}
+    assert groups["one_at_a_time"]["params"]["kappa"] == 3.0 and groups["published_defaults"]["params"]["kappa"] == BAD_KAPPA
+    cal = summary["calibration"]
+    assert cal["converged"] and cal["rounds"] == 2 and cal["distinct_settings"] == 2  # round 2 re-uses round 1
+    assert groups["one_at_a_time"]["metrics"]["simulated_runs"] == [2 * 2 * 3, 0.0]
+    assert groups["one_at_a_time"]["metrics"]["train_objective"][0] > groups["published_defaults"]["metrics"][
+        "train_objective"][0]
+    assert pq.read_table(Path(summary["run_dir"]) / "results" / "evaluations.parquet").num_rows == 4
+    from hardware.online import OnlineConfig
+    from sweeps import promote
+    assert promote.main([f"source={summary['mlflow_run_id']}", "name=cal", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                         f"out_dir={tmp_path}"]) == 0
+    cfg = OnlineConfig.load(tmp_path / "cal.yaml")
+    assert cfg.algorithm["kappa"] == 3.0 and cfg.provenance["method"] == "one_at_a_time"
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a clear error before any work (no Ray, no MLflow store, no study)
+# ---------------------------------------------------------------------------------------------
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sweeps.schema  # noqa: F401 - registers the schema
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["params.space.kappa.low=5.0", "params.space.kappa.high=1.0"], "params.space.kappa: low=5.0 >= high=1.0"),
+    (["params.space.noise_max.low=0"], "params.space.noise_max: log scale needs low > 0"),
+    (["params.objective.name=best_ever"], "best_ever"),
+    (["params.objective.name=exploration_at"], "params.objective.query"),
+    (["params.objective.name=exploitation_at", "params.objective.query=99"], "params.objective.query=99"),
+    (["params.objective.name=mix"], "params.objective.weights"),
+    (["+params.space.rho_low={low: 0.01, high: 0.1}"], "rho_low and rho_high are both searched"),
+    (["params.space.rho_ratio.low=0.5"], "params.space.rho_ratio must be > 1"),
+    (["+params.space.bogus={low: 1, high: 2}"], "params.space.bogus"),
+    (["params.space.n_random.high=12"], "n_random goes up to 12"),
+    (["params.heldout=2"], "params.heldout=2"),
+    (["params.heldout=[rat9]"], "rat9"),
+    (["params.start=[{kappa: 50.0}]"], "kappa=50.0 is outside"),
+    (["params.published.kappa=-1.0"], "kappa"),
+    (["+params.bogus=1"], "bogus"),
+    (["params.sampler.name=grid"], "params.sampler.name='grid'"),
+    (["algorithm=extensive"], "calibrates GP-BO"),
+    (["+exp=kappa_calibration", "params.values.kappa=[]"], "params.values.kappa"),
+    (["+exp=kappa_calibration", "params.calibrate=[bogus]"], "bogus"),
+    (["+exp=kappa_calibration", "params.values.n_random=[1,20]"], "n_random=20 is more than n_queries=10"),
+])
+def test_bad_input_stops_before_any_work(tmp_path, overrides, message):
+    import ray
+
+    from sweeps.launch import run
+
+    exp = [o for o in overrides if o.startswith("+exp=")] or ["+exp=tune_gpbo"]
+    rest = [o for o in overrides if not o.startswith("+exp=")]
+    ov = [*exp, *TINY, *rest, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+          f"study.storage=sqlite:///{tmp_path}/optuna.db"]
+    cfg = compose(*ov)
+    with pytest.raises(ConfigError) as err:
+        run(cfg, ov, tmp_path / "run")
+    assert message in str(err.value)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_bad_input_on_the_command_line_exits_2_with_the_message(tmp_path):
+    proc = launch(tmp_path, "+exp=tune_gpbo", "params.space.kappa.low=5.0", "params.space.kappa.high=1.0",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode == 2
+    assert "params.space.kappa: low=5.0 >= high=1.0" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+
+
+def test_a_resumed_study_must_keep_its_settings(study_run, tmp_path):
+    from sweeps.launch import run
+
+    tmp, storage, _, _ = study_run
+    n = len(load_study(storage).trials)
+    ov = ["+exp=tune_gpbo", *TINY, "params.objective.name=exploitation_final", "study.name=tiny",
+          f"study.storage={storage}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    with pytest.raises(ConfigError, match="was created with other objective"):
+        run(compose(*ov), ov, tmp_path / "run")
+    assert len(load_study(storage).trials) == n
+
+
+def test_promotion_refuses_sources_without_hyperparameters(tmp_path, capsys):
+    import optuna
+
+    from sweeps import promote
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("noise_sweep"))
+    assert promote.main([f"source={run.info.run_id}", "name=x", f"tracking.uri={uri}", f"out_dir={tmp_path}"]) == 2
+    assert "no chosen hyperparameters" in capsys.readouterr().err
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="empty", storage=storage)
+    assert promote.main(["source=empty", "name=x", f"study.storage={storage}", f"tracking.uri={uri}",
+                         f"out_dir={tmp_path}"]) == 2
+    assert "has no finished trial" in capsys.readouterr().err
+    assert promote.main(["source=empty", "name=x", "colour=blue"]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+    assert promote.main(["source=empty"]) == 2
+    assert "name= is required" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.yaml"))
