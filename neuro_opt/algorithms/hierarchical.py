@@ -28,7 +28,8 @@ them. The hierarchical search learns the stages in order:
 
 Every query counts toward one budget, stage 1 included; the believed best pattern at any
 query is the argmax of the last stage's posterior mean, or before the last stage the
-argmax of the prior that stage would start from (ties at random).
+argmax of the prior that stage would start from (that prior ties a pair's delays: the tie
+is broken at random once per replicate, so the belief does not flicker between queries).
 
 The flat baseline (:class:`ProductGPBO`, registered as ``gpbo_product``) is the same GP-BO
 on the full pattern space with a zero prior mean (or a single prior map, weight refit).
@@ -314,7 +315,9 @@ class ProductGPBO(Optimizer):
     Args:
         kappa, n_random: acquisition and initial random queries.
         rho_space, rho_time: ``[low, high]`` length-scale bounds (space in grid steps, time in
-            ``time_unit_ms``).
+            ``time_unit_ms``, by default ms). The delay length-scale's upper bound matters: the
+            synergy objective peaks at one delay, and a length-scale as long as the delay step
+            (20 ms) smooths that peak away, so stage 2 wastes queries on the wrong delays.
         noise_min, noise_max, noise_units: noise std bounds, ``raw`` (response units) or
             ``normalized`` (divided by the largest response seen).
         outputscale_min, outputscale_max: kernel output scale bounds (normalized scale).
@@ -325,10 +328,10 @@ class ProductGPBO(Optimizer):
     name = "gpbo_product"
 
     def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
-                 rho_space: Sequence[float] = (1.0, 2.0), rho_time: Sequence[float] = (0.5, 2.0),
+                 rho_space: Sequence[float] = (1.0, 2.0), rho_time: Sequence[float] = (5.0, 20.0),
                  noise_min: float = 1e-3, noise_max: float = 0.05, noise_units: str = "normalized",
                  outputscale_min: float = 0.05, outputscale_max: float = 1.0, prior_scale: float = 0.75,
-                 weight_sd: float = 0.5, time_unit_ms: float = 20.0, fit_steps: int = 20, lr: float = 0.1,
+                 weight_sd: float = 0.5, time_unit_ms: float = 1.0, fit_steps: int = 15, lr: float = 0.1,
                  capacity: int | None = None):
         super().__init__(space, n_reps, seed, prior)
         if not kappa >= 0:
@@ -416,7 +419,7 @@ class HierarchicalGPBO:
     Args:
         problem: a :class:`PatternProblem`.
         n_reps, seed: replicates, and an int / SeedSequence / Generator.
-        kappa: UCB weight, every stage.
+        kappa: UCB weight, every stage (stage 1: ``stage1_kappa`` when given).
         stage_queries: queries of stages ``1 .. k-1`` (the last stage takes the rest);
             a scalar is stage 1's budget.
         stage1_rule: ``budget`` or ``stable`` (stop stage 1 early, see the module docstring).
@@ -435,23 +438,25 @@ class HierarchicalGPBO:
     """
 
     def __init__(self, problem, n_reps: int = 1, seed=0, kappa: float = 3.0, stage_queries=25,
-                 stage1_rule: str = "budget", stage1_min: int = 10, stage1_patience: int = 5,
-                 stage1_model: str = "muscles", event_components: Sequence[int] | None = None,
-                 stage1_rho: Sequence[float] = (0.5, 3.0), rho_space: Sequence[float] = (1.0, 2.0),
-                 rho_time: Sequence[float] = (0.5, 2.0), noise_min: float = 5e-4, noise_max: float = 1e-3,
-                 noise_units: str = "raw", outputscale_min: float = 0.05, outputscale_max: float = 1.0,
-                 weight_mean: Sequence[float] = (1.0, 1.0), weight_sd: float = 0.5, time_unit_ms: float = 20.0,
-                 fit_steps: int = 20, lr: float = 0.1, n_events: int | None = None):
+                 stage1_kappa: float | None = None, stage1_rule: str = "budget", stage1_min: int = 10,
+                 stage1_patience: int = 5, stage1_model: str = "muscles",
+                 event_components: Sequence[int] | None = None, stage1_rho: Sequence[float] = (0.5, 3.0),
+                 rho_space: Sequence[float] = (1.0, 2.0), rho_time: Sequence[float] = (5.0, 20.0),
+                 noise_min: float = 5e-4, noise_max: float = 1e-3, noise_units: str = "raw",
+                 outputscale_min: float = 0.05, outputscale_max: float = 1.0,
+                 weight_mean: Sequence[float] = (1.0, 1.0), weight_sd: float = 0.5, time_unit_ms: float = 1.0,
+                 fit_steps: int = 15, lr: float = 0.1, n_events: int | None = None):
         self.k = int(n_events or problem.n_events)
         if self.k < 2:
             raise ValueError(f"a hierarchical search needs at least 2 events, got n_events={self.k}")
-        if not kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        if not kappa >= 0 or not (stage1_kappa is None or stage1_kappa >= 0):
+            raise ValueError(f"kappa and stage1_kappa must be >= 0, got {kappa!r}, {stage1_kappa!r}")
         self.b = int(n_reps)
         if self.b < 1:
             raise ValueError(f"n_reps must be >= 1, got {n_reps}")
         self.rng = make_rng(seed)
         self.kappa = float(kappa)
+        self.kappa1 = self.kappa if stage1_kappa is None else float(stage1_kappa)
         sq = [stage_queries] if np.isscalar(stage_queries) else list(stage_queries)
         if len(sq) != self.k - 1 or any(int(q) < 1 for q in sq):
             raise ValueError(f"stage_queries needs {self.k - 1} budget(s) >= 1 (stages 1..{self.k - 1}), got {sq}")
@@ -494,6 +499,7 @@ class HierarchicalGPBO:
         self._best1 = np.full((self.b, self.J1), -1)
         self._streak = np.zeros(self.b, dtype=np.int64)
         self._post: dict = {}
+        self._tie_keys = self.rng.random((self.b, self.spaces[-1].n_points))
 
     # ------------------------------------------------------------- posteriors
     def _posterior(self, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -553,7 +559,7 @@ class HierarchicalGPBO:
                 points[one] = self.rng.integers(0, self.C, int(one.sum()))
             else:
                 m, v = self._posterior(1)
-                ucb = (m + self.kappa * np.sqrt(v)).max(axis=1)  # b x C: the best of the component UCBs
+                ucb = (m + self.kappa1 * np.sqrt(v)).max(axis=1)  # b x C: the best of the component UCBs
                 points[one] = argmax_random_ties(ucb[one], self.rng)
         for j in range(2, self.k + 1):
             rows = self.stage == j
@@ -612,7 +618,16 @@ class HierarchicalGPBO:
             prior = self.prior_basis(j, prev_mean=mean) @ self.a0
             reached = self.stage >= j
             mean = np.where(reached[:, None], self.stage_mean(j), prior) if reached.any() else prior
-        return argmax_random_ties(mean, self.rng)
+        final = self.stage == self.k
+        out = np.empty(self.b, dtype=np.int64)
+        if final.any():
+            out[final] = argmax_random_ties(mean[final], self.rng)
+        if (~final).any():  # a prior ties every delay: keep one random choice per replicate, not a new one per query
+            m = mean[~final]
+            top = m.max(axis=1, keepdims=True)
+            ties = m >= top - 1e-12 * np.maximum(np.abs(top), 1.0)
+            out[~final] = np.where(ties, self._tie_keys[~final], -1.0).argmax(axis=1)
+        return out
 
 
 class FlatPatternSearch:
@@ -647,13 +662,9 @@ def make_method(name: str, problem, n_reps: int = 1, seed=0, **hyperparameters):
             return HierarchicalGPBO(problem, n_reps=n_reps, seed=seed, **hyperparameters)
         except TypeError as exc:
             raise ValueError(f"method 'hierarchical': bad hyperparameters {sorted(hyperparameters)}: {exc}") from None
-    hp = dict(hyperparameters)
-    for key in ("stage_queries", "stage1_rule", "stage1_min", "stage1_patience", "stage1_model",
-                "event_components", "stage1_rho", "weight_mean"):
-        hp.pop(key, None)  # the hierarchical-only keys of a shared config
     space = problem.pattern_space(problem.n_events)
     alg = "gpbo_product" if name == "flat" else name
-    return FlatPatternSearch(problem, algorithms.make(alg, space, n_reps=n_reps, seed=seed, **hp))
+    return FlatPatternSearch(problem, algorithms.make(alg, space, n_reps=n_reps, seed=seed, **hyperparameters))
 
 
 TRACE_SCHEMA = pa.schema([

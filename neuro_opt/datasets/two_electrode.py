@@ -10,21 +10,27 @@ How a pattern's response is built (all random choices derive from ``seed``):
 
 * single events: muscle ``m`` answers channel ``c`` with a bump ``A_m(c) g(t - L_m(c))``:
   ``A_m`` a clustered hotspot map with electrode-level granularity, ``L_m`` a latency of
-  12 to 20 ms, ``g`` a smooth envelope (gamma-shaped, peak 14 ms after onset, about
+  about 12 to 20 ms, ``g`` a smooth envelope (gamma-shaped, peak 14 ms after onset, about
   25 ms wide, the length of a 40 ms train's response);
 * pairs: the second event's drive is multiplied by a gain ``G_m(c1, c2, dt)``, the
   product of an *occlusion* term (the two channels share neurons: strong for nearby
   channels and short delays, complete refractoriness for the same channel at 0 ms) and
   a *facilitation* term (sparse channel-to-channel connections, each with its own
-  preferred delay, 30 to 80 ms, and muscle selectivity), and the summed drive of both
-  events saturates per muscle (``U tanh(v / U)``: motor-pool occlusion). None of this
-  is predictable from the single-electrode responses;
+  preferred delay, 30 to 80 ms, and muscle selectivity; a facilitated response also
+  comes up to ``advance_ms`` sooner), and the summed drive of both events saturates per
+  muscle (``U tanh(v / U)``: motor-pool occlusion). None of this is predictable from the
+  single-electrode responses;
 * trials: every event's amplitude jitters (log-normal, ``trial_cv``) and its latency
   (``latency_jitter_ms``), plus white noise on the envelope (``baseline_noise`` V).
 
+* subjects: a subject is redrawn until its best pattern beats the runner-up by
+  ``min_margin`` (the paper's best pattern stood out, 0.041 V against about 0.030 V).
+
 The objective is the paper's two-muscle synergy with a target delay: the peak over
 ``t`` in the first ``window_ms`` of ``r_a(t) + r_b(t + target_delay_ms)``, with
-``(a, b) = synergy`` (EMG0 then EMG4, 40 ms apart). Each problem is a regular
+``(a, b) = synergy`` (EMG0 then EMG4, 40 ms apart). The paper's formula did not survive
+in the text we have ("the maximum amplitude of combined EMG responses, incorporating the
+desired delay"); this is that sentence written out. Each problem is a regular
 :class:`Problem` over the pair space (``x1, y1, x2, y2, delay_ms`` restricted to
 ``search_delays_ms``: 100 pairs x 3 delays = 300 patterns by default): ``truth`` is the
 mean objective over the trials and ``repetitions`` the per-trial objectives, so every
@@ -207,10 +213,11 @@ def _muscle_map(coords: np.ndarray, rng: np.random.Generator, granularity: float
     return m / m.max()
 
 
-def _subject(rng: np.random.Generator, s: int, seed: int, n_trials: int, trial_cv: float, latency_jitter_ms: float, baseline_noise: float,
-             facilitation: float, connection_rate: float, occlusion: float, granularity: float, advance_ms: float,
-             saturation: float,
-             objective: SynergyObjective, search_delays_ms: tuple, name: str) -> TwoElectrodeProblem:
+def _subject(rng: np.random.Generator, s: int, seed: int, n_trials: int, trial_cv: float, latency_jitter_ms: float,
+             baseline_noise: float, facilitation: float, connection_rate: float, occlusion: float, granularity: float,
+             advance_ms: float, saturation: float, objective: SynergyObjective, search_delays_ms: tuple,
+             name: str) -> TwoElectrodeProblem:
+    """One virtual subject, every random choice drawn from ``rng``."""
     channels = pattern_space(1)
     coords = channels.X  # C x 2
     C, M = channels.n_points, len(MUSCLES)

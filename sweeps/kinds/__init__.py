@@ -27,6 +27,7 @@ KINDS = {
     "online": "sweeps.online",
     "tune": "sweeps.kinds.tune",
     "calibration": "sweeps.kinds.calibrate",
+    "hierarchical": "sweeps.kinds.hierarchical",
 }
 
 
