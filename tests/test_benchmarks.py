@@ -88,7 +88,7 @@ def test_reference_loop_rejects_bad_arguments():
             botorch_reference_run(problem, **{"n_queries": 2, **kwargs})
 
 
-TINY_LATENCY = ["+exp=latency", "cluster.num_cpus=2", "params.values.n_points=[150,300]", "params.values.n_dims=[1,2]",
+TINY_LATENCY = ["+exp=latency", "cluster.num_cpus=2", "cluster.cpus_per_cell=1", "params.values.n_points=[150,300]", "params.values.n_dims=[1,2]",
                 "params.values.history=[10,20]", "params.anchor.n_points=300", "params.anchor.n_dims=2",
                 "params.anchor.history=20", "params.repeats=3", "params.warmup=0"]
 
@@ -145,6 +145,7 @@ def test_tiny_throughput_launch(tmp_path):
             groups[(w, "botorch_reference")]["metrics"]["runs_per_s"][0]
         assert summary["ratios"][w] == pytest.approx(expected)
     assert {c["workload"] for c in summary["comparisons"]} == {"rat", "nhp"}
+    assert any("NHP runs per second" in t["target"] for t in summary["targets"])
     assert (Path(summary["run_dir"]) / "figures" / "throughput.png").stat().st_size > 10_000
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
@@ -158,7 +159,8 @@ def test_tiny_throughput_launch(tmp_path):
     (["+exp=latency", "params.values.history=[0]"], "params.values.history"),
     (["+exp=latency", "n_queries=5"], "n_queries"),
     (["+exp=latency", "params.algorithms.variable_rho.rho_low=-1"], "variable_rho"),
-    (["+exp=throughput", "cluster.num_cpus=1"], "cpus_per_cell"),
+    (["+exp=latency", "params.threads=0"], "params.threads"),
+    (["+exp=throughput", "cluster.num_cpus=2", "cluster.cpus_per_cell=4"], "cpus_per_cell"),
     (["+exp=throughput", "grid.params.engine=[batched,bogus]"], "bogus"),
     (["+exp=throughput", "params.n_problems=99"], "n_problems"),
     (["+exp=throughput", "n_queries=97", "grid.params.workload=[nhp]"], "n_queries=97"),

@@ -20,7 +20,11 @@ observations for every value of that axis (``params.values[axis]``), the other t
    the timed queries of one setting exceed ``max_seconds_per_setting``.
 
 Cells take ``cluster.cpus_per_cell`` cores (the exp file asks for 2, the whole of a 2-core
-machine, so cells run one at a time and never time each other); torch uses that many threads.
+machine, so cells run one at a time and never time each other); torch uses ``params.threads``
+threads (null: as many as the cell's cores). On a machine shared with other work, two torch
+threads on two busy cores can make small operations many times slower (each parallel region
+waits for both threads to be scheduled); ``params.threads=1`` measures without that effect,
+and ``ms_per_query_min`` (the fastest timed query) shows the uncontended cost.
 ``device: cuda`` cells time nothing (zero rows) when no CUDA device is visible to the worker;
 the summary lists them under ``skipped``.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +155,39 @@ def settings_of(params: dict) -> list[dict]:
     return [{**{k: int(params["anchor"][k]) for k in AXES}, axis: int(v)} for v in params["values"][axis]]
 
 
+def _time_setting(p: dict, s: dict, seed, dev_name: str, rows: dict) -> None:
+    import torch
+
+    r = time_queries(p["algorithms"][p["mode"]], s["n_points"], s["n_dims"], s["history"], p["device"],
+                     int(p["repeats"]), int(p["warmup"]), float(p["max_seconds_per_setting"]), seed)
+    for i, (q, tl, ak) in enumerate(zip(r["ms_query"], r["ms_tell"], r["ms_ask"])):
+        for k, v in (("mode", p["mode"]), ("device", p["device"]), ("axis", p["axis"]),
+                     ("n_points", s["n_points"]), ("n_dims", s["n_dims"]), ("history", s["history"]),
+                     ("n_unique", r["n_unique"]), ("sample", i), ("ms_query", q), ("ms_tell", tl),
+                     ("ms_ask", ak), ("threads", torch.get_num_threads()), ("device_name", dev_name)):
+            rows[k].append(v)
+
+
+@contextmanager
+def torch_threads(n):
+    """Run with ``n`` torch threads (None: leave the launcher's choice, the cell's CPUs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_threads(n) -> None:
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ConfigError(f"params.threads={n!r}: torch threads per cell must be an integer >= 1, or null "
+                          f"for as many as the cell's CPUs (cluster.cpus_per_cell)")
+
+
 # ------------------------------------------------------------------ the kind
 def _check_cpus(cfg) -> None:
     if cfg.cluster.address:
@@ -175,7 +213,7 @@ class LatencyKind:
             p = cell.payload["params"]
             where = f"cell {cell.coords}"
             for key in ("mode", "device", "axis", "anchor", "values", "algorithms", "repeats", "warmup",
-                        "max_seconds_per_setting"):
+                        "max_seconds_per_setting", "threads"):
                 if key not in p:
                     raise ConfigError(f"params.{key} is missing ({where}); see conf/exp/latency.yaml")
             if p["mode"] not in MODES:
@@ -195,6 +233,7 @@ class LatencyKind:
                 raise ConfigError(f"params.repeats={p['repeats']!r}: must be an integer >= 3 (median and SEM)")
             if not isinstance(p["warmup"], int) or p["warmup"] < 0:
                 raise ConfigError(f"params.warmup={p['warmup']!r}: must be an integer >= 0")
+            _check_threads(p["threads"])
             if not p["max_seconds_per_setting"] > 0:
                 raise ConfigError(f"params.max_seconds_per_setting={p['max_seconds_per_setting']!r}: must be > 0")
             alg = dict(p["algorithms"].get(p["mode"]) or {})
@@ -217,16 +256,11 @@ class LatencyKind:
             return pa.table(rows, schema=SCHEMA)  # skipped: no GPU visible to this worker
         dev_name = torch.cuda.get_device_name(0) if p["device"] == "cuda" else (_cpu_name() or "cpu")
         settings = settings_of(p)
-        for s, child in zip(settings, seed_sequence.spawn(len(settings))):
-            r = time_queries(p["algorithms"][p["mode"]], s["n_points"], s["n_dims"], s["history"], p["device"],
-                             int(p["repeats"]), int(p["warmup"]), float(p["max_seconds_per_setting"]), child)
-            for i, (q, tl, ak) in enumerate(zip(r["ms_query"], r["ms_tell"], r["ms_ask"])):
-                for k, v in (("mode", p["mode"]), ("device", p["device"]), ("axis", p["axis"]),
-                             ("n_points", s["n_points"]), ("n_dims", s["n_dims"]), ("history", s["history"]),
-                             ("n_unique", r["n_unique"]), ("sample", i), ("ms_query", q), ("ms_tell", tl),
-                             ("ms_ask", ak), ("threads", torch.get_num_threads()), ("device_name", dev_name)):
-                    rows[k].append(v)
+        with torch_threads(p["threads"]):
+            for s, child in zip(settings, seed_sequence.spawn(len(settings))):
+                _time_setting(p, s, child, dev_name, rows)
         return pa.table(rows, schema=SCHEMA)
+
 
     # ------------------------------------------------------------------ report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
@@ -241,6 +275,7 @@ class LatencyKind:
             params = dict(zip(keys, combo))
             m = {name: _median_sem(sub[col].to_numpy()) for name, col in
                  (("ms_per_query", "ms_query"), ("ms_tell", "ms_tell"), ("ms_ask", "ms_ask"))}
+            m["ms_per_query_min"] = [float(pc.min(sub["ms_query"]).as_py()), 0.0]
             g = {"params": params, "n": sub.num_rows, "metrics": m,
                  "threads": int(sub["threads"][0].as_py()), "device_name": sub["device_name"][0].as_py(),
                  "n_unique": int(sub["n_unique"][0].as_py())}
@@ -324,8 +359,12 @@ def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
         ax.set_title(", ".join(f"{k}={anchor[k]}" for k in others), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms per query (median +/- SEM)")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = {}, {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
