@@ -73,10 +73,13 @@ def connect_ray(cfg: DictConfig) -> bool:
         check_address(address)
     runtime_env = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True) or None
     kwargs = dict(logging_level=logging.WARNING, include_dashboard=False, runtime_env=runtime_env)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # "local": never join a cluster that RAY_ADDRESS happens to point at
+            ray.init(address="local", num_cpus=cfg.cluster.num_cpus, **kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(f"cluster.address={address!r}: {exc}") from None
     return True
 
 
@@ -186,8 +189,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     if failures:
         print(f"{len(failures)} of {len(cells)} cells failed (see {run_dir / 'failures.json'}); first: "
               f"{failures[0]['coords']}: {failures[0]['error']}", file=sys.stderr)
-    print(f"MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  then open http://127.0.0.1:5000 "
-          f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
+    print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))
     print(path)
     return path
 

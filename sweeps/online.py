@@ -80,8 +80,7 @@ def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
     path.write_text(json.dumps(summary, indent=1, default=str))
     tracker.artifacts(parent, path)
     tracker.end(parent, "FINISHED")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  then open http://127.0.0.1:5000 "
-          f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
+    print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))
     print(path)
     return path
 

@@ -49,6 +49,13 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
+    def ui_hint(self, experiment: str, run_id: str) -> str:
+        """The line telling how to open the MLflow UI on these results."""
+        where = f"(experiment {experiment!r}, run {run_id})"
+        if self.uri.startswith(("http://", "https://")):
+            return f"MLflow UI: open {self.uri} {where}"
+        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000 {where}"
+
     def start(self, name: str, params: dict | None = None, parent: str | None = None, tags: dict | None = None) -> str:
         t = dict(tags or {})
         if parent:
