@@ -5,12 +5,12 @@ an online session config (:class:`hardware.online.OnlineConfig`) that ``+exp=onl
 online=NAME`` runs:
 
 * ``source=<run id>``: the parent MLflow run of a ``+exp=tune_gpbo`` or
-  ``+exp=kappa_calibration`` launch; its ``chosen.*`` params hold the values it chose
-  (for a study, its best trial when that launch ended) and its metrics the held-out scores.
-* ``source=<study name>``: the current best trial of an Optuna study made by ``tune_gpbo``.
-  The storage is ``study.storage=...`` or, by default, the one recorded on the study's
-  latest launch in MLflow. The held-out score is that of the launch which re-scored the
-  best trial (null when none did).
+  ``+exp=kappa_calibration`` launch; its ``chosen.*`` params hold the values it chose and
+  its metrics the held-out scores.
+* ``source=<study name>``: the choice of the latest launch of an Optuna study made by
+  ``tune_gpbo`` (its best trials confirmed on fresh runs, the winner re-scored on held-out
+  subjects), or its best trial, unconfirmed, when no launch got that far. The storage is
+  ``study.storage=...`` or, by default, the one recorded on the study's launches in MLflow.
 
 Everything else (the space, electrode mapping, stimulation, muscle, mode, prior) comes from
 the template ``base=NAME|PATH`` (default ``example_rat``); the space is the calibration
@@ -148,35 +148,42 @@ def from_study(client, name: str, storage: str | None, uri: str) -> dict:
     if not complete:
         raise PromoteError(f"study {name!r} in {storage} has no finished trial ({len(study.trials)} trial(s), none "
                            f"complete): run more trials with +exp=tune_gpbo study.name={name}")
-    best = study.best_trial
-    alg = best.user_attrs.get("hyperparameters")
     settings = study.user_attrs.get("settings")
-    if alg is None or settings is None:
-        raise PromoteError(f"study {name!r} was not made by +exp=tune_gpbo (its best trial has no hyperparameters "
-                           f"attribute); nothing to promote")
-    scored = [r for r in runs if r.data.params.get("chosen.trial") == str(best.number)]
+    if settings is None or "hyperparameters" not in study.best_trial.user_attrs:
+        raise PromoteError(f"study {name!r} was not made by +exp=tune_gpbo (no settings or hyperparameters "
+                           f"attributes); nothing to promote")
     rec = {
-        "algorithm": alg, "method": "optuna", "source": name, "source_type": "optuna_study",
-        "tracking_uri": uri, "tag_runs": [r.info.run_id for r in scored[:1]] or [r.info.run_id for r in runs[:1]],
+        "method": "optuna", "source": name, "source_type": "optuna_study", "tracking_uri": uri, "tag_runs": [],
         "n_queries": settings["run"]["n_queries"], "dataset": settings["dataset"],
         "dataset_space": study.user_attrs.get("dataset_space"),
         "train_subjects": list(dict.fromkeys(k.split("/", 1)[0] for k in settings["train"])),
         "heldout_subjects": list(dict.fromkeys(k.split("/", 1)[0] for k in settings["heldout"])),
-        "objective": settings["objective"],
-        "search": {"kind": "optuna", "study_name": name, "storage": storage, "trial": best.number,
-                   "space": study.user_attrs.get("space")},
+        "objective": settings["objective"], "code_version": study.user_attrs.get("code_version"),
         "heldout_objective": None, "heldout_objective_sem": None, "published_heldout_objective": None,
-        "train_objective": best.value, "code_version": study.user_attrs.get("code_version"),
     }
-    if scored:
-        m = scored[0].data.metrics
-        rec.update(heldout_objective=m.get("heldout_objective"), heldout_objective_sem=m.get("heldout_objective_sem"),
-                   published_heldout_objective=m.get("published_heldout_objective"),
-                   code_version=scored[0].data.params.get("chosen.code_version", rec["code_version"]))
+    sel = study.user_attrs.get("selected")
+    if sel is not None:  # the choice of the study's latest launch (confirmed on fresh runs, re-scored held out)
+        rec.update(algorithm=sel["hyperparameters"], train_objective=sel.get("train_objective"),
+                   heldout_objective=sel["heldout_objective"][0], heldout_objective_sem=sel["heldout_objective"][1],
+                   published_heldout_objective=sel["published_heldout_objective"][0],
+                   code_version=sel.get("code_version") or rec["code_version"])
+        rec["search"] = {"kind": "optuna", "study_name": name, "storage": storage, "trial": sel["trial"],
+                         "selected": sel["label"], "launch": sel.get("launch"), "n_trials": sel.get("n_trials"),
+                         "space": study.user_attrs.get("space")}
+        known = {r.info.run_id for r in runs}
+        rec["tag_runs"] = [sel["mlflow_run_id"]] if sel.get("mlflow_run_id") in known else []
+        if sel.get("n_trials", 0) < len(study.trials):
+            print(f"note: study {name!r} has {len(study.trials)} trials; the choice promoted was made by launch "
+                  f"{sel.get('launch')} over its first {sel.get('n_trials')} (relaunch +exp=tune_gpbo "
+                  f"study.name={name} params.n_trials=0 to choose again over all of them)", file=sys.stderr)
     else:
-        print(f"note: best trial {best.number} of study {name!r} was not re-scored on held-out subjects by any "
-              f"launch in {uri}; provenance.heldout_objective is null (relaunch +exp=tune_gpbo study.name={name} "
-              f"params.n_trials=0 to re-score it)", file=sys.stderr)
+        best = study.best_trial
+        rec.update(algorithm=best.user_attrs["hyperparameters"], train_objective=best.value)
+        rec["search"] = {"kind": "optuna", "study_name": name, "storage": storage, "trial": best.number,
+                         "selected": f"trial {best.number}", "space": study.user_attrs.get("space")}
+        print(f"note: no launch of study {name!r} finished its choice; promoting its best trial {best.number} "
+              f"unconfirmed, and provenance.heldout_objective is null (relaunch +exp=tune_gpbo study.name={name} "
+              f"params.n_trials=0 to confirm and re-score it)", file=sys.stderr)
     return rec
 
 

@@ -19,14 +19,51 @@ from sweeps.schema import ConfigError
 from tests.test_launch import ROOT, launch
 
 # 2 virtual rats x 2 muscles: rat1 trains, rat2 is held out; one problem per pruning step
-TINY = ["dataset.n_subjects=2", "dataset.n_muscles=2", "n_reps=3", "n_queries=10", "params.heldout_reps=4",
+TINY = ["dataset.n_subjects=2", "dataset.n_muscles=2", "n_reps=3", "n_queries=10", "params.heldout=1",
+        "params.heldout_reps=4",
         "params.batch_problems=1", "cluster.num_cpus=2", "progress=false"]
-TUNE = ["+exp=tune_gpbo", *TINY, "params.sampler.n_startup_trials=4", "params.pruner.n_startup_trials=3"]
+TUNE = ["+exp=tune_gpbo", *TINY, "params.sampler.n_startup_trials=4", "params.pruner.n_startup_trials=3",
+        "params.confirm.top_k=3", "params.confirm.reps=4"]
+HP = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")
 BAD_KAPPA = 0.3
 
 
 def summary_of(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sweeps.schema  # noqa: F401 - registers the schema
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the in-process launches of this module (the launcher connects to it)."""
+    import logging
+
+    import ray
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def run_in_process(run_dir: Path, *overrides: str) -> dict:
+    """``sweeps.launch.run`` on a composed config, as the CLI does, without a new interpreter and Ray."""
+    from sweeps.launch import run
+
+    path = run(compose(*overrides), list(overrides), run_dir)
+    return json.loads(path.read_text())
 
 
 def load_study(storage: str, name: str = "tiny"):
@@ -41,7 +78,7 @@ def study_run(tmp_path_factory):
     storage = f"sqlite:///{tmp}/optuna.db"
     proc = launch(tmp, *TUNE, "params.n_trials=8", "study.name=tiny", f"study.storage={storage}",
                   f"params.start=[{{kappa: {BAD_KAPPA}}}]", "params.space.kappa.low=0.2",
-                  f"tracking.uri=sqlite:///{tmp}/mlflow.db")
+                  "params.confirm.keep_published=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
     return tmp, storage, proc, summary_of(proc)
 
 
@@ -64,19 +101,28 @@ def test_study_beats_a_bad_starting_kappa_and_is_tracked(study_run):
 
     groups = {g["params"]["method"]: g for g in summary["groups"]}
     assert set(groups) == {"optuna", "published_defaults"}
-    best_hp = study.best_trial.user_attrs["hyperparameters"]
-    assert {k: groups["optuna"]["params"][k] for k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min",
-                                                       "noise_max")} == \
-        {k: best_hp[k] for k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")}
+    # the choice: the 3 best trials and the published defaults re-scored on fresh runs; here
+    # (keep_published=false) the best of the trials there
+    conf = summary["study"]["confirmation"]
+    assert len(conf) == 4 and sum(c["chosen"] for c in conf) == 1
+    top3 = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))[:3]
+    assert [c["trial"] for c in conf[:3]] == [t.number for t in top3] and conf[3]["label"] == "published_defaults"
+    winner = next(c for c in conf if c["chosen"])
+    assert winner["confirm_objective"][0] == max(c["confirm_objective"][0] for c in conf[:3])
+    selected = study.user_attrs["selected"]
+    assert selected["trial"] == winner["trial"] == summary["study"]["selected"]["trial"]
+    chosen = selected["hyperparameters"]
+    if winner["trial"] is not None:
+        assert chosen == study.trials[winner["trial"]].user_attrs["hyperparameters"]
+    assert {k: groups["optuna"]["params"][k] for k in HP} == {k: chosen[k] for k in HP}
     assert groups["published_defaults"]["params"]["kappa"] == 3.0
     for g in groups.values():
         assert g["n"] == 2 * 4  # held-out: 2 muscles x heldout_reps
-        assert set(g["metrics"]) >= {"heldout_objective", "train_objective", "simulated_runs"}
+        assert set(g["metrics"]) >= {"heldout_objective", "train_objective", "simulated_runs", "confirm_objective"}
         assert all(len(v) == 2 for v in g["metrics"].values())
         assert 0.0 <= g["metrics"]["heldout_objective"][0] <= 1.0
-    assert groups["optuna"]["metrics"]["train_objective"][0] == pytest.approx(study.best_value)
-    runs = sum(t.user_attrs["simulated_runs"] for t in study.trials)
-    assert groups["optuna"]["metrics"]["simulated_runs"] == [runs, 0.0] and 0 < runs <= 8 * 2 * 3
+    runs = sum(t.user_attrs["simulated_runs"] for t in study.trials) + 4 * 2 * 4  # trials + confirmation
+    assert groups["optuna"]["metrics"]["simulated_runs"] == [runs, 0.0]
     assert groups["published_defaults"]["metrics"]["simulated_runs"] == [0.0, 0.0]
 
     run_dir = Path(summary["run_dir"])
@@ -85,7 +131,7 @@ def test_study_beats_a_bad_starting_kappa_and_is_tracked(study_run):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
-    assert json.loads(parent.data.params["chosen.algorithm"]) == best_hp
+    assert json.loads(parent.data.params["chosen.algorithm"]) == chosen
     exp = client.get_experiment_by_name("tune_gpbo")
     children = [r for r in client.search_runs([exp.experiment_id])
                 if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
@@ -97,12 +143,11 @@ def test_study_beats_a_bad_starting_kappa_and_is_tracked(study_run):
     assert "results/trials.parquet" in {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "results")}
 
 
-def test_promotion_round_trips_into_the_online_config(study_run, tmp_path):
+def test_promotion_round_trips_into_the_online_config(study_run, tmp_path, capsys):
     from hardware.online import OnlineConfig, run_online
 
     tmp, storage, _, summary = study_run
-    study = load_study(storage)
-    best = study.trials[summary["study"]["best_trial"]].user_attrs["hyperparameters"]
+    chosen = load_study(storage).user_attrs["selected"]["hyperparameters"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "sweeps.promote", f"source={summary['mlflow_run_id']}", "name=rat_tuned",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"out_dir={tmp_path}"]
@@ -111,7 +156,7 @@ def test_promotion_round_trips_into_the_online_config(study_run, tmp_path):
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "rat_tuned.yaml"
     cfg = OnlineConfig.load(path)
-    assert cfg.algorithm == best  # exactly the trial's values, every hyperparameter
+    assert cfg.algorithm == chosen  # exactly the chosen values, every hyperparameter
     assert cfg.name == "rat_tuned" and cfg.n_queries == 10 and cfg.space == {"x": list(range(1, 9)),
                                                                                "y": [1, 2, 3, 4]}
     prov = cfg.provenance
@@ -122,12 +167,12 @@ def test_promotion_round_trips_into_the_online_config(study_run, tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     assert client.get_run(summary["mlflow_run_id"]).data.tags["neuro_opt.promoted"] == "rat_tuned"
 
-    again = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "overwrite=true" in again.stderr
     from sweeps import promote
+    assert promote.main(args[3:]) == 2  # the file exists: refused
+    assert "exists; pass overwrite=true" in capsys.readouterr().err
     assert promote.main(["source=tiny", "name=rat_tuned", "overwrite=true", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
                          f"out_dir={tmp_path}"]) == 0  # by study name: the storage is found through MLflow
-    assert OnlineConfig.load(path).algorithm == load_study(storage).best_trial.user_attrs["hyperparameters"]
+    assert OnlineConfig.load(path).algorithm == chosen
 
     # the online runner accepts it: three queries on the simulated rig, in-process
     rig = yaml.safe_load((ROOT / "conf" / "rig" / "simulated.yaml").read_text())
@@ -138,12 +183,11 @@ def test_promotion_round_trips_into_the_online_config(study_run, tmp_path):
     assert session["n_queries"] == 3
 
 
-def test_relaunch_with_the_same_study_name_adds_trials(study_run):
+def test_relaunch_with_the_same_study_name_adds_trials(study_run, local_ray, tmp_path):
     tmp, storage, _, first = study_run
-    proc = launch(tmp, *TUNE, "params.n_trials=3", "study.name=tiny", f"study.storage={storage}",
-                  f"params.start=[{{kappa: {BAD_KAPPA}}}]", "params.space.kappa.low=0.2",
-                  f"tracking.uri=sqlite:///{tmp}/mlflow.db")
-    summary = summary_of(proc)
+    summary = run_in_process(tmp_path / "relaunch", *TUNE, "params.n_trials=3", "study.name=tiny",
+                             f"study.storage={storage}", f"params.start=[{{kappa: {BAD_KAPPA}}}]",
+                             "params.space.kappa.low=0.2", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
     study = load_study(storage)
     assert len(study.trials) == 11 == summary["study"]["n_trials"]
     assert summary["study"]["resumed"] is True and summary["study"]["launch_trials"] == 3
@@ -151,13 +195,23 @@ def test_relaunch_with_the_same_study_name_adds_trials(study_run):
     assert {t.user_attrs["launch"] for t in study.trials[8:]} == {Path(summary["run_dir"]).name}
     assert summary["mlflow_run_id"] != first["mlflow_run_id"]
     assert summary["study"]["best_value"] >= first["study"]["best_value"]
+    assert study.user_attrs["selected"]["launch"] == Path(summary["run_dir"]).name  # chosen again, over 11
+    # keep_published (the default): a trial replaces the published defaults only with a paired gain >= z sem
+    conf = summary["study"]["confirmation"]
+    winner = next(c for c in conf if c["chosen"])
+    qualified = [c for c in conf if c["trial"] is not None and c["gain_over_published"][0] > 0
+                 and c["gain_over_published"][0] >= 1.645 * c["gain_over_published"][1]]
+    if qualified:
+        assert winner["confirm_objective"][0] == max(c["confirm_objective"][0] for c in qualified)
+    else:
+        assert winner["label"] == "published_defaults"
+        assert summary["groups"][0]["params"]["kappa"] == 3.0
 
 
-def test_calibration_one_at_a_time_from_a_bad_kappa(tmp_path):
-    proc = launch(tmp_path, "+exp=kappa_calibration", *TINY, "params.calibrate=[kappa]",
-                  f"params.values.kappa=[{BAD_KAPPA},3.0]", f"params.published.kappa={BAD_KAPPA}",
-                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
-    summary = summary_of(proc)
+def test_calibration_one_at_a_time_from_a_bad_kappa(local_ray, tmp_path):
+    summary = run_in_process(tmp_path / "run", "+exp=kappa_calibration", *TINY, "params.calibrate=[kappa]",
+                             f"params.values.kappa=[{BAD_KAPPA},3.0]", f"params.published.kappa={BAD_KAPPA}",
+                             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     groups = {g["params"]["method"]: g for g in summary["groups"]}
     assert set(groups) == {"one_at_a_time", "published_defaults"}
     assert groups["one_at_a_time"]["params"]["kappa"] == 3.0 and groups["published_defaults"]["params"]["kappa"] == BAD_KAPPA
@@ -178,16 +232,6 @@ def test_calibration_one_at_a_time_from_a_bad_kappa(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # bad input: a clear error before any work (no Ray, no MLflow store, no study)
 # ---------------------------------------------------------------------------------------------
-def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import sweeps.schema  # noqa: F401 - registers the schema
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("overrides,message", [
     (["params.space.kappa.low=5.0", "params.space.kappa.high=1.0"], "params.space.kappa: low=5.0 >= high=1.0"),
     (["params.space.noise_max.low=0"], "params.space.noise_max: log scale needs low > 0"),
@@ -205,15 +249,20 @@ def compose(*overrides):
     (["params.published.kappa=-1.0"], "kappa"),
     (["+params.bogus=1"], "bogus"),
     (["params.sampler.name=grid"], "params.sampler.name='grid'"),
+    (["params.confirm.top_k=-1"], "params.confirm.top_k=-1"),
     (["algorithm=extensive"], "calibrates GP-BO"),
     (["+exp=kappa_calibration", "params.values.kappa=[]"], "params.values.kappa"),
     (["+exp=kappa_calibration", "params.calibrate=[bogus]"], "bogus"),
     (["+exp=kappa_calibration", "params.values.n_random=[1,20]"], "n_random=20 is more than n_queries=10"),
 ])
-def test_bad_input_stops_before_any_work(tmp_path, overrides, message):
-    import ray
-
+def test_bad_input_stops_before_any_work(tmp_path, monkeypatch, overrides, message):
+    import sweeps.launch
     from sweeps.launch import run
+
+    def no_ray(cfg):
+        raise AssertionError("Ray was started before the config was checked")
+
+    monkeypatch.setattr(sweeps.launch, "connect_ray", no_ray)
 
     exp = [o for o in overrides if o.startswith("+exp=")] or ["+exp=tune_gpbo"]
     rest = [o for o in overrides if not o.startswith("+exp=")]
@@ -223,7 +272,6 @@ def test_bad_input_stops_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:
         run(cfg, ov, tmp_path / "run")
     assert message in str(err.value)
-    assert not ray.is_initialized()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
 
 

@@ -83,10 +83,121 @@ def _allowed(alg: dict, name: str, v) -> bool:
     return True
 
 
+class OneAtATime:
+    """The procedure: rounds over ``order``, each hyperparameter over its values with the others fixed.
+
+    Settings met again (a later round, the same values) come from a cache, so ``n_settings``
+    counts what was simulated; every evaluation is a row (and a nested MLflow run).
+    """
+
+    def __init__(self, setup: tune.Setup, order: list, values: dict, max_rounds: int, scorer: tune.Scorer,
+                 tracker, parent: str):
+        self.setup, self.order, self.values, self.max_rounds = setup, order, values, max_rounds
+        self.scorer, self.tracker, self.parent = scorer, tracker, parent
+        self.cache: dict = {}  # stable hash of the algorithm config -> per-run training objective
+        self.rows, self.skipped = [], []
+        self.current = dict(setup.published)
+        self.converged, self.rounds, self.n_settings = False, 0, 0
+
+    def scores(self, algs: dict) -> tuple[dict, set]:
+        """``{label: alg}`` -> ``{label: [mean, sem]}`` on the training runs, and the labels simulated now."""
+        from sweeps.grid import stable_hash
+
+        todo = {v: a for v, a in algs.items() if stable_hash(a) not in self.cache}
+        if todo:
+            res = self.scorer.evaluate(todo, "train")
+            for v, a in todo.items():
+                self.cache[stable_hash(a)] = tune.runs_of(self.setup.objective, res[v], self.setup.train)
+            self.n_settings += len(todo)
+        return {v: tune.mean_sem(self.cache[stable_hash(a)]) for v, a in algs.items()}, set(todo)
+
+    def step(self, rnd: int, name: str) -> bool:
+        """One hyperparameter over its list; returns True if its value changed."""
+        cands = [v for v in self.values[name] if _allowed(self.current, name, v)]
+        self.skipped += [{"round": rnd, "hyperparameter": name, "value": v}
+                         for v in self.values[name] if v not in cands]
+        if not cands:
+            print(f"note: round {rnd}: no value of {name} fits the current bounds; kept {self.current[name]}",
+                  file=sys.stderr)
+            return False
+        t0 = time.time()
+        algs = {v: {**self.current, name: v} for v in cands}
+        scores, simulated = self.scores(algs)
+        top = max(m for m, _ in scores.values())
+        tied = [v for v in cands if scores[v][0] == top]
+        pick = self.current[name] if self.current[name] in tied else tied[0]
+        for v in cands:
+            self.rows.append({"round": rnd, "hyperparameter": name, "value": float(v), "objective": scores[v][0],
+                              "sem": scores[v][1], "chosen": v == pick, "simulated": v in simulated,
+                              "hyperparameters": json.dumps(algs[v], sort_keys=True)})
+            child = self.tracker.start(f"round {rnd} {name}={v}", parent=self.parent,
+                                       params={"round": rnd, "hyperparameter": name, "value": v,
+                                               **{f"hp.{k}": x for k, x in tune.chosen_params(algs[v]).items()}},
+                                       tags={"chosen": str(v == pick), "cached": str(v not in simulated)})
+            self.tracker.metrics(child, {"objective": scores[v][0], "objective_sem": scores[v][1]})
+            self.tracker.end(child)
+        print(f"round {rnd}: {name} over {len(cands)} values ({len(simulated)} simulated, {time.time() - t0:.1f} s): "
+              f"best {pick} ({scores[pick][0]:.4f})", file=sys.stderr)
+        changed = pick != self.current[name]
+        self.current[name] = pick
+        return changed
+
+    def run(self) -> dict:
+        for rnd in range(1, self.max_rounds + 1):
+            changed = [self.step(rnd, name) for name in self.order]
+            self.rounds = rnd
+            if not any(changed):
+                self.converged = True
+                break
+        return self.current
+
+    def rescore(self) -> dict:
+        """Held-out runs of the result and of the published defaults (and the defaults' training runs)."""
+        from sweeps.grid import stable_hash
+
+        methods = {"one_at_a_time": self.current, "published_defaults": self.setup.published}
+        held = self.scorer.submit_all(methods, "heldout")
+        pub_key = stable_hash(self.setup.published)
+        pub = self.scorer.submit_all({"p": self.setup.published}, "train") if pub_key not in self.cache else None
+        res = self.scorer.collect(held)
+        if pub is not None:
+            self.cache[pub_key] = tune.runs_of(self.setup.objective, self.scorer.collect(pub)["p"], self.setup.train)
+        train_values = {"one_at_a_time": tune.mean_sem(self.cache[stable_hash(self.current)]),
+                        "published_defaults": tune.mean_sem(self.cache[pub_key])}
+        simulated = {"one_at_a_time": self.n_settings * self.setup.train_runs(), "published_defaults": 0}
+        groups, comparison = tune.heldout_groups(self.setup, res, methods, train_values, simulated,
+                                                 extra_keys=self.order)
+        return {"res": res, "train_values": train_values, "groups": groups, "comparison": comparison}
+
+    def report(self, cfg, out: dict, run_dir: Path, t0: float) -> Path:
+        figs = run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        (run_dir / "results").mkdir(exist_ok=True)
+        _write_rows(self.rows, run_dir / "results" / "evaluations.parquet")
+        _values_figure(self.rows, self.order, out["train_values"]["published_defaults"][0], figs / "calibration.png")
+        tune.heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
+        search = {"kind": "one_at_a_time", "calibrate": self.order, "values": self.values, "rounds": self.rounds,
+                  "converged": self.converged}
+        groups = out["groups"]
+        tune.log_chosen(self.tracker, self.parent, "one_at_a_time", self.current, self.setup, groups[0], groups[1],
+                        search)
+        self.tracker.metrics(self.parent, {"rounds": self.rounds, "distinct_settings": self.n_settings})
+        summary = {
+            "calibration": {"calibrate": self.order, "values": self.values, "rounds": self.rounds,
+                            "max_rounds": self.max_rounds, "converged": self.converged,
+                            "evaluations": len(self.rows), "distinct_settings": self.n_settings,
+                            "skipped": self.skipped, "chosen": tune.chosen_params(self.current, self.order)},
+            "dataset": tune.dataset_block(self.setup),
+            "groups": groups,
+            "comparison": out["comparison"],
+        }
+        return tune.finish(cfg, self.setup, run_dir, t0, self.tracker, self.parent, summary)
+
+
 def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
+    """The launcher's hook for kind=calibration."""
     import ray
 
-    from sweeps.grid import stable_hash
     from sweeps.launch import _loggable, connect_ray
     from sweeps.tracking import Tracker
 
@@ -97,63 +208,11 @@ def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
     started = connect_ray(cfg)
     parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=_loggable(cfg),
                            tags={"run_dir": str(run_dir), "neuro_opt.kind": "calibration", "git_commit": setup.git})
-    cache: dict = {}  # stable hash of the algorithm config -> per-run training objective
-    rows, skipped = [], []
-    current = dict(setup.published)
-    converged, rounds_done, n_settings = False, 0, 0
     try:
         scorer = tune.Scorer(setup, cfg.cluster.cpus_per_cell, cfg.cluster.max_retries)
-        for rnd in range(1, max_rounds + 1):
-            changed = False
-            for name in order:
-                cands = [v for v in values[name] if _allowed(current, name, v)]
-                skipped += [{"round": rnd, "hyperparameter": name, "value": v}
-                            for v in values[name] if v not in cands]
-                if not cands:
-                    print(f"note: round {rnd}: no value of {name} fits the current bounds; kept {current[name]}",
-                          file=sys.stderr)
-                    continue
-                algs = {v: {**current, name: v} for v in cands}
-                todo = {v: a for v, a in algs.items() if stable_hash(a) not in cache}
-                t_step = time.time()
-                if todo:
-                    res = scorer.evaluate(todo, "train")
-                    for v, a in todo.items():
-                        cache[stable_hash(a)] = tune.runs_of(setup.objective, res[v], setup.train)
-                    n_settings += len(todo)
-                scores = {v: tune.mean_sem(cache[stable_hash(a)]) for v, a in algs.items()}
-                top = max(s[0] for s in scores.values())
-                tied = [v for v in cands if scores[v][0] == top]
-                pick = current[name] if current[name] in tied else tied[0]
-                for v in cands:
-                    rows.append({"round": rnd, "hyperparameter": name, "value": float(v),
-                                 "objective": scores[v][0], "sem": scores[v][1], "chosen": v == pick,
-                                 "simulated": v in todo, "hyperparameters": json.dumps(algs[v], sort_keys=True)})
-                    child = tracker.start(f"round {rnd} {name}={v}", parent=parent,
-                                          params={"round": rnd, "hyperparameter": name, "value": v,
-                                                  **{f"hp.{k}": x for k, x in tune.chosen_params(algs[v]).items()}},
-                                          tags={"chosen": str(v == pick), "cached": str(v not in todo)})
-                    tracker.metrics(child, {"objective": scores[v][0], "objective_sem": scores[v][1]})
-                    tracker.end(child)
-                print(f"round {rnd}: {name} over {len(cands)} values ({len(todo)} simulated, "
-                      f"{time.time() - t_step:.1f} s): best {pick} ({scores[pick][0]:.4f})", file=sys.stderr)
-                if pick != current[name]:
-                    changed = True
-                    current[name] = pick
-            rounds_done = rnd
-            if not changed:
-                converged = True
-                break
-        pub_key = stable_hash(setup.published)
-        if pub_key not in cache:
-            res = scorer.evaluate({"p": setup.published}, "train")["p"]
-            cache[pub_key] = tune.runs_of(setup.objective, res, setup.train)
-        simulated = n_settings * setup.train_runs()
-        train_values = {"one_at_a_time": tune.mean_sem(cache[stable_hash(current)]),
-                        "published_defaults": tune.mean_sem(cache[pub_key])}
-        groups, res, comparison = tune.heldout_groups(
-            setup, scorer, {"one_at_a_time": current, "published_defaults": setup.published}, train_values,
-            {"one_at_a_time": simulated, "published_defaults": 0}, extra_keys=order)
+        cal = OneAtATime(setup, order, values, max_rounds, scorer, tracker, parent)
+        cal.run()
+        out = cal.rescore()
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")
         raise
@@ -163,26 +222,11 @@ def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
     finally:
         if started:
             ray.shutdown()
-
-    figs = run_dir / "figures"
-    figs.mkdir(exist_ok=True)
-    (run_dir / "results").mkdir(exist_ok=True)
-    _write_rows(rows, run_dir / "results" / "evaluations.parquet")
-    _values_figure(rows, order, train_values["published_defaults"][0], figs / "calibration.png")
-    tune.heldout_figure(setup, res, figs / "heldout_curves.png")
-    search = {"kind": "one_at_a_time", "calibrate": order, "values": values, "rounds": rounds_done,
-              "converged": converged}
-    tune.log_chosen(tracker, parent, "one_at_a_time", current, setup, groups[0], groups[1], search)
-    tracker.metrics(parent, {"rounds": rounds_done, "distinct_settings": n_settings})
-    summary = {
-        "calibration": {"calibrate": order, "values": values, "rounds": rounds_done, "max_rounds": max_rounds,
-                        "converged": converged, "evaluations": len(rows), "distinct_settings": n_settings,
-                        "skipped": skipped, "chosen": tune.chosen_params(current, order)},
-        "dataset": tune.dataset_block(setup),
-        "groups": groups,
-        "comparison": comparison,
-    }
-    return tune.finish(cfg, setup, run_dir, t0, tracker, parent, summary)
+    try:
+        return cal.report(cfg, out, run_dir, t0)
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
 
 
 def _write_rows(rows: list, path: Path) -> Path:

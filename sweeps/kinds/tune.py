@@ -23,17 +23,27 @@ over value lists, one hyperparameter at a time (``+exp=kappa_calibration``,
   queries and response draws (common random numbers), so trials differ only by their
   hyperparameters, and a trial's score does not depend on the number of workers.
 * The study lives in an Optuna RDB storage (``study.storage``; default: ``optuna.db`` in the
-  run folder). A launch with an existing ``study.name`` adds ``params.n_trials`` trials to
-  it (it must have been created with the same dataset, split, objective and space).
-* At the end the best trial and the published defaults (``params.published``) are
-  re-scored on the held-out subjects, on the same runs (same seeds).
+  run folder, and a named study is looked up in the experiment's other run folders). A
+  launch with an existing ``study.name`` adds ``params.n_trials`` trials to it (it must have
+  been created with the same dataset, split, replicates, objective and space); the published
+  defaults and ``params.start`` points are enqueued when the study is created.
+* The choice (``params.confirm``): the best trial's training score is biased upward (it won
+  on those very runs), so the ``top_k`` best trials and the published defaults are re-scored
+  on fresh replicates of the training problems (a seed stream no trial saw). The best of the
+  trials whose gain over the published defaults there, paired by problem, is at least ``z``
+  standard errors across problems is chosen; if none is, the published defaults stay the
+  choice (a gain on some maps that does not hold across problems does not transfer to new
+  subjects).
+* The choice and the published defaults (``params.published``) are then re-scored on the
+  held-out subjects, on the same runs (same seeds).
 
 ``summary.json`` holds one group per method (``params.method``: ``optuna`` and
-``published_defaults``) with ``heldout_objective``, ``train_objective`` and
-``simulated_runs`` (runs spent on training subjects to choose the values; 0 for the
-published defaults) as ``[value, sem]``, and the chosen values under ``params``. MLflow gets
-a parent run for the launch, a nested run per trial, the figures (optimization history,
-parameter importances, slice plots, held-out curves) and the trials table
+``published_defaults``) with ``heldout_objective``, ``train_objective``, ``confirm_objective``
+and ``simulated_runs`` (runs spent on training subjects to choose the values: trials and
+confirmation; 0 for the published defaults) as ``[value, sem]``, and the chosen values under
+``params``; ``study.confirmation`` lists the candidates and ``study.selected`` the winner.
+MLflow gets a parent run for the launch, a nested run per trial, the figures (optimization
+history, parameter importances, slice plots, held-out curves) and the trials table
 (``results/trials.parquet``). ``python -m sweeps.promote`` turns the result into an online
 config.
 
@@ -43,7 +53,6 @@ shared with :mod:`sweeps.kinds.calibrate`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import subprocess
@@ -66,7 +75,7 @@ TERMS = ("exploration_final", "exploitation_final", "exploration_auc", "exploita
 OBJECTIVES = TERMS + ("mix",)
 RESPONSE_MODES = ("gaussian", "repetition_valid", "repetition_all")
 COMMON_PARAMS = ("parallel", "heldout", "heldout_reps", "batch_problems", "objective", "published")
-TUNE_PARAMS = COMMON_PARAMS + ("n_trials", "space", "start", "sampler", "pruner")
+TUNE_PARAMS = COMMON_PARAMS + ("n_trials", "space", "start", "sampler", "pruner", "confirm")
 
 
 # =============================================================================================
@@ -407,9 +416,8 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     heldout = [p.key for p in dataset if p.subject in held_subjects]
 
     # ---- runs
-    for key in ("n_reps",):
-        if cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]}: must be >= 1")
+    if cfg.n_reps < 1:
+        raise ConfigError(f"n_reps={cfg.n_reps}: must be >= 1")
     min_p = min(dataset[k].space.n_points for k in train + heldout)
     n_q = cfg.n_queries
     if n_q is not None and not 1 <= n_q <= min_p:
@@ -519,12 +527,17 @@ class Scorer:
     Every problem goes to the object store once. A run's seed derives from (global seed,
     stable hash of dataset, problem, replicates, queries, noise, response mode, prior), not
     from the hyperparameters: common random numbers across trials and methods.
+
+
+    Roles: ``train`` (the runs every trial is scored on), ``heldout`` (the held-out subjects,
+    ``heldout_reps`` replicates) and ``confirm`` (the training problems again with
+    ``confirm_reps`` replicates from a fresh seed stream: runs no trial was selected on).
     """
 
-    def __init__(self, setup: Setup, cpus_per_task: float, max_retries: int):
+    def __init__(self, setup: Setup, cpus_per_task: float, max_retries: int, confirm_reps: int | None = None):
         import ray
 
-        self.setup = setup
+        self.setup, self.confirm_reps = setup, confirm_reps or setup.run["n_reps"]
         self.refs = {k: ray.put(setup.dataset[k]) for k in setup.train + setup.heldout}
         self.task = ray.remote(_simulate_batch).options(num_cpus=cpus_per_task, max_retries=max_retries)
 
@@ -532,31 +545,51 @@ class Scorer:
         run = dict(self.setup.run)
         if role == "heldout":
             run["n_reps"] = self.setup.heldout_reps
+        elif role == "confirm":
+            run["n_reps"] = self.confirm_reps
         return run
 
-    def seed(self, key: str, run: dict) -> np.random.SeedSequence:
+    def seed(self, key: str, role: str) -> np.random.SeedSequence:
         from sweeps.grid import stable_hash
-        h = stable_hash({"dataset": self.setup.dataset_cfg, "problem": key, **run})
+
+        content = {"dataset": self.setup.dataset_cfg, "problem": key, **self.run_settings(role)}
+        if role == "confirm":
+            content["stage"] = "confirm"
+        h = stable_hash(content)
         return np.random.SeedSequence([self.setup.seed, int(h[:15], 16)])
 
     def submit(self, alg: dict, keys: list, role: str = "train"):
-        run = self.run_settings(role)
-        return self.task.remote(alg, run, [self.seed(k, run) for k in keys], *[self.refs[k] for k in keys])
+        return self.task.remote(alg, self.run_settings(role), [self.seed(k, role) for k in keys],
+                                *[self.refs[k] for k in keys])
 
-    def evaluate(self, algs: dict, role: str) -> dict:
-        """``{label: alg}`` -> ``{label: {key: curves}}`` over every problem of ``role`` (blocking, parallel)."""
+    def submit_all(self, algs: dict, role: str) -> dict:
+        """``{label: alg}`` -> ``{label: [refs]}`` covering every problem of ``role``."""
+        keys = self.setup.heldout if role == "heldout" else self.setup.train
+        bp = max(len(b) for b in self.setup.batches)
+        return {label: [self.submit(alg, keys[i:i + bp], role) for i in range(0, len(keys), bp)]
+                for label, alg in algs.items()}
+
+    @staticmethod
+    def collect(refs: dict) -> dict:
+        """``{label: [refs]}`` -> ``{label: {problem key: curves}}`` (blocking)."""
         import ray
 
-        keys = self.setup.train if role == "train" else self.setup.heldout
-        bp = max(len(b) for b in self.setup.batches)
-        refs = {label: [self.submit(alg, keys[i:i + bp], role) for i in range(0, len(keys), bp)]
-                for label, alg in algs.items()}
         return {label: {r["key"]: r for batch in ray.get(rs) for r in batch} for label, rs in refs.items()}
+
+    def evaluate(self, algs: dict, role: str) -> dict:
+        """``submit_all`` then ``collect``: every setting of ``algs`` in parallel."""
+        return self.collect(self.submit_all(algs, role))
 
 
 def runs_of(objective: Objective, results: dict, keys: list) -> np.ndarray:
     """Per-run objective values over ``keys`` (problem order, then replicate)."""
     return np.concatenate([objective.per_run(results[k]) for k in keys])
+
+
+def per_problem(objective: Objective, results: dict, keys: list) -> np.ndarray:
+    """Mean objective per problem over its replicates: ``len(keys)`` values (the unit that transfers to new
+    subjects; runs of one problem share its map)."""
+    return np.array([objective.per_run(results[k]).mean() for k in keys])
 
 
 def mean_sem(x) -> list:
@@ -575,13 +608,11 @@ def chosen_params(alg: dict, extra_keys=()) -> dict:
     return {k: alg[k] for k in keys}
 
 
-def heldout_groups(setup: Setup, scorer: Scorer, methods: dict, train_values: dict, simulated: dict,
-                   extra_keys=()) -> tuple[list, dict, dict]:
-    """Re-score ``{method: alg}`` on the held-out subjects (same runs for every method).
-
-    Returns ``(groups, per-method held-out results, comparison)``.
-    """
-    res = scorer.evaluate(methods, "heldout")
+def heldout_groups(setup: Setup, res: dict, methods: dict, train_values: dict, simulated: dict,
+                   extra_keys=()) -> tuple[list, dict]:
+    """Summary groups of ``{method: alg}`` from their held-out results ``res`` (``Scorer.evaluate(methods,
+    "heldout")``: the same runs, seeds included, for every method). Returns ``(groups, comparison)``:
+    the paired difference of the first method and ``published_defaults`` over held-out runs and by problem."""
     groups = []
     per_run = {}
     for method, alg in methods.items():
@@ -604,9 +635,10 @@ def heldout_groups(setup: Setup, scorer: Scorer, methods: dict, train_values: di
         by_problem = [float(np.mean(setup.objective.per_run(res[other][k]))
                             - np.mean(setup.objective.per_run(res["published_defaults"][k]))) for k in setup.heldout]
         comparison = {"a": other, "b": "published_defaults", "heldout_objective_difference": mean_sem(d),
+                      "heldout_objective_difference_by_problem": mean_sem(by_problem),
                       "heldout_problems_a_at_least_b": int(sum(x >= 0 for x in by_problem)),
                       "heldout_problems": len(by_problem)}
-    return groups, res, comparison
+    return groups, comparison
 
 
 def heldout_figure(setup: Setup, res: dict, path: Path) -> Path:
@@ -684,8 +716,7 @@ def finish(cfg, setup: Setup, run_dir: Path, t0: float, tracker, parent: str, su
     if (run_dir / ".hydra").is_dir():
         tracker.artifacts(parent, run_dir / ".hydra", "config")
     tracker.end(parent, "FINISHED")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  then open http://127.0.0.1:5000 "
-          f"(experiment {cfg.tracking.experiment_name or cfg.experiment!r}, run {parent})")
+    print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))
     print(path)
     return path
 
@@ -745,7 +776,7 @@ def _sampler(spec, seed: int):
             return optuna.samplers.RandomSampler(seed=seed, **spec)
         if name == "qmc":
             return optuna.samplers.QMCSampler(seed=seed, **spec)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"params.sampler: {exc}") from None
     raise ConfigError(f"params.sampler.name={name!r}: expected tpe, random or qmc")
 
@@ -765,6 +796,33 @@ def _pruner(spec):
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"params.pruner: {exc}") from None
     raise ConfigError(f"params.pruner.name={name!r}: expected median, percentile or none")
+
+
+def confirm_spec(params: dict, n_reps: int) -> dict:
+    """``params.confirm``: re-score the ``top_k`` best trials and the published defaults on ``reps``
+    fresh replicates of the training problems; the best trial replaces the published defaults only
+    if its gain over them there, paired by problem, is at least ``z`` standard errors across problems
+    (``keep_published: false``:
+    the best of the trials whatever; ``top_k: 0``: the best trial as is, unconfirmed)."""
+    c = params.get("confirm", {}) or {}
+    keys = ("top_k", "reps", "z", "keep_published")
+    if not isinstance(c, dict):
+        raise ConfigError(f"params.confirm must be a mapping {{{', '.join(keys)}}}, got {c!r}")
+    unknown = sorted(set(c) - set(keys))
+    if unknown:
+        raise ConfigError(f"params.confirm: unknown key(s) {unknown}; expected {', '.join(keys)}")
+    out = {"top_k": c.get("top_k", 5), "reps": c.get("reps", 2 * n_reps), "z": c.get("z", 1.645),
+           "keep_published": c.get("keep_published", True)}
+    z = out["z"]
+    if not isinstance(z, (int, float)) or isinstance(z, bool) or not math.isfinite(z) or z < 0:
+        raise ConfigError(f"params.confirm.z={z!r}: expected a number >= 0 (standard errors of the paired gain)")
+    for k, lo in (("top_k", 0), ("reps", 1)):
+        v = out[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ConfigError(f"params.confirm.{k}={v!r}: expected an integer >= {lo}")
+    if not isinstance(out["keep_published"], bool):
+        raise ConfigError(f"params.confirm.keep_published={out['keep_published']!r}: expected true or false")
+    return out
 
 
 def _starts(setup: Setup, spec: SearchSpec) -> list[dict]:
@@ -837,6 +895,8 @@ def open_study(cfg, setup: Setup, spec: SearchSpec, run_dir: Path, sampler, prun
 
 @dataclass
 class _Running:
+    """A trial in flight: its hyperparameters and the per-run objective of the batches done."""
+
     trial: object
     alg: dict
     sampled: dict
@@ -846,11 +906,230 @@ class _Running:
     t0: float = field(default_factory=time.time)
 
 
+class StudyLaunch:
+    """One launch of a study: adds trials (ask, simulate on Ray, report, prune, tell), then re-scores."""
+
+    def __init__(self, cfg, setup: Setup, spec: SearchSpec, study, storage: str, created: bool, tracker,
+                 parent: str, run_dir: Path, confirm: dict):
+        self.cfg, self.setup, self.spec, self.study, self.confirm = cfg, setup, spec, study, confirm
+        self.storage, self.created, self.tracker, self.parent, self.run_dir = storage, created, tracker, parent, run_dir
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.asked = 0
+        self.inflight: dict = {}
+        self.scorer = None
+        self.bar = None
+
+    # ---- trials
+    def run_trials(self, n_trials: int) -> None:
+        import ray
+        from tqdm import tqdm
+
+        self._scorer()
+        slots = parallel_slots(self.setup, self.cfg)
+        self.bar = tqdm(total=n_trials, desc=f"{self.cfg.experiment} {self.study.study_name}", unit="trial",
+                        disable=not self.cfg.progress, dynamic_ncols=True, file=sys.stderr)
+        while self.asked < n_trials and len(self.inflight) < slots:
+            self._ask()
+        while self.inflight:
+            ready, _ = ray.wait(list(self.inflight), num_returns=1)
+            r = self.inflight.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the study
+                self._close(r, "fail", error=f"{type(exc).__name__}: {exc}")
+            else:
+                self._advance(r, out)
+            while self.asked < n_trials and len(self.inflight) < slots:
+                self._ask()
+        self.bar.close()
+
+    def _scorer(self) -> "Scorer":
+        if self.scorer is None:
+            self.scorer = Scorer(self.setup, self.cfg.cluster.cpus_per_cell, self.cfg.cluster.max_retries,
+                                 self.confirm["reps"])
+        return self.scorer
+
+    def _ask(self) -> None:
+        trial = self.study.ask()
+        sampled = self.spec.suggest(trial)
+        alg = self.spec.resolve(sampled)
+        trial.set_user_attr("hyperparameters", alg)
+        trial.set_user_attr("launch", self.run_dir.name)
+        self.asked += 1
+        r = _Running(trial, alg, sampled)
+        self.inflight[self.scorer.submit(alg, self.setup.batches[0])] = r
+
+    def _advance(self, r: _Running, out: list) -> None:
+        """A batch came back: report the running objective; finish, prune or submit the next batch."""
+        by_key = {o["key"]: o for o in out}
+        r.values.append(runs_of(self.setup.objective, by_key, self.setup.batches[r.step]))
+        running = float(np.concatenate(r.values).mean())
+        r.intermediate.append(running)
+        r.trial.report(running, r.step)
+        r.step += 1
+        if r.step == len(self.setup.batches):
+            self._close(r, "complete", value=running)
+        elif r.trial.should_prune():
+            self._close(r, "pruned")
+        else:
+            self.inflight[self.scorer.submit(r.alg, self.setup.batches[r.step])] = r
+
+    def _close(self, r: _Running, outcome: str, value=None, error=None) -> None:
+        from optuna.trial import TrialState
+
+        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}[outcome]
+        runs = sum(len(self.setup.batches[i]) for i in range(len(r.intermediate))) * self.setup.run["n_reps"]
+        r.trial.set_user_attr("simulated_runs", runs)
+        r.trial.set_user_attr("duration_s", round(time.time() - r.t0, 3))
+        if value is not None:
+            r.trial.set_user_attr("train_sem", mean_sem(np.concatenate(r.values))[1])
+        if error:
+            r.trial.set_user_attr("error", error[-2000:])
+        self.study.tell(r.trial, value, state=state)
+        self.counts["failed" if outcome == "fail" else outcome] += 1
+        tr = self.tracker
+        child = tr.start(f"trial {r.trial.number}", parent=self.parent,
+                         params={**r.sampled, **{f"hp.{k}": v for k, v in chosen_params(r.alg).items()},
+                                 "trial": r.trial.number, "launch": self.run_dir.name},
+                         tags={"optuna.state": state.name, "optuna.study_name": self.study.study_name})
+        if r.intermediate:
+            tr.curves(child, {"intermediate_objective": r.intermediate})
+        tr.metrics(child, {"simulated_runs": runs, **({"objective": value} if value is not None else {})})
+        tr.end(child, "FAILED" if outcome == "fail" else "FINISHED")
+        if self.bar is not None:
+            best = _best_value(self.study)
+            self.bar.update(1)
+            self.bar.set_postfix(best=f"{best:.3f}" if best is not None else "-", pruned=self.counts["pruned"],
+                                 failed=self.counts["failed"])
+
+    def abandon(self) -> None:
+        """Interrupted: the trials in flight are told FAIL, so the study holds no trial stuck RUNNING."""
+        for r in list(self.inflight.values()):
+            try:
+                self._close(r, "fail", error="interrupted")
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        self.inflight.clear()
+
+    # ---- final choice, comparison and report
+    def _candidates(self, complete: list) -> dict:
+        """The ``top_k`` best completed trials with distinct hyperparameters: ``{label: trial}``."""
+        out, seen = {}, set()
+        for t in sorted(complete, key=lambda t: (-t.value, t.number)):
+            key = json.dumps(t.user_attrs["hyperparameters"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out[f"trial {t.number}"] = t
+            if len(out) == self.confirm["top_k"]:
+                break
+        return out
+
+    def rescore(self) -> dict:
+        """Choose (confirmation on fresh training runs), then re-score the choice and the published
+        defaults on the held-out runs; the defaults also on the training runs every trial met."""
+        from optuna.trial import TrialState
+
+        scorer = self._scorer()
+        setup, pub_alg = self.setup, self.setup.published
+        complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
+        if not complete:
+            raise RuntimeError(f"study {self.study.study_name!r} has no completed trial ({self.counts['failed']} "
+                               f"failed, {self.counts['pruned']} pruned in this launch)")
+        best = self.study.best_trial
+        pub_train_refs = scorer.submit_all({"p": pub_alg}, "train")
+        confirmation, confirm_runs = [], 0
+        chosen_trial, chosen_alg = best, best.user_attrs["hyperparameters"]
+        if self.confirm["top_k"] > 0:
+            cands = self._candidates(complete)
+            algs = {label: t.user_attrs["hyperparameters"] for label, t in cands.items()}
+            algs["published_defaults"] = pub_alg
+            res = scorer.evaluate(algs, "confirm")
+            confirm_runs = len(algs) * len(setup.train) * self.confirm["reps"]
+            scores = {label: mean_sem(runs_of(setup.objective, res[label], setup.train)) for label in algs}
+            # the gain of each trial over the published defaults, paired by problem (same runs, same
+            # seeds), its SEM across problems: a gain must hold across subjects' maps to transfer
+            probs = {label: per_problem(setup.objective, res[label], setup.train) for label in algs}
+            gains = {label: mean_sem(probs[label] - probs["published_defaults"]) for label in cands}
+            if self.confirm["keep_published"]:
+                eligible = [lb for lb in cands if gains[lb][0] > 0 and gains[lb][0] >= self.confirm["z"] * gains[lb][1]]
+            else:
+                eligible = list(cands)
+            winner = max(eligible, key=lambda lb: scores[lb][0]) if eligible else "published_defaults"
+            chosen_trial = cands.get(winner)
+            chosen_alg = algs[winner]
+            confirmation = [{"label": label, "trial": cands[label].number if label in cands else None,
+                             "train_objective": cands[label].value if label in cands else None,
+                             "confirm_objective": scores[label], "gain_over_published": gains.get(label),
+                             "chosen": label == winner} for label in algs]
+        methods = {"optuna": chosen_alg, "published_defaults": pub_alg}
+        res = scorer.evaluate(methods, "heldout")
+        pub_train = mean_sem(runs_of(setup.objective, Scorer.collect(pub_train_refs)["p"], setup.train))
+        simulated = sum(t.user_attrs.get("simulated_runs", 0) for t in self.study.trials) + confirm_runs
+        train_values = {"optuna": pub_train if chosen_trial is None else
+                        [float(chosen_trial.value), float(chosen_trial.user_attrs.get("train_sem", 0.0))],
+                        "published_defaults": pub_train}
+        extra = [k for k in self.spec.ranges if k not in RATIOS]
+        groups, comparison = heldout_groups(setup, res, methods, train_values,
+                                            {"optuna": simulated, "published_defaults": 0}, extra)
+        if confirmation:  # groups[0] is the choice, groups[1] the published defaults
+            groups[0]["metrics"]["confirm_objective"] = scores[winner]
+            groups[1]["metrics"]["confirm_objective"] = scores["published_defaults"]
+        selected = {"trial": None if chosen_trial is None else chosen_trial.number,
+                    "label": "published_defaults" if chosen_trial is None else f"trial {chosen_trial.number}",
+                    "hyperparameters": chosen_alg, "launch": self.run_dir.name, "mlflow_run_id": self.parent,
+                    "n_trials": len(self.study.trials), "heldout_objective": groups[0]["metrics"]["heldout_objective"],
+                    "published_heldout_objective": groups[1]["metrics"]["heldout_objective"],
+                    "train_objective": train_values["optuna"][0], "code_version": setup.git}
+        self.study.set_user_attr("selected", json.loads(json.dumps(selected, default=_json_default)))
+        return {"best": best, "selected": selected, "confirmation": confirmation, "methods": methods, "res": res,
+                "train_values": train_values, "groups": groups, "comparison": comparison, "simulated": simulated,
+                "confirm_runs": confirm_runs, "n_complete": len(complete)}
+
+    def report(self, out: dict, t0: float) -> Path:
+        from optuna.trial import TrialState
+
+        study, spec, best = self.study, self.spec, out["best"]
+        figs = self.run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        (self.run_dir / "results").mkdir(exist_ok=True)
+        write_trials_table(study, spec, self.run_dir / "results" / "trials.parquet")
+        history_figure(study, out["train_values"]["published_defaults"][0], figs / "optimization_history.png",
+                       out["selected"]["trial"])
+        importances = importance_figure(study, figs / "param_importances.png")
+        slice_figure(study, spec, figs / "slices.png")
+        heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
+        sel = out["selected"]
+        search = {"kind": "optuna", "study_name": study.study_name, "storage": self.storage, "trial": sel["trial"],
+                  "selected": sel["label"], "best_trial": best.number, "n_trials": len(study.trials),
+                  "confirm": self.confirm, "space": spec.describe()}
+        groups = out["groups"]
+        log_chosen(self.tracker, self.parent, "optuna", out["methods"]["optuna"], self.setup, groups[0], groups[1],
+                   search, extra={"trial": sel["trial"], "study_name": study.study_name, "storage": self.storage})
+        self.tracker.metrics(self.parent, {"best_value": best.value, "n_trials": len(study.trials),
+                                           "n_complete": out["n_complete"],
+                                           **{f"launch_{k}": v for k, v in self.counts.items()}})
+        states = [t.state for t in study.trials]
+        summary = {
+            "study": {"name": study.study_name, "storage": self.storage, "resumed": not self.created,
+                      "n_trials": len(study.trials), "n_complete": states.count(TrialState.COMPLETE),
+                      "n_pruned": states.count(TrialState.PRUNED), "n_failed": states.count(TrialState.FAIL),
+                      "launch_trials": self.asked, "launch_counts": self.counts, "best_trial": best.number,
+                      "best_value": best.value, "best_params": best.params, "space": spec.describe(),
+                      "simulated_runs": out["simulated"], "confirm": self.confirm,
+                      "confirm_runs": out["confirm_runs"], "confirmation": out["confirmation"],
+                      "selected": {k: sel[k] for k in ("label", "trial")}, "importances": importances},
+            "dataset": dataset_block(self.setup),
+            "groups": groups,
+            "comparison": out["comparison"],
+        }
+        return finish(self.cfg, self.setup, self.run_dir, t0, self.tracker, self.parent, summary)
+
+
 def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
+    """The launcher's hook for kind=tune: validate everything, open the study, run trials, re-score, report."""
     import optuna
     import ray
     from optuna.trial import TrialState
-    from tqdm import tqdm
 
     from sweeps.launch import _loggable, connect_ray
     from sweeps.tracking import Tracker
@@ -860,150 +1139,54 @@ def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
     spec = SearchSpec(setup.params.get("space"), setup.base, setup.run["n_queries"] or
                       min(setup.dataset[k].space.n_points for k in setup.train))
     _starts(setup, spec)  # validated before any work
+    confirm = confirm_spec(setup.params, setup.run["n_reps"])
     pruner = _pruner(setup.params.get("pruner"))
+    _sampler(setup.params.get("sampler"), 0)
+
+    # the sampler's seed also depends on how many trials the study already has, so a resumed
+    # study does not replay the random startup points of its first launch
+    def sampler(n: int):
+        return _sampler(setup.params.get("sampler"), int(np.random.SeedSequence([setup.seed, n]).generate_state(1)[0]))
+
+    if cfg.resume and cfg.study.storage is None and not (run_dir / "optuna.db").is_file():
+        raise ConfigError(f"resume={cfg.resume}: no optuna.db in that folder; a study is resumed with "
+                          f"study.name=NAME (and study.storage=URL when it is not in a run folder)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # the sampler's seed also depends on how many trials the study already has, so a resumed
-    # study does not replay the random startup points of the first launch
-    sampler_factory = lambda n: _sampler(setup.params.get("sampler"),  # noqa: E731
-                                         int(np.random.SeedSequence([setup.seed, n]).generate_state(1)[0]))
-    _sampler(setup.params.get("sampler"), 0)  # validated before any work
-    study, storage, created = open_study(cfg, setup, spec, run_dir, sampler_factory(0), pruner)
-    n_before = len(study.trials)
-    if n_before:
-        study.sampler = sampler_factory(n_before)
+    study, storage, created = open_study(cfg, setup, spec, run_dir, sampler(0), pruner)
+    if n_trials == 0 and not any(t.state == TrialState.COMPLETE for t in study.trials):
+        raise ConfigError(f"params.n_trials=0 and study {study.study_name!r} has no finished trial: nothing to "
+                          f"re-score")
+    if study.trials:
+        study.sampler = sampler(len(study.trials))
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
     started = connect_ray(cfg)
     parent = tracker.start(f"{cfg.experiment} {study.study_name}", params=_loggable(cfg),
                            tags={"run_dir": str(run_dir), "optuna.study_name": study.study_name,
                                  "optuna.storage": storage, "neuro_opt.kind": "tune", "git_commit": setup.git,
                                  "optuna.resumed": str(not created)})
-    launch_id = run_dir.name
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    launch = StudyLaunch(cfg, setup, spec, study, storage, created, tracker, parent, run_dir, confirm)
     try:
-        scorer = Scorer(setup, cfg.cluster.cpus_per_cell, cfg.cluster.max_retries)
-        slots = parallel_slots(setup, cfg)
-        bar = tqdm(total=n_trials, desc=f"{cfg.experiment} {study.study_name}", unit="trial",
-                   disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
-        inflight: dict = {}
-        asked = 0
-
-        def launch_next():
-            nonlocal asked
-            trial = study.ask()
-            sampled = spec.suggest(trial)
-            alg = spec.resolve(sampled)
-            trial.set_user_attr("hyperparameters", alg)
-            trial.set_user_attr("launch", launch_id)
-            asked += 1
-            r = _Running(trial, alg, sampled)
-            inflight[scorer.submit(alg, setup.batches[0])] = r
-
-        def close(r: _Running, state, value=None, error=None):
-            runs = sum(len(setup.batches[i]) for i in range(len(r.intermediate))) * setup.run["n_reps"]
-            r.trial.set_user_attr("simulated_runs", runs)
-            r.trial.set_user_attr("duration_s", round(time.time() - r.t0, 3))
-            if value is not None:
-                r.trial.set_user_attr("train_sem", mean_sem(np.concatenate(r.values))[1])
-            if error:
-                r.trial.set_user_attr("error", error[-2000:])
-            study.tell(r.trial, value, state=state)
-            counts[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")] += 1
-            child = tracker.start(f"trial {r.trial.number}", parent=parent,
-                                  params={**r.sampled, **{f"hp.{k}": v for k, v in chosen_params(r.alg).items()},
-                                          "trial": r.trial.number, "launch": launch_id},
-                                  tags={"optuna.state": state.name, "optuna.study_name": study.study_name})
-            if r.intermediate:
-                tracker.curves(child, {"intermediate_objective": r.intermediate})
-            tracker.metrics(child, {"simulated_runs": runs, **({"objective": value} if value is not None else {})})
-            tracker.end(child, "FAILED" if state == TrialState.FAIL else "FINISHED")
-            best = _best_value(study)
-            bar.update(1)
-            bar.set_postfix(best=f"{best:.3f}" if best is not None else "-", pruned=counts["pruned"],
-                            failed=counts["failed"])
-
-        while asked < n_trials and len(inflight) < slots:
-            launch_next()
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            r = inflight.pop(ready[0])
-            try:
-                out = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the study
-                close(r, TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
-            else:
-                by_key = {o["key"]: o for o in out}
-                r.values.append(runs_of(setup.objective, by_key, setup.batches[r.step]))
-                running = float(np.concatenate(r.values).mean())
-                r.intermediate.append(running)
-                r.trial.report(running, r.step)
-                r.step += 1
-                if r.step == len(setup.batches):
-                    close(r, TrialState.COMPLETE, value=running)
-                elif r.trial.should_prune():
-                    close(r, TrialState.PRUNED)
-                else:
-                    inflight[scorer.submit(r.alg, setup.batches[r.step])] = r
-            while asked < n_trials and len(inflight) < slots:
-                launch_next()
-        bar.close()
-
-        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        if not complete:
-            raise RuntimeError(f"study {study.study_name!r} has no completed trial "
-                               f"({counts['failed']} failed, {counts['pruned']} pruned in this launch)")
-        best = study.best_trial
-        best_alg = best.user_attrs["hyperparameters"]
-        # published defaults on the training runs: the same runs every trial was scored on
-        pub_train = runs_of(setup.objective, scorer.evaluate({"p": setup.published}, "train")["p"], setup.train)
-        simulated = sum(t.user_attrs.get("simulated_runs", 0) for t in study.trials)
-        train_values = {"optuna": [float(best.value), float(best.user_attrs.get("train_sem", 0.0))],
-                        "published_defaults": mean_sem(pub_train)}
-        extra = [k for k in spec.ranges if k not in RATIOS]
-        groups, res, comparison = heldout_groups(setup, scorer, {"optuna": best_alg,
-                                                                 "published_defaults": setup.published},
-                                                 train_values, {"optuna": simulated, "published_defaults": 0},
-                                                 extra)
+        launch.run_trials(n_trials)
+        out = launch.rescore()
     except KeyboardInterrupt:
+        launch.abandon()
         tracker.end(parent, "KILLED")
         print(f"interrupted; finished trials are in study {study.study_name!r} ({storage}); relaunch with "
               f"study.name={study.study_name} study.storage={storage} to continue", file=sys.stderr)
         raise
     except BaseException:
+        launch.abandon()
         tracker.end(parent, "FAILED")
         raise
     finally:
         if started:
             ray.shutdown()
-
-    figs = run_dir / "figures"
-    figs.mkdir(exist_ok=True)
-    (run_dir / "results").mkdir(exist_ok=True)
-    write_trials_table(study, spec, run_dir / "results" / "trials.parquet")
-    history_figure(study, train_values["published_defaults"][0], figs / "optimization_history.png")
-    importances = importance_figure(study, figs / "param_importances.png")
-    slice_figure(study, spec, figs / "slices.png")
-    heldout_figure(setup, res, figs / "heldout_curves.png")
-
-    search = {"kind": "optuna", "study_name": study.study_name, "storage": storage, "trial": best.number,
-              "space": spec.describe()}
-    log_chosen(tracker, parent, "optuna", best_alg, setup, groups[0], groups[1], search,
-               extra={"trial": best.number, "study_name": study.study_name, "storage": storage})
-    tracker.metrics(parent, {"best_value": best.value, "n_trials": len(study.trials),
-                             "n_complete": len(complete), **{f"launch_{k}": v for k, v in counts.items()}})
-    states = [t.state for t in study.trials]
-    summary = {
-        "study": {"name": study.study_name, "storage": storage, "resumed": not created,
-                  "n_trials": len(study.trials), "n_complete": states.count(TrialState.COMPLETE),
-                  "n_pruned": states.count(TrialState.PRUNED), "n_failed": states.count(TrialState.FAIL),
-                  "launch_trials": asked, "launch_counts": counts, "best_trial": best.number,
-                  "best_value": best.value, "best_params": best.params, "space": spec.describe(),
-                  "simulated_runs": simulated, "importances": importances},
-        "dataset": dataset_block(setup),
-        "groups": groups,
-        "comparison": comparison,
-    }
-    return finish(cfg, setup, run_dir, t0, tracker, parent, summary)
+    try:
+        return launch.report(out, t0)
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
 
 
 def _best_value(study):
@@ -1055,7 +1238,7 @@ def _plt():
     return plt
 
 
-def history_figure(study, published_train: float, path: Path) -> Path:
+def history_figure(study, published_train: float, path: Path, selected: int | None = None) -> Path:
     from optuna.trial import TrialState
 
     plt = _plt()
@@ -1074,6 +1257,10 @@ def history_figure(study, published_train: float, path: Path) -> Path:
         ax.step(xs, ys, where="post", color="C3", label="best so far")
     if published_train == published_train:
         ax.axhline(published_train, ls="--", color="C2", label="published defaults")
+    if selected is not None:
+        t = study.trials[selected]
+        ax.plot([t.number], [t.value], marker="*", ms=14, color="C1", ls="none", label="selected (confirmed)",
+                zorder=4)
     ax.set_xlabel("trial")
     ax.set_ylabel("training objective")
     ax.set_title(f"study {study.study_name}", fontsize=9)
