@@ -179,12 +179,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=1, default=_json_default))
     tracker.metrics(parent, {"wall_s": summary["wall_s"], "failed_cells": len(failures)})
-    for sub in ("results", "figures"):
-        if (run_dir / sub).is_dir():
-            tracker.artifacts(parent, run_dir / sub, sub)
-    tracker.artifacts(parent, path)
-    if (run_dir / ".hydra").is_dir():
-        tracker.artifacts(parent, run_dir / ".hydra", "config")
+    tracker.log_run_folder(parent, run_dir, path)
     tracker.end(parent, "FAILED" if failures else "FINISHED")
     if failures:
         print(f"{len(failures)} of {len(cells)} cells failed (see {run_dir / 'failures.json'}); first: "

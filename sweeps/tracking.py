@@ -90,5 +90,14 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_run_folder(self, run_id: str, run_dir: Path, summary_path: Path) -> None:
+        """Log a launch's results/, figures/, summary.json and composed config (.hydra/) to its parent run."""
+        for sub in ("results", "figures"):
+            if (run_dir / sub).is_dir():
+                self.artifacts(run_id, run_dir / sub, sub)
+        self.artifacts(run_id, summary_path)
+        if (run_dir / ".hydra").is_dir():
+            self.artifacts(run_id, run_dir / ".hydra", "config")
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

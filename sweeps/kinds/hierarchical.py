@@ -36,7 +36,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from neuro_opt import metrics  # noqa: E402
 from neuro_opt.algorithms.hierarchical import make_method, run_patterns  # noqa: E402
-from neuro_opt.datasets import Dataset, load as load_dataset  # noqa: E402
+from sweeps.kinds.optimization import DatasetKind  # noqa: E402
 from sweeps.schema import ConfigError  # noqa: E402
 
 #: the issue's targets: hierarchical reaches ``accuracy`` within ``within`` total queries and
@@ -60,32 +60,8 @@ def _label(key: str) -> str:
     return key[len("params."):] if key.startswith("params.") else key
 
 
-class HierarchicalKind:
+class HierarchicalKind(DatasetKind):
     payload_keys = ("kind", "params", "dataset", "muscle", "n_reps", "n_queries", "seed")
-
-    def __init__(self):
-        self._datasets: dict[str, Dataset] = {}
-
-    # --------------------------------------------------------------- driver side
-    def dataset(self, ds_cfg: dict) -> Dataset:
-        from sweeps.grid import stable_hash
-        from sweeps.kinds.optimization import dataset_args
-
-        key = stable_hash(ds_cfg)
-        if key not in self._datasets:
-            name, args = dataset_args(ds_cfg)
-            try:
-                self._datasets[key] = load_dataset(name, **args)
-            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
-                raise ConfigError(f"dataset={name}: {exc}") from None
-        return self._datasets[key]
-
-    def problem_keys(self, cfg) -> list[str]:
-        from omegaconf import OmegaConf
-        return self.dataset(OmegaConf.to_container(cfg.dataset, resolve=True)).keys()
-
-    def data_for(self, payload: dict):
-        return self.dataset(payload["dataset"])[payload["muscle"]]
 
     def validate(self, cfg, cells) -> None:
         for cell in cells:

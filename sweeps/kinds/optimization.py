@@ -27,14 +27,13 @@ def dataset_args(ds_cfg: dict) -> tuple[str, dict]:
     return name, ds
 
 
-class OptimizationKind:
-    payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "response_mode",
-                    "use_prior", "seed")
+class DatasetKind:
+    """Driver-side dataset handling shared by kinds whose cells run on dataset problems:
+    each distinct dataset config is loaded once, and load errors become ConfigErrors."""
 
     def __init__(self):
         self._datasets: dict[str, Dataset] = {}
 
-    # --------------------------------------------------------------- driver side
     def dataset(self, ds_cfg: dict) -> Dataset:
         from sweeps.grid import stable_hash
         key = stable_hash(ds_cfg)
@@ -52,6 +51,11 @@ class OptimizationKind:
 
     def data_for(self, payload: dict):
         return self.dataset(payload["dataset"])[payload["muscle"]]
+
+
+class OptimizationKind(DatasetKind):
+    payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "response_mode",
+                    "use_prior", "seed")
 
     def validate(self, cfg, cells) -> None:
         for cell in cells:

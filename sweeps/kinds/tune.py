@@ -709,12 +709,7 @@ def finish(cfg, setup: Setup, run_dir: Path, t0: float, tracker, parent: str, su
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=1, default=_json_default))
     tracker.metrics(parent, {"wall_s": summary["wall_s"]})
-    for sub in ("results", "figures"):
-        if (run_dir / sub).is_dir():
-            tracker.artifacts(parent, run_dir / sub, sub)
-    tracker.artifacts(parent, path)
-    if (run_dir / ".hydra").is_dir():
-        tracker.artifacts(parent, run_dir / ".hydra", "config")
+    tracker.log_run_folder(parent, run_dir, path)
     tracker.end(parent, "FINISHED")
     print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))
     print(path)
