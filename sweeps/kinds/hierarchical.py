@@ -36,7 +36,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from neuro_opt import metrics  # noqa: E402
 from neuro_opt.algorithms.hierarchical import make_method, run_patterns  # noqa: E402
-from sweeps.kinds.optimization import DatasetKind  # noqa: E402
+from sweeps.kinds.optimization import DatasetKind, _curves, _ms, _unique_rows  # noqa: E402
 from sweeps.schema import ConfigError  # noqa: E402
 
 #: the issue's targets: hierarchical reaches ``accuracy`` within ``within`` total queries and
@@ -191,31 +191,6 @@ def targets(groups: list[dict]) -> dict:
 def _first_at(mean_curve: np.ndarray, level: float):
     hit = np.flatnonzero(mean_curve >= level - 1e-12)
     return int(hit[0] + 1) if hit.size else None
-
-
-def _ms(x) -> list[float]:
-    m, s = metrics.mean_sem(np.asarray(x, dtype=float))
-    return [float(m), float(s)]
-
-
-def _unique_rows(table: pa.Table, cols: list[str]) -> list[tuple]:
-    if not cols:
-        return [()]
-    seen = dict.fromkeys(zip(*[table[c].to_pylist() for c in cols]))
-    return sorted(seen, key=lambda r: tuple((str(type(v)), v) for v in r))
-
-
-def _curves(sub: pa.Table, column: str) -> np.ndarray:
-    """``runs x queries`` for every (cell, rep) run in ``sub``."""
-    cell = sub["cell"].to_numpy(zero_copy_only=False)
-    rep = sub["rep"].to_numpy()
-    q = sub["query"].to_numpy()
-    vals = sub[column].to_numpy().astype(float)
-    run_ids = {r: i for i, r in enumerate(sorted(set(zip(cell, rep))))}
-    idx = np.array([run_ids[r] for r in zip(cell, rep)])
-    out = np.full((len(run_ids), int(q.max())), np.nan)
-    out[idx, q - 1] = vals
-    return out
 
 
 def _figure(names: list[str], curves: dict, column: str, path: Path) -> None:
