@@ -26,7 +26,7 @@ TRACE_SCHEMA = pa.schema([
 
 def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | None = None, seed=0,
              noise: float = 0.0, response_mode: str = "gaussian", use_prior: bool = False,
-             hyperparameters: dict | None = None, progress=None) -> pa.Table:
+             hyperparameters: dict | None = None, progress=None, record_map: bool = False) -> pa.Table:
     """Run ``n_reps`` replicates of ``algorithm`` on ``problem``.
 
     Args:
@@ -41,9 +41,15 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
         use_prior: give ``problem.prior`` to the algorithm.
         hyperparameters: keyword arguments of the algorithm.
         progress: optional callable ``progress(query)`` after each query.
+        record_map: for algorithms with a model (``posterior()``), add
+            ``map_r2`` at every query (the squared Pearson correlation between
+            the posterior mean and the truth in force, Fig. S6B's map accuracy)
+            and ``posterior`` on each replicate's last row (the final posterior
+            mean, float32 ``P``; null on other rows). Other algorithms get nulls.
 
     Returns:
-        Arrow table (``TRACE_SCHEMA``), ``n_reps x n_queries`` rows.
+        Arrow table (``TRACE_SCHEMA``, plus ``map_r2`` and ``posterior`` with
+        ``record_map``), ``n_reps x n_queries`` rows.
     """
     P = problem.space.n_points
     if n_queries is None:
@@ -67,6 +73,8 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
     best = np.empty((n_reps, n_queries), dtype=np.int64)
     explore = np.empty((n_reps, n_queries))
     exploit = np.empty((n_reps, n_queries))
+    has_model = record_map and hasattr(opt, "posterior")
+    map_r2 = np.full((n_reps, n_queries), np.nan)
     for t in range(n_queries):
         truth = problem.truth_at(t)
         x = opt.ask()
@@ -78,16 +86,37 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
         pts[:, t], resp[:, t], best[:, t] = x, y, b
         explore[:, t] = truth[b] / top if top > 0 else 0.0
         exploit[:, t] = truth[x] / top if top > 0 else 0.0
+        if has_model:
+            map_r2[:, t] = squared_correlation(opt.posterior()[0], truth)
         if progress is not None:
             progress(t + 1)
     reps = np.repeat(np.arange(n_reps), n_queries)
     queries = np.tile(np.arange(1, n_queries + 1), n_reps)
-    return pa.table({
+    table = pa.table({
         "rep": pa.array(reps, pa.int32()), "query": pa.array(queries, pa.int32()),
         "point": pa.array(pts.ravel(), pa.int32()), "response": pa.array(resp.ravel()),
         "best": pa.array(best.ravel(), pa.int32()), "exploration": pa.array(explore.ravel()),
         "exploitation": pa.array(exploit.ravel()),
     }, schema=TRACE_SCHEMA)
+    if not record_map:
+        return table
+    maps: list = [None] * (n_reps * n_queries)
+    if has_model:
+        final = np.asarray(opt.posterior()[0], dtype=np.float32)
+        for r in range(n_reps):
+            maps[(r + 1) * n_queries - 1] = final[r]
+    table = table.append_column("map_r2", pa.array(map_r2.ravel(), pa.float64(), mask=np.isnan(map_r2.ravel())))
+    return table.append_column("posterior", pa.array(maps, pa.list_(pa.float32())))
+
+
+def squared_correlation(maps: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Row-wise squared Pearson correlation of ``b x P`` maps with a ``P`` truth (0 for a constant map)."""
+    m = np.asarray(maps, dtype=np.float64)
+    m = m - m.mean(axis=1, keepdims=True)
+    t = np.asarray(truth, dtype=np.float64) - np.mean(truth)
+    den = np.sqrt((m * m).sum(axis=1) * (t @ t))
+    r = np.divide(m @ t, den, out=np.zeros(m.shape[0]), where=den > 0)
+    return r * r
 
 
 def curves(table: pa.Table, column: str) -> np.ndarray:

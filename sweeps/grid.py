@@ -116,9 +116,19 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
     cli = _cli_keys(overrides)
     combos = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())] if axes else [{}]
     out = []
+    seen = set()
     for coords in combos:
         c = cfg.copy()
-        for key, value in coords.items():
+        # group options first, so that a key inside one (algorithm.kappa) finds its option
+        for key in sorted(coords, key=lambda k: k not in GROUPS):
+            value = coords[key]
+            group = key.split(".", 1)[0]
+            if group in GROUPS and group in coords and key != group \
+                    and OmegaConf.select(c, key, default="__missing__") == "__missing__":
+                # grid.algorithm.kappa with grid.algorithm [gpbo, extensive]: kappa applies to the
+                # options that take it; the others run once, with a null coordinate
+                coords = {**coords, key: None}
+                continue
             if key in GROUPS:
                 opt = load_group_option(key, str(value))
                 for k, v in cli:
@@ -132,6 +142,10 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
                     raise ConfigError(f"grid key {key!r} is not a config key; grid keys are config keys "
                                       f"such as noise, algorithm, algorithm.kappa, muscle")
                 OmegaConf.update(c, key, value, merge=False, force_add=key.startswith("params."))
+        ident = json.dumps(coords, sort_keys=True, default=str)
+        if ident in seen:
+            continue
+        seen.add(ident)
         muscles = coords.get("muscle", c.muscle)
         if problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool):
             keys = problem_keys(c)

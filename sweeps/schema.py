@@ -42,6 +42,8 @@ class ReportConfig:
     by: List[str] = field(default_factory=list)  # result columns that split groups further (e.g. model)
     metrics: List[str] = field(default_factory=list)  # result columns summarized as [mean, sem]
     x: Optional[str] = None  # grid key on the x axis of the summary figure
+    at: List[int] = field(default_factory=list)  # query counts at which summaries and comparisons are also stated
+    analysis: Optional[str] = None  # sweeps/analyses/<name>.py: the experiment's own figures and findings
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Config:
     response_mode: str = "gaussian"
     muscle: Any = "all"
     use_prior: bool = False
+    record_map: bool = False
     grid: Dict[str, Any] = field(default_factory=dict)
     scales: Dict[str, Any] = field(default_factory=dict)
     report: ReportConfig = field(default_factory=ReportConfig)

@@ -43,7 +43,9 @@ def coord_columns(table: pa.Table, cell_key: str, coords: dict) -> pa.Table:
     table = table.append_column("cell", pa.array([cell_key] * n, pa.string()))
     for k, v in coords.items():
         name = k.replace(".", "_")
-        if isinstance(v, bool):
+        if v is None:  # a grid key that does not apply to this cell (see grid.expand)
+            arr = pa.nulls(n)
+        elif isinstance(v, bool):
             arr = pa.array([v] * n, pa.bool_())
         elif isinstance(v, (int, float)):
             arr = pa.array([float(v)] * n, pa.float64())  # one numeric type per grid key, whatever the literal

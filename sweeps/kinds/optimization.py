@@ -55,7 +55,7 @@ class DatasetKind:
 
 class OptimizationKind(DatasetKind):
     payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "response_mode",
-                    "use_prior", "seed")
+                    "use_prior", "record_map", "seed")
 
     def validate(self, cfg, cells) -> None:
         for cell in cells:
@@ -93,29 +93,41 @@ class OptimizationKind(DatasetKind):
         name = alg.pop("name")
         return simulate(problem, name, n_reps=payload["n_reps"], n_queries=payload["n_queries"],
                         seed=seed_sequence, noise=float(payload["noise"]), response_mode=payload["response_mode"],
-                        use_prior=payload["use_prior"], hyperparameters=alg)
+                        use_prior=payload["use_prior"], hyperparameters=alg,
+                        record_map=bool(payload.get("record_map", False)))
 
     # --------------------------------------------------------------- report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+        """Groups (mean +/- SEM per query and at the end), comparisons, figures and, when
+        ``report.analysis`` names one (``sweeps/analyses/<name>.py``), the experiment's own
+        figures and ``findings``. Reads the Parquet table only, so ``sweeps.report`` can
+        call it again on a finished run (``tracker=None``)."""
         pool = [k for k in cfg.report.pool if k in axes or k == "muscle"]
         group_keys = [k for k in axes if k not in pool]
         cols = [k.replace(".", "_") for k in group_keys]
+        extra = [c for c in ("map_r2",) if c in table.column_names and table[c].null_count < table.num_rows]
         groups = []
         curves_by_group = {}
         combos = _unique_rows(table, cols)
         for combo in combos:
-            sub = table
-            for c, v in zip(cols, combo):
-                sub = sub.filter(pc.equal(sub[c], pa.scalar(v, sub.schema.field(c).type)))
-            cur = {name: _curves(sub, name) for name in CURVES}
+            sub = select(table, dict(zip(cols, combo)))
+            cur = {name: _curves(sub, name) for name in CURVES + tuple(extra)}
+            if any(np.isnan(a).all() for a in cur.values()):
+                cur = {k: a for k, a in cur.items() if not np.isnan(a).all()}
             params = dict(zip(group_keys, combo))
             m = {}
             for name, arr in cur.items():
                 m[f"{name}_final"] = _ms(metrics.final(arr))
                 m[f"{name}_auc"] = _ms(metrics.auc(arr))
+                for q in cfg.report.at:
+                    if q <= arr.shape[1]:
+                        m[f"{name}_q{q}"] = _ms(arr[:, q - 1])
             conv = metrics.queries_to_convergence(_curves(sub, "point"))
             m["converged_fraction"] = _ms(np.isfinite(conv).astype(float))
-            groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m})
+            per_query = {name: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(arr))))
+                         for name, arr in cur.items()}
+            groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m,
+                           "per_query": per_query})
             curves_by_group[tuple(combo)] = cur
             if tracker is not None:
                 run = tracker.start(_run_name(params), params={**params, "n_runs": groups[-1]["n"]},
@@ -124,7 +136,7 @@ class OptimizationKind(DatasetKind):
                 tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
                 tracker.curves(run, {f"{n}_mean": a.mean(0).tolist() for n, a in cur.items()})
                 tracker.end(run)
-        comparisons = self._compare(cfg, table, group_keys, cols, combos, pool)
+        comparisons = self._compare(cfg, table, group_keys, combos)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
         plots.curves_figure(group_keys, curves_by_group, figs / "curves.png")
@@ -132,44 +144,67 @@ class OptimizationKind(DatasetKind):
                                                                       for c in combos)]
         if "algorithm" in group_keys and len(numeric) == 1:
             plots.final_vs_param(groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png")
-        return {"groups": groups, "comparisons": comparisons}
+        out = {"groups": groups, "comparisons": comparisons}
+        if cfg.report.analysis:
+            from sweeps import analyses
+            out.update(analyses.run(cfg.report.analysis, analyses.Context(
+                cfg=cfg, table=table, figures=figs, groups=groups, comparisons=comparisons, kind=self)))
+        return out
 
-    def _compare(self, cfg, table, group_keys, cols, combos, pool):
-        """Performance points and one-sided Wilcoxon tests between algorithm pairs, paired by problem."""
+    def _compare(self, cfg, table, group_keys, combos):
+        """Performance points and one-sided Wilcoxon tests between algorithm pairs, paired by problem.
+
+        A grid key that does not apply to an algorithm (its coordinate is null, e.g. kappa for
+        extensive search) does not split that algorithm's runs: GP-BO at each kappa is compared
+        with the one extensive search."""
         if "algorithm" not in group_keys:
             return []
         pairs = [tuple(p) for p in cfg.report.compare]
         if not pairs:
             return []
         ai = group_keys.index("algorithm")
-        others = sorted({tuple(v for i, v in enumerate(c) if i != ai) for c in combos})
+        rest_keys = [g for g in group_keys if g != "algorithm"]
+        others = sorted({tuple(v for i, v in enumerate(c) if i != ai) for c in combos},
+                        key=lambda r: tuple((str(type(v)), v) for v in r))
         out = []
         for a, b in pairs:
             for rest in others:
-                params = {k: v for k, v in zip([g for g in group_keys if g != "algorithm"], rest)}
+                params = dict(zip(rest_keys, rest))
                 per = {}
                 for alg in (a, b):
-                    sub = table.filter(pc.equal(table["algorithm"], alg))
-                    for k, v in params.items():
-                        c = k.replace(".", "_")
-                        sub = sub.filter(pc.equal(sub[c], pa.scalar(v, sub.schema.field(c).type)))
-                    per[alg] = sub
+                    sub = select(table, {"algorithm": alg})
+                    wanted = {k.replace(".", "_"): v for k, v in params.items()
+                              if sub.num_rows and sub[k.replace(".", "_")].null_count < sub.num_rows}
+                    per[alg] = select(sub, wanted) if None not in wanted.values() else sub.slice(0, 0)
                 if per[a].num_rows == 0 or per[b].num_rows == 0:
                     continue
                 entry = {"params": params, "a": a, "b": b}
                 for name in CURVES:
                     ca, cb = _curves(per[a], name), _curves(per[b], name)
                     pts = metrics.performance_points(ca, cb)
-                    pa_, pb_ = _per_problem_final(per[a], name), _per_problem_final(per[b], name)
+                    pa_, pb_ = per_problem_final(per[a], name), per_problem_final(per[b], name)
                     common = sorted(set(pa_) & set(pb_))
                     p = metrics.wilcoxon_greater(np.array([pa_[k] for k in common]),
                                                  np.array([pb_[k] for k in common])) if len(common) > 1 else None
                     entry[f"{name}_points_final"] = float(pts[-1])
+                    for q in cfg.report.at:
+                        if q <= len(pts):
+                            entry[f"{name}_points_q{q}"] = float(pts[q - 1])
                     entry[f"{name}_p_value"] = p
+                    entry["n_problems"] = len(common)
                     if name == "exploration":
                         entry["queries_to_reach_b_final"] = metrics.queries_to_reach(ca, float(cb.mean(0)[-1]))
                 out.append(entry)
         return out
+
+
+def select(table: pa.Table, where: dict) -> pa.Table:
+    """Rows whose columns equal the given values (None matches null)."""
+    for c, v in where.items():
+        col = table[c]
+        mask = pc.is_null(col) if v is None else pc.equal(col, pa.scalar(v, table.schema.field(c).type))
+        table = table.filter(pc.fill_null(mask, False))
+    return table
 
 
 def _run_name(params: dict) -> str:
@@ -201,7 +236,7 @@ def _curves(sub: pa.Table, column: str) -> np.ndarray:
     return out
 
 
-def _per_problem_final(sub: pa.Table, column: str) -> dict:
+def per_problem_final(sub: pa.Table, column: str) -> dict:
     """Mean final value per problem (muscle), the unit paired in Wilcoxon tests."""
     qmax = pc.max(sub["query"]).as_py()
     last = sub.filter(pc.equal(sub["query"], qmax))

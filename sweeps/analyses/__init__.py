@@ -1,0 +1,74 @@
+"""Per-experiment analyses: the published figure and the ``findings`` of an experiment.
+
+An experiment opts in with ``report.analysis: NAME``; after the generic report
+(groups, comparisons, curves) the optimization kind calls
+``sweeps.analyses.NAME.analyze(ctx)``, which draws the paper's panel into
+``ctx.figures`` and returns extra summary entries, always with ``findings``:
+one dict per published qualitative finding::
+
+    {"finding": "...", "published": "...", "holds": bool, "numbers": {...}}
+
+``holds`` is computed from the results with the rule stated in ``numbers``
+(``"rule"``), never set by hand. Analyses read the Parquet table, the config and
+the (regenerated) dataset only, so ``python -m sweeps.report`` can rerun them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from omegaconf import OmegaConf
+
+from sweeps.schema import ConfigError
+
+
+@dataclass
+class Context:
+    cfg: object
+    table: pa.Table
+    figures: Path
+    groups: list
+    comparisons: list
+    kind: object
+
+    def dataset(self, **overrides):
+        """The experiment's dataset (config ``dataset`` with ``overrides``), from the kind's cache."""
+        ds = OmegaConf.to_container(self.cfg.dataset, resolve=True)
+        ds.update(overrides)
+        return self.kind.dataset(ds)
+
+    def group(self, **params) -> dict | None:
+        """The summary group whose params include ``params``."""
+        for g in self.groups:
+            if all(g["params"].get(k) == v for k, v in params.items()):
+                return g
+        return None
+
+    def comparison(self, a: str, b: str, **params) -> dict | None:
+        for c in self.comparisons:
+            if c["a"] == a and c["b"] == b and all(c["params"].get(k) == v for k, v in params.items()):
+                return c
+        return None
+
+
+def finding(text: str, published: str, holds, **numbers) -> dict:
+    """One entry of ``findings``; ``holds`` None when the data cannot decide (say why in numbers)."""
+    clean = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in numbers.items()}
+    return {"finding": text, "published": published, "holds": None if holds is None else bool(holds),
+            "numbers": clean}
+
+
+def run(name: str, ctx: Context) -> dict:
+    try:
+        module = importlib.import_module(f"sweeps.analyses.{name}")
+    except ModuleNotFoundError:
+        known = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__")
+        raise ConfigError(f"report.analysis={name!r}: no sweeps/analyses/{name}.py; known: {', '.join(known)}") from None
+    out = module.analyze(ctx)
+    if "findings" not in out:
+        raise RuntimeError(f"analysis {name} returned no findings")
+    return out
