@@ -66,6 +66,9 @@ def apply_scale(cfg: DictConfig, overrides: list[str]) -> None:
     for key, value in preset.items():
         if any(c == key or c.startswith(key + ".") or key.startswith(c + ".") for c in cli):
             continue
+        if key.startswith("grid.") and key[5:] in cfg.grid:  # a dotted grid key (grid: {algorithm.kappa: [...]})
+            cfg.grid[key[5:]] = value
+            continue
         if key.startswith("dataset.") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             print(f"note: scale={cfg.scale} sets {key}, which dataset {cfg.dataset.name!r} does not take; "
                   f"left out", file=sys.stderr)

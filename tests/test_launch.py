@@ -30,7 +30,7 @@ def launch(tmp: Path, *overrides: str, check: bool = True) -> subprocess.Complet
 
 def results(run_dir: Path) -> pa.Table:
     files = sorted((run_dir / "results").glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     return table.sort_by([("cell", "ascending"), ("rep", "ascending"), ("query", "ascending")])
 
 

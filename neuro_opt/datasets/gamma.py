@@ -58,9 +58,32 @@ def _beta_sets(betas, n_subjects, n_dims, beta_range, rng) -> np.ndarray:
     return b
 
 
+def stratified_betas(n_subjects: int, n_dims: int, beta_range: Sequence[float], rng) -> np.ndarray:
+    """Beta sets spread over mean smoothness and smoothness variance (Fig. S5's two axes).
+
+    Independent uniform betas all have a mean near the middle of the range (four
+    draws average out), so subjects would barely differ in mean smoothness. Here
+    subject ``s`` gets a mean level from an even ladder over ``beta_range`` and a
+    random half-width, from 0 (every dimension alike) to the widest the range
+    allows at that level (dimensions of very different smoothness); its betas
+    are drawn uniformly in that band and recentred on the level.
+    """
+    lo, hi = beta_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"beta_range must satisfy 0 < lo <= hi, got {beta_range}")
+    levels = np.linspace(lo, hi, n_subjects + 2)[1:-1] if n_subjects > 1 else np.array([(lo + hi) / 2])
+    rng.shuffle(levels)
+    out = np.empty((n_subjects, n_dims))
+    for s, m in enumerate(levels):
+        half = rng.uniform(0.0, min(m - lo, hi - m))
+        b = rng.uniform(m - half, m + half, size=n_dims)
+        out[s] = np.clip(b - b.mean() + m, lo, hi)
+    return out
+
+
 def gamma_smoothness(n_subjects: int = 5, n_dims: int = 4, n_values: int = 7, seed: int = 0,
                      betas: Sequence | None = None, beta_range: Sequence[float] = BETA_RANGE,
-                     alpha: float = 1.0, name: str | None = None) -> Dataset:
+                     alpha: float = 1.0, beta_sampling: str = "independent", name: str | None = None) -> Dataset:
     """Fig. S5: N-D spaces of controlled smoothness.
 
     Args:
@@ -68,8 +91,11 @@ def gamma_smoothness(n_subjects: int = 5, n_dims: int = 4, n_values: int = 7, se
         n_dims: dimensions (4 published: 7**4 = 2,401 points).
         n_values: values per dimension (7).
         betas: one beta per dimension (shared by all subjects), a
-            ``n_subjects x n_dims`` table, or None to draw each uniformly in
-            ``beta_range``.
+            ``n_subjects x n_dims`` table, or None to draw them in
+            ``beta_range`` as ``beta_sampling`` says.
+        beta_sampling: ``"independent"`` (each beta uniform in the range) or
+            ``"stratified"`` (subjects spread over mean smoothness and
+            smoothness variance, see :func:`stratified_betas`).
         alpha: the gamma shape, fixed.
 
     Returns:
@@ -80,7 +106,12 @@ def gamma_smoothness(n_subjects: int = 5, n_dims: int = 4, n_values: int = 7, se
     if n_subjects < 1 or n_dims < 1 or n_values < 2:
         raise ValueError("need n_subjects >= 1, n_dims >= 1 and n_values >= 2")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 55]))
-    B = _beta_sets(betas, n_subjects, n_dims, beta_range, rng)
+    if beta_sampling not in ("independent", "stratified"):
+        raise ValueError(f"beta_sampling must be 'independent' or 'stratified', got {beta_sampling!r}")
+    if betas is None and beta_sampling == "stratified":
+        B = stratified_betas(n_subjects, n_dims, beta_range, rng)
+    else:
+        B = _beta_sets(betas, n_subjects, n_dims, beta_range, rng)
     space = SearchSpace({f"p{d + 1}": range(1, n_values + 1) for d in range(n_dims)})
     problems = []
     for s in range(n_subjects):
@@ -175,12 +206,18 @@ def prior_quality(n_subjects: int = 6, prior_dims: int | Sequence[str] = 6, prio
         problems keyed ``"prior<s>/response"`` over ``(x, y, g1, g2, g3, g4)``
         (8 x 4 x 7**4 = 76,832 points for a full rat array), truth max 1,
         ``prior`` (``P``, in ``[0, 1]``) or None; ``meta`` holds
-        ``prior_dims`` (names), ``prior_r``, ``betas`` and ``peaks``.
+        ``prior_dims`` (names; ``[]`` means no prior by design), ``prior_r``,
+        ``betas`` and ``peaks``.
+
+    Random streams: each subject's truth (betas, peaks) comes from
+    ``SeedSequence([seed, 77, s])`` and its prior (informed dimensions, noise)
+    from ``SeedSequence([seed, 78, s])``, so a subject's truth is the same for
+    every ``prior_dims`` and ``prior_r`` (conditions are paired), and for a
+    given quantity the informed dimensions and the noise draw are the same
+    for every quality.
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
-    B = _beta_sets(None, n_subjects, 4, beta_range, rng)
     gdims = [f"g{k + 1}" for k in range(4)]
     problems = []
     for s, (map_space, map_truth, source) in enumerate(_rat_maps(n_subjects, seed, rat_path, muscle)):
@@ -190,15 +227,18 @@ def prior_quality(n_subjects: int = 6, prior_dims: int | Sequence[str] = 6, prio
         mask = np.broadcast_to(map_space.mask[(...,) + (None,) * 4], map_space.grid_shape + (n_values,) * 4)
         space = SearchSpace(dims, mask=mask)
         grid = np.nan_to_num(map_space.to_grid(map_truth), nan=0.0)
-        peaks = rng.integers(0, n_values, size=4)
+        truth_rng = np.random.default_rng(np.random.SeedSequence([seed, 77, s]))
+        prior_rng = np.random.default_rng(np.random.SeedSequence([seed, 78, s]))
+        betas = _beta_sets(None, 1, 4, beta_range, truth_rng)[0]
+        peaks = truth_rng.integers(0, n_values, size=4)
         for k in range(4):
-            prof = gamma_profile(n_values, B[s, k], int(peaks[k]), alpha)
+            prof = gamma_profile(n_values, betas[k], int(peaks[k]), alpha)
             grid = grid[..., None] * prof.reshape([1] * grid.ndim + [n_values])
         truth = grid[tuple(space.index.T)]
         if isinstance(prior_dims, (int, np.integer)):
             if not 0 <= prior_dims <= len(names):
                 raise ValueError(f"prior_dims must be 0..{len(names)}, got {prior_dims}")
-            chosen = sorted(rng.choice(len(names), size=int(prior_dims), replace=False).tolist())
+            chosen = sorted(prior_rng.choice(len(names), size=int(prior_dims), replace=False).tolist())
         else:
             unknown = [d for d in prior_dims if d not in names]
             if unknown:
@@ -208,13 +248,13 @@ def prior_quality(n_subjects: int = 6, prior_dims: int | Sequence[str] = 6, prio
         if chosen:
             ref = marginal_reference(grid, chosen)
             reduced = ref[tuple(slice(None) if d in chosen else slice(0, 1) for d in range(grid.ndim))]
-            prior_grid = np.broadcast_to(noisy_prior(reduced, float(prior_r), rng, top=1.0), grid.shape)
+            prior_grid = np.broadcast_to(noisy_prior(reduced, float(prior_r), prior_rng, top=1.0), grid.shape)
             prior = prior_grid[tuple(space.index.T)]
         problems.append(Problem(
             key=f"prior{s + 1}/response", space=space, truth=truth / truth.max(), prior=prior,
             meta={"generator": "prior_quality", "seed": seed, "map_source": source,
                   "prior_dims": [names[d] for d in chosen], "prior_r": float(prior_r),
-                  "betas": B[s].tolist(), "peaks": peaks.tolist(), "alpha": alpha},
+                  "betas": betas.tolist(), "peaks": peaks.tolist(), "alpha": alpha},
         ))
     return Dataset(name or "prior_quality", problems,
                    meta={"seed": seed, "prior_dims": prior_dims, "prior_r": float(prior_r),

@@ -41,6 +41,13 @@ class Context:
         ds.update(overrides)
         return self.kind.dataset(ds)
 
+    def grid_dataset(self, option: str | None):
+        """The dataset of a ``grid.dataset`` value (a conf/dataset option name); None: ``dataset()``."""
+        if option is None:
+            return self.dataset()
+        from sweeps.grid import load_group_option
+        return self.kind.dataset(OmegaConf.to_container(load_group_option("dataset", option), resolve=True))
+
     def group(self, **params) -> dict | None:
         """The summary group whose params include ``params``."""
         for g in self.groups:
