@@ -28,6 +28,7 @@ KINDS = {
     "tune": "sweeps.kinds.tune",
     "calibration": "sweeps.kinds.calibrate",
     "hierarchical": "sweeps.kinds.hierarchical",
+    "continual": "sweeps.kinds.continual",
 }
 
 
