@@ -141,13 +141,19 @@ def test_bad_observations_raise():
         gp.observe([1, P], [0.1, 0.2])
 
 
-def test_analytic_mll_gradient_equals_autograd():
+@pytest.mark.parametrize("path", ["pairs", "lattice"])
+def test_analytic_mll_gradient_equals_autograd(path):
+    """Both refit paths: kernel terms per pair of points, and per grid-offset bin (integer grids)."""
     rng = np.random.default_rng(4)
     gp = BatchGP(X, 3, 40, mode="variable", fit_steps=0)
+    assert gp.lattice is not None  # X is an integer grid
     fill(gp, rng, 14)
     data = gp._collapsed()
-    Xu = data["Xu"]
-    data["sqdiff"] = (Xu.unsqueeze(-2) - Xu.unsqueeze(-3)) ** 2
+    if path == "lattice":
+        data["bin"] = gp._pair_bins(data)
+    else:
+        Xu = data["Xu"]
+        data["sqdiff"] = (Xu.unsqueeze(-2) - Xu.unsqueeze(-3)) ** 2
     raw = torch.tensor(rng.normal(0, 1, (3, 4)), requires_grad=True)
     mll, grad = gp.mll_and_grad(data, raw.detach())
     ref = gp._mll(data, gp.ls_con.transform(raw[:, :2]), gp.noise_con.transform(raw[:, 2]),
@@ -182,3 +188,8 @@ def test_buffers_grow_past_the_initial_capacity(mode):
     assert small.capacity >= 11
     (m1, v1), (m2, v2) = small.posterior(), big.posterior()
     assert torch.allclose(m1, m2, atol=1e-9) and torch.allclose(v1, v2, atol=1e-9)
+
+
+def test_non_grid_inputs_use_the_pair_path():
+    assert BatchGP(X + 0.5 * np.random.default_rng(0).random(X.shape), 2, 8).lattice is None
+    assert BatchGP(X, 2, 8, mode="fixed").lattice is None
