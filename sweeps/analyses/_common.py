@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,3 +65,192 @@ def algorithm_rows(table: pa.Table, algorithm: str, kappa: float | None = None) 
     if kappa is not None and "algorithm_kappa" in sub.column_names and sub["algorithm_kappa"].null_count < sub.num_rows:
         sub = sub.filter(pc.fill_null(pc.equal(sub["algorithm_kappa"], float(kappa)), False))
     return sub
+
+
+def paired_trend(series, sign: int) -> dict:
+    """A monotone trend repeated over units (e.g. subjects): one Spearman rho of y against x per
+    series, then a one-sided Wilcoxon signed-rank test of the rhos in the direction ``sign``
+    (+1: increasing, -1: decreasing).
+
+    Args:
+        series: ``[(x_values, y_values), ...]``; NaN pairs are dropped and a series left with
+            fewer than 3 points is skipped. A series whose x or y is constant has no trend and
+            counts as rho 0 (not skipped: a constant best kappa is evidence against a trend).
+        sign: +1 or -1.
+
+    Returns:
+        ``{"rho_mean", "rho_median", "p", "n"}``: ``n`` series used; p is 1.0 when every rho is 0
+        and NaN with fewer than 2 series.
+    """
+    from scipy import stats
+
+    rhos = []
+    for x, y in series:
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if len(x) >= 3:
+            rhos.append(0.0 if np.ptp(x) == 0 or np.ptp(y) == 0 else float(stats.spearmanr(x, y).statistic))
+    rhos = np.asarray(rhos)
+    if rhos.size < 2:
+        p = float("nan")
+    elif np.all(rhos == 0):
+        p = 1.0
+    else:
+        p = float(stats.wilcoxon(sign * rhos, alternative="greater").pvalue)
+    return {"rho_mean": float(rhos.mean()) if rhos.size else float("nan"),
+            "rho_median": float(np.median(rhos)) if rhos.size else float("nan"), "p": p, "n": int(rhos.size)}
+
+
+def heatmap(ax, matrix, xvals, yvals, title: str, cbar_label: str, diverging: bool = False,
+            fmt: str = "{:.0f}") -> None:
+    """``len(yvals) x len(xvals)`` values, row 0 at the bottom, each cell annotated (text dark or
+    light for contrast; NaN cells blank); ``diverging`` centres a blue-red scale on 0 (differences,
+    positive red)."""
+    m = np.asarray(matrix, float)
+    if diverging:
+        lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+        im = ax.imshow(m, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1)
+    else:
+        im = ax.imshow(m, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(xvals)), [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in xvals])
+    ax.set_yticks(range(len(yvals)), [str(v) for v in yvals])
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            text = fmt.format(v)
+            text = fmt.format(0.0) if float(text) == 0 else text  # no "-0"
+            lum = np.dot(im.cmap(im.norm(v))[:3], (0.299, 0.587, 0.114))
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if lum < 0.5 else "k")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(im, ax=ax, label=cbar_label)
+
+
+# ----------------------------------------------------------------------------- maps and subjects
+# (spinal_4d, cortical_5d)
+
+
+def subject_curves(table: pa.Table, algorithm: str, column: str) -> tuple[list[str], np.ndarray]:
+    """Per-subject (problem) mean over replicates of a per-query column.
+
+    Returns:
+        ``(subjects, curves)``: sorted problem keys and a ``subjects x queries`` array.
+    """
+    sub = select(table, {"algorithm": algorithm})
+    keys = sorted(set(sub["muscle"].to_pylist()))
+    return keys, np.stack([np.nanmean(_curves(select(sub, {"muscle": k}), column), axis=0) for k in keys])
+
+
+def final_posteriors(table: pa.Table, algorithm: str) -> dict[str, np.ndarray]:
+    """GP-BO's final posterior mean maps (``record_map: true``), ``problem key -> reps x P``
+    (rows ordered by cell, then replicate). Empty when the runs recorded none."""
+    if "posterior" not in table.column_names:
+        return {}
+    sub = select(table, {"algorithm": algorithm})
+    sub = sub.filter(pc.is_valid(sub["posterior"])).sort_by([("muscle", "ascending"), ("cell", "ascending"),
+                                                             ("rep", "ascending")])
+    out = {}
+    for key in dict.fromkeys(sub["muscle"].to_pylist()):
+        rows = select(sub, {"muscle": key})["posterior"].combine_chunks()
+        out[key] = rows.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(rows), -1)
+    return out
+
+
+def project(values: np.ndarray, space, keep: tuple[str, ...]) -> np.ndarray:
+    """Mean of per-point values over every dimension not in ``keep`` (masked grid points ignored).
+
+    Args:
+        values: ``... x P`` per-point values (e.g. ``reps x P`` posterior means).
+        space: the :class:`~neuro_opt.space.SearchSpace` of the points.
+        keep: names of the dimensions to keep, in the order wanted on the output axes.
+
+    Returns:
+        ``... x len(keep[0]) x ... x len(keep[-1])``: e.g. ``keep=("frequency",)`` gives the
+        frequency profile, ``keep=("site", "timing")`` a site x timing map.
+    """
+    unknown = [k for k in keep if k not in space.names]
+    if unknown or len(set(keep)) != len(keep):
+        raise ValueError(f"keep={keep}: expected distinct dimension names among {space.names}")
+    grid = space.to_grid(np.asarray(values, dtype=np.float64))  # ... x grid_shape
+    lead = grid.ndim - space.ndim
+    axes = [space.names.index(k) for k in keep]
+    drop = tuple(lead + i for i in range(space.ndim) if i not in axes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-masked slice is NaN, as it should be
+        reduced = np.nanmean(grid, axis=drop) if drop else grid
+    kept_sorted = sorted(axes)
+    return np.moveaxis(reduced, [lead + kept_sorted.index(a) for a in axes], range(lead, lead + len(axes)))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two flattened arrays (NaN where either is NaN is dropped; NaN if constant)."""
+    a, b = np.ravel(np.asarray(a, float)), np.ravel(np.asarray(b, float))
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float(a @ b / den) if den > 0 else float("nan")
+
+
+def pairwise_r(profiles: np.ndarray) -> np.ndarray:
+    """Pearson r of every pair of rows of ``subjects x K`` profiles: ``n_pairs`` values."""
+    return np.array([pearson(profiles[i], profiles[j]) for i, j in itertools.combinations(range(len(profiles)), 2)])
+
+
+def mean_sem(x) -> tuple[float, float]:
+    """Mean and SEM of the finite values (SEM 0 for a single value, NaNs for none)."""
+    x = np.asarray(x, float).ravel()
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return float("nan"), float("nan")
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
+
+
+def rounded(x, nd: int = 4):
+    """JSON-friendly rounding of floats, lists and dicts of them (NaN -> None)."""
+    if isinstance(x, dict):
+        return {k: rounded(v, nd) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [rounded(v, nd) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else round(float(x), nd)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_curves(ax, curves: dict[str, np.ndarray], ylabel: str, title: str | None = None) -> None:
+    """Mean +/- SEM over subjects (rows) per query, one line and band per algorithm, in % of max."""
+    for i, (label, arr) in enumerate(curves.items()):
+        m, s = metrics.mean_sem(arr)
+        q = np.arange(1, len(m) + 1)
+        ax.plot(q, 100 * m, color=f"C{i}", label=f"{label} (n={arr.shape[0]})")
+        ax.fill_between(q, 100 * (m - s), 100 * (m + s), color=f"C{i}", alpha=0.25, lw=0)
+    ax.set_xlabel("query")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.set_xlim(1, max(a.shape[1] for a in curves.values()))
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def map_panel(ax, arr: np.ndarray, row_labels, col_labels, title: str, row_name: str = "", col_name: str = "",
+              cmap: str = "viridis", colorbar: bool = True, mark_max: bool = True) -> None:
+    """A ``rows x cols`` map with labelled ticks and its maximum outlined."""
+    im = ax.imshow(arr, aspect="auto", origin="lower", cmap=cmap)
+    ax.set_xticks(range(len(col_labels)), [str(v) for v in col_labels], fontsize=6, rotation=90 if
+                  len(col_labels) > 6 else 0)
+    ax.set_yticks(range(len(row_labels)), [str(v) for v in row_labels], fontsize=6)
+    ax.set_xlabel(col_name, fontsize=7)
+    ax.set_ylabel(row_name, fontsize=7)
+    ax.set_title(title, fontsize=8)
+    if mark_max and np.isfinite(arr).any():
+        from matplotlib.patches import Rectangle
+
+        r, c = np.unravel_index(np.nanargmax(arr), arr.shape)
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.ax.tick_params(labelsize=6)
