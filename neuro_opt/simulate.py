@@ -61,7 +61,7 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     s_alg, s_resp = ss.spawn(2)
     prior = problem.prior if use_prior else None
-    if use_prior and prior is None:
+    if use_prior and prior is None and problem.meta.get("prior_dims") != []:  # [] = no prior by design
         raise ValueError(f"use_prior is set but problem {problem.key!r} has no prior")
     hp = dict(hyperparameters or {})
     if algorithm.startswith("gpbo"):
