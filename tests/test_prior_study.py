@@ -72,23 +72,23 @@ def test_launch_validation_accepts_only_the_no_prior_condition(exp, ok):
 
 def test_tiny_prior_study_states_findings_draws_the_figure_and_reports_again(tmp_path):
     proc = launch(tmp_path, "+exp=prior_study", "n_queries=8", "dataset.n_subjects=2", "dataset.n_values=2",
-                  "grid={algorithm.kappa:[1.0,3.0]}", "grid.dataset.prior_dims=[0,2,6]",
-                  "grid.dataset.prior_r=[-1.0,0.0,1.0]", "progress=false", "cluster.num_cpus=2",
+                  "grid={algorithm.kappa:[1.0,3.0]}", "grid.dataset.prior_dims=[0,6]",
+                  "grid.dataset.prior_r=[-1.0,1.0]", "progress=false", "cluster.num_cpus=2",
                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     path = Path(proc.stdout.strip().splitlines()[-1])
     summary = json.loads(path.read_text())
-    # 2 subjects x 3 quantities x 3 qualities x (GP-BO at 2 kappas + extensive + greedy)
-    assert summary["n_cells"] == 2 * 3 * 3 * 4 and summary["failed_cells"] == 0
+    # 2 subjects x 2 quantities x 2 qualities x (GP-BO at 2 kappas + extensive + greedy)
+    assert summary["n_cells"] == 2 * 2 * 2 * 4 and summary["failed_cells"] == 0
     table = results(path.parent)
-    assert set(table["dataset_prior_dims"].to_pylist()) == {0.0, 2.0, 6.0}
+    assert set(table["dataset_prior_dims"].to_pylist()) == {0.0, 6.0}
     assert len(summary["findings"]) == 5
     for f in summary["findings"]:
         assert set(f) == {"finding", "published", "holds", "numbers"}
         assert f["holds"] in (True, False, None) and "rule" in f["numbers"]
     study = summary["prior_study"]
-    assert study["quantities"] == [0, 2, 6] and study["qualities"] == [-1.0, 0.0, 1.0]
+    assert study["quantities"] == [0, 6] and study["qualities"] == [-1.0, 1.0]
     gp = np.array(study["gpbo_auc"])
-    assert gp.shape == (3, 3) and np.all(gp[0] == gp[0, 0])  # no prior: one baseline for every r
+    assert gp.shape == (2, 2) and np.all(gp[0] == gp[0, 0])  # no prior: one baseline for every r
     fig = path.parent / "figures" / "prior_study.png"
     assert fig.stat().st_size > 20_000
 
