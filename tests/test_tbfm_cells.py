@@ -17,10 +17,12 @@ def _plain(table: pa.Table) -> None:
 
 def test_sample_efficiency_and_compare():
     t = cells.run_compare({**TINY, "max_bases": 2, "latency_calls": 20,
-                           "models": ["tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm"]}, seed=0)
+                           "models": ["tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm",
+                                      "tbfm_rank4", "ae_lstm_w20"]}, seed=0)
     _plain(t)
     rows = {r["model"]: r for r in t.to_pylist()}
-    assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm"}
+    assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm", "tbfm_rank4", "ae_lstm_w20"}
+    assert rows["tbfm_rank4"]["rank"] == 4 and rows["tbfm"]["rank"] == -1
     for col in ("test_r2", "state_dependent_r2", "test_r2_mean", "train_s", "us_per_forecast", "r2_h10", "r2_h40"):
         assert col in t.column_names
     assert rows["tbfm"]["test_r2"] > rows["tbfm_sham"]["test_r2"]

@@ -46,6 +46,23 @@ def test_compiled_equals_uncompiled(split, kind):
     assert comp.A is None if kind != "full" else comp.A.shape == (6 * train.n_channels, 20 * train.n_channels)
 
 
+def test_compiled_rank_limited_alternating(split):
+    """The tbfm_rank<k> path: reduced-rank ridge weights (alternating training) compile exactly too."""
+    train, val, test = split
+    one_ipi = [t.subset(np.nonzero(t.ipi_ms == 30)[0]) for t in (train, val, test)]
+    torch.manual_seed(2)
+    model = TBFM(train.n_channels, 20, 120, n_bases=6, rank=8)
+    fit_tbfm(model, *one_ipi[:2], method="alternating", max_iters=4)
+    sv = torch.linalg.svdvals(model.estimator.matrix().detach().double())
+    assert float(sv[8] / sv[0]) < 1e-5  # rank 8 up to float32 rounding
+    comp = compile_tbfm(model, ipis=[30])
+    assert comp.A is None and comp.U.shape == (6 * train.n_channels, 8) and comp.V.shape == (8, 20 * train.n_channels)
+    runway = np.ascontiguousarray(one_ipi[2].runway)
+    ref = _uncompiled(model, runway, 30)
+    np.testing.assert_allclose(comp.predict(runway, 30), ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(comp.predict_one(runway[0], 30), ref[0], rtol=0, atol=1e-5)
+
+
 def test_compiled_fsam_model(split):
     train, val, _ = split
     one_ipi = [t.subset(np.nonzero(t.ipi_ms == 30)[0]) for t in (train, val)]

@@ -8,9 +8,9 @@
   reads the runway's latents (teacher forcing), then predicts latent increments
   from the current latent and the stimulation input, integrated with first-order
   Euler steps and decoded. Trained on random 60 ms sub-windows (20 ms runway,
-  40 ms forecast) with a tripartite loss: autoencoder reconstruction, multi-step
-  dynamics, and a centring ("nearest-neighbour") term on the latents. Evaluated
-  on the full horizon.
+  40 ms forecast; each trial of a minibatch cropped at its own random start)
+  with a tripartite loss: autoencoder reconstruction, multi-step dynamics, and a
+  centring ("nearest-neighbour") term on the latents. Evaluated on the full horizon.
 * :func:`state_agnostic_tbfm`: a TBFM fed a sham (constant) runway.
 
 The stimulation input ``u[t]`` is the descriptor row at forecast step ``t``
@@ -27,7 +27,7 @@ from torch import nn
 
 from neuro_opt.tbfm.base import ForecastModel
 from neuro_opt.tbfm.data import STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.model import TBFM, FitResult, _EarlyStopper, _val_r2
+from neuro_opt.tbfm.model import TBFM, FitResult, _EarlyStopper, _val_r2, over_budget
 
 
 def state_agnostic_tbfm(n_channels: int, runway: int = 20, horizon: int = 164, n_bases: int = 12, **kwargs) -> TBFM:
@@ -124,38 +124,67 @@ class AELSTM(ForecastModel):
         _, y = self._rollout(z, z.new_zeros(z.shape[0], z.shape[1], self.stim_dim), u)
         return y * self.std + self.mean
 
-    def loss(self, runway, target, stim, stim_index, rng: torch.Generator) -> torch.Tensor:
-        """Tripartite loss on one random ``runway + window`` sub-window of each trial."""
+    def windows(self, runway, target, stim, stim_index, rng: torch.Generator):
+        """Random training sub-windows, one per trial, each at its own start.
+
+        Returns ``(win, u)``: z-scored frames ``N x (R + W) x C`` and stimulation inputs
+        ``N x (R + W) x 3`` (zero over the trial's runway), with starts drawn uniformly
+        in ``0 .. H - W`` (start 0 = the trial's runway and first ``W`` forecast steps).
+        """
         n, R, C = runway.shape
+        W = self.window
         full = (torch.cat([runway, target], 1) - self.mean) / self.std  # N x (R + H) x C
         u_full = torch.cat([stim.new_zeros(stim.shape[0], R, self.stim_dim), stim], 1)[stim_index]
-        W = self.window
-        start = int(torch.randint(0, self.horizon - W + 1, (1,), generator=rng))
-        obs = full[:, start:start + R]
-        fut = full[:, start + R:start + R + W]
-        hs, y = self._rollout(obs, u_full[:, start:start + R], u_full[:, start + R:start + R + W])
-        dyn = ((y - fut) ** 2).mean() + ((hs - self.enc(fut)) ** 2).mean()
-        window = full[:, start:start + R + W]
-        lat = self.enc(window)
-        ae = ((self.dec(lat) - window) ** 2).mean()
-        centre = lat.mean(dim=(0, 1)).pow(2).mean()
-        return dyn + self.ae_weight * ae + self.nn_weight * centre
+        start = torch.randint(0, self.horizon - W + 1, (n,), generator=rng)
+        t = (start[:, None] + torch.arange(R + W)[None])[:, :, None]  # N x (R + W) x 1
+        return (torch.gather(full, 1, t.expand(-1, -1, C)),
+                torch.gather(u_full, 1, t.expand(-1, -1, self.stim_dim)))
+
+    def loss_terms(self, win: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three loss terms on sub-windows ``win`` (``N x (R + W) x C``, z units) with inputs ``u``.
+
+        * ``dynamics``: multi-step forecast MSE of the decoded rollout over the last ``W``
+          frames, plus the MSE of the rolled-out latents to the encoded frames;
+        * ``autoencoder``: reconstruction MSE of every frame of the window;
+        * ``centre``: squared mean latent (the paper's "nearest-neighbour" term that keeps
+          the latents centred at 0).
+        """
+        R = self.runway
+        obs, fut = win[:, :R], win[:, R:]
+        hs, y = self._rollout(obs, u[:, :R], u[:, R:])
+        lat = self.enc(win)
+        return {"dynamics": ((y - fut) ** 2).mean() + ((hs - lat[:, R:]) ** 2).mean(),
+                "autoencoder": ((self.dec(lat) - win) ** 2).mean(),
+                "centre": lat.mean(dim=(0, 1)).pow(2).mean()}
+
+    def loss(self, runway, target, stim, stim_index, rng: torch.Generator) -> torch.Tensor:
+        """Tripartite loss on one random ``runway + window`` sub-window of each trial (own start per trial)."""
+        terms = self.loss_terms(*self.windows(runway, target, stim, stim_index, rng))
+        return terms["dynamics"] + self.ae_weight * terms["autoencoder"] + self.nn_weight * terms["centre"]
 
 
 def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: float = 2e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 200, patience: int = 15, batch_size: int = 128,
                  seed: int = 0, max_seconds: float | None = None, clip: float = 1.0,
-                 verbose: bool = False) -> FitResult:
+                 lr_patience: int | None = 4, verbose: bool = False) -> FitResult:
     """Train an :class:`LSSM` or :class:`AELSTM` with AdamW and early stopping on validation R2 (full horizon).
 
     The model's normalizer is set from ``train``; the best model is restored in place.
+
+    Args:
+        lr_patience: halve the learning rate after this many epochs without a better
+            validation R2 (``ReduceLROnPlateau``); None keeps it constant.
+        max_seconds: training budget in CPU seconds of this process
+            (:func:`~neuro_opt.tbfm.model.over_budget`), checked after each epoch.
     """
     model.check_trials(train)
     model.check_trials(val)
     model.set_normalizer(*zscore_stats(train))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     runway, target, stim, idx = model.inputs(train)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = None if lr_patience is None else \
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=int(lr_patience))
     g = torch.Generator().manual_seed(seed)
     stopper = _EarlyStopper(model, patience)
     history, it, n = [], 0, train.n_trials
@@ -175,8 +204,10 @@ def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: fl
         history.append((it, tot / n, score))
         if verbose:
             print(f"{type(model).__name__} epoch {it}: loss {tot / n:.4f} val r2 {score:.4f}")
-        if stopper.update(it, score) or (max_seconds and time.perf_counter() - t0 > max_seconds):
+        if sched is not None:
+            sched.step(score if np.isfinite(score) else -np.inf)
+        if stopper.update(it, score) or over_budget(c0, max_seconds):
             break
     stopper.restore()
     return FitResult(f"adamw:{type(model).__name__}", time.perf_counter() - t0, it, stopper.best_iter,
-                     stopper.best, history)
+                     stopper.best, history, time.process_time() - c0)

@@ -1,13 +1,15 @@
 """TBFM experiments: each cell calls ``neuro_opt.tbfm.cells.run_<params.cell>(params, seed)``.
 
 Grid keys are ``params.X`` (crossed into cells); ``params.rep`` numbers independent
-replicates (a different seed each, pooled in the summary). The summary groups rows by
+replicates (a different seed each, pooled in the summary). Every row also carries its cell's
+``cell_wall_s`` and ``cell_cpu_s`` (CPU seconds of the worker process). The summary groups rows by
 the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e.g.
 ``model``), and reports each column of ``report.metrics`` as ``[mean, sem]``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
@@ -48,7 +50,12 @@ class TBFMKind:
         fn = CELLS[p.pop("cell")]
         rep = p.pop("rep", 0)
         seed = int(seed_sequence.generate_state(1)[0] % (2**31 - 1))
+        t0, c0 = time.perf_counter(), time.process_time()
         table = fn(p, seed)
+        # the whole cell's wall and CPU time (CPU: this worker process), repeated on each of its rows
+        for name, value in (("cell_wall_s", time.perf_counter() - t0), ("cell_cpu_s", time.process_time() - c0)):
+            if name not in table.column_names:
+                table = table.append_column(name, pa.array([float(value)] * table.num_rows, pa.float64()))
         return table.append_column("rep", pa.array([int(rep)] * table.num_rows, pa.int64())) \
             if "rep" not in table.column_names else table
 
