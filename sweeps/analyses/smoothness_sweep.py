@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuro_opt import metrics
 from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
 from sweeps.analyses._common import _curves, algorithm_rows, band, one_sided, per_problem, spearman
@@ -38,7 +37,7 @@ def analyze(ctx) -> dict:
 
     findings = []
     for b in ("extensive", "greedy"):
-        c = {name: ctx.comparison("gpbo", b, **{"algorithm.kappa": k0}) or ctx.comparison("gpbo", b) for name in (0,)}[0]
+        c = ctx.comparison("gpbo", b, **{"algorithm.kappa": k0}) or ctx.comparison("gpbo", b)
         pts_e, pts_x = c["exploration_points_final"], c["exploitation_points_final"]
         p_e, p_x = c["exploration_p_value"], c["exploitation_p_value"]
         findings.append(finding(
@@ -120,5 +119,3 @@ def _figure(ctx, table, k0, kappas, subjects, beta_mean, beta_var, adv, best_kap
     fig.savefig(ctx.figures / "smoothness_sweep.png", dpi=110)
     plt.close(fig)
 
-
-__all__ = ["analyze", "metrics"]
