@@ -63,7 +63,7 @@ def algorithm_rows(table: pa.Table, algorithm: str, kappa: float | None = None) 
     """The runs of one algorithm (GP-BO at one kappa when the grid varies kappa)."""
     sub = select(table, {"algorithm": algorithm})
     if kappa is not None and "algorithm_kappa" in sub.column_names and sub["algorithm_kappa"].null_count < sub.num_rows:
-        sub = sub.filter(pc.fill_null(pc.equal(sub["algorithm_kappa"], float(kappa)), False))
+        sub = select(sub, {"algorithm_kappa": float(kappa)})
     return sub
 
 
@@ -223,10 +223,7 @@ def rounded(x, nd: int = 4):
 def plot_curves(ax, curves: dict[str, np.ndarray], ylabel: str, title: str | None = None) -> None:
     """Mean +/- SEM over subjects (rows) per query, one line and band per algorithm, in % of max."""
     for i, (label, arr) in enumerate(curves.items()):
-        m, s = metrics.mean_sem(arr)
-        q = np.arange(1, len(m) + 1)
-        ax.plot(q, 100 * m, color=f"C{i}", label=f"{label} (n={arr.shape[0]})")
-        ax.fill_between(q, 100 * (m - s), 100 * (m + s), color=f"C{i}", alpha=0.25, lw=0)
+        band(ax, arr, f"{label} (n={arr.shape[0]})", f"C{i}")
     ax.set_xlabel("query")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 105)
