@@ -265,6 +265,29 @@ def test_stable_stopping_rule_ends_stage1_early_per_replicate(problem):
 
 
 # ----------------------------------------------------------------------------- the experiment
+def test_targets_hold_only_where_both_hold():
+    from sweeps.kinds.hierarchical import targets
+
+    def group(method, kappa, curve, sem):
+        m = {f"accuracy_q{q}": [v, sem] for q, v in zip(range(30, 85, 5), curve)}
+        m["accuracy_final"] = [curve[-1], sem]
+        first = next((q for q, v in zip(range(30, 85, 5), curve) if v >= 0.9), None)
+        m["queries_to_accuracy_0.9"] = [first, None]
+        return {"params": {"method": method, "kappa": kappa}, "metrics": m}
+
+    out = targets([
+        group("hierarchical", 1.0, [0.9] * 11, 0.05), group("flat", 1.0, [0.5] * 11, 0.05),   # both hold
+        group("hierarchical", 3.0, [0.9] * 11, 0.05), group("flat", 3.0, [0.5] * 10 + [0.88], 0.05),  # tied at 80
+        group("hierarchical", 5.0, [0.8] * 11, 0.05), group("flat", 5.0, [0.1] * 11, 0.05),  # never 0.9
+    ])
+    rows = {r["kappa"]: r for r in out["per_setting"]}
+    assert rows[1.0]["ahead_of_flat"] and rows[1.0]["hierarchical_reaches_target"]
+    assert rows[3.0]["behind_or_tied_budgets"] == [80] and not rows[3.0]["ahead_of_flat"]
+    assert not rows[5.0]["hierarchical_reaches_target"] and rows[5.0]["ahead_of_flat"]
+    assert out["holds_at"] == [{"kappa": 1.0}] and out["holds"] is True
+    assert out["final_accuracy_spread"]["flat"]["max"] == 0.88
+
+
 def test_config_errors_name_the_key():
     from hydra import compose, initialize_config_dir
 
@@ -311,6 +334,7 @@ def test_tiny_hierarchical_experiment_through_ray_and_mlflow(tmp_path):
     targets = summary["targets"]
     assert {r["kappa"] for r in targets["per_setting"]} == {1.0, 3.0}
     assert set(targets["final_accuracy_spread"]) == {"hierarchical", "flat"}
+    assert targets["holds"] == bool(targets["holds_at"])
     for name in ("accuracy.png", "exploration.png"):
         assert (run_dir / "figures" / name).stat().st_size > 10_000
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

@@ -15,7 +15,8 @@ The summary has one group per (method, kappa) (problems pooled, ``report.pool``)
 ``accuracy_q<N>`` and ``exploration_q<N>`` (``[mean, sem]`` over runs) at every budget
 ``N`` that is a multiple of 5 up to ``n_queries``, the finals, ``queries_to_accuracy_0.9``
 (first budget whose mean accuracy reaches 0.9, null if none) and ``stage1_queries``; a
-``targets`` block measures the issue's targets (:data:`TARGETS`) for every kappa; MLflow
+``targets`` block measures the issue's targets (:data:`TARGETS`) for every kappa (``holds_at``:
+the kappas where both hold); MLflow
 gets one child run per group with the mean curves as step metrics; ``figures/`` holds
 ``accuracy.png`` (Fig. 2b: accuracy vs total queries, one panel per method, one line per
 kappa) and ``exploration.png``.
@@ -178,6 +179,10 @@ def targets(groups: list[dict]) -> dict:
                                            for q, v in sorted(margins.items())}
         rows.append(row)
     out["per_setting"] = rows
+    # the settings (kappa values) at which both targets hold
+    out["holds_at"] = [{k: v for k, v in r.items() if k not in _ROW_FIELDS} for r in rows
+                       if r.get("hierarchical_reaches_target") and r.get("ahead_of_flat")]
+    out["holds"] = bool(out["holds_at"])
     spread = {}
     for method, gs in by_method.items():
         finals = [g["metrics"]["accuracy_final"][0] for g in gs.values()]
@@ -186,6 +191,10 @@ def targets(groups: list[dict]) -> dict:
                               "std": float(np.std(finals)), "over": [dict(k) for k in gs]}
     out["final_accuracy_spread"] = spread
     return out
+
+
+_ROW_FIELDS = ("hierarchical_queries_to_accuracy", "hierarchical_reaches_target", "ahead_of_flat",
+               "ahead_budgets", "behind_or_tied_budgets", "difference_by_budget")
 
 
 def _first_at(mean_curve: np.ndarray, level: float):
