@@ -44,6 +44,7 @@ class ReportConfig:
     x: Optional[str] = None  # grid key on the x axis of the summary figure
     at: List[int] = field(default_factory=list)  # query counts at which summaries and comparisons are also stated
     analysis: Optional[str] = None  # sweeps/analyses/<name>.py: the experiment's own figures and findings
+    order: List[Any] = field(default_factory=list)  # TBFM kinds: chains [A, B, ..] expected A > B > .. on metrics[0]
 
 
 @dataclass

@@ -13,7 +13,7 @@ TINY = ["++params.n_channels=6", "++params.n_session=320", "++params.n_test=60",
         "++params.max_epochs=1", "progress=false"]
 CASES = {
     "tbfm_sample_efficiency": (["grid.params.n_train=[100,200]", "grid.params.rep=[0]"], "test_r2", 4),
-    "tbfm_compare": (["++params.n_train=200", "grid.params.rep=[0]"], "state_dependent_r2", 6),
+    "tbfm_compare": (["++params.n_train=200", "grid.params.rep=[0,1]"], "state_dependent_r2", 4),
     "tbfm_fsam": (["++params.n_train=200", "++params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
     "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]"],
                      "us_per_forecast", 4),
@@ -38,8 +38,15 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
         assert all(g["metrics"]["us_per_forecast"][0] > 0 for g in groups)
         assert all(g["metrics"]["meets_target"][0] in (0.0, 1.0) and g["metrics"]["speedup"][0] > 0 for g in groups)
     if exp == "tbfm_compare":
-        assert {g["params"]["model"] for g in groups} == {"tbfm", "tbfm_rank64", "tbfm_sham", "lssm", "ae_lstm",
-                                                        "ae_lstm_w164"}
+        assert {g["params"]["model"] for g in groups} == {"tbfm", "tbfm_sham", "lssm", "ae_lstm"}
+        (block,) = summary["orderings"]["blocks"]
+        pairs = [(p["better"], p["worse"]) for p in block["pairs"]]
+        assert pairs == [("tbfm", "ae_lstm"), ("ae_lstm", "lssm"), ("tbfm", "tbfm_sham")]
+        means = {g["params"]["model"]: g["metrics"]["test_r2"][0] for g in groups}
+        for p in block["pairs"]:
+            assert p["n_seeds"] == [2, 2] and p["spread_sd"] >= 0
+            assert abs(p["gap"] - (means[p["better"]] - means[p["worse"]])) < 1e-9
+            assert p["holds"] == (p["gap"] > p["spread_sd"])
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     children = client.search_runs([client.get_experiment_by_name(exp).experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")

@@ -5,6 +5,12 @@ replicates (a different seed each, pooled in the summary). Every row also carrie
 ``cell_wall_s`` and ``cell_cpu_s`` (CPU seconds of the worker process). The summary groups rows by
 the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e.g.
 ``model``), and reports each column of ``report.metrics`` as ``[mean, sem]``.
+
+``report.order`` (chains of ``report.by`` values, e.g. ``[[tbfm, ae_lstm, lssm]]``) adds an
+``orderings`` block: for each adjacent pair A > B of a chain, on the first of ``report.metrics``,
+the gap of the means over the replicates (seeds) and each model's spread over them (sample
+standard deviation and range); the pair holds when the gap exceeds the larger standard deviation,
+and ``holds_by_range`` when it also exceeds the larger range.
 """
 
 from __future__ import annotations
@@ -94,7 +100,43 @@ class TBFMKind:
         if x and x in keys:
             _figure(groups, x, [n for n in names if n != x], wanted, figs / f"{wanted[0] if wanted else 'metric'}_vs_"
                     f"{x.replace('.', '_')}.png")
-        return {"groups": groups}
+        out = {"groups": groups}
+        if cfg.report.order:
+            out["orderings"] = orderings(rows, cols, by, [list(c) for c in cfg.report.order], wanted)
+        return out
+
+
+def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[list], wanted: list[str]) -> dict:
+    """Is ``A > B`` by more than the spread over seeds, for each adjacent pair of each chain?
+
+    The first ``report.by`` column names the model; every other group column must agree
+    (one ordering block per combination of the other columns).
+    """
+    if not by or not wanted:
+        raise ConfigError("report.order needs report.by (the model column) and report.metrics")
+    metric, label = wanted[0], by[0]
+    others = [c for c in cols if c != label]
+    per: dict = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            per.setdefault(tuple(r[c] for c in others), {}).setdefault(r[label], []).append(float(r[metric]))
+    blocks = []
+    for combo, models in sorted(per.items(), key=lambda kv: str(kv[0])):
+        pairs = []
+        for chain in chains:
+            for a, b in zip(chain, chain[1:]):
+                if a not in models or b not in models:
+                    raise ConfigError(f"report.order: {a!r} or {b!r} has no {metric} rows; models: {sorted(models)}")
+                va, vb = np.array(models[a]), np.array(models[b])
+                sd = max(float(np.std(va, ddof=1)) if va.size > 1 else 0.0, float(np.std(vb, ddof=1)) if vb.size > 1 else 0.0)
+                rng = max(float(np.ptp(va)), float(np.ptp(vb)))
+                gap = float(va.mean() - vb.mean())
+                pairs.append({"better": a, "worse": b, "gap": gap, "spread_sd": sd, "spread_range": rng,
+                              "n_seeds": [int(va.size), int(vb.size)], "holds": gap > sd, "holds_by_range": gap > rng})
+        blocks.append({**dict(zip(others, combo)), "metric": metric, "pairs": pairs,
+                       "holds": all(p["holds"] for p in pairs)})
+    return {"rule": "mean(A) - mean(B) > max(sd_A, sd_B) over the seeds (holds_by_range: > max(range_A, range_B))",
+            "blocks": blocks, "holds": all(b["holds"] for b in blocks)}
 
 
 _EXTRA = {
