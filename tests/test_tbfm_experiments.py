@@ -51,3 +51,11 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     children = client.search_runs([client.get_experiment_by_name(exp).experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")
     assert len(children) == len(groups)
+
+
+def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
+    proc = launch(tmp_path, "+exp=tbfm_compare", "progress=false", "report.order=[[tbfm,gru]]",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode != 0
+    assert "report.order" in proc.stderr and "gru" in proc.stderr
+    assert not list(tmp_path.glob("**/*.parquet"))

@@ -49,6 +49,14 @@ class TBFMKind:
         for key in list(cfg.report.metrics) + list(cfg.report.by):
             if not isinstance(key, str):
                 raise ConfigError(f"report.metrics / report.by take column names, got {key!r}")
+        if cfg.report.order:
+            if not cfg.report.by or not cfg.report.metrics:
+                raise ConfigError("report.order needs report.by (the model column) and report.metrics")
+            models = {m for c in cell_list for m in (c.payload["params"].get("models") or [])}
+            for chain in cfg.report.order:
+                if isinstance(chain, str) or len(chain) < 2 or (models and not set(chain) <= models):
+                    raise ConfigError(f"report.order: each entry is a list of two or more of params.models "
+                                      f"{sorted(models)}, got {chain!r}")
 
     @staticmethod
     def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
