@@ -153,7 +153,7 @@ def targets(groups: list[dict]) -> dict:
         method = p.pop("method", None)
         by_method.setdefault(method, {})[tuple(sorted(p.items()))] = g
     hier, flat = by_method.get("hierarchical", {}), by_method.get("flat", {})
-    rows = []
+    rows, holds_at = [], []
     for key in sorted(set(hier) | set(flat), key=str):
         h, f = hier.get(key), flat.get(key)
         row = dict(key)
@@ -178,11 +178,11 @@ def targets(groups: list[dict]) -> dict:
             row["difference_by_budget"] = {str(q): [round(v["difference"], 4), round(v["sem"], 4)]
                                            for q, v in sorted(margins.items())}
         rows.append(row)
+        if row.get("hierarchical_reaches_target") and row.get("ahead_of_flat"):
+            holds_at.append(dict(key))  # the settings (kappa values) at which both targets hold
     out["per_setting"] = rows
-    # the settings (kappa values) at which both targets hold
-    out["holds_at"] = [{k: v for k, v in r.items() if k not in _ROW_FIELDS} for r in rows
-                       if r.get("hierarchical_reaches_target") and r.get("ahead_of_flat")]
-    out["holds"] = bool(out["holds_at"])
+    out["holds_at"] = holds_at
+    out["holds"] = bool(holds_at)
     spread = {}
     for method, gs in by_method.items():
         finals = [g["metrics"]["accuracy_final"][0] for g in gs.values()]
@@ -191,10 +191,6 @@ def targets(groups: list[dict]) -> dict:
                               "std": float(np.std(finals)), "over": [dict(k) for k in gs]}
     out["final_accuracy_spread"] = spread
     return out
-
-
-_ROW_FIELDS = ("hierarchical_queries_to_accuracy", "hierarchical_reaches_target", "ahead_of_flat",
-               "ahead_budgets", "behind_or_tied_budgets", "difference_by_budget")
 
 
 def _first_at(mean_curve: np.ndarray, level: float):

@@ -118,10 +118,9 @@ def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[lis
     """Is ``A > B`` by more than the spread over seeds, for each adjacent pair of each chain?
 
     The first ``report.by`` column names the model; every other group column must agree
-    (one ordering block per combination of the other columns).
+    (one ordering block per combination of the other columns). ``validate`` has checked that
+    ``report.by`` and ``report.metrics`` are set.
     """
-    if not by or not wanted:
-        raise ConfigError("report.order needs report.by (the model column) and report.metrics")
     metric, label = wanted[0], by[0]
     others = [c for c in cols if c != label]
     per: dict = {}
