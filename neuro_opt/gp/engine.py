@@ -147,6 +147,11 @@ class BatchGP:
             if not 0 < olo < ohi:
                 raise ValueError(f"need 0 < outputscale_min < outputscale_max, got {outputscale_bounds}")
             self.ls_con, self.noise_con, self.os_con = Interval(lo, hi), Interval(nlo, nhi), Interval(olo, ohi)
+            # the packed [length-scales, noise, output scale] bounds, for the refit's inner loop: there the
+            # Interval transform lo + (hi - lo) * sigmoid(raw) is applied once to all d + 2 parameters
+            # (the same formula as Interval.transform, tested equal), not three module calls per step
+            self._raw_lo = torch.tensor([lo] * d + [nlo, olo], **self.opts)
+            self._raw_span = torch.tensor([hi - lo] * d + [nhi - nlo, ohi - olo], **self.opts)
             self.raw_os = self.os_con.inverse_transform(torch.full((self.b,), _interior(0.25, olo, ohi), **self.opts))
             ls0 = torch.full((self.b, d), _interior(1.0, lo, hi), **self.opts)
             nz0 = torch.full((self.b,), math.sqrt(nlo * nhi), **self.opts)
@@ -159,6 +164,7 @@ class BatchGP:
             self.sum = torch.zeros(self.b, capacity, **self.opts)
             self.sumsq = torch.zeros(self.b, capacity, **self.opts)
             self.n_slots = torch.zeros(self.b, dtype=torch.long, device=device)
+            self._bins_init()
         else:
             ls = torch.as_tensor(lengthscale, **self.opts).flatten()
             self.ls_fixed = (ls.expand(d) if ls.numel() == 1 else ls).expand(self.b, d).clone()
@@ -242,7 +248,7 @@ class BatchGP:
         v = torch.zeros_like(raw)
         b1, b2, eps = 0.9, 0.999, 1e-8
         for k in range(1, self.fit_steps + 1):
-            _, g = self.mll_and_grad(data, raw)
+            _, g = self.mll_and_grad(data, raw, with_mll=False)
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             raw = raw + self.lr * (m / (1 - b1 ** k)) / (torch.sqrt(v / (1 - b2 ** k)) + eps)
@@ -262,12 +268,12 @@ class BatchGP:
             data = self._collapsed()
             os_ = self.outputscale
             L, r = self._chol(data, self.lengthscale, self.noise, os_)
-            Xu, mask = data["Xu"], data["mask"]
-            Kc = os_[:, None, None] * matern52(Xu, self.X.expand(self.b, -1, -1), self.lengthscale) * mask[..., None]
+            Kc = self._cross(data, self.lengthscale)
+            Kc.mul_(os_[:, None, None])
             A = torch.linalg.solve_triangular(L, Kc, upper=False)
-            alpha = torch.linalg.solve_triangular(L, r[..., None], upper=False)[..., 0]
-            mean = prior_all + (A * alpha[..., None]).sum(-2)
-            var = torch.clamp(os_[:, None] - (A * A).sum(-2), min=1e-12)
+            alpha = torch.linalg.solve_triangular(L, r[..., None], upper=False)
+            mean = prior_all + torch.bmm(alpha.mT, A)[:, 0]
+            var = torch.clamp(os_[:, None] - torch.linalg.vector_norm(A, dim=-2) ** 2, min=1e-12)
         return mean, var
 
     # --------------------------------------------------------------- internals
@@ -281,6 +287,11 @@ class BatchGP:
         if self.mode == "variable":
             self.slot_pt, self.cnt = pad(self.slot_pt, {1}), pad(self.cnt, {1})
             self.sum, self.sumsq = pad(self.sum, {1}), pad(self.sumsq, {1})
+            if self.slot_bins is not None:
+                grown = torch.full((self.b, capacity, self.P), self.lattice["n_bins"], dtype=torch.long,
+                                   device=self.X.device)
+                grown[:, :self.capacity] = self.slot_bins
+                self.slot_bins = grown
         else:
             self.obs_pt, self.beta, self.gamma = pad(self.obs_pt, {1}), pad(self.beta, {1}), pad(self.gamma, {1})
             self.L, self.V = pad(self.L, {1, 2}), pad(self.V, {1})
@@ -311,16 +322,53 @@ class BatchGP:
         self.lattice = dict(Xi=(Xi - Xi.min(0).values).long(), stride=stride, n_bins=n_bins,
                             D2=(offsets.to(X.dtype)) ** 2)  # bins x d: squared offset per dimension
 
+    # Cached offset bins of every unique slot against every point (``b x capacity x P``,
+    # variable mode on a lattice): a slot's row is computed once, when its point is first
+    # observed, so neither the refit (pairs of slots) nor the posterior (slots x all points)
+    # recomputes distances. Dropped (recomputed per call) above this many entries.
+    MAX_CACHED_BINS = 2 ** 25
+
+    def _bins_init(self) -> None:
+        self.slot_bins = None
+        if self.lattice is not None and self.b * self.capacity * self.P <= self.MAX_CACHED_BINS:
+            self.slot_bins = torch.full((self.b, self.capacity, self.P), self.lattice["n_bins"], dtype=torch.long,
+                                        device=self.X.device)
+
+    def _bins_to_all(self, pts: torch.Tensor) -> torch.Tensor:
+        """Offset bin of each point in ``pts`` (``k``) against every point: ``k x P``."""
+        lat = self.lattice
+        xi = lat["Xi"]
+        return ((xi[pts].unsqueeze(-2) - xi.unsqueeze(0)).abs() * lat["stride"]).sum(-1)
+
     def _pair_bins(self, data) -> torch.Tensor:
         """Offset bin of every pair of unique slots (``b x U x U``); pairs with a padding slot
         get the extra bin ``n_bins``, whose kernel value and derivative are 0."""
         lat = self.lattice
         mask = data["mask"]
         U = mask.shape[1]
-        xi = lat["Xi"][self.slot_pt[:, :U]]  # b x U x d
-        bins = ((xi.unsqueeze(-2) - xi.unsqueeze(-3)).abs() * lat["stride"]).sum(-1)
+        pts = self.slot_pt[:, :U]
+        if self.slot_bins is not None:
+            bins = torch.gather(self.slot_bins[:, :U], 2, pts[:, None, :].expand(self.b, U, U))
+        else:
+            xi = lat["Xi"][pts]  # b x U x d
+            bins = ((xi.unsqueeze(-2) - xi.unsqueeze(-3)).abs() * lat["stride"]).sum(-1)
         pad = (mask[:, :, None] * mask[:, None, :]) == 0
         return torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
+
+    def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor:
+        """Matérn-5/2 (output scale 1) per lattice offset bin, plus a trailing 0 for padding: ``b x (bins+1)``."""
+        r2 = (1.0 / (ls * ls)) @ self.lattice["D2"].T
+        r = torch.sqrt(torch.clamp(r2, min=1e-30))  # finite gradient at offset 0 (autograd callers)
+        kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * torch.exp(-SQRT5 * r)
+        return torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
+
+    def _cross(self, data, ls) -> torch.Tensor:
+        """Kernel (output scale 1) between the unique slots and every point, 0 on padding slots: ``b x U x P``."""
+        U = data["mask"].shape[1]
+        if self.slot_bins is not None:
+            kb = self._kernel_bins(ls)
+            return torch.gather(kb, 1, self.slot_bins[:, :U].reshape(self.b, -1)).reshape(self.b, U, self.P)
+        return matern52(data["Xu"], self.X.expand(self.b, -1, -1), ls) * data["mask"][..., None]
 
     def _scale(self) -> torch.Tensor:
         return torch.where(self.ymax > 0, self.ymax, torch.ones_like(self.ymax))
@@ -338,6 +386,8 @@ class BatchGP:
         self.slot_of[rows[new], pts[new]] = slot[new]
         self.slot_pt[rows, slot] = pts
         self.n_slots = self.n_slots + new.long()
+        if self.slot_bins is not None and bool(new.any()):
+            self.slot_bins[rows[new], slot[new]] = self._bins_to_all(pts[new])
         self.cnt[rows, slot] += 1
         self.sum[rows, slot] += yy
         self.sumsq[rows, slot] += yy * yy
@@ -359,29 +409,41 @@ class BatchGP:
 
     def _chol(self, data, ls, noise, os_):
         mask, cnt = data["mask"], data["cnt"]
-        Xu = data["Xu"]
-        K = matern52(Xu, Xu, ls)
-        K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
+        if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
+            U = mask.shape[1]
+            bins = data["bin"] if "bin" in data else self._pair_bins(data)
+            K = torch.gather(self._kernel_bins(ls), 1, bins.reshape(self.b, -1)).reshape(self.b, U, U)
+            K = os_[:, None, None] * K
+        else:
+            Xu = data["Xu"]
+            K = matern52(Xu, Xu, ls)
+            K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
         diag = mask * (noise * noise)[:, None] / cnt + (1.0 - mask)
         K = K + torch.diag_embed(diag)
         info = lambda r: (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "  # noqa: E731
                           f"outputscale={float(os_[r].detach()):.3g}")
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
 
-    def mll_and_grad(self, data, raw) -> tuple[torch.Tensor, torch.Tensor]:
+    def mll_and_grad(self, data, raw, with_mll: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Exact log marginal likelihood (``b``) and its gradient with respect to the packed raw
         parameters ``raw`` = [raw length-scales (d), raw noise std, raw output scale] (``b x (d+2)``).
 
         d mll / d theta = 1/2 tr((alpha alpha^T - Kn^-1) dKn/dtheta) + d corr / d theta, with the
         Matérn-5/2 derivative dk/d(r^2) = -5/6 (1 + sqrt5 r) exp(-sqrt5 r), and the chain rule
-        through GPyTorch's Interval (sigmoid) transforms.
+        through GPyTorch's Interval (sigmoid) transforms. ``with_mll=False`` skips the value (the
+        refit only needs the gradient) and returns ``None`` for it.
         """
         d = self.d
+        if "inv_cnt" not in data:  # terms fixed during a refit, computed once per refit
+            mask, cnt = data["mask"], data["cnt"]
+            data["inv_cnt"], data["pad_diag"] = mask / cnt, 1.0 - mask
+            data["half_cm1"] = (mask * (-0.5 * (cnt - 1))).sum(-1)
+            data["ss_sum"] = data["ss"].sum(-1)
         sig = torch.sigmoid(raw)
-        ls = self.ls_con.transform(raw[:, :d])
-        noise = self.noise_con.transform(raw[:, d])
-        os_ = self.os_con.transform(raw[:, d + 1])
+        val = self._raw_lo + self._raw_span * sig  # Interval.transform of each packed parameter
+        ls, noise, os_ = val[:, :d], val[:, d], val[:, d + 1]
         mask, cnt = data["mask"], data["cnt"]
+        b, U = mask.shape
         inv_ls2 = 1.0 / (ls * ls)
         if "bin" in data:  # integer grid: kernel per offset bin, gathered (see _lattice_init)
             D2 = self.lattice["D2"]
@@ -395,25 +457,29 @@ class BatchGP:
         if "bin" in data:
             zero = torch.zeros_like(kb[:, :1])
             kb_bins = torch.cat([kb, zero], 1)
-            b, U = mask.shape
             flat = data["bin"].reshape(b, -1)
             kb = torch.gather(kb_bins, 1, flat).reshape(b, U, U)  # padding pairs, diagonal included: 0
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
         s2 = noise * noise
         Kn = os_[:, None, None] * kb
-        Kn.diagonal(dim1=-2, dim2=-1).add_(mask * s2[:, None] / cnt + (1.0 - mask))
+        Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
         info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
         L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
         rv = data["r"]
-        alpha = torch.cholesky_solve(rv[..., None], L)[..., 0]
-        Kinv = torch.cholesky_inverse(L)
-        nu = mask.sum(-1)
-        ss = data["ss"]
-        mll = -0.5 * (rv * alpha).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
-            - 0.5 * nu * math.log(2 * math.pi) \
-            + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
-            - (ss / (2 * s2[:, None])).sum(-1)
+        if U <= 64:  # small batched factors: a triangular inverse and one bmm beat LAPACK's potri here
+            Linv = torch.linalg.solve_triangular(L, torch.eye(U, **self.opts).expand(b, U, U), upper=False)
+            Kinv = Linv.mT @ Linv
+        else:
+            Kinv = torch.cholesky_inverse(L)
+        alpha = (Kinv @ rv[..., None])[..., 0]
+        mll = None
+        if with_mll:
+            nu = mask.sum(-1)
+            mll = -0.5 * (rv * alpha).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
+                - 0.5 * nu * math.log(2 * math.pi) \
+                + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
+                - data["ss_sum"] / (2 * s2)
         W = torch.baddbmm(Kinv, alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1
         if "bin" in data:
             # sum W over the pairs of each offset bin once; the kernel terms are then per bin
@@ -421,21 +487,15 @@ class BatchGP:
             g_os = 0.5 * (Wb * kb_bins).sum(-1)
         else:
             g_os = 0.5 * (W * kb).sum((-2, -1))
-        dcorr_ds2 = (mask * (-0.5 * (cnt - 1))).sum(-1) / s2 + ss.sum(-1) / (2 * s2 * s2)
-        g_s2 = 0.5 * (torch.diagonal(W, dim1=-2, dim2=-1) * mask / cnt).sum(-1) + dcorr_ds2
+        dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
+        g_s2 = 0.5 * (torch.diagonal(W, dim1=-2, dim2=-1) * data["inv_cnt"]).sum(-1) + dcorr_ds2
         if "bin" in data:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]  # b x bins
             g_ls = -((Wb[:, :-1] * dk_dr2) @ D2) / (ls * ls * ls)
         else:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None, None]  # 0 wherever a padding slot is
             g_ls = -torch.einsum("bij,bijd->bd", W * dk_dr2, sqdiff) / (ls * ls * ls)
-        span = lambda con: float(con.upper_bound) - float(con.lower_bound)  # noqa: E731
-        dsig = sig * (1 - sig)
-        grad = torch.cat([
-            g_ls * span(self.ls_con) * dsig[:, :d],
-            (g_s2 * 2 * noise * span(self.noise_con) * dsig[:, d])[:, None],
-            (g_os * span(self.os_con) * dsig[:, d + 1])[:, None],
-        ], dim=1)
+        grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
         return mll, grad
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
