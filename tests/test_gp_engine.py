@@ -193,3 +193,68 @@ def test_buffers_grow_past_the_initial_capacity(mode):
 def test_non_grid_inputs_use_the_pair_path():
     assert BatchGP(X + 0.5 * np.random.default_rng(0).random(X.shape), 2, 8).lattice is None
     assert BatchGP(X, 2, 8, mode="fixed").lattice is None
+
+
+def _large_gp(rng, shape, n_obs, b=3, prior=False, repeats=False):
+    """A variable-rho engine on a full integer box of ``shape`` with ``n_obs`` observations per replicate."""
+    Xb = np.argwhere(np.ones(shape)).astype(float)
+    Pb = len(Xb)
+    pm = rng.random(Pb) * 0.5 if prior else None
+    gp = BatchGP(Xb, b, n_obs + 1, mode="variable", prior_mean=pm, fit_steps=5)
+    bump = np.exp(-0.5 * (((Xb - rng.uniform(0, np.array(shape) - 1)) / (0.3 * np.array(shape))) ** 2).sum(1))
+    for t in range(n_obs):
+        pts = rng.integers(0, 8 if repeats else Pb, b)
+        gp.observe(pts, bump[pts] + 0.05 * rng.random(b))
+    gp.fit()
+    return gp
+
+
+@pytest.mark.parametrize("shape,n_obs,prior,repeats", [((22, 22, 21), 200, False, False), ((100, 60), 150, True, False),
+                                                        ((9, 9, 8, 7), 120, False, True)])
+def test_screened_argmax_equals_the_full_posterior(shape, n_obs, prior, repeats):
+    """The screened acquisition (FFT mean, distance-transform variance bound, exact values where the
+    bound reaches the maximum) gives the full posterior's values wherever it evaluates, and every
+    point it leaves out is below the maximum: the same argmax and the same ties."""
+    rng = np.random.default_rng(11)
+    gp = _large_gp(rng, shape, n_obs, prior=prior, repeats=repeats)
+    assert gp.can_screen
+    mean, var = gp.posterior()
+    for kappa in (0.0, 2.0, 5.0):
+        full = mean + kappa * var.sqrt()
+        got = gp.screened(kappa)
+        ev = torch.isfinite(got)
+        assert not torch.isnan(got).any()
+        assert bool(ev.any(1).all()) and int(ev.sum(1).max()) < gp.P // 4  # it screens most points out
+        assert torch.allclose(got[ev], full[ev], rtol=0, atol=1e-10)
+        top = full.max(1).values
+        assert bool((full[~ev] < (top[:, None].expand_as(full))[~ev]).all())
+        assert torch.equal(got.max(1).values, full.gather(1, got.argmax(1, keepdim=True))[:, 0])
+        assert torch.allclose(got.max(1).values, top, rtol=0, atol=1e-10)
+
+
+def test_gpbo_queries_the_same_points_with_and_without_screening():
+    """A whole run in a 10,000-point space: the screened path (ask and best without a cached
+    posterior) makes the same choices as the full posterior, replicate for replicate."""
+    from neuro_opt.algorithms import make
+    from neuro_opt.space import SearchSpace
+
+    space = SearchSpace({"a": range(25), "b": range(20), "c": range(20)})
+    rng = np.random.default_rng(3)
+    f = np.exp(-0.5 * (((space.X - [6, 12, 4]) / [5, 6, 4]) ** 2).sum(1))
+    runs = []
+    for screen in (True, False):
+        opt = make("gpbo", space, n_reps=2, seed=7, capacity=140, fit_steps=3)
+        if not screen:
+            opt.gp.SCREEN_MIN_POINTS = 10 ** 9  # this engine always takes the full posterior
+        resp = np.random.default_rng(5)
+        used = 0
+        picks, bests = [], []
+        for t in range(130):
+            x = opt.ask()
+            opt.tell(x, np.clip(f[x] + resp.normal(0, 0.05, 2), 0, None))
+            used += opt.gp.prefer_screen
+            picks.append(x)
+            bests.append(opt.best())
+        runs.append((np.array(picks), np.array(bests), used))
+    assert runs[0][2] > 20 and runs[1][2] == 0  # the screened path did run, the other never
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])

@@ -77,6 +77,12 @@ class GPBO(Optimizer):
             return self.ask_first()
         if self.t < self.n_initial:
             return self.rng.integers(0, self.P, self.b)
+        if self._mean is None and self.gp.prefer_screen:
+            # large space, no posterior at hand: the same argmax without sigma everywhere (BatchGP.screened)
+            ucb = self.gp.screened(self.kappa).cpu().numpy()
+            if np.isnan(ucb).any() or np.isposinf(ucb).any() or not np.isfinite(ucb.max(1)).all():
+                raise FloatingPointError("GP-BO acquisition has NaN/inf values; the GP state is corrupt")
+            return argmax_random_ties(ucb, self.rng)
         mean, var = self._posterior()
         ucb = mean + self.kappa * np.sqrt(var)
         if not np.all(np.isfinite(ucb)):
@@ -108,5 +114,10 @@ class GPBO(Optimizer):
     def best(self) -> np.ndarray:
         if self.t == 0:
             return self.ask_first()
+        if self._mean is None and self.t >= self.n_initial and self.gp.prefer_screen:
+            mean = self.gp.screened(0.0).cpu().numpy()  # the posterior mean where it can be maximal
+            if np.isnan(mean).any() or not np.isfinite(mean.max(1)).all():
+                raise FloatingPointError("GP-BO posterior mean has NaN/inf values; the GP state is corrupt")
+            return argmax_random_ties(mean, self.rng)
         mean, _ = self.posterior()
         return argmax_random_ties(mean, self.rng)

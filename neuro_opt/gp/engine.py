@@ -319,8 +319,25 @@ class BatchGP:
             stride[k] = stride[k + 1] * span[k + 1]
         offsets = torch.stack(torch.meshgrid(*[torch.arange(int(n), device=X.device) for n in span],
                                              indexing="ij"), -1).reshape(-1, self.d)
-        self.lattice = dict(Xi=(Xi - Xi.min(0).values).long(), stride=stride, n_bins=n_bins,
-                            D2=(offsets.to(X.dtype)) ** 2)  # bins x d: squared offset per dimension
+        Xi0 = (Xi - Xi.min(0).values).long()
+        self.lattice = dict(Xi=Xi0, stride=stride, n_bins=n_bins,
+                            D2=(offsets.to(X.dtype)) ** 2,  # bins x d: squared offset per dimension
+                            span=[int(n) for n in span], box_index=(Xi0 * stride).sum(-1))
+        # circular layout of every signed offset (-(span-1) .. span-1 per dimension) for the screened
+        # argmax's FFT convolution (see screened): cell c holds offset c (c < span) or c - N
+        # (length >= 2 span - 1, rounded up to a fast FFT length; cells between the two ends hold
+        # offsets no pair of points has, and get the padding bin, kernel 0)
+        from scipy.fft import next_fast_len
+
+        span_t = torch.tensor(self.lattice["span"], device=X.device)
+        N = [next_fast_len(2 * n - 1, real=True) for n in self.lattice["span"]]
+        if int(np.prod(N)) <= self.SCREEN_MAX_FFT:
+            cells = torch.stack(torch.meshgrid(*[torch.arange(n, device=X.device) for n in N], indexing="ij"),
+                                -1).reshape(-1, self.d)
+            absoff = torch.minimum(cells, torch.tensor(N, device=X.device) - cells)
+            fft_bins = (absoff * stride).sum(-1)
+            fft_bins[(absoff >= span_t).any(-1)] = n_bins
+            self.lattice.update(fft_shape=N, fft_bins=fft_bins)
 
     # Cached offset bins of every unique slot against every point (``b x capacity x P``,
     # variable mode on a lattice): a slot's row is computed once, when its point is first
@@ -369,6 +386,107 @@ class BatchGP:
             kb = self._kernel_bins(ls)
             return torch.gather(kb, 1, self.slot_bins[:, :U].reshape(self.b, -1)).reshape(self.b, U, self.P)
         return matern52(data["Xu"], self.X.expand(self.b, -1, -1), ls) * data["mask"][..., None]
+
+    # ---------------------------------------------------------- screened argmax
+    # Large spaces (online use, Fig. S8): the next query needs the argmax of mu + kappa * sigma,
+    # not sigma everywhere. The full posterior costs O(U^2 P) for the variance (a U x P
+    # triangular solve); the screened argmax gets the same argmax from
+    #   1. the mean everywhere by one FFT convolution of Kn^-1 r placed on the lattice box with
+    #      the kernel table over all signed offsets (O(P log P) instead of a U x P product);
+    #   2. an upper bound on the variance everywhere: conditioning on fewer observations never
+    #      lowers a GP's posterior variance, so the variance given only the nearest observed
+    #      point (in length-scale units; scipy's exact Euclidean distance transform of the box,
+    #      anisotropic sampling 1/lengthscale) bounds it: os - os^2 m(r)^2 / (os + s^2);
+    #   3. the exact mean and variance (the same algebra as posterior()) at the points in
+    #      decreasing order of that upper bound, in chunks, until the next bound is below the
+    #      best exact value by more than the FFT's rounding margin.
+    # Every point left out is provably below the maximum, so argmax_random_ties over the result
+    # (exact values, -inf at the rest) picks among exactly the same ties. Nothing in GPyTorch or
+    # BoTorch screens an acquisition this way, hence by hand.
+    SCREEN_MIN_POINTS = 4096
+    SCREEN_MAX_FFT = 2 ** 22
+
+    @property
+    def can_screen(self) -> bool:
+        """Whether :meth:`screened` applies: variable mode, a large lattice space, data seen."""
+        lat = self.lattice
+        return (self.mode == "variable" and lat is not None and "fft_bins" in lat and self.slot_bins is not None
+                and self.P >= self.SCREEN_MIN_POINTS and self.n > 0)
+
+    SCREEN_MIN_WORK = 2 ** 20  # unique points x points below which the full posterior is as fast
+
+    @property
+    def prefer_screen(self) -> bool:
+        """Whether :meth:`screened` applies and beats the full posterior (a large ``U x P``)."""
+        return self.can_screen and int(self.n_slots.max()) * self.P >= self.SCREEN_MIN_WORK
+
+    def screened(self, kappa: float, chunk: int = 64) -> torch.Tensor:
+        """``mean + kappa * sd`` (kappa 0: the mean) exactly at every point that can hold its
+        replicate's maximum, ``-inf`` at every other point: ``b x P`` (see the comment above)."""
+        if not self.can_screen:
+            raise RuntimeError("screened() needs variable mode on a lattice of >= "
+                               f"{self.SCREEN_MIN_POINTS} points with at least one observation")
+        from scipy.ndimage import distance_transform_edt
+
+        lat, b, P, d = self.lattice, self.b, self.P, self.d
+        with torch.no_grad():
+            data = self._collapsed()
+            mask = data["mask"]
+            U = mask.shape[1]
+            ls, os_, noise = self.lengthscale, self.outputscale, self.noise
+            L, r = self._chol(data, ls, noise, os_)
+            beta = torch.linalg.solve_triangular(L, r[..., None], upper=False)  # L^-1 r
+            alpha = torch.linalg.solve_triangular(L.mT, beta, upper=True)[..., 0] * mask  # Kn^-1 r
+            kb = self._kernel_bins(ls) * os_[:, None]  # b x (bins + 1), last = padding 0
+            prior_all = self._prior_all()
+            # 1. mean everywhere: circular convolution over the (2 span - 1)^d offset layout
+            span, N = lat["span"], lat["fft_shape"]
+            slots_box = lat["box_index"][self.slot_pt[:, :U]]
+            box = torch.zeros(b, int(np.prod(span)), **self.opts).scatter_add_(1, slots_box, alpha)
+            T = torch.gather(kb, 1, lat["fft_bins"].expand(b, -1)).reshape(b, *N)
+            dims = tuple(range(1, d + 1))
+            conv = torch.fft.irfftn(torch.fft.rfftn(box.reshape(b, *span), s=N, dim=dims)
+                                    * torch.fft.rfftn(T, dim=dims), s=N, dim=dims)
+            conv = conv[(slice(None),) + tuple(slice(0, n) for n in span)].reshape(b, -1)
+            mean_fft = prior_all + conv[:, lat["box_index"]]
+            # rounding of the FFT path, far above its actual error (~1e-16 x sum |terms| x log N)
+            tol = 1e-9 * (1.0 + os_ * alpha.abs().sum(-1)) + 1e-9 * mean_fft.abs().amax(-1)
+            ub = mean_fft
+            if kappa > 0:
+                # 2. variance bound from the nearest observed point, in length-scale units
+                rmin = torch.empty(b, P, **self.opts)
+                inv_ls = (1.0 / ls).cpu().numpy()
+                for q in range(b):
+                    free = np.ones(span, dtype=bool)
+                    free.reshape(-1)[slots_box[q, :int(self.n_slots[q])].cpu().numpy()] = False
+                    dist = distance_transform_edt(free, sampling=inv_ls[q].tolist())
+                    rmin[q] = torch.as_tensor(dist.reshape(-1), **self.opts)[lat["box_index"]]
+                m = (1.0 + SQRT5 * rmin + (5.0 / 3.0) * rmin * rmin) * torch.exp(-SQRT5 * rmin)
+                s2 = noise * noise
+                var_ub = os_[:, None] - (os_ * os_ / (os_ + s2))[:, None] * m * m
+                ub = mean_fft + kappa * torch.sqrt(torch.clamp(var_ub, min=1e-12))
+            # 3. exact values in decreasing order of the bound until the bound falls below the best
+            order = torch.argsort(ub, dim=1, descending=True)
+            vals = torch.full((b, P), -math.inf, **self.opts)
+            best = torch.full((b,), -math.inf, **self.opts)
+            start, size = 0, int(chunk)
+            while start < P:
+                cand = order[:, start:start + size]
+                m_ = cand.shape[1]
+                bins = torch.gather(self.slot_bins[:, :U], 2, cand[:, None, :].expand(b, U, m_))
+                A = torch.linalg.solve_triangular(
+                    L, torch.gather(kb, 1, bins.reshape(b, -1)).reshape(b, U, m_), upper=False)
+                val = torch.gather(prior_all, 1, cand) + torch.bmm(beta.mT, A)[:, 0]
+                if kappa > 0:
+                    var = torch.clamp(os_[:, None] - torch.linalg.vector_norm(A, dim=-2) ** 2, min=1e-12)
+                    val = val + kappa * torch.sqrt(var)
+                vals.scatter_(1, cand, val)
+                best = torch.maximum(best, val.amax(1))
+                start += m_
+                if start >= P or bool((torch.gather(ub, 1, order[:, start:start + 1])[:, 0] < best - tol).all()):
+                    break
+                size *= 2
+        return vals
 
     def _scale(self) -> torch.Tensor:
         return torch.where(self.ymax > 0, self.ymax, torch.ones_like(self.ymax))

@@ -13,9 +13,12 @@ observations for every value of that axis (``params.values[axis]``), the other t
    distinct while ``history <= n_points``: the worst case, since a real run repeats points and
    the engine collapses repeats), then one untimed refit;
 3. ``warmup`` untimed queries, then ``repeats`` timed ones: ``tell`` (observe, plus the
-   hyperparameter refit in variable-rho) and ``ask`` (posterior over every point, UCB, argmax
-   with random ties, the point back on the host): what the online loop waits for between a
-   response and the next stimulation. Each timed query adds one observation, so the
+   hyperparameter refit in variable-rho) and ``ask`` (UCB over every point, argmax with random
+   ties, the point back on the host): what the online loop waits for between a response and
+   the next stimulation. In variable-rho on a large space ``ask`` takes the engine's screened
+   argmax (``BatchGP.screened``: the posterior mean everywhere by FFT, sigma exactly only where a
+   bound says the maximum can be; the same argmax as the full posterior, tested); fixed-rho
+   keeps its incrementally updated posterior over every point. Each timed query adds one observation, so the
    history runs ``history, history + 1, ...``. Timing stops early (after at least 3) once
    the timed queries of one setting exceed ``max_seconds_per_setting``.
 
