@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from neuro_opt.datasets import load
 from neuro_opt.gp import BatchGP
-from neuro_opt.gp.reference import botorch_reference_run, fitted_hyperparameters
+from neuro_opt.gp.reference import BotorchGPBO, botorch_reference_run, fitted_hyperparameters
 from neuro_opt.simulate import TRACE_SCHEMA, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,21 @@ def test_reference_loop_is_the_published_model_and_matches_the_engine():
                           hyperparameters={"kappa": 3.0, "n_random": 2, **bounds})
     assert ref_engine["point"].to_pylist() == pts[:2]
     assert ref_engine["response"].to_pylist() == trace["response"].to_pylist()[:2]
+
+
+def test_gpbo_botorch_optimizer_is_the_reference_loop():
+    """``algorithms.make("gpbo_botorch")`` (the reference as an ask/tell optimizer, what a sweep
+    costs without the engine) runs through simulate() query for query as the reference loop: the
+    same points, responses and believed best, replicate 0 with the same seed."""
+    d = load("synthetic_rat", n_subjects=1, n_muscles=1)
+    problem = d[d.keys()[0]]
+    hp = dict(kappa=3.0, n_random=2, rho_low=0.1, rho_high=4.0, noise_min=1e-3, noise_max=0.2)
+    ref = botorch_reference_run(problem, 6, seed=3, noise=0.1, **hp)
+    opt = simulate(problem, "gpbo_botorch", n_reps=1, n_queries=6, seed=3, noise=0.1, hyperparameters=hp)
+    for col in ("point", "response", "best", "exploration"):
+        assert opt[col].to_pylist() == ref[col].to_pylist(), col
+    with pytest.raises(ValueError, match="no prior"):
+        BotorchGPBO(problem.space, prior=np.ones(problem.space.n_points))
 
 
 def test_reference_loop_rejects_bad_arguments():

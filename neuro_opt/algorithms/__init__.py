@@ -2,7 +2,8 @@
 
 ``make(name, space, n_reps, seed, prior=None, **hyperparameters)`` builds one:
 ``gpbo`` (variable-rho unless ``mode="fixed"``), ``gpbo_fixed_rho``,
-``extensive``, ``greedy``.
+``extensive``, ``greedy``; ``gpbo_botorch``: the same variable-rho GP-BO as a plain
+BoTorch loop, one fitted ``SingleTaskGP`` per replicate per query (the engine's reference).
 """
 
 from __future__ import annotations
@@ -44,3 +45,12 @@ __all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "avai
 from neuro_opt.algorithms.hierarchical import ProductGPBO  # noqa: E402
 
 _REGISTRY["gpbo_product"] = ProductGPBO
+
+
+def _botorch_gpbo(*args, **kwargs):
+    from neuro_opt.gp.reference import BotorchGPBO  # imported on use: reference.py imports this package
+
+    return BotorchGPBO(*args, **kwargs)
+
+
+_REGISTRY["gpbo_botorch"] = _botorch_gpbo

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from neuro_opt.algorithms.base import argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
 from neuro_opt.datasets.base import Problem, sample_responses
 from neuro_opt.simulate import TRACE_SCHEMA
 
@@ -156,3 +156,71 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
         "point": pa.array(pts, pa.int32()), "response": pa.array(resp), "best": pa.array(best, pa.int32()),
         "exploration": pa.array(explore), "exploitation": pa.array(exploit),
     }, schema=TRACE_SCHEMA)
+
+
+class BotorchGPBO(Optimizer):
+    """The reference loop as an ask/tell optimizer (``algorithms.make("gpbo_botorch", ...)``): each
+    replicate keeps its own observations and, after every ``tell``, a fresh ``SingleTaskGP`` fitted
+    with ``fit_gpytorch_mll`` on all of them, then the posterior over every point (module
+    docstring). One model per replicate per query, as GP-BO ran before the batched engine: this
+    is what a sweep costs without it (``+exp=noise_sweep grid.algorithm=[gpbo_botorch,...]``).
+    No prior map; ``capacity`` and ``device`` are accepted and ignored (the simulator passes them).
+    """
+
+    name = "gpbo_botorch"
+
+    def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
+                 rho_low: float = 0.02, rho_high: float = 5.0, noise_min: float = 1e-4,
+                 noise_max: float = 0.05, outputscale_min: float = 0.25, outputscale_max: float = 1.0,
+                 capacity=None, device: str = "cpu"):
+        if prior is not None:
+            raise ValueError("gpbo_botorch (the reference loop) takes no prior map")
+        super().__init__(space, n_reps, seed, None)
+        if not kappa >= 0:
+            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        if int(n_random) < 1:
+            raise ValueError(f"n_random must be >= 1, got {n_random!r}")
+        self.kappa, self.n_random = float(kappa), int(n_random)
+        self.bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_min, outputscale_max)
+        self.X_all = torch.tensor(space.X, dtype=torch.float64)
+        self.pts = [[] for _ in range(self.b)]
+        self.resp = [[] for _ in range(self.b)]
+        self.mean = np.zeros((self.b, self.P))
+        self.var = np.ones((self.b, self.P))
+
+    def ask(self) -> np.ndarray:
+        if self.t < self.n_random:
+            return self.rng.integers(0, self.P, self.b)
+        ucb = self.mean + self.kappa * np.sqrt(self.var)
+        if not np.all(np.isfinite(ucb)):
+            raise FloatingPointError("reference GP-BO acquisition has NaN/inf values")
+        return argmax_random_ties(ucb, self.rng)
+
+    def _tell(self, points, responses) -> None:
+        from botorch.exceptions.warnings import OptimizationWarning
+        from botorch.fit import fit_gpytorch_mll
+
+        for q in range(self.b):
+            self.pts[q].append(int(points[q]))
+            self.resp[q].append(float(responses[q]))
+            r = np.asarray(self.resp[q])
+            top = r.max()
+            y = torch.as_tensor(r / top if top > 0 else r, dtype=torch.float64)
+            model, mll = reference_model(self.X_all[torch.as_tensor(self.pts[q])], y, *self.bounds)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizationWarning)  # L-BFGS-B stopping notes
+                fit_gpytorch_mll(mll)
+            model.eval()
+            with torch.no_grad():
+                post = model.posterior(self.X_all)
+                self.mean[q] = post.mean.squeeze(-1).numpy()
+                self.var[q] = post.variance.squeeze(-1).numpy()
+
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance on the normalized scale, ``b x P`` each."""
+        return self.mean.copy(), self.var.copy()
+
+    def best(self) -> np.ndarray:
+        if self.t == 0:
+            return self.ask_first()
+        return argmax_random_ties(self.mean, self.rng)
