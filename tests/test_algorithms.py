@@ -40,16 +40,33 @@ def test_greedy_searches_one_dimension_at_a_time_and_finds_separable_optimum():
     s = SearchSpace({"a": range(6), "b": range(5), "c": range(4)})
     truth = (np.sin(s.X[:, 0]) + 1.5) * np.exp(-(s.X[:, 1] - 3) ** 2) * (1 + s.X[:, 2])
     opt = algorithms.make("greedy", s, n_reps=4, seed=3)
-    prev = None
     for t in range(40):
         x = opt.ask()
-        if prev is not None:  # consecutive queries differ in at most one coordinate within a line
-            pass
         opt.tell(x, truth[x])
-        prev = x
-    # first line: 6, 5 or 4 points differing only along one dimension
     best = opt.best()
     assert np.all(truth[best] == truth.max())
+
+
+def test_greedy_lines_vary_one_dimension_and_never_the_same_twice_in_a_row():
+    """STAR Methods: test every value along one dimension, keep the best, then continue "along one
+    other selected dimension": each line of 6 queries varies one coordinate, consecutive lines differ."""
+    s = SearchSpace({"a": range(6), "b": range(6)})
+    truth = np.random.default_rng(0).random(s.n_points)
+    opt = algorithms.make("greedy", s, n_reps=8, seed=1)
+    pts = []
+    for t in range(60):
+        x = opt.ask()
+        opt.tell(x, truth[x])
+        pts.append(x)
+    coords = s.X[np.array(pts)]  # t x reps x 2
+    for r in range(8):
+        dims = []
+        for k in range(10):
+            line = coords[6 * k:6 * k + 6, r]
+            varying = [j for j in range(2) if len(set(line[:, j])) > 1]
+            assert len(varying) == 1 and len(set(line[:, varying[0]])) == 6
+            dims.append(varying[0])
+        assert all(a != b for a, b in zip(dims, dims[1:])), dims
 
 
 def test_gpbo_first_query_is_prior_argmax_and_best_is_posterior_argmax():

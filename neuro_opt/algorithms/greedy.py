@@ -3,8 +3,8 @@
 From a start point (random, or the prior's best), pick a dimension, test every
 value along it with the other coordinates fixed, keep the best, fix it and move
 to another dimension; when every dimension has been searched, start again from
-the current best, in a new random dimension order, until the query budget is
-spent. The believed best is the point with the highest mean observed response.
+the current best, in a new random dimension order that does not repeat the dimension
+just searched, until the query budget is spent. The believed best is the point with the highest mean observed response.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ class GreedySearch(Optimizer):
         line = np.asarray(self._line[r])
         means = np.where(self.counts[r, line] > 0, self.sums[r, line] / np.maximum(self.counts[r, line], 1), -np.inf)
         self.current[r] = line[argmax_random_ties(means[None, :], self.rng)[0]]
-        self._dim_order[r].pop(0)
+        last = self._dim_order[r].pop(0)
         if not self._dim_order[r]:
-            self._dim_order[r] = list(self.rng.permutation(self.space.ndim))
+            order = list(self.rng.permutation(self.space.ndim))
+            if len(order) > 1 and order[0] == last:  # the search "continues along one other selected
+                order = order[1:] + order[:1]         # dimension": never the same one twice in a row
+            self._dim_order[r] = order
         self._line[r] = list(self.space.line(int(self.current[r]), self._dim_order[r][0]))
         self._queue[r] = list(self._line[r])
