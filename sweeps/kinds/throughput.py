@@ -10,8 +10,8 @@ GP-BO hyperparameters (the top-level ``algorithm``, variable-rho) and response s
   one problem as one batch, one batch per problem: ``n_reps x n_problems`` runs;
 * ``botorch_reference``: :func:`neuro_opt.gp.reference.botorch_reference_run`, one run at a
   time, ``workload_specs.<w>.runs_reference`` runs, cycling over the problems (it is slow:
-  0.05 to 0.15 s per query on one thread here, so the default scale runs a few per workload;
-  ``scale=paper`` runs 100).
+  0.05 to 0.15 s per query on one thread here; the default runs 100 per workload, ~10 minutes
+  on 2 cores).
 
 Runs per second = runs / wall time of the complete runs (responses, model, acquisition and
 metrics included), after one short untimed warm-up run of the same engine. Cells take
