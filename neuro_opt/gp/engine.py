@@ -363,6 +363,9 @@ class BatchGP:
         lat = self.lattice
         mask = data["mask"]
         U = mask.shape[1]
+        cached = getattr(self, "_pair_bins_cache", None)
+        if cached is not None and cached[0] == (self.n, U):  # the refit and the next query share it
+            return cached[1]
         pts = self.slot_pt[:, :U]
         if self.slot_bins is not None:
             bins = torch.gather(self.slot_bins[:, :U], 2, pts[:, None, :].expand(self.b, U, U))
@@ -370,7 +373,9 @@ class BatchGP:
             xi = lat["Xi"][pts]  # b x U x d
             bins = ((xi.unsqueeze(-2) - xi.unsqueeze(-3)).abs() * lat["stride"]).sum(-1)
         pad = (mask[:, :, None] * mask[:, None, :]) == 0
-        return torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
+        out = torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
+        self._pair_bins_cache = ((self.n, U), out)
+        return out
 
     def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor:
         """Matérn-5/2 (output scale 1) per lattice offset bin, plus a trailing 0 for padding: ``b x (bins+1)``."""
