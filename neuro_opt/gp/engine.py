@@ -347,6 +347,7 @@ class BatchGP:
 
     def _bins_init(self) -> None:
         self.slot_bins = None
+        self._pair_bins_cache = None  # ((n, U), bins): the refit and the next query share it
         if self.lattice is not None and self.b * self.capacity * self.P <= self.MAX_CACHED_BINS:
             self.slot_bins = torch.full((self.b, self.capacity, self.P), self.lattice["n_bins"], dtype=torch.long,
                                         device=self.X.device)
@@ -363,8 +364,8 @@ class BatchGP:
         lat = self.lattice
         mask = data["mask"]
         U = mask.shape[1]
-        cached = getattr(self, "_pair_bins_cache", None)
-        if cached is not None and cached[0] == (self.n, U):  # the refit and the next query share it
+        cached = self._pair_bins_cache
+        if cached is not None and cached[0] == (self.n, U):
             return cached[1]
         pts = self.slot_pt[:, :U]
         if self.slot_bins is not None:
