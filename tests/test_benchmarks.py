@@ -105,7 +105,7 @@ def test_reference_loop_rejects_bad_arguments():
 
 TINY_LATENCY = ["+exp=latency", "cluster.num_cpus=2", "cluster.cpus_per_cell=1", "params.values.n_points=[150,300]", "params.values.n_dims=[1,2]",
                 "params.values.history=[10,20]", "params.anchor.n_points=300", "params.anchor.n_dims=2",
-                "params.anchor.history=20", "params.repeats=3", "params.warmup=0"]
+                "params.anchor.history=20", "params.repeats=3", "params.warmup=0", "params.run_history=[15]"]
 
 
 def test_tiny_latency_launch(tmp_path):
@@ -114,19 +114,26 @@ def test_tiny_latency_launch(tmp_path):
     assert summary["experiment"] == "latency" and summary["failed_cells"] == 0
     assert summary["n_cells"] == 2 * 2 * 3  # modes x devices x axes
     groups = summary["groups"]
-    settings = {(g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) for g in groups}
-    # each axis varied with the other two at the anchor (300 points, 2-D, history 20)
-    assert settings == {(150, 2, 20), (300, 2, 20), (300, 1, 20), (300, 2, 10)}
+    settings = {(g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"], g["params"]["history_from"])
+                for g in groups}
+    # each axis varied with the other two at the anchor (300 points, 2-D, history 20), history at
+    # distinct points; and the query after an actual 15-query GP-BO run at the anchor
+    assert settings == {(150, 2, 20, "distinct"), (300, 2, 20, "distinct"), (300, 1, 20, "distinct"),
+                        (300, 2, 10, "distinct"), (300, 2, 15, "run")}
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     assert {(g["params"]["mode"], g["params"]["device"]) for g in groups} == \
         {(m, dv) for m in ("fixed_rho", "variable_rho") for dv in devices}
-    assert len(groups) == 4 * 2 * len(devices)
+    assert len(groups) == 5 * 2 * len(devices)
     for g in groups:
-        assert set(g["params"]) == {"mode", "n_points", "n_dims", "history", "device"}
+        assert set(g["params"]) == {"mode", "n_points", "n_dims", "history", "history_from", "device"}
         median, sem = g["metrics"]["ms_per_query"]
         assert median > 0 and sem >= 0
         anchor = (g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) == (300, 2, 20)
         assert g["n"] == 3 * (3 if anchor else 1)  # the anchor is timed in each of the 3 axis cells
+        if g["params"]["history_from"] == "run":  # GP-BO's own queries: repeats collapse
+            assert 1 <= g["n_unique"] <= 15
+        else:
+            assert g["n_unique"] == g["params"]["history"]
     if not torch.cuda.is_available():
         assert any("cuda" in s for s in summary["skipped"])
     run_dir = Path(summary["run_dir"])
@@ -172,6 +179,7 @@ def test_tiny_throughput_launch(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["+exp=latency", "grid.params.mode=[bogus_rho]"], "bogus_rho"),
     (["+exp=latency", "params.values.history=[0]"], "params.values.history"),
+    (["+exp=latency", "params.run_history=[0]"], "params.run_history"),
     (["+exp=latency", "n_queries=5"], "n_queries"),
     (["+exp=latency", "params.algorithms.variable_rho.rho_low=-1"], "variable_rho"),
     (["+exp=latency", "params.threads=0"], "params.threads"),
