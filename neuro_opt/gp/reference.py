@@ -63,6 +63,24 @@ def reference_model(X: torch.Tensor, y: torch.Tensor, rho_low: float, rho_high: 
     return model, ExactMarginalLogLikelihood(model.likelihood, model)
 
 
+def fit_reference(mll) -> bool:
+    """``fit_gpytorch_mll`` (L-BFGS-B, BoTorch's retries) on a reference model. When every attempt
+    fails (BoTorch's ``ModelFittingError``, seen with noiseless repeated responses and the noise at
+    its 1e-4 floor) the model keeps the parameters BoTorch left it with and the run goes on, as a
+    lab's loop would rather than stop the sweep. Returns whether the fit succeeded."""
+    from botorch.exceptions.errors import ModelFittingError
+    from botorch.exceptions.warnings import OptimizationWarning
+    from botorch.fit import fit_gpytorch_mll
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizationWarning)  # L-BFGS-B stopping notes, once per query
+        try:
+            fit_gpytorch_mll(mll)
+        except ModelFittingError:
+            return False
+    return True
+
+
 def fitted_hyperparameters(model) -> dict:
     """``{"lengthscale": d list, "noise": std, "outputscale": float}`` of a reference model."""
     return {"lengthscale": model.covar_module.base_kernel.lengthscale.detach().flatten().tolist(),
@@ -92,9 +110,6 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
     Returns:
         Arrow table (``TRACE_SCHEMA``), ``n_queries`` rows, ``rep`` 0.
     """
-    from botorch.exceptions.warnings import OptimizationWarning
-    from botorch.fit import fit_gpytorch_mll
-
     P = problem.space.n_points
     if n_queries is None:
         n_queries = P
@@ -135,9 +150,7 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
         top = resp[:t + 1].max()
         y_norm = torch.as_tensor(resp[:t + 1] / top if top > 0 else resp[:t + 1], dtype=torch.float64)
         model, mll = reference_model(X_all[torch.as_tensor(pts[:t + 1])], y_norm, *bounds)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizationWarning)  # L-BFGS-B stopping notes, once per query
-            fit_gpytorch_mll(mll)
+        fit_reference(mll)
         model.eval()
         with torch.no_grad():
             post = model.posterior(X_all)
@@ -197,9 +210,6 @@ class BotorchGPBO(Optimizer):
         return argmax_random_ties(ucb, self.rng)
 
     def _tell(self, points, responses) -> None:
-        from botorch.exceptions.warnings import OptimizationWarning
-        from botorch.fit import fit_gpytorch_mll
-
         for q in range(self.b):
             self.pts[q].append(int(points[q]))
             self.resp[q].append(float(responses[q]))
@@ -207,9 +217,7 @@ class BotorchGPBO(Optimizer):
             top = r.max()
             y = torch.as_tensor(r / top if top > 0 else r, dtype=torch.float64)
             model, mll = reference_model(self.X_all[torch.as_tensor(self.pts[q])], y, *self.bounds)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizationWarning)  # L-BFGS-B stopping notes
-                fit_gpytorch_mll(mll)
+            fit_reference(mll)
             model.eval()
             with torch.no_grad():
                 post = model.posterior(self.X_all)
