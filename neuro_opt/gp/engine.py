@@ -62,7 +62,11 @@ def matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor) -> t
         ``b x n x m``.
     """
     ls = lengthscale.unsqueeze(-2)
-    r = torch.cdist(x1 / ls, x2 / ls, compute_mode="donot_use_mm_for_euclid_dist")
+    return matern52_of_r(torch.cdist(x1 / ls, x2 / ls, compute_mode="donot_use_mm_for_euclid_dist"))
+
+
+def matern52_of_r(r: torch.Tensor) -> torch.Tensor:
+    """Matérn nu=5/2 (output scale 1) of scaled distances ``r``."""
     return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * torch.exp(-SQRT5 * r)
 
 
@@ -381,8 +385,7 @@ class BatchGP:
     def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor:
         """Matérn-5/2 (output scale 1) per lattice offset bin, plus a trailing 0 for padding: ``b x (bins+1)``."""
         r2 = (1.0 / (ls * ls)) @ self.lattice["D2"].T
-        r = torch.sqrt(torch.clamp(r2, min=1e-30))  # finite gradient at offset 0 (autograd callers)
-        kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * torch.exp(-SQRT5 * r)
+        kb = matern52_of_r(torch.sqrt(torch.clamp(r2, min=1e-30)))  # finite gradient at offset 0 (autograd)
         return torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
 
     def _cross(self, data, ls) -> torch.Tensor:
@@ -467,7 +470,7 @@ class BatchGP:
                     free.reshape(-1)[slots_box[q, :int(self.n_slots[q])].cpu().numpy()] = False
                     dist = distance_transform_edt(free, sampling=inv_ls[q].tolist())
                     rmin[q] = torch.as_tensor(dist.reshape(-1), **self.opts)[lat["box_index"]]
-                m = (1.0 + SQRT5 * rmin + (5.0 / 3.0) * rmin * rmin) * torch.exp(-SQRT5 * rmin)
+                m = matern52_of_r(rmin)
                 s2 = noise * noise
                 var_ub = os_[:, None] - (os_ * os_ / (os_ + s2))[:, None] * m * m
                 ub = mean_fft + kappa * torch.sqrt(torch.clamp(var_ub, min=1e-12))

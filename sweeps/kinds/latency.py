@@ -20,8 +20,8 @@ observations for every value of that axis (``params.values[axis]``), the other t
    the next stimulation. In variable-rho on a large space ``ask`` takes the engine's screened
    argmax (``BatchGP.screened``: the posterior mean everywhere by FFT, sigma exactly only where a
    bound says the maximum can be; the same argmax as the full posterior, tested); fixed-rho
-   keeps its incrementally updated posterior over every point. Each timed query adds one observation, so the
-   history runs ``history, history + 1, ...``. Timing stops early (after at least 3) once
+   keeps its incrementally updated posterior over every point. Each timed query adds one
+   observation, so the history runs ``history, history + 1, ...``. Timing stops early (after at least 3) once
    the timed queries of one setting exceed ``max_seconds_per_setting``.
 
 Cells take ``cluster.cpus_per_cell`` cores (the exp file asks for 2, the whole of a 2-core
