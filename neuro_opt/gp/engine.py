@@ -292,9 +292,9 @@ class BatchGP:
             self.slot_pt, self.cnt = pad(self.slot_pt, {1}), pad(self.cnt, {1})
             self.sum, self.sumsq = pad(self.sum, {1}), pad(self.sumsq, {1})
             if self.slot_bins is not None:
-                grown = torch.full((self.b, capacity, self.P), self.lattice["n_bins"], dtype=torch.long,
+                grown = torch.full((self.b, self.P, capacity), self.lattice["n_bins"], dtype=torch.long,
                                    device=self.X.device)
-                grown[:, :self.capacity] = self.slot_bins
+                grown[:, :, :self.capacity] = self.slot_bins
                 self.slot_bins = grown
         else:
             self.obs_pt, self.beta, self.gamma = pad(self.obs_pt, {1}), pad(self.beta, {1}), pad(self.gamma, {1})
@@ -343,17 +343,19 @@ class BatchGP:
             fft_bins[(absoff >= span_t).any(-1)] = n_bins
             self.lattice.update(fft_shape=N, fft_bins=fft_bins)
 
-    # Cached offset bins of every unique slot against every point (``b x capacity x P``,
-    # variable mode on a lattice): a slot's row is computed once, when its point is first
-    # observed, so neither the refit (pairs of slots) nor the posterior (slots x all points)
-    # recomputes distances. Dropped (recomputed per call) above this many entries.
+    # Cached offset bins of every point against every unique slot (``b x P x capacity``,
+    # variable mode on a lattice): a slot's column is computed once, when its point is first
+    # observed, so neither the refit (pairs of slots) nor the posterior (all points x slots)
+    # recomputes distances. Point-major, so the bins of a few points against all slots (the
+    # pairs of slots, the screened argmax's candidates) are whole contiguous rows.
+    # Dropped (recomputed per call) above this many entries.
     MAX_CACHED_BINS = 2 ** 25
 
     def _bins_init(self) -> None:
         self.slot_bins = None
         self._pair_bins_cache = None  # ((n, U), bins): the refit and the next query share it
         if self.lattice is not None and self.b * self.capacity * self.P <= self.MAX_CACHED_BINS:
-            self.slot_bins = torch.full((self.b, self.capacity, self.P), self.lattice["n_bins"], dtype=torch.long,
+            self.slot_bins = torch.full((self.b, self.P, self.capacity), self.lattice["n_bins"], dtype=torch.long,
                                         device=self.X.device)
 
     def _bins_to_all(self, pts: torch.Tensor) -> torch.Tensor:
@@ -373,7 +375,7 @@ class BatchGP:
             return cached[1]
         pts = self.slot_pt[:, :U]
         if self.slot_bins is not None:
-            bins = torch.gather(self.slot_bins[:, :U], 2, pts[:, None, :].expand(self.b, U, U))
+            bins = self._slot_rows(pts)
         else:
             xi = lat["Xi"][pts]  # b x U x d
             bins = ((xi.unsqueeze(-2) - xi.unsqueeze(-3)).abs() * lat["stride"]).sum(-1)
@@ -381,6 +383,21 @@ class BatchGP:
         out = torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
         self._pair_bins_cache = ((self.n, U), out)
         return out
+
+    def _slot_rows(self, pts: torch.Tensor) -> torch.Tensor:
+        """Cached offset bins of points ``pts`` (``b x m``) against the unique slots: ``b x m x U``."""
+        U = int(self.n_slots.max())
+        if self.b == 1:
+            return self.slot_bins[0].index_select(0, pts[0])[None, :, :U]
+        return self.slot_bins[torch.arange(self.b, device=pts.device)[:, None], pts][:, :, :U]
+
+    @staticmethod
+    def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``table[q, idx[q, ...]]`` for a ``b x T`` table and ``b x ...`` bins (index_select
+        for one replicate: about twice as fast as gather over a large index)."""
+        if table.shape[0] == 1:
+            return table[0].index_select(0, idx.reshape(-1)).reshape(idx.shape)
+        return torch.gather(table, 1, idx.reshape(table.shape[0], -1)).reshape(idx.shape)
 
     def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor:
         """Matérn-5/2 (output scale 1) per lattice offset bin, plus a trailing 0 for padding: ``b x (bins+1)``."""
@@ -391,9 +408,8 @@ class BatchGP:
     def _cross(self, data, ls) -> torch.Tensor:
         """Kernel (output scale 1) between the unique slots and every point, 0 on padding slots: ``b x U x P``."""
         U = data["mask"].shape[1]
-        if self.slot_bins is not None:
-            kb = self._kernel_bins(ls)
-            return torch.gather(kb, 1, self.slot_bins[:, :U].reshape(self.b, -1)).reshape(self.b, U, self.P)
+        if self.slot_bins is not None:  # point-major cache: the transpose of a P x U lookup (a view)
+            return self._lookup(self._kernel_bins(ls), self.slot_bins[:, :, :U]).mT
         return matern52(data["Xu"], self.X.expand(self.b, -1, -1), ls) * data["mask"][..., None]
 
     # ---------------------------------------------------------- screened argmax
@@ -406,14 +422,15 @@ class BatchGP:
     #      lowers a GP's posterior variance, so the variance given only the nearest observed
     #      point (in length-scale units; scipy's exact Euclidean distance transform of the box,
     #      anisotropic sampling 1/lengthscale) bounds it: os - os^2 m(r)^2 / (os + s^2);
-    #   3. the exact mean and variance (the same algebra as posterior()) at the points in
-    #      decreasing order of that upper bound, in chunks, until the next bound is below the
-    #      best exact value by more than the FFT's rounding margin.
+    #   3. the exact mean and variance (the same algebra as posterior()) at the few points of
+    #      highest bound, then at every point whose bound is not below the best exact value by
+    #      more than the FFT's rounding margin (repeated while that raises the best).
     # Every point left out is provably below the maximum, so argmax_random_ties over the result
     # (exact values, -inf at the rest) picks among exactly the same ties. Nothing in GPyTorch or
     # BoTorch screens an acquisition this way, hence by hand.
     SCREEN_MIN_POINTS = 4096
     SCREEN_MAX_FFT = 2 ** 22
+    SCREEN_MAX_CHUNK = 4096  # exact values per round at most (memory: b x U x this)
 
     @property
     def can_screen(self) -> bool:
@@ -474,27 +491,30 @@ class BatchGP:
                 s2 = noise * noise
                 var_ub = os_[:, None] - (os_ * os_ / (os_ + s2))[:, None] * m * m
                 ub = mean_fft + kappa * torch.sqrt(torch.clamp(var_ub, min=1e-12))
-            # 3. exact values in decreasing order of the bound until the bound falls below the best
-            order = torch.argsort(ub, dim=1, descending=True)
+            # 3. exact values: first at the `chunk` points of highest bound, then at every point whose
+            # bound still reaches the best exact value so far (minus the margin), until none is left
+            # (one more round in practice: later rounds only when a round raises the best)
             vals = torch.full((b, P), -math.inf, **self.opts)
-            best = torch.full((b,), -math.inf, **self.opts)
-            start, size = 0, int(chunk)
-            while start < P:
-                cand = order[:, start:start + size]
-                m_ = cand.shape[1]
-                bins = torch.gather(self.slot_bins[:, :U], 2, cand[:, None, :].expand(b, U, m_))
-                A = torch.linalg.solve_triangular(
-                    L, torch.gather(kb, 1, bins.reshape(b, -1)).reshape(b, U, m_), upper=False)
+            open_ = torch.ones(b, P, dtype=torch.bool, device=self.X.device)
+            cand = torch.topk(ub, min(int(chunk), P), dim=1).indices
+            while True:
+                A = torch.linalg.solve_triangular(L, self._lookup(kb, self._slot_rows(cand)).mT, upper=False)
                 val = torch.gather(prior_all, 1, cand) + torch.bmm(beta.mT, A)[:, 0]
                 if kappa > 0:
                     var = torch.clamp(os_[:, None] - torch.linalg.vector_norm(A, dim=-2) ** 2, min=1e-12)
                     val = val + kappa * torch.sqrt(var)
-                vals.scatter_(1, cand, val)
-                best = torch.maximum(best, val.amax(1))
-                start += m_
-                if start >= P or bool((torch.gather(ub, 1, order[:, start:start + 1])[:, 0] < best - tol).all()):
+                # a replicate with fewer open points than the batch's largest count also gets some
+                # closed ones: keep only the open ones, so its values never depend on the others
+                keep = torch.gather(open_, 1, cand)
+                vals.scatter_(1, cand, torch.where(keep, val, torch.gather(vals, 1, cand)))
+                open_.scatter_(1, cand, False)
+                best = vals.amax(1)
+                open_ &= ub >= (best - tol)[:, None]
+                m = int(open_.sum(1).max())
+                if m == 0:
                     break
-                size *= 2
+                cand = torch.topk(torch.where(open_, ub, torch.full_like(ub, -math.inf)), min(m, self.SCREEN_MAX_CHUNK),
+                                  dim=1).indices
         return vals
 
     def _scale(self) -> torch.Tensor:
@@ -514,7 +534,7 @@ class BatchGP:
         self.slot_pt[rows, slot] = pts
         self.n_slots = self.n_slots + new.long()
         if self.slot_bins is not None and bool(new.any()):
-            self.slot_bins[rows[new], slot[new]] = self._bins_to_all(pts[new])
+            self.slot_bins[rows[new], :, slot[new]] = self._bins_to_all(pts[new])
         self.cnt[rows, slot] += 1
         self.sum[rows, slot] += yy
         self.sumsq[rows, slot] += yy * yy
@@ -537,16 +557,13 @@ class BatchGP:
     def _chol(self, data, ls, noise, os_):
         mask, cnt = data["mask"], data["cnt"]
         if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
-            U = mask.shape[1]
             bins = data["bin"] if "bin" in data else self._pair_bins(data)
-            K = torch.gather(self._kernel_bins(ls), 1, bins.reshape(self.b, -1)).reshape(self.b, U, U)
-            K = os_[:, None, None] * K
+            K = self._lookup(self._kernel_bins(ls) * os_[:, None], bins)
         else:
             Xu = data["Xu"]
             K = matern52(Xu, Xu, ls)
             K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
-        diag = mask * (noise * noise)[:, None] / cnt + (1.0 - mask)
-        K = K + torch.diag_embed(diag)
+        K.diagonal(dim1=-2, dim2=-1).add_(mask * (noise * noise)[:, None] / cnt + (1.0 - mask))
         info = lambda r: (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "  # noqa: E731
                           f"outputscale={float(os_[r].detach()):.3g}")
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
@@ -582,14 +599,13 @@ class BatchGP:
         e = torch.exp(-SQRT5 * r)
         kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e  # padding slots: exactly 0 off the diagonal
         if "bin" in data:
-            zero = torch.zeros_like(kb[:, :1])
-            kb_bins = torch.cat([kb, zero], 1)
+            kb_bins = torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
             flat = data["bin"].reshape(b, -1)
-            kb = torch.gather(kb_bins, 1, flat).reshape(b, U, U)  # padding pairs, diagonal included: 0
+            Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
+            Kn = os_[:, None, None] * kb
         s2 = noise * noise
-        Kn = os_[:, None, None] * kb
         Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
         info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
         L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
@@ -607,7 +623,7 @@ class BatchGP:
                 - 0.5 * nu * math.log(2 * math.pi) \
                 + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
                 - data["ss_sum"] / (2 * s2)
-        W = torch.baddbmm(Kinv, alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1
+        W = Kinv.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1, in place
         if "bin" in data:
             # sum W over the pairs of each offset bin once; the kernel terms are then per bin
             Wb = torch.zeros(b, kb_bins.shape[1], **self.opts).scatter_add_(1, flat, W.reshape(b, -1))
