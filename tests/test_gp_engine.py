@@ -163,6 +163,52 @@ def test_analytic_mll_gradient_equals_autograd(path):
     assert torch.allclose(grad, raw.grad, rtol=1e-6, atol=1e-8)
 
 
+def test_inplace_lapack_matches_torch():
+    """neuro_opt.gp.lapack factors and inverts in the lower triangle (C order), in place, as torch does."""
+    from neuro_opt.gp import lapack
+
+    assert lapack.available()  # the CPU torch build exports LAPACK: the refit's fast path runs here
+    rng = np.random.default_rng(1)
+    A = torch.tensor(rng.normal(size=(300, 300)))
+    K = A @ A.T + 300 * torch.eye(300, dtype=torch.float64)
+    r = torch.tensor(rng.normal(size=300))
+    B = K.clone()
+    assert lapack.potrf_(B) == 0
+    assert torch.allclose(B.tril(), torch.linalg.cholesky(K), rtol=0, atol=1e-12)
+    assert torch.equal(B.triu(1), K.triu(1))  # the other triangle untouched
+    x = r.clone()
+    lapack.potrs_(B, x)
+    assert torch.allclose(x, torch.linalg.solve(K, r), rtol=0, atol=1e-12)
+    assert lapack.potri_(B) == 0
+    assert torch.allclose(B.tril(), torch.linalg.inv(K).tril(), rtol=0, atol=1e-12)
+    K[5, 5] = -1.0
+    assert lapack.potrf_(K.clone()) == 6  # not positive definite: LAPACK's info, no exception
+    with pytest.raises(ValueError, match="C-contiguous square float64"):
+        lapack.potrf_(K.float())
+
+
+def test_large_refit_gradient_in_place_equals_the_torch_path():
+    """Above INPLACE_MIN_U unique points the refit's gradient comes from the in-place LAPACK path
+    (one triangle of Kn^-1); it equals the torch path, with replicates padded to different U."""
+    rng = np.random.default_rng(8)
+    Xg = np.argwhere(np.ones((20, 20, 15))).astype(float)
+    gp = BatchGP(Xg, 3, 400, mode="variable")
+    f = np.exp(-0.5 * (((Xg - [5, 8, 3]) / [4, 5, 3]) ** 2).sum(1))
+    for t in range(330):
+        pts = rng.integers(0, len(Xg), 3)
+        pts[2] = rng.integers(0, 300)  # replicate 2: repeats, fewer unique points (padding)
+        gp.observe(pts, f[pts] + 0.05 * rng.standard_normal(3))
+    data = gp._collapsed()
+    data["bin"] = gp._pair_bins(data)
+    assert data["mask"].shape[1] >= gp.INPLACE_MIN_U and int(gp.n_slots.min()) < data["mask"].shape[1]
+    raw = torch.cat([gp.raw_ls, gp.raw_noise[:, None], gp.raw_os[:, None]], 1) + torch.tensor(rng.normal(0, 0.3, (3, 5)))
+    d_fast = dict(data)
+    _, fast = gp.mll_and_grad(d_fast, raw, with_mll=False)
+    assert "bin_lower" in d_fast  # the in-place path ran
+    _, ref = gp.mll_and_grad(dict(data), raw, with_mll=True)  # with the value: the torch path
+    assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9)
+
+
 def test_refit_increases_the_marginal_likelihood():
     rng = np.random.default_rng(9)
     gp = BatchGP(X, 4, 40, mode="variable", fit_steps=30)

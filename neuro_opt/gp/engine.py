@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from gpytorch.constraints import Interval
 
+from neuro_opt.gp import lapack
+
 SQRT5 = math.sqrt(5.0)
 
 
@@ -607,9 +609,22 @@ class BatchGP:
             Kn = os_[:, None, None] * kb
         s2 = noise * noise
         Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+        rv = data["r"]
+        dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
+        if not with_mll and "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
+                and Kn.dtype == torch.float64 and lapack.available():
+            Wb, dW = self._lower_triangle_w(data, Kn, rv)
+            if Wb is not None:  # else a factor needs jitter: the path below
+                g_os = 0.5 * (Wb * kb_bins).sum(-1)
+                g_s2 = 0.5 * (dW * data["inv_cnt"]).sum(-1) + dcorr_ds2
+                dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]
+                g_ls = -((Wb[:, :-1] * dk_dr2) @ D2) / (ls * ls * ls)
+                grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1)
+                return None, grad * self._raw_span * (sig * (1 - sig))
+            Kn = self._lookup(kb_bins * os_[:, None], data["bin"])
+            Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
         info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
         L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
-        rv = data["r"]
         if U <= 64:  # small batched factors: a triangular inverse and one bmm beat LAPACK's potri here
             Linv = torch.linalg.solve_triangular(L, torch.eye(U, **self.opts).expand(b, U, U), upper=False)
             Kinv = Linv.mT @ Linv
@@ -630,7 +645,6 @@ class BatchGP:
             g_os = 0.5 * (Wb * kb_bins).sum(-1)
         else:
             g_os = 0.5 * (W * kb).sum((-2, -1))
-        dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
         g_s2 = 0.5 * (torch.diagonal(W, dim1=-2, dim2=-1) * data["inv_cnt"]).sum(-1) + dcorr_ds2
         if "bin" in data:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]  # b x bins
@@ -640,6 +654,36 @@ class BatchGP:
             g_ls = -torch.einsum("bij,bijd->bd", W * dk_dr2, sqdiff) / (ls * ls * ls)
         grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
         return mll, grad
+
+    # Unique points from which the refit's gradient factors ``Kn`` in place with LAPACK (see
+    # neuro_opt/gp/lapack.py: same routines, without torch's copies); smaller factors batch better
+    # through torch.
+    INPLACE_MIN_U = 256
+
+    def _lower_triangle_w(self, data, Kn, rv):
+        """The refit's ``Wb`` (``alpha alpha^T - Kn^-1`` summed over the pairs of each offset bin,
+        ``b x (bins+1)``) and the diagonal of that matrix (``b x U``), from ``Kn``'s lower triangle
+        factored and inverted in place. ``(None, None)`` when a factor is not positive definite.
+
+        Only the lower triangle holds ``Kn^-1``; the strict upper one keeps ``Kn``. Its pairs go to
+        a discard bin, and by symmetry every off-diagonal pair of a bin counts twice:
+        ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``."""
+        b, U = rv.shape
+        nb = self.lattice["n_bins"]
+        if "bin_lower" not in data:
+            upper = torch.ones(U, U, dtype=torch.bool, device=Kn.device).triu_(1)
+            data["bin_lower"] = torch.where(upper, torch.full_like(data["bin"], nb + 1), data["bin"]).reshape(b, -1)
+            data["bin_diag"] = torch.diagonal(data["bin"], dim1=-2, dim2=-1).contiguous()
+        alpha = rv.clone()
+        for q in range(b):
+            if lapack.potrf_(Kn[q]) != 0:
+                return None, None
+            lapack.potrs_(Kn[q], alpha[q])  # Kn^-1 r
+            lapack.potri_(Kn[q])
+        W = Kn.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # lower triangle: alpha alpha^T - Kn^-1
+        dW = torch.diagonal(W, dim1=-2, dim2=-1)
+        S = torch.zeros(b, nb + 2, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
+        return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
         """Exact log marginal likelihood of all observations (not just the means), ``b``."""
