@@ -498,6 +498,7 @@ class BatchGP:
             # (one more round in practice: later rounds only when a round raises the best)
             vals = torch.full((b, P), -math.inf, **self.opts)
             open_ = torch.ones(b, P, dtype=torch.bool, device=self.X.device)
+            refined = False
             cand = torch.topk(ub, min(int(chunk), P), dim=1).indices
             while True:
                 A = torch.linalg.solve_triangular(L, self._lookup(kb, self._slot_rows(cand)).mT, upper=False)
@@ -515,9 +516,48 @@ class BatchGP:
                 m = int(open_.sum(1).max())
                 if m == 0:
                     break
+                if kappa > 0 and not refined:
+                    # 2b. once, at the points still open: the tighter bound from the k nearest observed
+                    # points (again a subset of the observations), then drop the points it closes
+                    refined = True
+                    for q in range(b):
+                        idx = torch.nonzero(open_[q]).flatten()
+                        if len(idx):
+                            vk = self._knn_var_bound(q, idx, ls[q], noise[q], os_[q])
+                            ub[q, idx] = torch.minimum(ub[q, idx], mean_fft[q, idx] + kappa * torch.sqrt(vk))
+                    open_ &= ub >= (best - tol)[:, None]
+                    m = int(open_.sum(1).max())
+                    if m == 0:
+                        break
                 cand = torch.topk(torch.where(open_, ub, torch.full_like(ub, -math.inf)), min(m, self.SCREEN_MAX_CHUNK),
                                   dim=1).indices
         return vals
+
+    SCREEN_KNN = 4  # observed points in the refined variance bound
+
+    def _knn_var_bound(self, q: int, idx: torch.Tensor, ls, noise, os_) -> torch.Tensor:
+        """An upper bound on replicate ``q``'s posterior variance at points ``idx``: the variance given
+        only the ``SCREEN_KNN`` observed points nearest each (length-scale units; scipy's KD-tree),
+        with their own noise ``s^2 / count``, plus a rounding margin that grows with the weights'
+        size (ill-conditioned neighbour sets). Points whose small factor fails get ``os``."""
+        from scipy.spatial import cKDTree
+
+        nq = int(self.n_slots[q])
+        k = min(self.SCREEN_KNN, nq)
+        Xs = self.X / ls
+        obs = Xs[self.slot_pt[q, :nq]]
+        dist, nbr = cKDTree(obs.cpu().numpy()).query(Xs[idx].cpu().numpy(), k=k)
+        dist = torch.as_tensor(np.asarray(dist, dtype=np.float64).reshape(len(idx), k), **self.opts)
+        nbr = torch.as_tensor(np.asarray(nbr).reshape(len(idx), k), device=self.X.device)
+        nb = obs[nbr]  # m x k x d
+        Kkk = os_ * matern52_of_r(torch.cdist(nb, nb, compute_mode="donot_use_mm_for_euclid_dist"))
+        Kkk.diagonal(dim1=-2, dim2=-1).add_(noise * noise / self.cnt[q, :nq][nbr])
+        kx = os_ * matern52_of_r(dist)
+        Lk, info = torch.linalg.cholesky_ex(Kkk)
+        sol = torch.cholesky_solve(kx[..., None], Lk)[..., 0]
+        var = os_ - (kx * sol).sum(-1) + 1e-9 * os_ * (1.0 + sol.abs().sum(-1))
+        var = torch.where(info > 0, os_.expand_as(var), var)
+        return torch.clamp(var, min=1e-12)
 
     def _scale(self) -> torch.Tensor:
         return torch.where(self.ymax > 0, self.ymax, torch.ones_like(self.ymax))
@@ -666,13 +706,15 @@ class BatchGP:
         factored and inverted in place. ``(None, None)`` when a factor is not positive definite.
 
         Only the lower triangle holds ``Kn^-1``; the strict upper one keeps ``Kn``. Its pairs go to
-        a discard bin, and by symmetry every off-diagonal pair of a bin counts twice:
+        64 discard bins (by column: one shared discard bin would serialize the scatter on one
+        address), and by symmetry every off-diagonal pair of a bin counts twice:
         ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``."""
         b, U = rv.shape
         nb = self.lattice["n_bins"]
         if "bin_lower" not in data:
             upper = torch.ones(U, U, dtype=torch.bool, device=Kn.device).triu_(1)
-            data["bin_lower"] = torch.where(upper, torch.full_like(data["bin"], nb + 1), data["bin"]).reshape(b, -1)
+            discard = nb + 1 + torch.arange(U, device=Kn.device) % 64
+            data["bin_lower"] = torch.where(upper, discard.expand(U, U), data["bin"]).reshape(b, -1)
             data["bin_diag"] = torch.diagonal(data["bin"], dim1=-2, dim2=-1).contiguous()
         alpha = rv.clone()
         for q in range(b):
@@ -682,7 +724,7 @@ class BatchGP:
             lapack.potri_(Kn[q])
         W = Kn.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # lower triangle: alpha alpha^T - Kn^-1
         dW = torch.diagonal(W, dim1=-2, dim2=-1)
-        S = torch.zeros(b, nb + 2, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
+        S = torch.zeros(b, nb + 65, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
         return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
