@@ -278,6 +278,21 @@ def test_screened_argmax_equals_the_full_posterior(shape, n_obs, prior, repeats)
         assert torch.allclose(got.max(1).values, top, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("repeats", [False, True])
+def test_nearest_observations_bound_the_posterior_variance(repeats):
+    """The screened argmax's refined bound (the variance given only the nearest observed points) is
+    never below the full posterior variance, and closes most of the gap from the prior variance."""
+    rng = np.random.default_rng(12)
+    gp = _large_gp(rng, (22, 22, 21), 200, repeats=repeats)
+    _, var = gp.posterior()
+    for q in range(gp.b):
+        idx = torch.arange(gp.P)
+        vk = gp._knn_var_bound(q, idx, gp.lengthscale[q], gp.noise[q], gp.outputscale[q])
+        assert bool((vk >= var[q] - 1e-12).all())
+        gap = float((gp.outputscale[q] - var[q]).mean())  # what the observations remove from the prior
+        assert float((vk - var[q]).mean()) < 0.5 * gap
+
+
 def test_gpbo_queries_the_same_points_with_and_without_screening():
     """A whole run in a 10,000-point space: the screened path (ask and best without a cached
     posterior) makes the same choices as the full posterior, replicate for replicate."""
