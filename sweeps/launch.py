@@ -34,6 +34,9 @@ def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: lis
     import numpy as np
     import torch
 
+    from neuro_opt.gp.engine import flush_denormals_for_process
+
+    flush_denormals_for_process()  # before torch's thread pool starts, so its threads flush too
     try:
         import ray
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
