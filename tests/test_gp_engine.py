@@ -307,6 +307,24 @@ def test_nearest_observations_bound_the_posterior_variance(repeats):
         assert float((vk - var[q]).mean()) < 0.5 * gap
 
 
+def test_large_posterior_in_place_factor_equals_the_torch_path():
+    """Above INPLACE_MIN_U unique points the posterior's and the screening's factor is LAPACK's
+    in place (one triangle); values equal the torch factor's."""
+    rng = np.random.default_rng(21)
+    gp = _large_gp(rng, (22, 22, 21), 300, b=2)
+    assert int(gp.n_slots.min()) >= gp.INPLACE_MIN_U
+    mean, var = gp.posterior()
+    got = gp.screened(2.0)
+    ref = BatchGP.__new__(BatchGP)
+    ref.__dict__.update(gp.__dict__)
+    ref.INPLACE_MIN_U = 10 ** 9  # this copy always factors with torch
+    mean_ref, var_ref = ref.posterior()
+    assert torch.allclose(mean, mean_ref, rtol=0, atol=1e-10) and torch.allclose(var, var_ref, rtol=0, atol=1e-10)
+    ev = torch.isfinite(got)
+    assert torch.equal(ev, torch.isfinite(ref.screened(2.0)))
+    assert torch.allclose(got[ev], (mean_ref + 2.0 * var_ref.sqrt())[ev], rtol=0, atol=1e-10)
+
+
 def test_gpbo_queries_the_same_points_with_and_without_screening():
     """A whole run in a 10,000-point space: the screened path (ask and best without a cached
     posterior) makes the same choices as the full posterior, replicate for replicate."""

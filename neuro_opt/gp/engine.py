@@ -633,15 +633,29 @@ class BatchGP:
         return dict(Xu=Xu, mask=mask, cnt=cnt, r=(ybar - prior_u) * mask, ss=ss)
 
     def _chol(self, data, ls, noise, os_):
+        """Cholesky factor of the noisy covariance of the unique slots and the centred responses.
+        Every caller solves with the factor (torch.linalg.solve_triangular reads only the lower
+        triangle): above INPLACE_MIN_U unique points it is LAPACK's in-place factor, whose strict
+        upper triangle still holds the covariance."""
         mask, cnt = data["mask"], data["cnt"]
-        if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
-            bins = data["bin"] if "bin" in data else self._pair_bins(data)
-            K = self._lookup(self._kernel_bins(ls) * os_[:, None], bins)
-        else:
-            Xu = data["Xu"]
-            K = matern52(Xu, Xu, ls)
-            K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
-        K.diagonal(dim1=-2, dim2=-1).add_(mask * (noise * noise)[:, None] / cnt + (1.0 - mask))
+
+        def covariance():
+            if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
+                bins = data["bin"] if "bin" in data else self._pair_bins(data)
+                K = self._lookup(self._kernel_bins(ls) * os_[:, None], bins)
+            else:
+                Xu = data["Xu"]
+                K = matern52(Xu, Xu, ls)
+                K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
+            K.diagonal(dim1=-2, dim2=-1).add_(mask * (noise * noise)[:, None] / cnt + (1.0 - mask))
+            return K
+
+        K = covariance()
+        if mask.shape[1] >= self.INPLACE_MIN_U and not K.requires_grad and K.device.type == "cpu" \
+                and K.dtype == torch.float64 and K.is_contiguous() and lapack.available():
+            if all(lapack.potrf_(K[q]) == 0 for q in range(self.b)):
+                return K, data["r"]
+            K = covariance()  # a factor needs jitter: the torch path below
         info = lambda r: (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "  # noqa: E731
                           f"outputscale={float(os_[r].detach()):.3g}")
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
