@@ -413,8 +413,11 @@ class BatchGP:
         else:
             xi = lat["Xi"][pts]  # b x U x d
             bins = ((xi.unsqueeze(-2) - xi.unsqueeze(-3)).abs() * lat["stride"]).sum(-1)
-        pad = (mask[:, :, None] * mask[:, None, :]) == 0
-        out = torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
+        if bool((mask > 0).all()):  # no padding slot: every pair is real
+            out = bins.contiguous()
+        else:
+            pad = (mask[:, :, None] * mask[:, None, :]) == 0
+            out = torch.where(pad, torch.full_like(bins, lat["n_bins"]), bins)
         self._pair_bins_cache = ((self.n, U), out)
         return out
 
