@@ -695,7 +695,6 @@ class BatchGP:
         kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e  # padding slots: exactly 0 off the diagonal
         if "bin" in data:
             kb_bins = torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
-            flat = data["bin"].reshape(b, -1)
             Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
@@ -704,45 +703,40 @@ class BatchGP:
         Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
+        mll = Wb = None
         if not with_mll and "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
                 and Kn.dtype == torch.float64 and lapack.available():
             Wb, dW = self._lower_triangle_w(data, Kn, rv)
-            if Wb is not None:  # else a factor needs jitter: the path below
-                g_os = 0.5 * (Wb * kb_bins).sum(-1)
-                g_s2 = 0.5 * (dW * data["inv_cnt"]).sum(-1) + dcorr_ds2
-                dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]
-                g_ls = -((Wb[:, :-1] * dk_dr2) @ D2) / (ls * ls * ls)
-                grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1)
-                return None, grad * self._raw_span * (sig * (1 - sig))
-            Kn = self._lookup(kb_bins * os_[:, None], data["bin"])
-            Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
-        info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
-        L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
-        if U <= 64:  # small batched factors: a triangular inverse and one bmm beat LAPACK's potri here
-            Linv = torch.linalg.solve_triangular(L, torch.eye(U, **self.opts).expand(b, U, U), upper=False)
-            Kinv = Linv.mT @ Linv
-        else:
-            Kinv = torch.cholesky_inverse(L)
-        alpha = (Kinv @ rv[..., None])[..., 0]
-        mll = None
-        if with_mll:
-            nu = mask.sum(-1)
-            mll = -0.5 * (rv * alpha).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
-                - 0.5 * nu * math.log(2 * math.pi) \
-                + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
-                - data["ss_sum"] / (2 * s2)
-        W = Kinv.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1, in place
+            if Wb is None:  # a factor needs jitter: the torch path below
+                Kn = self._lookup(kb_bins * os_[:, None], data["bin"])
+                Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+        if Wb is None:
+            info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
+            L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
+            if U <= 64:  # small batched factors: a triangular inverse and one bmm beat LAPACK's potri here
+                Linv = torch.linalg.solve_triangular(L, torch.eye(U, **self.opts).expand(b, U, U), upper=False)
+                Kinv = Linv.mT @ Linv
+            else:
+                Kinv = torch.cholesky_inverse(L)
+            alpha = (Kinv @ rv[..., None])[..., 0]
+            if with_mll:
+                nu = mask.sum(-1)
+                mll = -0.5 * (rv * alpha).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
+                    - 0.5 * nu * math.log(2 * math.pi) \
+                    + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
+                    - data["ss_sum"] / (2 * s2)
+            W = Kinv.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1, in place
+            dW = torch.diagonal(W, dim1=-2, dim2=-1)
+            if "bin" in data:  # sum W over the pairs of each offset bin once; the kernel terms are then per bin
+                Wb = torch.zeros(b, kb_bins.shape[1], **self.opts).scatter_add_(1, data["bin"].reshape(b, -1),
+                                                                              W.reshape(b, -1))
+        g_s2 = 0.5 * (dW * data["inv_cnt"]).sum(-1) + dcorr_ds2
         if "bin" in data:
-            # sum W over the pairs of each offset bin once; the kernel terms are then per bin
-            Wb = torch.zeros(b, kb_bins.shape[1], **self.opts).scatter_add_(1, flat, W.reshape(b, -1))
             g_os = 0.5 * (Wb * kb_bins).sum(-1)
-        else:
-            g_os = 0.5 * (W * kb).sum((-2, -1))
-        g_s2 = 0.5 * (torch.diagonal(W, dim1=-2, dim2=-1) * data["inv_cnt"]).sum(-1) + dcorr_ds2
-        if "bin" in data:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]  # b x bins
             g_ls = -((Wb[:, :-1] * dk_dr2) @ D2) / (ls * ls * ls)
         else:
+            g_os = 0.5 * (W * kb).sum((-2, -1))
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None, None]  # 0 wherever a padding slot is
             g_ls = -torch.einsum("bij,bijd->bd", W * dk_dr2, sqdiff) / (ls * ls * ls)
         grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
