@@ -693,23 +693,29 @@ class BatchGP:
         r = torch.sqrt(torch.clamp(r2, min=1e-30))
         e = torch.exp(-SQRT5 * r)
         kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e  # padding slots: exactly 0 off the diagonal
+        s2 = noise * noise
         if "bin" in data:
             kb_bins = torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
-            Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
-            Kn = os_[:, None, None] * kb
-        s2 = noise * noise
-        Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+
+        def noisy_covariance():
+            if "bin" in data:
+                Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
+            else:
+                Kn = os_[:, None, None] * kb
+            Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+            return Kn
+
+        Kn = noisy_covariance()
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
         mll = Wb = None
         if not with_mll and "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
                 and Kn.dtype == torch.float64 and lapack.available():
             Wb, dW = self._lower_triangle_w(data, Kn, rv)
-            if Wb is None:  # a factor needs jitter: the torch path below
-                Kn = self._lookup(kb_bins * os_[:, None], data["bin"])
-                Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+            if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
+                Kn = noisy_covariance()
         if Wb is None:
             info = lambda q: f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"  # noqa: E731
             L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
@@ -746,6 +752,7 @@ class BatchGP:
     # neuro_opt/gp/lapack.py: same routines, without torch's copies); smaller factors batch better
     # through torch.
     INPLACE_MIN_U = 256
+    DISCARD_BINS = 64  # bins the unused triangle's pairs are spread over (see _lower_triangle_w)
 
     def _lower_triangle_w(self, data, Kn, rv):
         """The refit's ``Wb`` (``alpha alpha^T - Kn^-1`` summed over the pairs of each offset bin,
@@ -753,14 +760,14 @@ class BatchGP:
         factored and inverted in place. ``(None, None)`` when a factor is not positive definite.
 
         Only the lower triangle holds ``Kn^-1``; the strict upper one keeps ``Kn``. Its pairs go to
-        64 discard bins (by column: one shared discard bin would serialize the scatter on one
+        DISCARD_BINS discard bins (by column: one shared discard bin would serialize the scatter on one
         address), and by symmetry every off-diagonal pair of a bin counts twice:
         ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``."""
         b, U = rv.shape
         nb = self.lattice["n_bins"]
         if "bin_lower" not in data:
             upper = torch.ones(U, U, dtype=torch.bool, device=Kn.device).triu_(1)
-            discard = nb + 1 + torch.arange(U, device=Kn.device) % 64
+            discard = nb + 1 + torch.arange(U, device=Kn.device) % self.DISCARD_BINS
             data["bin_lower"] = torch.where(upper, discard.expand(U, U), data["bin"]).reshape(b, -1)
             data["bin_diag"] = torch.diagonal(data["bin"], dim1=-2, dim2=-1).contiguous()
         alpha = rv.clone()
@@ -771,7 +778,7 @@ class BatchGP:
             lapack.potri_(Kn[q])
         W = Kn.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # lower triangle: alpha alpha^T - Kn^-1
         dW = torch.diagonal(W, dim1=-2, dim2=-1)
-        S = torch.zeros(b, nb + 65, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
+        S = torch.zeros(b, nb + 1 + self.DISCARD_BINS, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
         return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
