@@ -128,6 +128,8 @@ def test_tiny_latency_launch(tmp_path):
         assert set(g["params"]) == {"mode", "n_points", "n_dims", "history", "history_from", "device"}
         median, sem = g["metrics"]["ms_per_query"]
         assert median > 0 and sem >= 0
+        steps = g["metrics"]["fit_steps"][0]  # Adam steps of the timed refits: none in fixed-rho
+        assert steps == 0 if g["params"]["mode"] == "fixed_rho" else 0 <= steps <= 10
         anchor = (g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) == (300, 2, 20)
         assert g["n"] == 3 * (3 if anchor else 1)  # the anchor is timed in each of the 3 axis cells
         if g["params"]["history_from"] == "run":  # GP-BO's own queries: repeats collapse

@@ -94,13 +94,13 @@ def test_fixed_incremental_equals_recomputation():
         assert torch.allclose(m1, m2, atol=1e-7) and torch.allclose(v1, v2, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["variable", "fixed"])
-def test_replicate_result_does_not_depend_on_its_batch(mode):
+@pytest.mark.parametrize("mode,fit_tol", [("variable", 0.0), ("variable", 0.05), ("fixed", 0.0)])
+def test_replicate_result_does_not_depend_on_its_batch(mode, fit_tol):
     rng = np.random.default_rng(11)
     pts = rng.integers(0, P, (10, 6))
     ys = rng.random((10, 6))
-    big = BatchGP(X, 6, 12, mode=mode, fit_steps=5)
-    solo = BatchGP(X, 1, 12, mode=mode, fit_steps=5)
+    big = BatchGP(X, 6, 12, mode=mode, fit_steps=5, fit_tol=fit_tol)
+    solo = BatchGP(X, 1, 12, mode=mode, fit_steps=5, fit_tol=fit_tol)
     for t in range(10):
         big.observe(pts[t], ys[t])
         solo.observe(pts[t, 2:3], ys[t, 2:3])
@@ -203,10 +203,16 @@ def test_large_refit_gradient_in_place_equals_the_torch_path():
     assert data["mask"].shape[1] >= gp.INPLACE_MIN_U and int(gp.n_slots.min()) < data["mask"].shape[1]
     raw = torch.cat([gp.raw_ls, gp.raw_noise[:, None], gp.raw_os[:, None]], 1) + torch.tensor(rng.normal(0, 0.3, (3, 5)))
     d_fast = dict(data)
-    _, fast = gp.mll_and_grad(d_fast, raw, with_mll=False)
+    mll_fast, fast = gp.mll_and_grad(d_fast, raw, with_mll=True)
     assert "bin_lower" in d_fast  # the in-place path ran
-    _, ref = gp.mll_and_grad(dict(data), raw, with_mll=True)  # with the value: the torch path
+    gp.INPLACE_MIN_U = 10 ** 9  # this instance only: the torch path
+    d_ref = dict(data)
+    mll_ref, ref = gp.mll_and_grad(d_ref, raw, with_mll=True)
+    assert "bin_lower" not in d_ref
     assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9)
+    val = gp._raw_lo + gp._raw_span * torch.sigmoid(raw)
+    exact = gp._mll(data, val[:, :3], val[:, 3], val[:, 4])
+    assert torch.allclose(mll_fast, exact, rtol=1e-10, atol=1e-8) and torch.allclose(mll_ref, exact, rtol=1e-10, atol=1e-8)
 
 
 def test_engine_flushes_subnormals_only_while_it_runs():
@@ -221,6 +227,30 @@ def test_engine_flushes_subnormals_only_while_it_runs():
     gp.posterior()
     assert float(tiny * 1.0) != 0.0
     assert torch.isfinite(gp.posterior()[0]).all()
+
+
+def test_refit_stops_each_replicate_at_convergence():
+    """fit_tol: a replicate stops once a step moved its MLL by <= fit_tol nats; until then its steps are
+    those of the plain refit, and fit_tol=0 always takes fit_steps steps."""
+    plain = BatchGP(X, 4, 40, mode="variable", fit_steps=10)
+    tiny = BatchGP(X, 4, 40, mode="variable", fit_steps=10, fit_tol=1e-300)  # never met: the same steps
+    tol = BatchGP(X, 4, 40, mode="variable", fit_steps=10, fit_tol=0.05)
+    for gp in (plain, tiny, tol):
+        fill(gp, np.random.default_rng(3), 25)
+    for _ in range(20):
+        for gp in (plain, tiny, tol):
+            gp.fit()
+        assert plain.last_fit_steps.tolist() == [10] * 4 and tiny.last_fit_steps.tolist() == [10] * 4
+        assert torch.equal(plain.lengthscale, tiny.lengthscale) and torch.equal(plain.noise, tiny.noise)
+    assert int(tol.last_fit_steps.max()) < 10  # converged: a warm refit stops after a few steps
+    data = tol._collapsed()
+    before = tol._mll(data, tol.lengthscale, tol.noise, tol.outputscale)
+    tol.fit()
+    after = tol._mll(data, tol.lengthscale, tol.noise, tol.outputscale)
+    one = tol.last_fit_steps == 1  # stopped after one step: that step moved the MLL by <= fit_tol
+    assert bool(one.any()) and torch.all((after - before)[one].abs() <= 0.05)
+    with pytest.raises(ValueError, match="fit_tol"):
+        BatchGP(X, 1, 4, mode="variable", fit_tol=-1.0)
 
 
 def test_refit_increases_the_marginal_likelihood():

@@ -39,6 +39,8 @@ class GPBO(Optimizer):
         prior_fade: the prior's weight falls linearly to zero over this many
             queries (None: never fades).
         fit_steps, lr: hyperparameter refit effort per query (variable-rho).
+        fit_tol: a replicate's refit stops once an Adam step changed its log marginal likelihood
+            by at most this many nats (0: always ``fit_steps`` steps).
         capacity: queries to allocate for (default: the space size, 64 to 256); grows as needed.
     """
 
@@ -49,7 +51,7 @@ class GPBO(Optimizer):
                  noise_min: float = 1e-4, noise_max: float = 0.05, outputscale_min: float = 0.25,
                  outputscale_max: float = 1.0, rho=1.0, noise: float = 0.05, outputscale: float = 1.0,
                  prior_scale: float = 0.75, prior_fade: int | None = None, fit_steps: int = 10,
-                 lr: float = 0.1, capacity: int | None = None, device: str = "cpu"):
+                 lr: float = 0.1, fit_tol: float = 0.0, capacity: int | None = None, device: str = "cpu"):
         super().__init__(space, n_reps, seed, prior)
         if not kappa >= 0:
             raise ValueError(f"kappa must be >= 0, got {kappa!r}")
@@ -65,7 +67,7 @@ class GPBO(Optimizer):
                           rho_bounds=(rho_low, rho_high), noise_bounds=(noise_min, noise_max),
                           outputscale_bounds=(outputscale_min, outputscale_max),
                           lengthscale=rho, noise=noise, outputscale=outputscale, prior_mean=prior_mean, fit_steps=fit_steps, lr=lr,
-                          device=device)
+                          fit_tol=fit_tol, device=device)
         self._mean = self._var = None
 
     @property

@@ -146,14 +146,19 @@ class BatchGP:
             output scale (fixed mode).
         prior_mean: optional ``P`` or ``b x P`` prior mean on the normalized scale.
         fit_steps, lr: Adam steps and learning rate per refit (variable mode).
+        fit_tol: a replicate's refit stops early (its parameters stay where they are) once one
+            Adam step changed its log marginal likelihood by at most this many nats; 0 = always
+            ``fit_steps`` steps. (BoTorch's ExpMAStoppingCriterion needs 11 values before it can stop
+            and stops a batch only as a whole; here each replicate stops on its own, so its result
+            never depends on the others in its batch.)
         max_jitter: Cholesky jitter bound.
     """
 
     def __init__(self, X, n_reps: int, capacity: int, mode: str = "variable",
                  rho_bounds=(0.02, 5.0), noise_bounds=(1e-4, 0.05), outputscale_bounds=(0.25, 1.0),
                  lengthscale=1.0, noise=0.05, outputscale=1.0,
-                 prior_mean=None, fit_steps: int = 10, lr: float = 0.1, max_jitter: float = 1e-6,
-                 dtype=torch.float64, device="cpu"):
+                 prior_mean=None, fit_steps: int = 10, lr: float = 0.1, fit_tol: float = 0.0,
+                 max_jitter: float = 1e-6, dtype=torch.float64, device="cpu"):
         if mode not in ("variable", "fixed"):
             raise ValueError(f"GP mode must be 'variable' or 'fixed', got {mode!r}")
         self.mode = mode
@@ -162,7 +167,10 @@ class BatchGP:
         P, d = self.X.shape
         self.b, self.P, self.d, self.capacity = int(n_reps), P, d, int(capacity)
         self.max_jitter = max_jitter
-        self.fit_steps, self.lr = int(fit_steps), float(lr)
+        self.fit_steps, self.lr, self.fit_tol = int(fit_steps), float(lr), float(fit_tol)
+        if not self.fit_tol >= 0:
+            raise ValueError(f"fit_tol must be >= 0 (nats of log marginal likelihood), got {fit_tol!r}")
+        self.last_fit_steps = torch.zeros(self.b, dtype=torch.long)  # Adam steps each replicate took in the last refit
         self.prior = None
         if prior_mean is not None:
             pm = torch.as_tensor(np.asarray(prior_mean, dtype=np.float64), **self.opts)
@@ -284,11 +292,24 @@ class BatchGP:
         m = torch.zeros_like(raw)
         v = torch.zeros_like(raw)
         b1, b2, eps = 0.9, 0.999, 1e-8
+        tol = self.fit_tol
+        active = torch.ones(self.b, dtype=torch.bool, device=raw.device)  # replicates still moving
+        steps = torch.zeros(self.b, dtype=torch.long)
+        prev = None
         for k in range(1, self.fit_steps + 1):
-            _, g = self.mll_and_grad(data, raw, with_mll=False)
+            mll, g = self.mll_and_grad(data, raw, with_mll=tol > 0)
+            if tol > 0:
+                if prev is not None:  # the last step moved this replicate's MLL by <= tol: it stays put
+                    active &= (mll - prev).abs() > tol
+                    if not bool(active.any()):
+                        break
+                prev = mll
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
-            raw = raw + self.lr * (m / (1 - b1 ** k)) / (torch.sqrt(v / (1 - b2 ** k)) + eps)
+            step = self.lr * (m / (1 - b1 ** k)) / (torch.sqrt(v / (1 - b2 ** k)) + eps)
+            raw = raw + step * active[:, None] if tol > 0 else raw + step
+            steps += active.cpu()
+        self.last_fit_steps = steps
         self.raw_ls, self.raw_noise, self.raw_os = raw[:, :d].clone(), raw[:, d].clone(), raw[:, d + 1].clone()
 
     @_flush_denormals
@@ -710,10 +731,10 @@ class BatchGP:
         Kn = noisy_covariance()
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
-        mll = Wb = None
-        if not with_mll and "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
+        Wb = None
+        if "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
                 and Kn.dtype == torch.float64 and lapack.available():
-            Wb, dW = self._lower_triangle_w(data, Kn, rv)
+            Wb, dW, alpha, half_logdet = self._lower_triangle_w(data, Kn, rv)
             if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
                 Kn = noisy_covariance()
         if Wb is None:
@@ -725,12 +746,7 @@ class BatchGP:
             else:
                 Kinv = torch.cholesky_inverse(L)
             alpha = (Kinv @ rv[..., None])[..., 0]
-            if with_mll:
-                nu = mask.sum(-1)
-                mll = -0.5 * (rv * alpha).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
-                    - 0.5 * nu * math.log(2 * math.pi) \
-                    + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
-                    - data["ss_sum"] / (2 * s2)
+            half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) if with_mll else None
             W = Kinv.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1, in place
             dW = torch.diagonal(W, dim1=-2, dim2=-1)
             if "bin" in data:  # sum W over the pairs of each offset bin once; the kernel terms are then per bin
@@ -746,6 +762,11 @@ class BatchGP:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None, None]  # 0 wherever a padding slot is
             g_ls = -torch.einsum("bij,bijd->bd", W * dk_dr2, sqdiff) / (ls * ls * ls)
         grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
+        mll = None
+        if with_mll:  # the same value as _mll, from the factor's log-determinant and alpha = Kn^-1 r
+            mll = -0.5 * (rv * alpha).sum(-1) - half_logdet - 0.5 * mask.sum(-1) * math.log(2 * math.pi) \
+                + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
+                - data["ss_sum"] / (2 * s2)
         return mll, grad
 
     # Unique points from which the refit's gradient factors ``Kn`` in place with LAPACK (see
@@ -762,7 +783,8 @@ class BatchGP:
         Only the lower triangle holds ``Kn^-1``; the strict upper one keeps ``Kn``. Its pairs go to
         DISCARD_BINS discard bins (by column: one shared discard bin would serialize the scatter on one
         address), and by symmetry every off-diagonal pair of a bin counts twice:
-        ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``."""
+        ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``. Also returns ``alpha = Kn^-1 r`` and the
+        sum of the log of the factor's diagonal (half the log-determinant), for the MLL's value."""
         b, U = rv.shape
         nb = self.lattice["n_bins"]
         if "bin_lower" not in data:
@@ -771,15 +793,17 @@ class BatchGP:
             data["bin_lower"] = torch.where(upper, discard.expand(U, U), data["bin"]).reshape(b, -1)
             data["bin_diag"] = torch.diagonal(data["bin"], dim1=-2, dim2=-1).contiguous()
         alpha = rv.clone()
+        half_logdet = torch.empty(b, **self.opts)
         for q in range(b):
             if lapack.potrf_(Kn[q]) != 0:
-                return None, None
+                return None, None, None, None
+            half_logdet[q] = torch.log(torch.diagonal(Kn[q])).sum()
             lapack.potrs_(Kn[q], alpha[q])  # Kn^-1 r
             lapack.potri_(Kn[q])
         W = Kn.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # lower triangle: alpha alpha^T - Kn^-1
         dW = torch.diagonal(W, dim1=-2, dim2=-1)
         S = torch.zeros(b, nb + 1 + self.DISCARD_BINS, **self.opts).scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
-        return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW
+        return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW, alpha, half_logdet
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
         """Exact log marginal likelihood of all observations (not just the means), ``b``."""

@@ -44,7 +44,7 @@ ENGINES = ("batched", "botorch_reference")
 # GP-BO hyperparameters the reference loop takes (the rest are the engine's own knobs)
 REFERENCE_KEYS = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max",
                   "outputscale_min", "outputscale_max")
-ENGINE_ONLY_KEYS = ("name", "mode", "fit_steps", "lr", "capacity", "device")
+ENGINE_ONLY_KEYS = ("name", "mode", "fit_steps", "lr", "fit_tol", "capacity", "device")
 
 
 def reference_hyperparameters(alg: dict) -> dict:
