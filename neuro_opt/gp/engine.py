@@ -307,7 +307,7 @@ class BatchGP:
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             step = self.lr * (m / (1 - b1 ** k)) / (torch.sqrt(v / (1 - b2 ** k)) + eps)
-            raw = raw + step * active[:, None] if tol > 0 else raw + step
+            raw = torch.where(active[:, None], raw + step, raw)
             steps += active.cpu()
         self.last_fit_steps = steps
         self.raw_ls, self.raw_noise, self.raw_os = raw[:, :d].clone(), raw[:, d].clone(), raw[:, d + 1].clone()

@@ -144,7 +144,7 @@ def time_queries(algorithm: dict, n_points: int, n_dims: int, history: int, devi
             gp.observe(np.array([x]), np.array([y]))
         opt.t = history  # the optimizer is past its random start: every query below uses the model
         gp.fit()
-        if getattr(gp, "fit_tol", 0) > 0:
+        if gp.mode == "variable" and gp.fit_tol > 0:
             # a refit that stops at convergence costs what the state of its hyperparameters makes it
             # cost: bring them where `history` earlier refits would have (a refit that stops early),
             # not one refit away from the initial values
