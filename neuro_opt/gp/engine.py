@@ -675,8 +675,7 @@ class BatchGP:
             return K
 
         K = covariance()
-        if mask.shape[1] >= self.INPLACE_MIN_U and not K.requires_grad and K.device.type == "cpu" \
-                and K.dtype == torch.float64 and K.is_contiguous() and lapack.available():
+        if self._in_place(K):
             if all(lapack.potrf_(K[q]) == 0 for q in range(self.b)):
                 return K, data["r"]
             K = covariance()  # a factor needs jitter: the torch path below
@@ -732,8 +731,7 @@ class BatchGP:
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
         Wb = None
-        if "bin" in data and U >= self.INPLACE_MIN_U and Kn.device.type == "cpu" \
-                and Kn.dtype == torch.float64 and lapack.available():
+        if "bin" in data and self._in_place(Kn):
             Wb, dW, alpha, half_logdet = self._lower_triangle_w(data, Kn, rv)
             if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
                 Kn = noisy_covariance()
@@ -762,17 +760,18 @@ class BatchGP:
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None, None]  # 0 wherever a padding slot is
             g_ls = -torch.einsum("bij,bijd->bd", W * dk_dr2, sqdiff) / (ls * ls * ls)
         grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
-        mll = None
-        if with_mll:  # the same value as _mll, from the factor's log-determinant and alpha = Kn^-1 r
-            mll = -0.5 * (rv * alpha).sum(-1) - half_logdet - 0.5 * mask.sum(-1) * math.log(2 * math.pi) \
-                + (mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))).sum(-1) \
-                - data["ss_sum"] / (2 * s2)
+        mll = self._mll_value(data, (rv * alpha).sum(-1), half_logdet, s2) if with_mll else None
         return mll, grad
 
     # Unique points from which the refit's gradient factors ``Kn`` in place with LAPACK (see
     # neuro_opt/gp/lapack.py: same routines, without torch's copies); smaller factors batch better
     # through torch.
     INPLACE_MIN_U = 256
+
+    def _in_place(self, K: torch.Tensor) -> bool:
+        """Whether the ``b x U x U`` covariance ``K`` is factored in place with LAPACK."""
+        return K.shape[-1] >= self.INPLACE_MIN_U and not K.requires_grad and K.device.type == "cpu" \
+            and K.dtype == torch.float64 and K.is_contiguous() and lapack.available()
     DISCARD_BINS = 64  # bins the unused triangle's pairs are spread over (see _lower_triangle_w)
 
     def _lower_triangle_w(self, data, Kn, rv):
@@ -809,14 +808,18 @@ class BatchGP:
         """Exact log marginal likelihood of all observations (not just the means), ``b``."""
         L, r = self._chol(data, ls, noise, os_)
         a = torch.linalg.solve_triangular(L, r[..., None], upper=False)[..., 0]
+        return self._mll_value(data, (a * a).sum(-1), torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1),
+                               noise * noise)
+
+    @staticmethod
+    def _mll_value(data, quad, half_logdet, s2) -> torch.Tensor:
+        """The log marginal likelihood (``b``) from ``r^T Kn^-1 r`` (``quad``), half the log-determinant
+        of ``Kn`` and the noise variance ``s2``: the Gaussian of the point means, plus the within-point
+        scatter of repeated queries (p(y_1..y_c | f) = N(ybar | f, s2/c) x the scatter factor)."""
         mask, cnt = data["mask"], data["cnt"]
-        nu = mask.sum(-1)
-        mll = -0.5 * (a * a).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
-            - 0.5 * nu * math.log(2 * math.pi)
-        # within-point scatter of repeated queries: p(y_1..y_c | f) = N(ybar | f, s2/c) * this factor
-        s2 = (noise * noise)[:, None]
-        corr = mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2) - 0.5 * torch.log(cnt)) - data["ss"] / (2 * s2)
-        return mll + corr.sum(-1)
+        corr = mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))
+        return -0.5 * quad - half_logdet - 0.5 * mask.sum(-1) * math.log(2 * math.pi) + corr.sum(-1) \
+            - data["ss"].sum(-1) / (2 * s2)
 
     def _append_fixed(self, pts, yy):
         n, b = self.n, self.b
