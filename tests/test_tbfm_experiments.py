@@ -47,6 +47,10 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
             assert p["n_seeds"] == [2, 2] and p["spread_sd"] >= 0
             assert abs(p["gap"] - (means[p["better"]] - means[p["worse"]])) < 1e-9
             assert p["holds"] == (p["gap"] > p["spread_sd"])
+            q = p["paired"]  # both models ran on both seeds' sessions: the mean paired gap is the gap of the means
+            assert q["n"] == 2 and len(q["gaps"]) == 2 and abs(q["mean"] - p["gap"]) < 1e-9
+            assert q["n_better"] == sum(x > 0 for x in q["gaps"])
+            assert q["holds"] == (q["mean"] > q["sd"] and q["n_better"] == 2)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     children = client.search_runs([client.get_experiment_by_name(exp).experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")

@@ -10,7 +10,10 @@ the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e
 ``orderings`` block: for each adjacent pair A > B of a chain, on the first of ``report.metrics``,
 the gap of the means over the replicates (seeds) and each model's spread over them (sample
 standard deviation and range); the pair holds when the gap exceeds the larger standard deviation,
-and ``holds_by_range`` when it also exceeds the larger range.
+and ``holds_by_range`` when it also exceeds the larger range. Each pair also carries ``paired``: the
+per-seed gaps A - B (rows paired by their ``seed`` column: a seed's models share one simulated
+session), their mean and standard deviation; it holds when A > B on every seed and the mean gap
+exceeds the gaps' standard deviation.
 """
 
 from __future__ import annotations
@@ -124,9 +127,13 @@ def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[lis
     metric, label = wanted[0], by[0]
     others = [c for c in cols if c != label]
     per: dict = {}
+    by_seed: dict = {}  # the same rows keyed by session seed, for the paired comparison
     for r in rows:
         if r.get(metric) is not None:
-            per.setdefault(tuple(r[c] for c in others), {}).setdefault(r[label], []).append(float(r[metric]))
+            key = tuple(r[c] for c in others)
+            per.setdefault(key, {}).setdefault(r[label], []).append(float(r[metric]))
+            if r.get("seed") is not None:
+                by_seed.setdefault(key, {}).setdefault(r[label], {})[int(r["seed"])] = float(r[metric])
     blocks = []
     for combo, models in sorted(per.items(), key=lambda kv: str(kv[0])):
         pairs = []
@@ -139,11 +146,24 @@ def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[lis
                 rng = max(float(np.ptp(va)), float(np.ptp(vb)))
                 gap = float(va.mean() - vb.mean())
                 pairs.append({"better": a, "worse": b, "gap": gap, "spread_sd": sd, "spread_range": rng,
-                              "n_seeds": [int(va.size), int(vb.size)], "holds": gap > sd, "holds_by_range": gap > rng})
+                              "n_seeds": [int(va.size), int(vb.size)], "holds": gap > sd, "holds_by_range": gap > rng,
+                              "paired": _paired(by_seed.get(combo, {}).get(a, {}), by_seed.get(combo, {}).get(b, {}))})
         blocks.append({**dict(zip(others, combo)), "metric": metric, "pairs": pairs,
                        "holds": all(p["holds"] for p in pairs)})
-    return {"rule": "mean(A) - mean(B) > max(sd_A, sd_B) over the seeds (holds_by_range: > max(range_A, range_B))",
+    return {"rule": "mean(A) - mean(B) > max(sd_A, sd_B) over the seeds (holds_by_range: > max(range_A, range_B)); "
+                    "paired: A - B on each seed's session, holds when mean(A - B) > sd(A - B) and A > B on every seed",
             "blocks": blocks, "holds": all(b["holds"] for b in blocks)}
+
+
+def _paired(a: dict, b: dict) -> dict:
+    """A - B on the sessions (seeds) both models ran on: the models share each seed's simulated session, so
+    the session-to-session spread, which the unpaired rule counts against the gap, cancels here."""
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds])
+    sd = float(np.std(d, ddof=1)) if d.size > 1 else float("nan")
+    mean = float(d.mean()) if d.size else float("nan")
+    return {"n": int(d.size), "gaps": [float(x) for x in d], "mean": mean, "sd": sd,
+            "n_better": int((d > 0).sum()), "holds": bool(d.size > 1 and mean > sd and (d > 0).all())}
 
 
 _EXTRA = {
