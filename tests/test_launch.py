@@ -68,6 +68,20 @@ def test_tiny_noise_sweep_writes_parquet_mlflow_and_summary(tiny_run):
     ext0 = [v for a, n, v in zip(last["algorithm"].to_pylist(), last["noise"].to_pylist(),
                                  last["exploitation"].to_pylist()) if a == "extensive" and n == 0.0]
     assert groups[("extensive", 0.0)]["metrics"]["exploitation_final"][0] == pytest.approx(sum(ext0) / len(ext0))
+    # the findings restate the groups: GP-BO vs extensive exploitation up to 50 % noise, exploration vs noise
+    exploit, explore = summary["findings"]
+    rows = exploit["numbers"]["levels"]
+    assert [r["noise"] for r in rows] == [0.0, 0.5]
+    for r in rows:
+        assert r["points"] == pytest.approx(100 * (groups[("gpbo", r["noise"])]["metrics"]["exploitation_final"][0]
+                                                   - groups[("extensive", r["noise"])]["metrics"]["exploitation_final"][0]))
+    assert exploit["holds"] == all(r["points"] > 0 for r in rows)
+    trends = explore["numbers"]["algorithms"]
+    assert set(trends) == {"gpbo", "extensive", "greedy"}
+    for alg, t in trends.items():
+        lo, hi = (groups[(alg, n)]["metrics"]["exploration_final"][0] for n in (0.0, 0.5))
+        assert t["steps"][0]["change"] == pytest.approx(hi - lo) and t["falls"] == (hi <= lo)
+    assert explore["holds"] == all(t["falls"] for t in trends.values())
     assert (run_dir / "figures" / "curves.png").stat().st_size > 10_000
     assert (run_dir / "figures" / "final_vs_noise.png").stat().st_size > 10_000
 
