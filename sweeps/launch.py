@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeps import grid, kinds
 from sweeps.schema import ConfigError
-from sweeps.store import ResultStore, coord_columns
+from sweeps.store import ResultStore, coord_columns, write_summary
 from sweeps.tracking import Tracker
 
 
@@ -180,7 +180,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     summary.update(report)
     summary["n_cells"], summary["failed_cells"] = len(cells), len(failures)
     path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, default=_json_default))
+    write_summary(path, summary)
     tracker.metrics(parent, {"wall_s": summary["wall_s"], "failed_cells": len(failures)})
     tracker.log_run_folder(parent, run_dir, path)
     tracker.end(parent, "FAILED" if failures else "FINISHED")
@@ -201,13 +201,6 @@ def _loggable(cfg: DictConfig) -> dict:
 def _short(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return text[-2000:]
-
-
-def _json_default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serializable: {type(o)}")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -8,13 +8,13 @@ config from Hydra, every query logged to MLflow as it is journaled, and
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from sweeps.schema import ConfigError
+from sweeps.store import write_summary
 from sweeps.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
                            "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
                "session": session}
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, default=str))
+    write_summary(path, summary, default=str)
     tracker.artifacts(parent, path)
     tracker.end(parent, "FINISHED")
     print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))

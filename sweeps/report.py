@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from sweeps import grid, kinds
 from sweeps.schema import ConfigError
-from sweeps.store import ResultStore
+from sweeps.store import ResultStore, write_summary
 
 USAGE = "usage: python -m sweeps.report run=<run folder or MLflow run id> [tracking.uri=sqlite:///mlflow.db]"
 
@@ -95,8 +95,7 @@ def remake(run_dir: Path) -> Path:
     summary = json.loads(path.read_text()) if path.is_file() else {"experiment": cfg.experiment,
                                                                      "run_dir": str(run_dir)}
     summary.update(report)
-    from sweeps.launch import _json_default
-    path.write_text(json.dumps(summary, indent=1, default=_json_default))
+    write_summary(path, summary)
     return path
 
 

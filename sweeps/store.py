@@ -7,6 +7,7 @@ sweep leaves only whole cells behind and ``resume=`` skips exactly those.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -55,3 +56,26 @@ def coord_columns(table: pa.Table, cell_key: str, coords: dict) -> pa.Table:
             arr = pa.array([json.dumps(v, sort_keys=True)] * n, pa.string())
         table = table.append_column(name, arr)
     return table
+
+
+def _strict(o):
+    """``o`` with numpy scalars and arrays as plain Python and every non-finite float as None."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if hasattr(o, "tolist") and type(o).__module__ == "numpy":  # numpy scalar or array
+        return _strict(o.tolist())
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def write_summary(path: str | Path, summary: dict, default=None) -> Path:
+    """Write ``summary.json`` as strict JSON: a NaN or infinite number (a metric a run could not
+    compute, such as queries to reach a benchmark that was never reached) becomes null, which every
+    JSON reader accepts (``json.dumps`` would write the non-standard ``NaN``). ``default`` converts
+    other objects (e.g. ``str``); without it they raise ``TypeError``."""
+    path = Path(path)
+    path.write_text(json.dumps(_strict(summary), indent=1, allow_nan=False, default=default))
+    return path

@@ -47,7 +47,7 @@ def test_tiny_noise_sweep_writes_parquet_mlflow_and_summary(tiny_run):
     assert summary_path.name == "summary.json" and summary_path.is_file()
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(), parse_constant=lambda c: pytest.fail(f"summary.json has {c}"))
     run_dir = Path(summary["run_dir"])
     # 3 algorithms x 2 noise levels x 2 muscles = 12 cells, each 2 reps x 12 queries
     table = results(run_dir)

@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from sweeps.schema import ConfigError
+from sweeps.store import write_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 HP_NAMES = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")
@@ -707,7 +708,7 @@ def finish(cfg, setup: Setup, run_dir: Path, t0: float, tracker, parent: str, su
     summary = {"experiment": cfg.experiment, "run_dir": str(run_dir), "mlflow_run_id": parent,
                "wall_s": round(time.time() - t0, 2), **summary}
     path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, default=_json_default))
+    write_summary(path, summary)
     tracker.metrics(parent, {"wall_s": summary["wall_s"]})
     tracker.log_run_folder(parent, run_dir, path)
     tracker.end(parent, "FINISHED")
