@@ -58,14 +58,14 @@ def _trend(ctx, algorithm: str, levels: list[float]) -> dict:
         se = float(np.hypot(sems[i], sems[i - 1]))
         steps.append({"from": levels[i - 1], "to": levels[i], "change": change,
                       "change_in_sem": change / se if se > 0 else None})
-    rho, p_two = spearman(levels, means)
-    p = one_sided(rho, p_two, -1)
+    rho, p_two = spearman(levels, means)  # nan when undefined: summary.json writes it as null
     first = next((i for i, n in enumerate(levels) if n > 0), len(levels))
     return {"exploration_final": [float(m) for m in means], "sem": [float(s) for s in sems], "steps": steps,
             "falls": all(s["change"] <= 0 for s in steps),
             "falls_from_first_nonzero_level": all(s["change"] <= 0 for s in steps[first:]),
-            "no_rise_beyond_2_sem": all(s["change"] <= 0 or (s["change_in_sem"] or np.inf) <= RISE_SEM for s in steps),
-            "spearman_rho": rho if np.isfinite(rho) else None, "p_falling": p if np.isfinite(p) else None}
+            "no_rise_beyond_2_sem": all(s["change"] <= 0 or (s["change_in_sem"] is not None
+                                                             and s["change_in_sem"] <= RISE_SEM) for s in steps),
+            "spearman_rho": rho, "p_falling": one_sided(rho, p_two, -1)}
 
 
 def analyze(ctx) -> dict:

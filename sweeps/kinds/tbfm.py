@@ -160,7 +160,7 @@ def _paired(a: dict, b: dict) -> dict:
     the session-to-session spread, which the unpaired rule counts against the gap, cancels here."""
     seeds = sorted(set(a) & set(b))
     d = np.array([a[s] - b[s] for s in seeds])
-    sd = float(np.std(d, ddof=1)) if d.size > 1 else None  # None, not NaN: summary.json stays strict JSON
+    sd = float(np.std(d, ddof=1)) if d.size > 1 else None  # undefined for fewer than two seeds
     mean = float(d.mean()) if d.size else None
     return {"n": int(d.size), "gaps": [float(x) for x in d], "mean": mean, "sd": sd,
             "n_better": int((d > 0).sum()), "holds": bool(sd is not None and mean > sd and (d > 0).all())}
