@@ -3,7 +3,8 @@
 A cell is a plain, hashable description of one unit of work: its grid
 coordinates (``coords``, the columns it adds to every result row) and the
 fully resolved config it runs with (``payload``). Its key is a stable hash of
-the payload; its random stream derives from (global seed, key).
+the payload; its random stream derives from (global seed, key) (the TBFM kind narrows
+this to the cell's simulated session, see ``sweeps.kinds.tbfm``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -33,6 +34,9 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     assert groups and all(metric in g["metrics"] for g in groups)
     if n_groups is not None:
         assert len(groups) == n_groups
+    if exp == "tbfm_sample_efficiency":  # both training-set sizes of rep 0 ran on one session (one seed)
+        rows = pq.read_table(Path(summary["run_dir"]) / "results").to_pylist()
+        assert {r["n_train"] for r in rows} == {100, 200} and len({r["seed"] for r in rows}) == 1
     if exp == "tbfm_latency":
         assert {g["params"]["compiled"] for g in groups} == {True, False}
         assert all(g["metrics"]["us_per_forecast"][0] > 0 for g in groups)
@@ -63,3 +67,21 @@ def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
     assert proc.returncode != 0
     assert "report.order" in proc.stderr and "gru" in proc.stderr
     assert not list(tmp_path.glob("**/*.parquet"))
+
+
+def test_a_cells_seed_follows_its_session_not_its_training_settings():
+    from sweeps.kinds.tbfm import session_seed
+
+    def seed(global_seed=0, **params):
+        return session_seed({"seed": global_seed, "params": {"cell": "compare", "rep": 0, **params}})
+
+    base = seed(n_channels=32, n_session=3000)
+    # training settings leave the session (and the models' initial weights) alone
+    assert seed(n_channels=32, n_session=3000, n_train=500, max_seconds=5, models=["tbfm"]) == base
+    assert session_seed({"seed": 0, "params": {"cell": "fsam", "rep": 0, "n_channels": 32, "n_session": 3000,
+                                               "max_bases": 3}}) == base
+    # the replicate, the global seed and what the simulator makes give another session
+    others = {seed(n_channels=32, n_session=3000, rep=1), seed(1, n_channels=32, n_session=3000),
+              seed(n_channels=16, n_session=3000), seed(n_channels=32, n_session=3500),
+              seed(n_channels=32, n_session=3000, sim={"drift": 0.0})}
+    assert base not in others and len(others) == 5

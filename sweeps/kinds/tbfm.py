@@ -1,7 +1,11 @@
 """TBFM experiments: each cell calls ``neuro_opt.tbfm.cells.run_<params.cell>(params, seed)``.
 
 Grid keys are ``params.X`` (crossed into cells); ``params.rep`` numbers independent
-replicates (a different seed each, pooled in the summary). Every row also carries its cell's
+replicates (a different seed each, pooled in the summary). A cell's seed derives from the global
+``seed``, ``params.rep`` and the parameters that define the simulated session (``SESSION_KEYS``),
+not from the whole cell: replicate ``rep`` is the same session, and its models start from the same
+initial weights, whatever the training settings (``n_train``, ``models``, ``max_seconds``, ...) and
+in every experiment, so results across settings are paired session by session. Every row also carries its cell's
 ``cell_wall_s`` and ``cell_cpu_s`` (CPU seconds of the worker process). The summary groups rows by
 the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e.g.
 ``model``), and reports each column of ``report.metrics`` as ``[mean, sem]``.
@@ -30,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 
 from neuro_opt import metrics as M  # noqa: E402
 from neuro_opt.tbfm import cells  # noqa: E402
+from sweeps.grid import stable_hash  # noqa: E402
 from sweeps.schema import ConfigError  # noqa: E402
 
 CELLS = {name[len("run_"):]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
@@ -66,7 +71,9 @@ class TBFMKind:
         p = dict(payload["params"])
         fn = CELLS[p.pop("cell")]
         rep = p.pop("rep", 0)
-        seed = int(seed_sequence.generate_state(1)[0] % (2**31 - 1))
+        # the launcher's seed_sequence hashes the whole cell; a TBFM cell's seed hashes only what defines its
+        # session, so every training setting of one replicate sees the same session (see the module docstring)
+        seed = session_seed(payload)
         t0, c0 = time.perf_counter(), time.process_time()
         table = fn(p, seed)
         # the whole cell's wall and CPU time (CPU: this worker process), repeated on each of its rows
@@ -164,6 +171,20 @@ def _paired(a: dict, b: dict) -> dict:
     mean = float(d.mean()) if d.size else None
     return {"n": int(d.size), "gaps": [float(x) for x in d], "mean": mean, "sd": sd,
             "n_better": int((d > 0).sum()), "holds": bool(sd is not None and mean > sd and (d > 0).all())}
+
+
+#: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed).
+SESSION_KEYS = ("n_channels", "n_session", "ipi_ms", "sim")
+
+
+def session_seed(payload: dict) -> int:
+    """The 31-bit seed of a TBFM cell: global seed, ``rep`` and the session's resolved parameters."""
+    p = dict(payload["params"])
+    name, rep = p.pop("cell"), p.pop("rep", 0)
+    resolved = cells._params(p, _EXTRA.get(name, {}))
+    spec = {"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}}
+    ss = np.random.SeedSequence([int(payload["seed"]), int(stable_hash(spec)[:15], 16)])
+    return int(ss.generate_state(1)[0] % (2**31 - 1))
 
 
 _EXTRA = {
