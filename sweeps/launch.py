@@ -108,6 +108,9 @@ def build_cells(cfg: DictConfig, overrides: list[str]):
     if len(set(keys)) != len(keys):
         raise ConfigError("two grid points give identical cells; check grid for values that do not change anything")
     kind.validate(cfg, cells)
+    if cfg.report.analysis:  # an unknown analysis stops the launch before any work, not at the report
+        from sweeps import analyses
+        analyses.load(cfg.report.analysis)
     return kind, cells
 
 

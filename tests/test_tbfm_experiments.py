@@ -37,6 +37,13 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     if exp == "tbfm_sample_efficiency":  # both training-set sizes of rep 0 ran on one session (one seed)
         rows = pq.read_table(Path(summary["run_dir"]) / "results").to_pylist()
         assert {r["n_train"] for r in rows} == {100, 200} and len({r["seed"] for r in rows}) == 1
+        timing, state, curve = summary["findings"]
+        # 200 trials of 6 channels cannot decide the 5k-trial training target, and says so
+        assert timing["holds"] is None and "5000" in timing["numbers"]["reason"]
+        r2 = {(r["model"], r["n_train"]): r["test_r2"] for r in rows}
+        assert state["holds"] == all(r2["tbfm", n] > r2["tbfm_sham", n] for n in (100, 200))
+        assert curve["holds"] == (r2["tbfm", 200] > r2["tbfm", 100])
+        assert curve["numbers"]["plateau_n_train"] in (100, 200)
     if exp == "tbfm_latency":
         assert {g["params"]["compiled"] for g in groups} == {True, False}
         assert all(g["metrics"]["us_per_forecast"][0] > 0 for g in groups)
@@ -66,6 +73,14 @@ def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
     assert proc.returncode != 0
     assert "report.order" in proc.stderr and "gru" in proc.stderr
+    assert not list(tmp_path.glob("**/*.parquet"))
+
+
+def test_an_unknown_analysis_stops_the_launch_before_any_work(tmp_path):
+    proc = launch(tmp_path, "+exp=tbfm_sample_efficiency", "progress=false", "report.analysis=tbfm_nonesuch",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode != 0
+    assert "report.analysis" in proc.stderr and "tbfm_sample_efficiency" in proc.stderr  # names the known ones
     assert not list(tmp_path.glob("**/*.parquet"))
 
 

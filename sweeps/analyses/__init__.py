@@ -1,7 +1,7 @@
 """Per-experiment analyses: the published figure and the ``findings`` of an experiment.
 
 An experiment opts in with ``report.analysis: NAME``; after the generic report
-(groups, comparisons, curves) the optimization kind calls
+(groups, comparisons, curves) the optimization and TBFM kinds call
 ``sweeps.analyses.NAME.analyze(ctx)``, which draws the paper's panel into
 ``ctx.figures`` and returns extra summary entries, always with ``findings``:
 one dict per published qualitative finding::
@@ -69,13 +69,16 @@ def finding(text: str, published: str, holds, **numbers) -> dict:
             "numbers": clean}
 
 
+def load(name: str):
+    """The analysis module ``sweeps.analyses.<name>``; a ConfigError naming the known ones if there is none."""
+    known = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    if name not in known:
+        raise ConfigError(f"report.analysis={name!r}: no sweeps/analyses/{name}.py; known: {', '.join(known)}")
+    return importlib.import_module(f"sweeps.analyses.{name}")
+
+
 def run(name: str, ctx: Context) -> dict:
-    try:
-        module = importlib.import_module(f"sweeps.analyses.{name}")
-    except ModuleNotFoundError:
-        known = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__")
-        raise ConfigError(f"report.analysis={name!r}: no sweeps/analyses/{name}.py; known: {', '.join(known)}") from None
-    out = module.analyze(ctx)
+    out = load(name).analyze(ctx)
     if "findings" not in out:
         raise RuntimeError(f"analysis {name} returned no findings")
     return out

@@ -121,6 +121,10 @@ class TBFMKind:
         out = {"groups": groups}
         if cfg.report.order:
             out["orderings"] = orderings(rows, cols, by, [list(c) for c in cfg.report.order], wanted)
+        if cfg.report.analysis:  # the experiment's own findings (sweeps/analyses/<name>.py)
+            from sweeps import analyses
+            out.update(analyses.run(cfg.report.analysis, analyses.Context(
+                cfg=cfg, table=table, figures=figs, groups=groups, comparisons=[], kind=self)))
         return out
 
 
