@@ -5,10 +5,13 @@ replicates (a different seed each, pooled in the summary). A cell's seed derives
 ``seed``, ``params.rep`` and the parameters that define the simulated session (``SESSION_KEYS``),
 not from the whole cell: replicate ``rep`` is the same session, and its models start from the same
 initial weights, whatever the training settings (``n_train``, ``models``, ``max_seconds``, ...) and
-in every experiment, so results across settings are paired session by session. Every row also carries its cell's
-``cell_wall_s`` and ``cell_cpu_s`` (CPU seconds of the worker process). The summary groups rows by
-the grid keys (minus ``report.pool``) and the result columns in ``report.by`` (e.g.
-``model``), and reports each column of ``report.metrics`` as ``[mean, sem]``.
+in every experiment with the same session parameters, so results across settings are paired
+session by session.
+
+Every row also carries its cell's ``cell_wall_s`` and ``cell_cpu_s`` (CPU seconds of the worker
+process). The summary groups rows by the grid keys (minus ``report.pool``) and the result columns
+in ``report.by`` (e.g. ``model``), and reports each column of ``report.metrics`` as
+``[mean, sem]``; ``report.analysis`` adds the experiment's ``findings`` (``sweeps/analyses/``).
 
 ``report.order`` (chains of ``report.by`` values, e.g. ``[[tbfm, ae_lstm, lssm]]``) adds an
 ``orderings`` block: for each adjacent pair A > B of a chain, on the first of ``report.metrics``,
