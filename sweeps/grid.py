@@ -3,8 +3,9 @@
 A cell is a plain, hashable description of one unit of work: its grid
 coordinates (``coords``, the columns it adds to every result row) and the
 fully resolved config it runs with (``payload``). Its key is a stable hash of
-the payload; its random stream derives from (global seed, key) (the TBFM kind narrows
-this to the cell's simulated session, see ``sweeps.kinds.tbfm``).
+the payload; its random stream derives from (global seed, ``seed_key``), where ``seed_key`` is
+the key unless the kind hashes less (the TBFM kind: the cell's simulated session, see
+``sweeps.kinds.tbfm``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class Cell:
     key: str
     coords: dict
     payload: dict
+    seed_key: str = ""  # the hash the random stream derives from; "" = key
 
     def seed_sequence(self, seed: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence([int(seed), int(self.key[:15], 16)])
+        return np.random.SeedSequence([int(seed), int((self.seed_key or self.key)[:15], 16)])
 
 
 def stable_hash(obj: Any) -> str:
@@ -167,8 +169,10 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
     return out
 
 
-def make_cell(coords: dict, cell_cfg: DictConfig, payload_keys: tuple[str, ...]) -> Cell:
+def make_cell(coords: dict, cell_cfg: DictConfig, payload_keys: tuple[str, ...], seed_key=None) -> Cell:
+    """A cell of ``payload_keys``; ``seed_key(payload) -> str``, when the kind has one, narrows its seed."""
     payload = {k: OmegaConf.to_container(cell_cfg[k], resolve=True) if OmegaConf.is_config(cell_cfg[k])
                else cell_cfg[k] for k in payload_keys}
     payload["coords"] = coords
-    return Cell(key=stable_hash(payload), coords=coords, payload=payload)
+    return Cell(key=stable_hash(payload), coords=coords, payload=payload,
+                seed_key=seed_key(payload) if seed_key else "")

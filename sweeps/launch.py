@@ -103,7 +103,7 @@ def build_cells(cfg: DictConfig, overrides: list[str]):
     grid.apply_scale(cfg, overrides)
     kind = kinds.get(cfg.kind)
     pairs = grid.expand(cfg, overrides, getattr(kind, "problem_keys", None))
-    cells = [grid.make_cell(coords, c, kind.payload_keys) for coords, c in pairs]
+    cells = [grid.make_cell(coords, c, kind.payload_keys, getattr(kind, "seed_key", None)) for coords, c in pairs]
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("two grid points give identical cells; check grid for values that do not change anything")

@@ -85,7 +85,12 @@ def test_an_unknown_analysis_stops_the_launch_before_any_work(tmp_path):
 
 
 def test_a_cells_seed_follows_its_session_not_its_training_settings():
-    from sweeps.kinds.tbfm import session_seed
+    from sweeps.grid import Cell
+    from sweeps.kinds.tbfm import seed_key
+
+    def session_seed(payload):  # the seed run_cell draws from the launcher's seed sequence for this cell
+        cell = Cell(key="0" * 20, coords={}, payload=payload, seed_key=seed_key(payload))
+        return int(cell.seed_sequence(payload["seed"]).generate_state(1)[0])
 
     def seed(global_seed=0, **params):
         return session_seed({"seed": global_seed, "params": {"cell": "compare", "rep": 0, **params}})

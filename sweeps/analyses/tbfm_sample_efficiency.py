@@ -27,12 +27,11 @@ TARGET_S = 180.0
 PLATEAU_TOLERANCE = 0.01  # test R2 within this of the largest training set's counts as the plateau
 
 
-def _rows(ctx, model: str) -> dict:
-    """n_train -> {seed: row} for one model."""
+def _by_model(rows: list[dict]) -> dict:
+    """model -> n_train -> {seed: row}."""
     out: dict = {}
-    for r in ctx.table.to_pylist():
-        if r["model"] == model:
-            out.setdefault(int(r["n_train"]), {})[int(r["seed"])] = r
+    for r in rows:
+        out.setdefault(r["model"], {}).setdefault(int(r["n_train"]), {})[int(r["seed"])] = r
     return out
 
 
@@ -92,5 +91,6 @@ def _curve(tbfm: dict) -> dict:
 
 
 def analyze(ctx) -> dict:
-    tbfm, sham = _rows(ctx, "tbfm"), _rows(ctx, "tbfm_sham")
+    models = _by_model(ctx.table.to_pylist())
+    tbfm, sham = models.get("tbfm", {}), models.get("tbfm_sham", {})
     return {"findings": [_training_time(ctx, tbfm), _state_dependence(tbfm, sham), _curve(tbfm)]}

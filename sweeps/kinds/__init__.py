@@ -3,6 +3,8 @@
 A kind is a module-level object with:
 
 * ``payload_keys``: the config keys a cell needs (its content, hashed into its key);
+* ``seed_key(payload) -> str`` (optional): what the cell's random stream hashes with the global
+  seed, when that is less than the whole payload (default: the cell key);
 * ``problem_keys(cfg) -> list[str] | None``: dataset problems to expand ``muscle: all`` over;
 * ``validate(cfg, cells)``: raise ConfigError before any work starts;
 * ``run_cell(payload, seed_sequence, data) -> pyarrow.Table``: runs in a Ray task;

@@ -43,8 +43,21 @@ from sweeps.schema import ConfigError  # noqa: E402
 CELLS = {name[len("run_"):]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
 
 
+#: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed).
+SESSION_KEYS = ("n_channels", "n_session", "ipi_ms", "sim")
+
+
+def seed_key(payload: dict) -> str:
+    """What a TBFM cell's seed hashes (with the global seed): ``rep`` and the session's resolved parameters."""
+    p = dict(payload["params"])
+    name, rep = p.pop("cell"), p.pop("rep", 0)
+    resolved = cells._params(p, _EXTRA.get(name, {}))
+    return stable_hash({"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}})
+
+
 class TBFMKind:
     payload_keys = ("kind", "params", "seed")
+    seed_key = staticmethod(seed_key)  # the launcher seeds a cell from its session, not its whole payload
 
     def validate(self, cfg, cell_list) -> None:
         for c in cell_list:
@@ -74,9 +87,7 @@ class TBFMKind:
         p = dict(payload["params"])
         fn = CELLS[p.pop("cell")]
         rep = p.pop("rep", 0)
-        # the launcher's seed_sequence hashes the whole cell; a TBFM cell's seed hashes only what defines its
-        # session, so every training setting of one replicate sees the same session (see the module docstring)
-        seed = session_seed(payload)
+        seed = int(seed_sequence.generate_state(1)[0] % (2**31 - 1))  # from (global seed, seed_key)
         t0, c0 = time.perf_counter(), time.process_time()
         table = fn(p, seed)
         # the whole cell's wall and CPU time (CPU: this worker process), repeated on each of its rows
@@ -178,20 +189,6 @@ def _paired(a: dict, b: dict) -> dict:
     mean = float(d.mean()) if d.size else None
     return {"n": int(d.size), "gaps": [float(x) for x in d], "mean": mean, "sd": sd,
             "n_better": int((d > 0).sum()), "holds": bool(sd is not None and mean > sd and (d > 0).all())}
-
-
-#: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed).
-SESSION_KEYS = ("n_channels", "n_session", "ipi_ms", "sim")
-
-
-def session_seed(payload: dict) -> int:
-    """The 31-bit seed of a TBFM cell: global seed, ``rep`` and the session's resolved parameters."""
-    p = dict(payload["params"])
-    name, rep = p.pop("cell"), p.pop("rep", 0)
-    resolved = cells._params(p, _EXTRA.get(name, {}))
-    spec = {"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}}
-    ss = np.random.SeedSequence([int(payload["seed"]), int(stable_hash(spec)[:15], 16)])
-    return int(ss.generate_state(1)[0] % (2**31 - 1))
 
 
 _EXTRA = {
