@@ -45,9 +45,13 @@ def test_latency_cell():
     t = cells.run_latency({**TINY, "n_channels": 10, "models": ["tbfm", "lssm"], "horizons": [40], "n_calls": 30,
                            "warmup": 5}, seed=0)
     _plain(t)
-    keys = {(r["model"], r["compiled"], r["device"], r["horizon_ms"]) for r in t.to_pylist()}
-    assert keys == {("tbfm", False, "cpu", 40), ("tbfm", True, "cpu", 40), ("lssm", False, "cpu", 40)}
-    assert all(r["us_per_forecast"] > 0 and r["us_p10"] <= r["us_per_forecast"] <= r["us_p90"] for r in t.to_pylist())
+    rows = t.to_pylist()
+    keys = [(r["model"], r["compiled"], r["streaming"], r["device"], r["horizon_ms"]) for r in rows]
+    assert sorted(keys) == [("lssm", False, False, "cpu", 40), ("tbfm", False, False, "cpu", 40),
+                            ("tbfm", True, False, "cpu", 40), ("tbfm", True, True, "cpu", 40)]
+    assert all(r["us_per_forecast"] > 0 and r["us_p10"] <= r["us_per_forecast"] <= r["us_p90"] for r in rows)
+    # the streaming row times the work between samples too; the others have none
+    assert all((r["us_advance"] is not None and r["us_advance"] > 0) == r["streaming"] for r in rows)
 
 
 def test_control_cell():

@@ -16,8 +16,8 @@ CASES = {
     "tbfm_sample_efficiency": (["grid.params.n_train=[100,200]", "grid.params.rep=[0]"], "test_r2", 4),
     "tbfm_compare": (["++params.n_train=200", "grid.params.rep=[0,1]"], "state_dependent_r2", 4),
     "tbfm_fsam": (["++params.n_train=200", "++params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
-    "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]"],
-                     "us_per_forecast", 4),
+    "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]",
+                      "grid.params.threads=[1]"], "us_per_forecast", 6),
     "tbfm_control": (["++params.n_train=200", "grid.params.rep=[0]"], "auc", 2),
 }
 
@@ -45,7 +45,13 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
         assert curve["holds"] == (r2["tbfm", 200] > r2["tbfm", 100])
         assert curve["numbers"]["plateau_n_train"] in (100, 200)
     if exp == "tbfm_latency":
-        assert {g["params"]["compiled"] for g in groups} == {True, False}
+        assert {(g["params"]["compiled"], g["params"]["streaming"]) for g in groups} == \
+            {(False, False), (True, False), (True, True)}
+        assert all(("us_advance" in g["metrics"]) == g["params"]["streaming"] for g in groups)
+        # 6 channels cannot decide the 94-channel targets, and the findings say so
+        assert [f["holds"] for f in summary["findings"]] == [None, None, None]
+        assert all("94" in f["numbers"]["reason"] for f in summary["findings"])
+        assert (Path(summary["run_dir"]) / "figures" / "latency.png").stat().st_size > 0
         assert all(g["metrics"]["us_per_forecast"][0] > 0 for g in groups)
         assert all(g["metrics"]["meets_target"][0] in (0.0, 1.0) and g["metrics"]["speedup"][0] > 0 for g in groups)
     if exp == "tbfm_compare":
@@ -105,3 +111,32 @@ def test_a_cells_seed_follows_its_session_not_its_training_settings():
               seed(n_channels=16, n_session=3000), seed(n_channels=32, n_session=3500),
               seed(n_channels=32, n_session=3000, sim={"drift": 0.0})}
     assert base not in others and len(others) == 5
+
+
+def _latency_row(threads, compiled, streaming, us, horizon=164, advance=None):
+    return {"model": "tbfm", "rank": -1, "threads": threads, "compiled": compiled, "streaming": streaming,
+            "horizon_ms": horizon, "n_usable": 94, "runway_ms": 20, "n_bases": 12, "us_per_forecast": us,
+            "us_p10": us * 0.9, "us_p90": us * 1.1, "speedup": None, "us_advance": advance,
+            "us_advance_p90": None if advance is None else advance * 1.2}
+
+
+@pytest.mark.parametrize("batch_us, advance_us, expect", [(95.0, 400.0, [True, True, True]),
+                                                           (190.0, 2200.0, [False, True, False])])
+def test_tbfm_latency_findings_rules(tmp_path, batch_us, advance_us, expect):
+    """The latency findings follow their stated rules on hand-built rows (best thread count; advance p90 < 1 ms)."""
+    import pyarrow as pa
+
+    from sweeps.analyses import Context, tbfm_latency
+
+    rows = []
+    for threads, scale in ((1, 2.0), (2, 1.0)):  # 2 threads is the faster: the findings take the best
+        unc = _latency_row(threads, False, False, 3 * batch_us * scale)
+        comp = _latency_row(threads, True, False, batch_us * scale)
+        unc["speedup"], comp["speedup"] = 1.0, 3.0
+        rows += [unc, comp, _latency_row(threads, True, True, 60.0, advance=advance_us * scale / 2)]
+    ctx = Context(cfg=None, table=pa.Table.from_pylist(rows), figures=tmp_path, groups=[], comparisons=[], kind=None)
+    findings = tbfm_latency.analyze(ctx)["findings"]
+    assert [f["holds"] for f in findings] == expect
+    assert findings[0]["numbers"]["best_us"] == batch_us
+    assert findings[2]["numbers"]["threads_meeting"] == ([1, 2] if expect[2] else [])
+    assert (tmp_path / "latency.png").exists()

@@ -10,6 +10,9 @@ A notebook-friendly library (no ray, mlflow, hydra or optuna here)::
     pred = model.predict(test)                    # trials x horizon x channels
     compiled = compile_tbfm(model, ipis=[30])     # numpy linear model, no MLP
     compiled.predict_one(test.runway[0], 30)      # horizon x channels
+    stream = compiled.stream(30)                  # the same forecast, sample by sample
+    for sample in test.runway[0]:
+        forecast = stream.push(sample)            # after the 20th sample: horizon x channels
 
 Modules: ``simulator`` (synthetic LFP), ``data`` (windows, descriptors, split),
 ``model`` (TBFM, training), ``fsam``, ``compile``, ``baselines`` (LSSM, AE-LSTM,
@@ -18,7 +21,7 @@ sham-runway TBFM), ``metrics``, ``control`` (closed-loop demonstrations),
 """
 
 from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm
-from neuro_opt.tbfm.compile import CompiledTBFM, compile_tbfm
+from neuro_opt.tbfm.compile import CompiledTBFM, StreamingForecast, compile_tbfm
 from neuro_opt.tbfm.control import demo_reference_tracking, demo_target_ranges, roc_auc
 from neuro_opt.tbfm.data import (TrialSet, crop, from_session, stim_descriptor, time_ordered_split, window_trials,
                                  zscore_stats)
@@ -29,7 +32,8 @@ from neuro_opt.tbfm.model import TBFM, FitResult, fit_tbfm
 from neuro_opt.tbfm.simulator import LFPSession, find_unusable_channels, simulate_session
 
 __all__ = [
-    "AELSTM", "LSSM", "fit_baseline", "state_agnostic_tbfm", "CompiledTBFM", "compile_tbfm",
+    "AELSTM", "LSSM", "fit_baseline", "state_agnostic_tbfm", "CompiledTBFM", "StreamingForecast",
+    "compile_tbfm",
     "demo_reference_tracking", "demo_target_ranges", "roc_auc", "TrialSet", "crop", "from_session",
     "stim_descriptor", "time_ordered_split", "window_trials", "zscore_stats", "AdditiveTBFM", "fit_fsam",
     "forecast_report", "r2_by_horizon", "r2_horizon", "r2_mean_response", "r2_per_channel", "state_dependent_r2",

@@ -198,6 +198,38 @@ def time_forecasts(fn, runways: list, n_calls: int = 1000, warmup: int = 100) ->
             "us_mean": float(t.mean())}
 
 
+def time_streaming(stream, runways: list, n_calls: int = 1000, warmup: int = 100) -> dict:
+    """Time a :class:`~neuro_opt.tbfm.compile.StreamingForecast` the way a closed loop uses it.
+
+    Each call streams one runway in: its first ``R - 1`` samples untimed (``push`` then ``advance``,
+    as between samples), then the timed ``push`` of the last sample, which returns the forecast, then
+    the timed ``advance`` that readies the next forecasts before the next sample arrives.
+
+    Returns :func:`time_forecasts`' columns for the last push, and ``us_advance``, ``us_advance_p90``
+    (the work between samples; a 1 kHz loop has 1000 us for it).
+    """
+    t = np.empty((n_calls, 2))
+    for i in range(warmup + n_calls):
+        x = runways[i % len(runways)]
+        for r in range(x.shape[0] - 1):
+            stream.push(x[r])
+            stream.advance()
+        t0 = time.perf_counter()
+        y = stream.push(x[-1])
+        t1 = time.perf_counter()
+        stream.advance()
+        t2 = time.perf_counter()
+        if y is None:
+            raise RuntimeError("the stream returned no forecast after a whole runway")
+        if i >= warmup:
+            t[i - warmup] = (t1 - t0, t2 - t1)
+    t *= 1e6
+    q10, q25, q50, q75, q90 = np.percentile(t[:, 0], [10, 25, 50, 75, 90])
+    return {"us_per_forecast": float(q50), "us_p10": float(q10), "us_p90": float(q90), "us_iqr": float(q75 - q25),
+            "us_mean": float(t[:, 0].mean()), "us_advance": float(np.median(t[:, 1])),
+            "us_advance_p90": float(np.percentile(t[:, 1], 90))}
+
+
 def _forecast_fn(model, compiled, ipi: int, lead: int, device: str):
     """A batch-1 forecast function on a numpy ``R x C`` float32 runway, returning a numpy ``H x C`` forecast."""
     if compiled is not None:
@@ -297,10 +329,14 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     does not depend on how long it trained); then ``n_calls`` forecasts of
     distinct test runways are timed one by one with ``time.perf_counter``
     (including numpy -> torch conversion, z-scoring, and device transfers).
+    With ``streaming`` (default True) each compiled TBFM also gets a ``streaming`` row: the same
+    forecast computed as the runway arrives (:meth:`CompiledTBFM.stream`), timed from the last
+    runway sample to the forecast (:func:`time_streaming`), with the work between samples in
+    ``us_advance``.
 
     Extra params: ``models`` (default ``["tbfm"]``; ``lssm``, ``ae_lstm``,
     ``tbfm_sham`` allowed), ``compiled`` (default ``[False, True]``; compiled
-    applies to TBFM models only), ``horizons`` (default ``[40, 164]``),
+    applies to TBFM models only), ``streaming`` (default True), ``horizons`` (default ``[40, 164]``),
     ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"`` = both when a GPU is present),
     ``rank`` (None: full weight map; k: rank-k TBFM), ``n_calls`` (1000),
     ``warmup`` (100). Defaults here use ``n_channels=94, n_session=500, n_train=300, n_test=100`` and
@@ -309,16 +345,17 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     With ``rank`` set, only the TBFM models are run (the baselines have no weight map; they are
     timed in the full-rank cell).
 
-    Returns one row per (model, compiled, device, horizon_ms): ``model, compiled, device, n_channels,
-    n_usable, horizon_ms, runway_ms, n_bases, rank, threads, us_per_forecast`` (median),
-    ``us_p10, us_p90, us_iqr, us_mean, n_calls``, and the targets of the issue:
+    Returns one row per (model, compiled, streaming, device, horizon_ms): ``model, compiled, streaming,
+    device, n_channels, n_usable, horizon_ms, runway_ms, n_bases, rank, threads, us_per_forecast`` (median),
+    ``us_p10, us_p90, us_iqr, us_mean, us_advance, us_advance_p90`` (streaming rows; None otherwise),
+    ``n_calls``, and the targets of the issue:
     ``target_us`` (100: compiled forecast <= 0.1 ms at 94 channels, horizon 164),
     ``meets_target`` (1.0 when ``us_per_forecast <= target_us``, else 0.0), ``speedup``
     (uncompiled median / this row's median for the same model, device and horizon; 1 for
     uncompiled rows) and ``meets_speedup`` (1.0 when ``speedup >= 1.5``).
     """
-    p = _params(params, {"models": ["tbfm"], "compiled": [False, True], "horizons": [40, 164], "device": "cpu",
-                         "rank": None, "n_calls": 1000, "warmup": 100})
+    p = _params(params, {"models": ["tbfm"], "compiled": [False, True], "streaming": True, "horizons": [40, 164],
+                         "device": "cpu", "rank": None, "n_calls": 1000, "warmup": 100})
     for k, v in {"n_channels": 94, "n_session": 500, "n_train": 300, "n_test": 100,
                  "sim": {"bad_fraction": 0.0}}.items():  # every simulated channel usable: C = n_channels
         if k not in (params or {}):
@@ -354,14 +391,19 @@ def run_latency(params: dict, seed: int) -> pa.Table:
                             continue  # the compiled model is numpy: CPU only
                         comp = compile_tbfm(model, [int(p["ipi_ms"])], lead=int(p["lead_ms"])) if compiled else None
                         fn = _forecast_fn(model, comp, int(p["ipi_ms"]), int(p["lead_ms"]), device)
-                        t = time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"]))
+                        timings = [(False, time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])))]
+                        if compiled and p["streaming"]:
+                            timings.append((True, time_streaming(comp.stream(int(p["ipi_ms"])), runways,
+                                                                 int(p["n_calls"]), int(p["warmup"]))))
                         model.to("cpu")
-                        rows.append({"model": name, "compiled": bool(compiled), "device": device,
-                                     "n_channels": int(p["n_channels"]), "n_usable": int(ts.n_channels),
-                                     "horizon_ms": int(horizon), "runway_ms": int(p["runway_ms"]),
-                                     "n_bases": int(getattr(model, "n_bases", 0)),
-                                     "rank": -1 if p["rank"] is None else int(p["rank"]),
-                                     "threads": int(p["threads"]), **t, "n_calls": int(p["n_calls"])})
+                        for streaming, t in timings:
+                            rows.append({"model": name, "compiled": bool(compiled), "streaming": streaming,
+                                         "device": device, "n_channels": int(p["n_channels"]),
+                                         "n_usable": int(ts.n_channels), "horizon_ms": int(horizon),
+                                         "runway_ms": int(p["runway_ms"]), "n_bases": int(getattr(model, "n_bases", 0)),
+                                         "rank": -1 if p["rank"] is None else int(p["rank"]),
+                                         "threads": int(p["threads"]), "us_advance": None, "us_advance_p90": None,
+                                         **t, "n_calls": int(p["n_calls"])})
     base = {(r["model"], r["device"], r["horizon_ms"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
     for r in rows:
         ref = base.get((r["model"], "cpu" if r["compiled"] else r["device"], r["horizon_ms"]))

@@ -13,6 +13,11 @@ A rank-k model keeps its factors (``A = U V``). The state-agnostic (sham
 runway) model compiles to ``A = 0``. Everything runs in numpy float32 with no
 autograd, which is what closed-loop inference needs; the folding is done in
 float64, so compiled and uncompiled forecasts agree to float32 rounding.
+
+:meth:`CompiledTBFM.stream` gives the same forecast sample by sample (:class:`StreamingForecast`):
+the weight map splits into one block per runway position, ``A x = sum_r A_r x_r``, so the blocks of
+the samples already in hand are summed while the runway is still arriving and the forecast after the
+last sample costs one ``(B*C) x C`` block (a twentieth of the map) and the bases.
 """
 
 from __future__ import annotations
@@ -99,6 +104,80 @@ class CompiledTBFM:
         else:
             w = self.a
         return runway[-1] + self.bases[key] @ w.reshape(self.n_bases, self.n_channels)
+
+    def stream(self, key) -> "StreamingForecast":
+        """A :class:`StreamingForecast` for descriptor ``key``: feed samples as they arrive."""
+        if key not in self.bases:
+            raise KeyError(f"no compiled bases for descriptor {key!r}; compiled: {sorted(self.bases)}")
+        return StreamingForecast(self, key)
+
+
+class StreamingForecast:
+    """The compiled forecast computed as the runway arrives, one ``C``-sample per millisecond.
+
+    A closed loop waits only for what depends on the last sample: :meth:`push` adds that sample's
+    block of the weight map to a partial sum the earlier samples already built, and returns the
+    forecast over the last ``R`` samples (equal to ``predict_one`` of that runway up to float32
+    summation order). :meth:`advance`, called after the forecast has gone out and before the next
+    sample, adds the sample's share to the partial sums of the next ``R - 1`` forecasts: the rest of
+    the map, once per sample, off the critical path. A rank-limited model streams its ``V`` factor
+    the same way; the state-agnostic model has nothing to stream.
+
+    Written by hand: neither numpy nor torch splits a product over inputs that arrive over time;
+    the ring of partial sums below is that split.
+    """
+
+    def __init__(self, compiled: CompiledTBFM, key):
+        c = compiled
+        self.compiled, self.key = c, key
+        self.R, self.C = c.runway, c.n_channels
+        self.bases = c.bases[key]
+        M = c.A if c.A is not None else c.V  # the map on the runway: (out) x (R*C), columns (r, c')
+        if M is None:
+            self.acc = None
+        else:
+            # blocks[k] = the map's block for runway position R-1-k: blocks[0] is the last sample's
+            blocks = M.reshape(M.shape[0], self.R, self.C).transpose(1, 0, 2)[::-1]
+            self.last = np.ascontiguousarray(blocks[0])
+            self.rest = np.ascontiguousarray(blocks[1:]).reshape(-1, self.C)  # (R-1)*out x C
+            self.acc = np.zeros((self.R, M.shape[0]), np.float32)  # partial sums of the next R forecasts
+        self.head = 0  # acc[head]: the forecast due at the next pushed sample
+        self.n = 0  # samples pushed
+        self._x = None
+
+    def push(self, sample: np.ndarray) -> np.ndarray | None:
+        """Add the newest ``C`` sample; the ``H x C`` forecast over the last ``R`` samples (None before ``R``)."""
+        x = np.array(sample, dtype=np.float32).reshape(-1)  # a copy: the caller may reuse its buffer
+        if x.size != self.C:
+            raise ValueError(f"a sample is one value per channel ({self.C}); got shape {np.shape(sample)}")
+        if np.isnan(x).any():  # rejected before any state changes: the stream is as it was
+            raise ValueError(f"sample {self.n} contains NaN")
+        if self._x is not None:
+            self.advance()
+        self._x = x
+        self.n += 1
+        if self.n < self.R:
+            return None
+        c = self.compiled
+        if self.acc is None:
+            w = c.a
+        elif c.A is not None:
+            w = self.acc[self.head] + self.last @ x + c.a
+        else:
+            w = c.U @ (self.acc[self.head] + self.last @ x) + c.a
+        return x + self.bases @ w.reshape(c.n_bases, self.C)
+
+    def advance(self) -> None:
+        """The newest sample's share of the next ``R - 1`` forecasts (off the critical path; :meth:`push`
+        calls it first if the caller did not)."""
+        x, self._x = self._x, None
+        if x is None or self.acc is None:
+            return
+        contrib = (self.rest @ x).reshape(self.R - 1, -1)  # k-th row: the forecast k samples ahead
+        self.acc[self.head] = 0.0  # free: becomes the forecast R samples ahead
+        idx = (self.head + np.arange(1, self.R)) % self.R
+        self.acc[idx] += contrib
+        self.head = (self.head + 1) % self.R
 
 
 def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS,

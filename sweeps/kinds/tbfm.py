@@ -195,8 +195,8 @@ _EXTRA = {
     "sample_efficiency": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
     "compare": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
     "fsam": {"max_bases": None, "patience": None, "min_delta": None, "hidden": None},
-    "latency": {"models": None, "compiled": None, "horizons": None, "device": None, "rank": None, "n_calls": None,
-                "warmup": None},
+    "latency": {"models": None, "compiled": None, "streaming": None, "horizons": None, "device": None, "rank": None,
+                "n_calls": None, "warmup": None},
     "control": {"target_step": None, "n_mix": None},
 }
 
