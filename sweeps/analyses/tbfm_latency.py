@@ -39,9 +39,10 @@ def _setting_missing(rows: list[dict]) -> str | None:
     return None
 
 
-def _target_rows(rows: list[dict], **match) -> list[dict]:
-    """Full-rank TBFM rows in the target setting, with ``match`` (e.g. ``streaming=True``)."""
-    want = {**TARGET, **match}
+def _target_rows(rows: list[dict], every_horizon: bool = False, **match) -> list[dict]:
+    """Full-rank TBFM rows in the target setting (at every horizon if asked), with ``match`` (e.g.
+    ``streaming=True``)."""
+    want = {k: v for k, v in {**TARGET, **match}.items() if not (every_horizon and k == "horizon_ms")}
     return [r for r in rows if r["model"] == "tbfm" and int(r["rank"]) == -1
             and all(r[k] == v for k, v in want.items())]
 
@@ -56,7 +57,7 @@ def _batch(rows: list[dict], missing: str | None) -> dict:
     by_threads = {int(r["threads"]): float(r["us_per_forecast"]) for r in rs}
     best = min(by_threads.values())
     return finding(text, PUBLISHED, best <= LATENCY_TARGET_US, rule=rule, us_by_threads=by_threads, best_us=best,
-                   weight_map_mb=4 * 12 * 94 * 20 * 94 / 1e6)  # float32, (B*C) x (R*C)
+                   weight_map_mb=4 * TARGET["n_bases"] * TARGET["runway_ms"] * TARGET["n_usable"] ** 2 / 1e6)
 
 
 def _speedup(rows: list[dict], missing: str | None) -> dict:
@@ -65,8 +66,7 @@ def _speedup(rows: list[dict], missing: str | None) -> dict:
     rule = "speedup = uncompiled median / compiled median, same horizon and thread count; every one >= 1.5"
     if missing:
         return finding(text, published, None, rule=rule, reason=missing)
-    rs = [r for r in rows if r["model"] == "tbfm" and int(r["rank"]) == -1 and r["compiled"] and not r["streaming"]
-          and r["n_usable"] == TARGET["n_usable"]]
+    rs = _target_rows(rows, every_horizon=True, compiled=True, streaming=False)
     sp = [{"threads": int(r["threads"]), "horizon_ms": int(r["horizon_ms"]), "speedup": float(r["speedup"])}
           for r in rs]
     return finding(text, published, bool(sp) and all(s["speedup"] >= SPEEDUP_TARGET for s in sp), rule=rule,
@@ -94,9 +94,9 @@ def _streaming(rows: list[dict], missing: str | None) -> dict:
 def _figure(rows: list[dict], path) -> None:
     """Median latency (log scale) per setting at each horizon, TBFM only, with the 100 us target."""
     tb = [r for r in rows if r["model"] == "tbfm"]
-    horizons = sorted({int(r["horizon_ms"]) for r in tb})
     if not tb:
         return
+    horizons = sorted({int(r["horizon_ms"]) for r in tb})
     fig, axes = plt.subplots(1, len(horizons), figsize=(6.5 * len(horizons), 4.2), squeeze=False)
     for ax, h in zip(axes[0], horizons):
         rs = sorted((r for r in tb if int(r["horizon_ms"]) == h),
