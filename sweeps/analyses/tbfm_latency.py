@@ -5,8 +5,8 @@
 2. Compiled is at least 1.5x faster than uncompiled, for the full-rank map at every horizon and thread
    count.
 3. Streamed (:meth:`neuro_opt.tbfm.compile.CompiledTBFM.stream`), the compiled full-rank forecast
-   takes <= 100 us median from the last runway sample, and the work it leaves between samples fits
-   the 1 ms sample period of a 1 kHz loop (90th percentile of ``us_advance`` < 1000 us).
+   takes <= 100 us median from the last runway sample, and a sample's whole work fits the 1 ms sample
+   period of a 1 kHz loop (90th percentiles of the push and of ``us_advance`` sum to < 1000 us).
 
 Also draws ``latency.png``: median latency per setting (rank, threads; whole runway vs streamed)
 against the 100 us target. Reads the Parquet table only (``python -m sweeps.report`` reruns it).
@@ -78,16 +78,17 @@ def _streaming(rows: list[dict], missing: str | None) -> dict:
             f"median from the last runway sample, and the rest of the work fits between samples")
     published = "not in the paper: its latency is the whole runway's forecast (finding 1)"
     rule = (f"at some thread count of the run, the streaming row at horizon 164 has median us_per_forecast <= "
-            f"{LATENCY_TARGET_US:g} and us_advance_p90 < {SAMPLE_PERIOD_US:g} (the 1 kHz sample period)")
+            f"{LATENCY_TARGET_US:g} and us_p90 + us_advance_p90 < {SAMPLE_PERIOD_US:g} (the 1 kHz sample period)")
     if missing:
         return finding(text, published, None, rule=rule, reason=missing)
     rs = _target_rows(rows, compiled=True, streaming=True)
     if not rs:
         return finding(text, published, None, rule=rule, reason="no streaming rows (params.streaming=false)")
-    per = {int(r["threads"]): {"us_per_forecast": float(r["us_per_forecast"]), "us_advance": float(r["us_advance"]),
-                               "us_advance_p90": float(r["us_advance_p90"])} for r in rs}
-    meeting = sorted(t for t, v in per.items()
-                     if v["us_per_forecast"] <= LATENCY_TARGET_US and v["us_advance_p90"] < SAMPLE_PERIOD_US)
+    per = {int(r["threads"]): {"us_per_forecast": float(r["us_per_forecast"]), "us_p90": float(r["us_p90"]),
+                               "us_advance": float(r["us_advance"]), "us_advance_p90": float(r["us_advance_p90"])}
+           for r in rs}
+    meeting = sorted(t for t, v in per.items() if v["us_per_forecast"] <= LATENCY_TARGET_US
+                     and v["us_p90"] + v["us_advance_p90"] < SAMPLE_PERIOD_US)
     return finding(text, published, bool(meeting), rule=rule, by_threads=per, threads_meeting=meeting)
 
 
