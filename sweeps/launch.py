@@ -98,8 +98,24 @@ def check_keys(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; top-level keys are: {', '.join(sorted(known))}")
 
 
+def check_cpus(cfg: DictConfig) -> None:
+    """A local Ray with fewer CPUs than a cell asks for would wait for ever: refuse before any work.
+
+    (A cluster's nodes declare their own CPUs and an autoscaler may add bigger ones, so only the
+    local Ray is checked.)"""
+    if cfg.cluster.cpus_per_cell <= 0:
+        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g}: each cell needs a positive CPU count")
+    if cfg.cluster.address:
+        return
+    have = cfg.cluster.num_cpus or os.cpu_count() or 1
+    if cfg.cluster.cpus_per_cell > have:
+        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g} but the local Ray has {have} CPU(s): "
+                          f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}")
+
+
 def build_cells(cfg: DictConfig, overrides: list[str]):
     check_keys(cfg)
+    check_cpus(cfg)
     grid.apply_scale(cfg, overrides)
     kind = kinds.get(cfg.kind)
     pairs = grid.expand(cfg, overrides, getattr(kind, "problem_keys", None))

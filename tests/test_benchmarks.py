@@ -186,6 +186,8 @@ def test_tiny_throughput_launch(tmp_path):
     (["+exp=latency", "params.algorithms.variable_rho.rho_low=-1"], "variable_rho"),
     (["+exp=latency", "params.threads=0"], "params.threads"),
     (["+exp=throughput", "cluster.num_cpus=2", "cluster.cpus_per_cell=4"], "cpus_per_cell"),
+    (["+exp=tbfm_latency", "cluster.num_cpus=1"], "cluster.cpus_per_cell=2 but the local Ray has 1 CPU"),
+    (["+exp=noise_sweep", "cluster.cpus_per_cell=0"], "positive CPU count"),
     (["+exp=throughput", "grid.params.engine=[batched,bogus]"], "bogus"),
     (["+exp=throughput", "params.n_problems=99"], "n_problems"),
     (["+exp=throughput", "n_queries=97", "grid.params.workload=[nhp]"], "n_queries=97"),

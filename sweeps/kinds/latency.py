@@ -41,7 +41,6 @@ the summary lists them under ``skipped``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,15 +226,6 @@ def _check_threads(n) -> None:
 
 
 # ------------------------------------------------------------------ the kind
-def _check_cpus(cfg) -> None:
-    if cfg.cluster.address:
-        return
-    have = cfg.cluster.num_cpus or os.cpu_count() or 1
-    if cfg.cluster.cpus_per_cell > have:
-        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell} but the local Ray has {have} CPU(s): "
-                          f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}")
-
-
 class LatencyKind:
     payload_keys = ("kind", "params", "seed")
     problem_keys = None
@@ -246,7 +236,6 @@ class LatencyKind:
         if cfg.n_queries is not None:
             raise ConfigError(f"n_queries={cfg.n_queries}: the latency experiment has no query budget; the history "
                               f"lengths are params.values.history and params.anchor.history")
-        _check_cpus(cfg)
         for cell in cells:
             p = cell.payload["params"]
             where = f"cell {cell.coords}"
@@ -413,7 +402,7 @@ def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
         ax.set_title(", ".join(f"{k}={anchor[k]}" for k in others), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms per query (median +/- SEM)")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

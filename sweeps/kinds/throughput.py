@@ -93,9 +93,8 @@ class ThroughputKind:
 
     def validate(self, cfg, cells) -> None:
         from neuro_opt import algorithms
-        from sweeps.kinds.latency import _check_cpus, _check_threads
+        from sweeps.kinds.latency import _check_threads
 
-        _check_cpus(cfg)
         for cell in cells:
             pl = cell.payload
             p = pl["params"]
