@@ -24,13 +24,20 @@ def _uncompiled(model, runway, ipi):
         return model(torch.from_numpy(runway), stim_descriptor(ipi, model.horizon, 20)).numpy()
 
 
+def _trained(split, kind: str, seed: int, iters: int) -> TBFM:
+    """A 6-basis TBFM (full rank, rank 8 or sham runway) trained jointly on the mixed intervals."""
+    train, val, _ = split
+    torch.manual_seed(seed)
+    model = TBFM(train.n_channels, 20, 120, n_bases=6, rank=8 if kind == "rank" else None,
+                 state_agnostic=kind == "sham")
+    fit_tbfm(model, train, val, method="adamw", max_iters=iters)
+    return model
+
+
 @pytest.mark.parametrize("kind", ["full", "rank", "sham"])
 def test_compiled_equals_uncompiled(split, kind):
     train, val, test = split
-    torch.manual_seed(1)
-    model = TBFM(train.n_channels, 20, 120, n_bases=6, rank=8 if kind == "rank" else None,
-                 state_agnostic=kind == "sham")
-    fit_tbfm(model, train, val, method="adamw", max_iters=4)  # mixed intervals: joint training
+    model = _trained(split, kind, seed=1, iters=4)
     assert float(model.penalty().detach()) > 0 or kind == "sham"  # trained, nonzero weights
     comp = compile_tbfm(model, ipis=(10, 30, 100))
     runway = np.ascontiguousarray(test.runway)
@@ -90,12 +97,8 @@ def test_compiled_bad_input(split):
 @pytest.mark.parametrize("kind", ["full", "rank", "sham"])
 def test_streaming_forecast_equals_the_whole_runway_forecast(split, kind):
     """Samples pushed one at a time give, at every sample from the R-th on, predict_one of the last R samples."""
-    train, val, test = split
-    torch.manual_seed(3)
-    model = TBFM(train.n_channels, 20, 120, n_bases=6, rank=8 if kind == "rank" else None,
-                 state_agnostic=kind == "sham")
-    fit_tbfm(model, train, val, method="adamw", max_iters=3)
-    comp = compile_tbfm(model, ipis=(10, 30))
+    train, _, test = split
+    comp = compile_tbfm(_trained(split, kind, seed=3, iters=3), ipis=(10, 30))
     stream = comp.stream(30)
     x = np.ascontiguousarray(test.runway[:3].reshape(-1, train.n_channels))  # 60 samples, three runways end to end
     n_out = 0
