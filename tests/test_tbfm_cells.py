@@ -18,10 +18,11 @@ def _plain(table: pa.Table) -> None:
 def test_sample_efficiency_and_compare():
     t = cells.run_compare({**TINY, "max_bases": 2, "latency_calls": 20,
                            "models": ["tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm",
-                                      "tbfm_rank4", "ae_lstm_w20"]}, seed=0)
+                                      "tbfm_rank4", "ae_lstm_w20_h8"]}, seed=0)
     _plain(t)
     rows = {r["model"]: r for r in t.to_pylist()}
-    assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm", "tbfm_rank4", "ae_lstm_w20"}
+    assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm", "tbfm_rank4",
+                         "ae_lstm_w20_h8"}
     assert rows["tbfm_rank4"]["rank"] == 4 and rows["tbfm"]["rank"] == -1
     for col in ("test_r2", "state_dependent_r2", "test_r2_mean", "train_s", "us_per_forecast", "r2_h10", "r2_h40"):
         assert col in t.column_names
@@ -31,6 +32,20 @@ def test_sample_efficiency_and_compare():
     assert again["test_r2"] == rows["tbfm"]["test_r2"]  # deterministic for a seed
     other = cells.run_sample_efficiency({**TINY, "models": ["tbfm"]}, seed=1).to_pylist()[0]
     assert other["test_r2"] != again["test_r2"]
+
+
+def test_ae_lstm_variant_names():
+    assert cells.ae_variant("ae_lstm") is None and cells.ae_variant("lssm") is None
+    assert cells.ae_variant("ae_lstm_w164") == {"window": 164, "hidden": None}
+    assert cells.ae_variant("ae_lstm_h128") == {"window": None, "hidden": 128}
+    assert cells.ae_variant("ae_lstm_w20_h8") == {"window": 20, "hidden": 8}
+    assert cells.ae_variant("ae_lstm_h8_w20") is None  # one order only: the window first
+    p = cells._params({**TINY, "max_epochs": 1}, {})
+    train, val, _ = cells._split(p, cells._session(p, 0)[1])
+    model, _ = cells.build_and_fit("ae_lstm_w20_h8", train, val, p, seed=0)
+    assert (model.window, model.hidden) == (20, 8)
+    model, _ = cells.build_and_fit("ae_lstm", train, val, {**p, "ae_hidden": 16}, seed=0)
+    assert (model.window, model.hidden) == (40, 16)
 
 
 def test_fsam_cell():

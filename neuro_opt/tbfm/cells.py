@@ -23,6 +23,7 @@ tbfm_method       alternating   ``alternating`` or ``adamw``
 max_seconds       60         cap on each model's training in CPU seconds (early stopping may end it sooner)
 max_epochs        200        epoch cap per baseline
 ae_window         40         AE-LSTM training sub-window (forecast ms; the paper's 40)
+ae_hidden         128        AE-LSTM hidden units (the paper does not give its size)
 threads           1          torch threads inside the cell
 ================  =========  ==========================================================
 
@@ -32,7 +33,9 @@ Model names: ``tbfm``, ``tbfm_adamw`` (TBFM trained by joint AdamW), ``tbfm_sham
 reduced-rank ridge solution; it compiles to two thin products), ``lssm``, ``ae_lstm`` (trained on
 the paper's sub-windows: 20 ms runway + ``ae_window`` = 40 ms forecast), ``ae_lstm_w<k>`` (the same
 AE-LSTM trained on ``k`` ms forecast sub-windows, e.g. ``ae_lstm_w164``: the full horizon; the
-window length that validation R2 prefers on the simulator, a departure from the paper's 40 ms).
+window length that validation R2 prefers on the simulator, a departure from the paper's 40 ms),
+``ae_lstm_h<k>`` (the paper's AE-LSTM with ``k`` LSTM hidden units instead of ``ae_hidden``; the two
+suffixes combine: ``ae_lstm_w164_h128``).
 
 Training budgets (``max_seconds``) count CPU seconds of the cell's process, the same for every
 model (see :func:`neuro_opt.tbfm.model.over_budget`); rows report both ``train_s`` (wall) and
@@ -78,7 +81,8 @@ MODELS = ("tbfm", "tbfm_adamw", "tbfm_sham", "tbfm_fsam", "lssm", "ae_lstm")
 
 _DEFAULTS = dict(n_channels=16, n_session=1200, n_test=300, n_train=600, ipi_ms=30, runway_ms=20, lead_ms=20,
                  horizon_ms=164, sim={}, n_bases=12, lam=1e-2, tbfm_method="alternating", max_seconds=60.0,
-                 max_epochs=200, threads=1, val_fraction=0.1, lam_adamw=1e-4, ae_window=40)
+                 max_epochs=200, threads=1, val_fraction=0.1, lam_adamw=1e-4, ae_window=40,
+                 ae_hidden=128)
 
 
 def _params(params: dict | None, extra: dict) -> dict:
@@ -137,20 +141,26 @@ def model_rank(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def ae_window(name: str) -> int | None:
-    """The training sub-window (forecast ms) of an ``ae_lstm_w<k>`` model name, else None."""
-    m = re.fullmatch(r"ae_lstm_w(\d+)", name)
-    return int(m.group(1)) if m else None
+def ae_variant(name: str) -> dict | None:
+    """The AE-LSTM settings an ``ae_lstm_w<k>``, ``ae_lstm_h<k>`` or ``ae_lstm_w<k>_h<k>`` name sets, else None.
+
+    Returns ``{"window": k or None, "hidden": k or None}`` (None: the cell's ``ae_window`` / ``ae_hidden``).
+    """
+    m = re.fullmatch(r"ae_lstm(?:_w(\d+))?(?:_h(\d+))?", name)
+    if not m or name == "ae_lstm":
+        return None
+    return {"window": None if m.group(1) is None else int(m.group(1)),
+            "hidden": None if m.group(2) is None else int(m.group(2))}
 
 
 def build_and_fit(name: str, train, val, p: dict, seed: int):
-    """Build model ``name`` (see :data:`MODELS`, or ``tbfm_rank<k>``) with cell parameters ``p`` and train it.
+    """Build model ``name`` (see :data:`MODELS`, ``tbfm_rank<k>`` or :func:`ae_variant`) with cell parameters ``p`` and train it.
 
     Returns ``(model, info)`` with ``info`` holding ``train_s, train_cpu_s, n_iters, best_iter, val_r2, n_bases``.
     """
-    rank, window = model_rank(name), ae_window(name)
-    # a rank-k TBFM starts from the full-rank TBFM's initialization, ae_lstm_w<k> from the AE-LSTM's (paired)
-    base = "tbfm" if rank else "ae_lstm" if window else name
+    rank, variant = model_rank(name), ae_variant(name)
+    # a rank-k TBFM starts from the full-rank TBFM's initialization, an AE-LSTM variant from the AE-LSTM's (paired)
+    base = "tbfm" if rank else "ae_lstm" if variant else name
     torch.manual_seed(_seed(seed, 2, MODELS.index(base) if base in MODELS else 99))
     C, R, H = train.n_channels, int(p["runway_ms"]), int(p["horizon_ms"])
     ms = float(p["max_seconds"])
@@ -168,15 +178,18 @@ def build_and_fit(name: str, train, val, p: dict, seed: int):
         return r.model, {"train_s": r.train_s, "train_cpu_s": float("nan"), "n_iters": len(r.curve),
                          "best_iter": r.chosen,
                          "val_r2": max(c["val_r2"] for c in r.curve), "n_bases": r.chosen}
-    if name in ("lssm", "ae_lstm") or window:
-        model = LSSM(C, R, H) if name == "lssm" else AELSTM(C, R, H, window=window or int(p["ae_window"]))
+    if name in ("lssm", "ae_lstm") or variant:
+        v = variant or {}
+        model = LSSM(C, R, H) if name == "lssm" else AELSTM(C, R, H, window=v.get("window") or int(p["ae_window"]),
+                                                            hidden=v.get("hidden") or int(p["ae_hidden"]))
         # same optimizer (AdamW, lr halved on validation plateaus), budget and early stopping rule for both;
         # the AE-LSTM's noisier full-horizon validation curve gets a longer patience
         r = fit_baseline(model, train, val, lr=2e-3, max_epochs=int(p["max_epochs"]), lr_patience=4,
                          patience=15 if name == "lssm" else 30, max_seconds=ms, seed=_seed(seed, 3))
         return model, {"train_s": r.train_s, "train_cpu_s": r.train_cpu_s, "n_iters": r.n_iters,
                        "best_iter": r.best_iter, "val_r2": r.best_val_r2, "n_bases": 0}
-    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}, tbfm_rank<k>, ae_lstm_w<k>, "
+                     f"ae_lstm_h<k> or ae_lstm_w<k>_h<k>")
 
 
 def time_forecasts(fn, runways: list, n_calls: int = 1000, warmup: int = 100) -> dict:
