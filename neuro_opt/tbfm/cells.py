@@ -47,7 +47,7 @@ Suggested default-scale parameters (measured on the shared 2-core box, one threa
   ``[300, 600, 1200, 2500, 5000]``: 8 to 20 s per TBFM cell (simulation included).
 * compare: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000, max_seconds=300``:
   about 4 CPU-min per seed with four models (LSSM and AE-LSTM reach their validation plateau after
-  50 to 120 CPU-s each; a 60 s cap stopped the LSSM before it).
+  65 to 150 CPU-s each; a 60 s cap stopped the LSSM before it).
 * fsam: ``n_channels=32, n_session=3000, n_train=2000, max_bases=15``: about 1.5 min.
 * latency: the defaults of :func:`run_latency` (94 channels): about 1 min with LSSM and AE-LSTM.
 * control: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000``: about 30 s.
