@@ -67,6 +67,12 @@ def test_latency_cell():
     assert all(r["us_per_forecast"] > 0 and r["us_p10"] <= r["us_per_forecast"] <= r["us_p90"] for r in rows)
     # the streaming row times the work between samples too; the others have none
     assert all((r["us_advance"] is not None and r["us_advance"] > 0) == r["streaming"] for r in rows)
+    # the compiled forecast given the whole runway is timed beside its floor: its weight map read once
+    whole = [r for r in rows if r["compiled"] and not r["streaming"]]
+    assert all((r["us_read_floor"] is not None) == (r in whole) for r in rows)
+    for r in whole:
+        assert r["us_read_floor"] > 0 and r["us_bare_matvec"] > 0
+        assert r["map_mb"] == pytest.approx(4 * r["n_bases"] * r["n_usable"] ** 2 * r["runway_ms"] / 1e6)
 
 
 def test_control_cell():

@@ -48,6 +48,8 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
         assert {(g["params"]["compiled"], g["params"]["streaming"]) for g in groups} == \
             {(False, False), (True, False), (True, True)}
         assert all(("us_advance" in g["metrics"]) == g["params"]["streaming"] for g in groups)
+        assert all(("us_read_floor" in g["metrics"]) == (g["params"]["compiled"] and not g["params"]["streaming"])
+                   for g in groups)
         # 6 channels cannot decide the 94-channel targets, and the findings say so
         assert [f["holds"] for f in summary["findings"]] == [None, None, None]
         assert all("94" in f["numbers"]["reason"] for f in summary["findings"])
@@ -114,10 +116,12 @@ def test_a_cells_seed_follows_its_session_not_its_training_settings():
 
 
 def _latency_row(threads, compiled, streaming, us, horizon=164, advance=None):
+    whole = compiled and not streaming
     return {"model": "tbfm", "rank": -1, "threads": threads, "compiled": compiled, "streaming": streaming,
             "horizon_ms": horizon, "n_usable": 94, "runway_ms": 20, "n_bases": 12, "us_per_forecast": us,
             "us_p10": us * 0.9, "us_p90": us * 1.1, "speedup": None, "us_advance": advance,
-            "us_advance_p90": None if advance is None else advance * 1.2}
+            "us_advance_p90": None if advance is None else advance * 1.2,
+            "us_read_floor": us * 0.9 if whole else None, "us_bare_matvec": us * 0.8 if whole else None}
 
 
 @pytest.mark.parametrize("batch_us, advance_us, expect", [(95.0, 400.0, [True, True, True]),
@@ -139,5 +143,10 @@ def test_tbfm_latency_findings_rules(tmp_path, batch_us, advance_us, expect):
     findings = tbfm_latency.analyze(ctx)["findings"]
     assert [f["holds"] for f in findings] == expect
     assert findings[0]["numbers"]["best_us"] == batch_us
+    # the floor beside the forecast: the faster read of the map (the bare product, 0.8 x the 2-thread forecast)
+    assert findings[0]["numbers"]["best_floor_us"] == pytest.approx(0.8 * batch_us)
+    assert findings[0]["numbers"]["forecast_over_floor"] == pytest.approx(1 / 0.8)
+    assert findings[0]["numbers"]["floor_meets_target"] == (0.8 * batch_us <= 100)
+    assert set(findings[0]["numbers"]["floor_by_threads"]) == {1, 2}
     assert findings[2]["numbers"]["threads_meeting"] == ([1, 2] if expect[2] else [])
     assert (tmp_path / "latency.png").exists()

@@ -245,6 +245,33 @@ def time_streaming(stream, runways: list, n_calls: int = 1000, warmup: int = 100
             "us_advance_p90": float(np.percentile(t[:, 1], 90))}
 
 
+def time_map_floor(compiled, n_calls: int = 1000, warmup: int = 100) -> dict:
+    """The floor under a compiled forecast given the whole runway: the same weight map read once.
+
+    Every forecast from the whole runway multiplies the runway by the compiled weight map (``A``, or
+    ``U`` and ``V``), so it cannot be faster than reading the map's bytes once. ``us_read_floor`` is the
+    median time of ``torch.sum`` over those arrays (a multithreaded pure read, at the cell's thread
+    count); ``us_bare_matvec`` the median time of the map's matrix-vector product alone (no offset, no
+    bases, no NaN check). Both are timed like :func:`time_forecasts`, in the same cell as the forecast
+    they bound, so their ratio to it does not depend on the machine's load.
+    """
+    mats = [m for m in (compiled.A, compiled.U, compiled.V) if m is not None]
+    if not mats:  # state-agnostic: no weight map
+        return {"us_read_floor": None, "us_bare_matvec": None, "map_mb": 0.0}
+    ts = [torch.from_numpy(m) for m in mats]
+    x = np.ones(compiled.runway * compiled.n_channels, np.float32)
+    if compiled.A is not None:
+        def matvec(_):
+            return compiled.A @ x
+    else:
+        def matvec(_):
+            return compiled.U @ (compiled.V @ x)
+    read = time_forecasts(lambda _: [t.sum() for t in ts], [None], n_calls, warmup)
+    mv = time_forecasts(matvec, [None], n_calls, warmup)
+    return {"us_read_floor": read["us_per_forecast"], "us_bare_matvec": mv["us_per_forecast"],
+            "map_mb": float(sum(m.nbytes for m in mats) / 1e6)}
+
+
 def _forecast_fn(model, compiled, ipi: int, lead: int, device: str):
     """A batch-1 forecast function on a numpy ``R x C`` float32 runway, returning a numpy ``H x C`` forecast."""
     if compiled is not None:
@@ -363,7 +390,8 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     Returns one row per (model, compiled, streaming, device, horizon_ms): ``model, compiled, streaming,
     device, n_channels, n_usable, horizon_ms, runway_ms, n_bases, rank, threads, us_per_forecast`` (median),
     ``us_p10, us_p90, us_iqr, us_mean, us_advance, us_advance_p90`` (streaming rows; None otherwise),
-    ``n_calls``, and the targets of the issue:
+    ``us_read_floor, us_bare_matvec, map_mb`` (compiled rows given the whole runway, see
+    :func:`time_map_floor`; None otherwise), ``n_calls``, and the targets of the issue:
     ``target_us`` (100: compiled forecast <= 0.1 ms at 94 channels, horizon 164),
     ``meets_target`` (1.0 when ``us_per_forecast <= target_us``, else 0.0), ``speedup``
     (uncompiled median / this row's median for the same model, device and horizon; 1 for
@@ -406,7 +434,9 @@ def run_latency(params: dict, seed: int) -> pa.Table:
                             continue  # the compiled model is numpy: CPU only
                         comp = compile_tbfm(model, [int(p["ipi_ms"])], lead=int(p["lead_ms"])) if compiled else None
                         fn = _forecast_fn(model, comp, int(p["ipi_ms"]), int(p["lead_ms"]), device)
-                        timings = [(False, time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])))]
+                        timings = [(False, {**time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])),
+                                            **(time_map_floor(comp, int(p["n_calls"]), int(p["warmup"]))
+                                               if compiled else {})})]
                         if compiled and p["streaming"]:
                             timings.append((True, time_streaming(comp.stream(int(p["ipi_ms"])), runways,
                                                                  int(p["n_calls"]), int(p["warmup"]))))
@@ -418,6 +448,7 @@ def run_latency(params: dict, seed: int) -> pa.Table:
                                          "runway_ms": int(p["runway_ms"]), "n_bases": int(getattr(model, "n_bases", 0)),
                                          "rank": -1 if p["rank"] is None else int(p["rank"]),
                                          "threads": int(p["threads"]), "us_advance": None, "us_advance_p90": None,
+                                         "us_read_floor": None, "us_bare_matvec": None, "map_mb": None,
                                          **t, "n_calls": int(p["n_calls"])})
     base = {(r["model"], r["device"], r["horizon_ms"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
     for r in rows:
