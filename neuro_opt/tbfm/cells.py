@@ -253,7 +253,7 @@ def time_map_floor(compiled, n_calls: int = 1000, warmup: int = 100) -> dict:
     median time of ``torch.sum`` over those arrays (a multithreaded pure read, at the cell's thread
     count); ``us_bare_matvec`` the median time of the map's matrix-vector product alone (no offset, no
     bases, no NaN check). Both are timed like :func:`time_forecasts`, in the same cell as the forecast
-    they bound, so their ratio to it does not depend on the machine's load.
+    they bound, so their ratio to it moves less with the machine's load than either does.
     """
     mats = [m for m in (compiled.A, compiled.U, compiled.V) if m is not None]
     if not mats:  # state-agnostic: no weight map
