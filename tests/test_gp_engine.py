@@ -318,7 +318,11 @@ def test_screened_argmax_equals_the_full_posterior(shape, n_obs, prior, repeats)
         assert torch.allclose(got[ev], full[ev], rtol=0, atol=1e-10)
         top = full.max(1).values
         assert bool((full[~ev] < (top[:, None].expand_as(full))[~ev]).all())
-        assert torch.equal(got.max(1).values, full.gather(1, got.argmax(1, keepdim=True))[:, 0])
+        # the point it picks holds the full posterior's maximum (to the rounding of a matrix product
+        # whose blocking depends on its size and the CPU's BLAS kernel, so not bit for bit)
+        picked = full.gather(1, got.argmax(1, keepdim=True))[:, 0]
+        assert torch.allclose(got.max(1).values, picked, rtol=0, atol=1e-12)
+        assert bool((picked >= top - 1e-12).all())
         assert torch.allclose(got.max(1).values, top, rtol=0, atol=1e-10)
 
 
