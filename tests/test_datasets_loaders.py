@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import pickle
+import re
+import shlex
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
@@ -10,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 
-from neuro_opt.datasets import load, sample_responses, to_trials
+from neuro_opt.datasets import load, safe_pickle, sample_responses, to_trials
 from neuro_opt.datasets._common import DataFormatError
 
 # ----------------------------------------------------------------------------- Dataset 1 writer
@@ -320,6 +325,121 @@ def test_spinal_pickle_errors(tmp_path):
     write_spinal_pickle(f, np.random.default_rng(2))
     with pytest.raises(DataFormatError, match=r"rat1_C4_300uA\.pkl: ch2xy must be 1-based, found coordinate 0"):
         load("neuromosaics_spinal", path=str(f), ch2xy_base=1)
+    f.write_bytes(f.read_bytes()[:200])  # truncated: the generic message, not a refusal
+    with pytest.raises(DataFormatError, match=r"rat1_C4_300uA\.pkl: not a readable pickle \("):
+        load("neuromosaics_spinal", path=str(f))
+
+
+class Payload:
+    """Unpickles by calling ``func(*args)``, as a crafted file does."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+# each writes the file ``marker`` when called
+PAYLOADS = {
+    "os.system": lambda marker: Payload(os.system, f"echo pwned > {shlex.quote(str(marker))}"),
+    "builtins.eval": lambda marker: Payload(eval, f"open({str(marker)!r}, 'w').write('pwned')"),
+    "numpy.savetxt": lambda marker: Payload(np.savetxt, str(marker), [1.0]),
+}
+
+
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_spinal_pickle_refuses_code(tmp_path, kind):
+    (tmp_path / "spinal").mkdir()
+    f, marker = tmp_path / "spinal" / "rat0_C5_500uA.pkl", tmp_path / "pwned"
+    data = write_spinal_pickle(f, np.random.default_rng(3))
+    payload = PAYLOADS[kind](marker)
+    data["parameters"]["note"] = payload  # hidden inside an otherwise valid file
+    with open(f, "wb") as fh:
+        pickle.dump(data, fh)
+    refused = f"{payload.func.__module__}.{payload.func.__qualname__}"  # os.system is posix.system on POSIX
+    with pytest.raises(DataFormatError, match=r"rat0_C5_500uA\.pkl: refused: the pickle asks for "
+                       rf"{re.escape(refused)}, which is not a numpy array or a plain Python container or scalar"):
+        load("neuromosaics_spinal", path=str(tmp_path))
+    assert not marker.exists()
+    pickle.loads(f.read_bytes())  # the payload is live: a plain pickle.load runs it
+    assert marker.exists()
+
+
+def assert_same(got, want, where="value"):
+    """Same types, dtypes, shapes and values, recursing into object arrays and containers."""
+    assert type(got) is type(want), f"{where}: {type(got)} != {type(want)}"
+    if isinstance(want, np.ndarray):
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), f"{where}: {got.dtype}{got.shape}"
+        if want.dtype == object:
+            for i, (g, w) in enumerate(zip(got.flat, want.flat)):
+                assert_same(g, w, f"{where}[{i}]")
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=where)
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, dict):
+        assert list(got) == list(want), where
+        for k in want:
+            assert_same(got[k], want[k], f"{where}[{k!r}]")
+    else:
+        assert got == want, where
+
+
+def object_cells():
+    """A 2 x 2 object array of vectors, lists and nested cells, as NeuroMOSAICS cell fields are."""
+    c = np.empty((2, 2), dtype=object)
+    c[0, 0], c[0, 1], c[1, 0] = np.arange(3.0), [1, 2.5, None], np.array(["R Bi", "L Tr"])
+    c[1, 1] = np.array([np.arange(2), np.ones(3, dtype=bool)], dtype=object)
+    return c
+
+
+SAFE_VALUES = {
+    "float": np.linspace(0, 1, 5), "int": np.arange(-3, 3, dtype=np.int16), "bool": np.array([True, False]),
+    "unicode": np.array(["R Bi", "L Tr"]), "bytes": np.array([b"a", b"bc"]), "cells": object_cells(),
+    "zero_d": np.array(2.5), "empty": np.zeros((0, 3)), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    "scalars": [np.float64(1.0), np.int32(-2), np.bool_(True), np.complex128(1 - 2j), np.str_("x")],
+    "python": [{1, 2}, frozenset({"a"}), 1 + 2j, bytearray(b"\x00\xff"), slice(1, None, 2), OrderedDict(a=1),
+               b"", (1, 2.0, None, "s")],
+}
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_safe_pickle_round_trips_arrays_and_containers(tmp_path, protocol):
+    f = tmp_path / "values.pkl"
+    f.write_bytes(pickle.dumps(SAFE_VALUES, protocol=protocol))
+    assert_same(safe_pickle.load(f), SAFE_VALUES)
+
+
+# written by numpy 1.26 (numpy.core.* names): [cells with a vector, a list and None, np.float64(1.5),
+# int8 0-d array, unicode array, empty array] with protocol 2, and [np.arange(3.0), np.float64(1.5)] with protocol 5
+NUMPY1_PROTOCOL2 = (
+    "gAJdcQAoY251bXB5LmNvcmUubXVsdGlhcnJheQpfcmVjb25zdHJ1Y3QKcQFjbnVtcHkKbmRhcnJheQpxAksAhXEDY19jb2RlY3MKZW5jb2RlCnEE"
+    "WAEAAABicQVYBgAAAGxhdGluMXEGhnEHUnEIh3EJUnEKKEsBSwOFcQtjbnVtcHkKZHR5cGUKcQxYAgAAAE84cQ2JiIdxDlJxDyhLA1gBAAAAfHEQ"
+    "Tk5OSv////9K/////0s/dHERYoldcRIoaAFoAksAhXETaAiHcRRScRUoSwFLAoVxFmgMWAIAAABmOHEXiYiHcRhScRkoSwNYAQAAADxxGk5OTkr/"
+    "////Sv////9LAHRxG2KJaARYEQAAAAAAAAAAAAAAAAAAAAAAw7A/cRxoBoZxHVJxHnRxH2JdcSAoSwFHQAQAAAAAAABlTmV0cSFiY251bXB5LmNv"
+    "cmUubXVsdGlhcnJheQpzY2FsYXIKcSJoGWgEWAkAAAAAAAAAAADDuD9xI2gGhnEkUnElhnEmUnEnaAFoAksAhXEoaAiHcSlScSooSwEpaAxYAgAA"
+    "AGkxcSuJiIdxLFJxLShLA2gQTk5OSv////9K/////0sAdHEuYoloBFgBAAAAA3EvaAaGcTBScTF0cTJiaAFoAksAhXEzaAiHcTRScTUoSwFLAoVx"
+    "NmgMWAIAAABVMnE3iYiHcThScTkoSwNoGk5OTksISwRLCHRxOmKJaARYEAAAAGEAAABiAAAAYwAAAAAAAABxO2gGhnE8UnE9dHE+YmgBaAJLAIVx"
+    "P2gIh3FAUnFBKEsBSwCFcUJoGYljX19idWlsdGluX18KYnl0ZXMKcUMpUnFEdHFFYmUu")
+NUMPY1_PROTOCOL5 = (
+    "gAWVwwAAAAAAAABdlCiMEm51bXB5LmNvcmUubnVtZXJpY5SMC19mcm9tYnVmZmVylJOUKJYYAAAAAAAAAAAAAAAAAAAAAAAAAAAA8D8AAAAAAAAA"
+    "QJSMBW51bXB5lIwFZHR5cGWUk5SMAmY4lImIh5RSlChLA4wBPJROTk5K/////0r/////SwB0lGJLA4WUjAFDlHSUUpSMFW51bXB5LmNvcmUubXVs"
+    "dGlhcnJheZSMBnNjYWxhcpSTlGgKQwgAAAAAAAD4P5SGlFKUZS4=")
+
+
+@pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")  # numpy 2 reading 1.x
+def test_safe_pickle_reads_numpy1_files(tmp_path):
+    f = tmp_path / "numpy1.pkl"
+    f.write_bytes(base64.b64decode(NUMPY1_PROTOCOL2))
+    cell = np.empty(3, dtype=object)
+    cell[:] = [np.arange(2.0), [1, 2.5], None]
+    assert_same(safe_pickle.load(f), [cell, np.float64(1.5), np.array(3, dtype=np.int8), np.array(["ab", "c"]),
+                                      np.zeros(0)])
+    f.write_bytes(base64.b64decode(NUMPY1_PROTOCOL5))
+    assert_same(safe_pickle.load(f), [np.arange(3.0), np.float64(1.5)])
 
 
 # ----------------------------------------------------------------------------- 5-D .mat

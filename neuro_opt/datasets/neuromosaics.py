@@ -17,8 +17,10 @@ order differs between files (Cebus files carry extra fields). Used fields:
 Dataset 2 (spinal stimulation, rats): one Python pickle per array placement
 (``spinal/rat0_C5_500uA.pkl``), a dict with, among others, ``ch2xy``, ``emgs``,
 ``sorted_resp`` (C x M x R, NaN padded, or C x M cells), ``sorted_isvalid``,
-``sorted_respMean`` and ``parameters`` (holding ``nChan``). Pickles execute
-code when loaded: load only files you trust (the OSF originals).
+``sorted_respMean`` and ``parameters`` (holding ``nChan``). Pickles are read
+with :func:`neuro_opt.datasets.safe_pickle.load`, which refuses anything but
+numpy arrays and plain Python containers and scalars (a plain ``pickle.load``
+would run whatever code a crafted file names).
 
 Ground truth (``truth=``): ``"valid_mean"`` (default, mean over valid
 repetitions), ``"all_mean"`` (every repetition) or ``"stored"`` (the file's
@@ -30,13 +32,13 @@ The stored responses keep each trial's baseline offset; ``response=
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.io
 
+from neuro_opt.datasets import safe_pickle
 from neuro_opt.datasets._common import (
     DataFormatError, as_name_list, check_unique, coords_to_grid, find_files, first_muscles, grid_space,
     problems_from_channels, require_path, select_files, select_muscles,
@@ -380,9 +382,10 @@ def read_spinal_pickle(file: Path, truth: str = "valid_mean", response: str = "s
     """
     where = str(file)
     try:
-        with open(file, "rb") as fh:
-            data = pickle.load(fh)
-    except Exception as exc:  # noqa: BLE001
+        data = safe_pickle.load(file)
+    except safe_pickle.RefusedGlobalError as exc:
+        raise DataFormatError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt file
         raise DataFormatError(f"{where}: not a readable pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, Mapping):
         raise DataFormatError(f"{where}: expected a dict of NeuroMOSAICS keys, got {type(data).__name__}")
