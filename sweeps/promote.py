@@ -21,9 +21,14 @@ the search space, the date and the code version (git commit, ``-dirty`` for unco
 changes) of the calibration and of the promotion.
 
 The file is validated against the online schema (and the algorithm built on its space)
-before it is written; an existing file is refused unless ``overwrite=true``; the source run
-in MLflow is tagged ``neuro_opt.promoted=NAME``. Other keys: ``tracking.uri`` (default
-``sqlite:///mlflow.db``, as the launcher), ``out_dir`` (default ``conf/online``).
+before it is written, and every point of its space is checked against the safety limits of
+the rig config ``rig=NAME|PATH`` (default ``synapse``, i.e. ``conf/rig/synapse.yaml``) with
+the check a session makes at preflight: a point the rig would refuse (an amplitude above
+``limits.max_amplitude_uA``, say) refuses the promotion and nothing is written;
+``provenance.checked_against_rig`` records the rig config. An existing file is refused
+unless ``overwrite=true``; the source run in MLflow is tagged ``neuro_opt.promoted=NAME``.
+Other keys: ``tracking.uri`` (default ``sqlite:///mlflow.db``, as the launcher), ``out_dir``
+(default ``conf/online``).
 The last line printed is the path of the written file.
 """
 
@@ -40,9 +45,9 @@ import yaml
 from sweeps.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ("source", "name", "overwrite", "tracking.uri", "study.storage", "base", "out_dir")
+KEYS = ("source", "name", "overwrite", "tracking.uri", "study.storage", "base", "rig", "out_dir")
 DEFAULTS = {"overwrite": False, "tracking.uri": "sqlite:///mlflow.db", "study.storage": None,
-            "base": "example_rat", "out_dir": str(ROOT / "conf" / "online")}
+            "base": "example_rat", "rig": "synapse", "out_dir": str(ROOT / "conf" / "online")}
 
 
 class PromoteError(ConfigError):
@@ -216,6 +221,61 @@ def _base(spec: str) -> tuple[dict, Path]:
         return yaml.safe_load(fh), path
 
 
+def _rig_path(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        path = ROOT / "conf" / "rig" / f"{spec}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (ROOT / "conf" / "rig").glob("*.yaml"))
+        raise PromoteError(f"rig={spec!r}: no such file, nor conf/rig/{spec}.yaml; options: {', '.join(options)}")
+    path = path.resolve()
+    try:  # as the user knows it: conf/rig/synapse.yaml inside the repository
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def check_rig(cfg, rig_path: Path) -> None:
+    """Refuse ``cfg`` if a session would refuse it on this rig: the session's own preflight
+    (:meth:`hardware.online.StimulationPlan.preflight`) over every point of its space."""
+    from hardware.online import StimulationPlan
+    from hardware.rig import ChannelMap
+    from hardware.safety import SafetyLimits, SafetyViolation
+    from neuro_opt.space import SearchSpace
+
+    full = ROOT / rig_path  # rig_path itself when absolute
+    unusable = f"rig config {rig_path} cannot check the promoted config; nothing written"
+    try:
+        with open(full) as fh:
+            rig_cfg = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise PromoteError(f"{unusable}: {_one_line(exc)}") from None
+    if not isinstance(rig_cfg, dict) or not isinstance(rig_cfg.get("limits"), dict):
+        raise PromoteError(f"{unusable}: it has no limits mapping (rig.limits: max_amplitude_uA, max_charge_nC, ...); "
+                           f"pass rig= a rig config with safety limits")
+    try:
+        limits = SafetyLimits.from_dict(rig_cfg["limits"])
+        chmap = None
+        if cfg.electrode_dims:  # as hardware.online.run_online builds them
+            if rig_cfg.get("ch2xy") is None:
+                raise ValueError("rig.ch2xy is required: the online space has electrode dimensions")
+            chmap = ChannelMap.from_config(rig_cfg["ch2xy"], SearchSpace(dict(cfg.space)), cfg.electrode_dims)
+        plan = StimulationPlan(cfg, chmap, limits)
+    except (ValueError, FileNotFoundError) as exc:
+        raise PromoteError(f"{unusable}: {_one_line(exc)}") from None
+    try:
+        plan.preflight()
+    except SafetyViolation as exc:
+        raise PromoteError(f"the promoted config breaks the safety limits of rig config {rig_path}; nothing written: "
+                           f"{_one_line(exc)}") from None
+    except ValueError as exc:
+        raise PromoteError(f"{unusable}: {_one_line(exc)}") from None
+
+
 def build(rec: dict, args: dict) -> dict:
     from hardware.online import OnlineConfig
     from neuro_opt import algorithms
@@ -223,6 +283,7 @@ def build(rec: dict, args: dict) -> dict:
     from sweeps.kinds.tune import git_version
 
     base, base_path = _base(args["base"])
+    rig_path = _rig_path(args["rig"])
     d = dict(base)
     d["name"] = args["name"]
     alg = rec["algorithm"]
@@ -259,6 +320,7 @@ def build(rec: dict, args: dict) -> dict:
         "train_objective": rec.get("train_objective"),
         "n_queries_tuned": rec.get("n_queries"),
         "base": str(base_path),
+        "checked_against_rig": str(rig_path),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "code_version": rec.get("code_version"),
         "promoted_with": git_version(),
@@ -274,6 +336,7 @@ def build(rec: dict, args: dict) -> dict:
     except (ValueError, TypeError) as exc:
         raise PromoteError(f"the chosen hyperparameters do not build a {name} optimizer on the online space: "
                            f"{exc}") from None
+    check_rig(cfg, rig_path)
     return cfg.to_dict()
 
 

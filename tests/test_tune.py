@@ -49,10 +49,12 @@ def local_ray():
 
     import ray
 
+    from hardware.local_ray import init_local
+
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        init_local(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
     if started:
         ray.shutdown()
@@ -315,3 +317,57 @@ def test_promotion_refuses_sources_without_hyperparameters(tmp_path, capsys):
     assert promote.main(["source=empty"]) == 2
     assert "name= is required" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.yaml"))
+
+
+def test_promotion_refuses_values_outside_the_rig_safety_limits(tmp_path, capsys):
+    from hardware.online import OnlineConfig
+    from sweeps import promote
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("tune_gpbo"))
+    client.log_param(run.info.run_id, "chosen.algorithm", json.dumps(
+        {"name": "gpbo", "kappa": 3.0, "n_random": 1, "rho_low": 0.02, "rho_high": 5.0, "noise_min": 0.0001,
+         "noise_max": 0.05}))
+    template = yaml.safe_load((ROOT / "conf" / "online" / "example_rat.yaml").read_text())
+
+    def base(name, amplitude):
+        d = {**template, "stimulation": {**template["stimulation"], "amplitude_uA": amplitude}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        return path
+
+    out = tmp_path / "out"
+    common = [f"source={run.info.run_id}", f"tracking.uri={uri}", f"out_dir={out}"]
+
+    # 500 uA on the default rig (conf/rig/synapse.yaml: at most 100 uA): refused before anything is written
+    assert promote.main(common + ["name=hot", f"base={base('hot', 500)}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1  # one line
+    err = err[0]
+    assert "breaks the safety limits of rig config conf/rig/synapse.yaml; nothing written" in err
+    assert "amplitude_uA 500" in err and "100" in err
+    assert not out.exists() or not list(out.iterdir())  # no yaml, no leftover .tmp
+
+    # the safe template (30 uA) is promoted, and its provenance names the rig config it was checked against
+    assert promote.main(common + ["name=safe", f"base={base('safe', 30.0)}"]) == 0
+    path = out / "safe.yaml"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(path)
+    assert OnlineConfig.load(path).provenance["checked_against_rig"] == "conf/rig/synapse.yaml"
+    assert sorted(p.name for p in out.iterdir()) == ["safe.yaml"]
+
+    # rig= a file whose limits allow at most 20 uA: the default 30 uA template is refused
+    rig = yaml.safe_load((ROOT / "conf" / "rig" / "synapse.yaml").read_text())
+    rig["limits"]["max_amplitude_uA"] = 20.0
+    rig_path = tmp_path / "low_rig.yaml"
+    rig_path.write_text(yaml.safe_dump(rig, sort_keys=False))
+    assert promote.main(common + ["name=low", f"rig={rig_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"rig config {rig_path}" in err and "amplitude_uA 30" in err and "20" in err
+    assert sorted(p.name for p in out.iterdir()) == ["safe.yaml"]
+
+    # a bare rig name resolves in conf/rig/; an unknown one lists the options
+    assert promote.main(common + ["name=nowhere", "rig=no_such_rig"]) == 2
+    err = capsys.readouterr().err
+    assert "rig='no_such_rig'" in err and "synapse" in err and "simulated" in err
+    assert sorted(p.name for p in out.iterdir()) == ["safe.yaml"]
