@@ -231,7 +231,10 @@ def test_mlflow_compose_binds_loopback_uses_postgres_and_s3_and_turns_basic_auth
     for secret in ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
         assert f"${{{secret}:?" in (INFRA / "mlflow" / "compose.yaml").read_text(), f"{secret} must be required"
 
+    # users read everything and write only where they created or were granted: never EDIT by default
+    assert mlflow["environment"]["MLFLOW_DEFAULT_PERMISSION"] == "${MLFLOW_DEFAULT_PERMISSION:-READ}"
     entry = (INFRA / "mlflow" / "entrypoint.sh").read_text()
+    assert "default_permission = ${MLFLOW_DEFAULT_PERMISSION:-READ}" in entry
     assert "--app-name basic-auth" in entry and "--serve-artifacts" in entry
     assert "postgresql+psycopg://mlflow:" in entry and "/mlflow_auth" in entry and "--artifacts-destination" in entry
     init = (INFRA / "mlflow" / "postgres-init.sh").read_text()
@@ -633,3 +636,16 @@ def test_losing_a_worker_node_mid_sweep_reruns_its_cells_and_changes_no_result(c
     # one child run per noise level, none twice
     assert sorted(float(c.data.params["noise"]) for c in children) == [0.0, 0.25, 0.5, 0.75]
     assert len(client.list_artifacts(parent.info.run_id, "results")) == 16
+
+
+def test_every_documented_ray_start_turns_token_auth_on():
+    """A command a lab copies to start a Ray node (the rig PC included) never leaves auth off."""
+    places = [ROOT / "README.md", INFRA / "README.md", *ROOT.glob("conf/**/*.yaml"), *ROOT.glob("hardware/*.py"),
+              *ROOT.glob("sweeps/*.py")]
+    found = 0
+    for path in places:
+        for line in path.read_text().splitlines():
+            for m in re.finditer(r"ray start --", line):
+                found += 1
+                assert line[:m.start()].rstrip().endswith("RAY_AUTH_MODE=token"), f"{path}: {line.strip()}"
+    assert found >= 5

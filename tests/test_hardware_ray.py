@@ -5,6 +5,8 @@ refused second session, and unsafe queries that never reach the stimulator."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ import yaml
 from hardware.actor import ActorRigSession, RigBusy, get_rig_actor
 from hardware.emulator import build, serve
 from hardware.journal import Journal
-from hardware.online import run_online
+from hardware.local_ray import init_local
+from hardware.online import SessionStopped, run_online
 from hardware.safety import SafetyViolation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +31,8 @@ SAFE = dict(channel=5, amplitude_uA=30.0, frequency_hz=333.333, pulse_width_us=2
 def cluster():
     emu = build(ch2xy="conf/rig/ch2xy_rat32.json", latency_s=0.02)
     server, _ = serve(emu, 0)
-    ray.init(num_cpus=2, resources={"tdt_rig": 1}, include_dashboard=False, log_to_driver=False,
-             namespace="test_hardware")
+    init_local(num_cpus=2, resources={"tdt_rig": 1}, include_dashboard=False, log_to_driver=False,
+               namespace="test_hardware")
     yield {"emu": emu, "port": server.server_address[1]}
     ray.shutdown()
     server.shutdown()
@@ -142,9 +145,10 @@ def test_second_session_refused_and_unsafe_queries_never_sent(cluster, tmp_path)
     assert ray.get(handle.open_session.remote("someone-else"))["granted"]
     n_stims, n_writes = len(emu.stimulations), len(emu.writes)
     try:
-        with pytest.raises(RigBusy, match="in use by session 'someone-else'; refused"):
+        with pytest.raises(SessionStopped, match="in use by session 'someone-else'; refused") as info:
             run_online(online_cfg(n_queries=2, algorithm={"name": "extensive"}), rig_cfg(port, busy="refuse"),
                        run_dir=tmp_path / "r", echo=lambda s: None)
+        assert isinstance(info.value.cause, RigBusy)
         with pytest.raises(RigBusy, match="does not hold rig"):  # no lease, no stimulation
             ray.get(handle.stimulate.remote("intruder", SAFE))
     finally:
@@ -166,3 +170,54 @@ def test_second_session_refused_and_unsafe_queries_never_sent(cluster, tmp_path)
                    rig_cfg(port), run_dir=tmp_path / "u", echo=lambda s: None)
     assert not (tmp_path / "u" / "journal.jsonl").exists()
     assert len(emu.stimulations) == n_stims and len(emu.writes) == n_writes
+
+
+def _descendants(root: int) -> set[int]:
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in out]
+        out.update(kids)
+        todo.extend(kids)
+    return out
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket in LISTEN state held by ``pids``."""
+    inode_pid = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inode_pid[link[8:-1]] = pid
+        except OSError:
+            pass
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inode_pid:
+                raw, port = cols[1].split(":")
+                addr = (socket.inet_ntop(socket.AF_INET, bytes.fromhex(raw)[::-1]) if len(raw) == 8 else
+                        socket.inet_ntop(socket.AF_INET6, b"".join(bytes.fromhex(raw[i:i + 8])[::-1]
+                                                                  for i in range(0, 32, 8))))
+                out.append((inode_pid[cols[9]], addr, int(port, 16)))
+    return out
+
+
+def test_local_ray_listens_on_loopback_only(cluster):
+    """The local Ray the launcher and the online runner start (hardware.local_ray) serves its GCS, raylet,
+    workers and agents on 127.0.0.1 only, never on every interface."""
+    ray.get([ray.remote(lambda: os.getpid()).remote() for _ in range(2)])  # workers up
+    socks = _listening(_descendants(os.getpid()))
+    assert len({pid for pid, _, _ in socks}) >= 3  # GCS, raylet, workers, agents: a real Ray was looked at
+    assert {addr for _, addr, _ in socks} <= {"127.0.0.1", "::ffff:127.0.0.1"}, socks
+

@@ -11,9 +11,9 @@ umask 077
 mkdir -p "$HOME/auth"
 cat > "$HOME/auth/basic_auth.ini" <<INI
 [mlflow]
-# EDIT: every user may log runs into every experiment (a lab shares noise_sweep and the rest);
-# use READ to let users write only to experiments they created or were granted.
-default_permission = ${MLFLOW_DEFAULT_PERMISSION:-EDIT}
+# READ: users see every experiment and write only to those they created or were granted
+# EDIT on (infra/README.md: granting the lab's writers); EDIT here would let anyone edit anything.
+default_permission = ${MLFLOW_DEFAULT_PERMISSION:-READ}
 database_uri = postgresql+psycopg://mlflow:${MLFLOW_DB_PASSWORD}@${PGHOST}:${PGPORT}/mlflow_auth
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
