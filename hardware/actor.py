@@ -2,7 +2,7 @@
 
 On the lab PC (where Synapse runs)::
 
-    ray start --head --resources='{"tdt_rig": 1}'
+    RAY_AUTH_MODE=token ray start --head --resources='{"tdt_rig": 1}'
 
 :func:`get_rig_actor` finds the actor by name, or creates it with that custom
 resource (so it can only live on the node that has the rig, and only once),
@@ -125,7 +125,7 @@ def get_rig_actor(rig_cfg: Mapping, create: bool = True):
     """
     if not ray.is_initialized():
         raise RigError("Ray is not initialized: call ray.init(address=...) (the lab PC runs "
-                       "`ray start --head --resources='{\"tdt_rig\": 1}'`)")
+                       "`RAY_AUTH_MODE=token ray start --head --resources='{\"tdt_rig\": 1}'`)")
     opts = actor_options(rig_cfg)
     name, ns, res = str(rig_cfg.get("name") or "tdt_rig"), opts["namespace"], opts["resource"]
     try:
@@ -136,7 +136,8 @@ def get_rig_actor(rig_cfg: Mapping, create: bool = True):
         have = ray.cluster_resources().get(res, 0)
         if have < 1:
             raise RigError(f"no Ray node offers the custom resource {res!r} that pins the rig actor; on the lab PC "
-                           f"run `ray start --head --resources='{{\"{res}\": 1}}'` (or ray.init(resources=...))")
+                           f"run `RAY_AUTH_MODE=token ray start --head --resources='{{\"{res}\": 1}}'` "
+                           f"(or ray.init(resources=...))")
         remote = ray.remote(RigActor)
         handle = remote.options(name=name, namespace=ns, resources={res: 1}, num_cpus=0, max_concurrency=1,
                                 max_restarts=0, get_if_exists=True,
@@ -187,8 +188,15 @@ class ActorRigSession:
             time.sleep(self.poll_s)
 
     def stimulate(self, params: StimParams | Mapping) -> Trial:
+        """One stimulation on the actor's rig; a failure raises the rig's own exception (its message and
+        :func:`~hardware.rig.delivery_of` intact), not Ray's wrapper with the actor's traceback."""
         p = params.to_dict() if isinstance(params, StimParams) else dict(params)
-        return ray.get(self.handle.stimulate.remote(self.session_id, p))
+        try:
+            return ray.get(self.handle.stimulate.remote(self.session_id, p))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
 
     def health(self) -> dict:
         return ray.get(self.handle.health.remote())

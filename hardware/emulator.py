@@ -27,9 +27,14 @@ in order, and reported by extra endpoints (not part of Synapse):
 - ``GET /emulator/stimulations`` -> ``{"stimulations": [...]}`` (also appended to
   ``--log FILE`` as JSON lines);
 - ``GET /emulator/writes`` -> ``{"writes": [...]}``; ``GET /emulator/info``;
-- ``PUT /emulator/fault`` ``{"kind": ..., "count": n}`` injects faults (``nan_buffer``,
-  ``null_value``, ``string_value``, ``late``, ``error``, ``hang`` with ``seconds``,
-  ``bad_size``, ``misread``); ``PUT /emulator/reset`` clears the records.
+- ``PUT /emulator/fault`` ``{"kind": ..., "count": n, "param": "GIZMO.PARAM", "after": k}``
+  injects a fault into the next ``n`` requests (default 1; 0 clears it), or only into those
+  naming ``param``, after letting ``k`` of them through (``nan_buffer``, ``null_value``,
+  ``string_value``, ``late``, ``error``, ``hang`` with ``seconds``, ``bad_size``,
+  ``misread``); ``PUT /emulator/reset`` clears the records.
+
+``--circuit-pulse-width-us`` and ``--circuit-n-pulses`` set what the circuit's
+``DurA`` and ``CountA`` hold, to play a circuit that differs from the rig config.
 
 The server binds 127.0.0.1 only.
 """
@@ -105,9 +110,12 @@ class SynapseEmulator:
     def gizmos(self) -> list[str]:
         return sorted({k.split(".")[0] for k in self.params} | set(self.buffers))
 
-    def _take_fault(self, kind: str) -> dict | None:
+    def _take_fault(self, kind: str, path: str = "") -> dict | None:
         f = self.faults.get(kind)
-        if not f:
+        if not f or (f.get("param") and f["param"] not in path.split("/")):
+            return None
+        if f.get("after", 0) > 0:  # let this many matching requests through first
+            f["after"] -= 1
             return None
         f["count"] -= 1
         if f["count"] <= 0:
@@ -149,9 +157,9 @@ class SynapseEmulator:
         """Answer one request: (JSON reply, seconds to wait before replying)."""
         with self.lock:
             self._settle()
-            hang = self._take_fault("hang")
+            hang = self._take_fault("hang", path)
             delay = float(hang.get("seconds", 10.0)) if hang else 0.0
-            if self._take_fault("error"):
+            if self._take_fault("error", path):
                 return _err(500, "injected server error"), delay
             try:
                 return self._route(method, path, body or {}), delay
@@ -185,7 +193,7 @@ class SynapseEmulator:
                 raise _Reply(_err(404, "Synapse may need to be in non-Idle mode"))
             if len(parts) == 3 and parts[1] == "size" and method == "GET":
                 key = self._key(parts[2])
-                if self._take_fault("bad_size"):
+                if self._take_fault("bad_size", key):
                     return {"value": -1}
                 return {"value": self.n if key in self.read_only else 1}
             if len(parts) == 2:
@@ -208,15 +216,15 @@ class SynapseEmulator:
             if count < 0 or offset < 0:
                 raise _Reply(_err(422, "Ill-formed request packet: negative count or offset"))
             vals = [float(v) for v in data[offset:offset + count]]
-            if vals and self._take_fault("nan_buffer"):
+            if vals and self._take_fault("nan_buffer", key):
                 vals[len(vals) // 2] = float("nan")
             return {"values": vals} if "count" in body else {"value": vals[0] if vals else None}
-        if self._take_fault("null_value"):
+        if self._take_fault("null_value", key):
             return {"value": None}
-        if self._take_fault("string_value"):
+        if self._take_fault("string_value", key):
             return {"value": "n/a"}
         value = self.params[key]
-        if self._take_fault("misread"):
+        if self._take_fault("misread", key):
             value = value + 1
         if "count" in body:
             return {"values": [value]}
@@ -252,10 +260,15 @@ class SynapseEmulator:
                     "truth": {m: p.truth.tolist() for m, p in zip(self.rig.muscles, self.rig.problems)},
                     "space": {d.name: list(d.values) for d in self.rig.space.dims}}
         if method == "PUT" and parts == ["fault"]:
-            kind = body.get("kind")
+            kind, count = body.get("kind"), body.get("count", 1)
             if kind not in FAULT_KINDS:
                 raise _Reply(_err(400, f"unknown fault {kind!r}; known: {FAULT_KINDS}"))
-            self.faults[kind] = {**body, "count": int(body.get("count", 1))}
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise _Reply(_err(400, f"fault count must be an integer >= 0, got {count!r}"))
+            if count == 0:
+                self.faults.pop(kind, None)
+            else:
+                self.faults[kind] = {**body, "count": count}
             return {}
         if method == "PUT" and parts == ["reset"]:
             self.stimulations.clear()
@@ -346,6 +359,10 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-s", type=float, default=0.3, help="trigger -> window delay")
     ap.add_argument("--saline", action="store_true", help="artefacts only, no response (saline dry run)")
     ap.add_argument("--log", default=None, help="append every stimulation to this JSON-lines file")
+    ap.add_argument("--circuit-pulse-width-us", type=float, default=200.0,
+                    help="pulse width the circuit holds (DurA), whatever the rig config declares")
+    ap.add_argument("--circuit-n-pulses", type=int, default=13,
+                    help="pulse count the circuit holds (CountA), whatever the rig config declares")
     args = ap.parse_args(argv)
     try:
         kwargs = json.loads(args.dataset_kwargs)
@@ -353,7 +370,8 @@ def main(argv=None) -> int:
     except (json.JSONDecodeError, AssertionError):
         ap.error(f"--dataset-kwargs must be a JSON object, got {args.dataset_kwargs!r}")
     emu = build(args.dataset, kwargs, args.subject, args.ch2xy, args.seed, args.saline, mode=args.mode,
-                latency_s=args.latency_s, log_path=args.log)
+                latency_s=args.latency_s, log_path=args.log, circuit_pulse_width_us=args.circuit_pulse_width_us,
+                circuit_n_pulses=args.circuit_n_pulses)
     server, thread = serve(emu, args.port)
     port = server.server_address[1]
     print(f"Synapse emulator listening on http://{HOST}:{port} (dataset {emu.rig.dataset_name}, subject "

@@ -19,10 +19,18 @@ Per query ``q`` the runner:
 2. checks them against the rig's safety limits (minus disabled electrodes); a
    violation is journaled and raised, and nothing is sent (the whole space is
    also checked before the session starts);
-3. in ``operator`` mode, waits for Enter (``q`` pauses the session);
-4. journals an ``intent``, stimulates through the rig (its Ray actor), saves
-   the raw window, journals the ``trial``; a trial with pre-stimulus activity is
-   repeated up to ``max_retries`` times, else recorded invalid;
+3. in ``operator`` mode, waits for Enter (``q`` pauses the session); the mode in
+   force is resolved once before the session starts (:func:`resolve_mode`), and
+   operator mode without a terminal refuses to start (:func:`confirmation`);
+4. journals an ``intent``, stimulates through the rig (its Ray actor: the rig
+   reads every safety-relevant value back from the stimulator before the
+   trigger), saves the raw window, journals the ``trial`` with the read-back
+   values; a trial with pre-stimulus activity is repeated up to
+   ``max_retries`` times, else recorded invalid. A rig failure is journaled by
+   what reached the stimulator (:func:`hardware.rig.delivery_of`):
+   ``not_sent`` (before the trigger; no retry used), ``no_response`` (sent, no
+   valid response) or ``maybe_delivered``; then the session stops
+   (:class:`SessionStopped`) and ``resume=`` carries on;
 5. tells the optimizer (invalid trials only if ``tell_invalid``), computes
    exploration and exploitation without ground truth (STAR Protocols: the
    model's estimate at its believed-best point, and the estimate at the queried
@@ -31,9 +39,10 @@ Per query ``q`` the runner:
 Every record is on disk (fsync) before the next step starts. A killed session
 resumes from its journal (``resume=``): completed queries are replayed into a
 fresh optimizer (same seed, same call sequence), an interrupted query carries on
-with the attempts it has left, and an ``intent`` with no ``trial`` (the process
-died during a stimulation, whose response is lost) is journaled as ``lost``.
-No completed query is lost or repeated.
+with the attempts it has left, and an ``intent`` with no outcome (the process
+died during a stimulation, whose response is lost) is journaled as
+``maybe_delivered``. No completed query is lost or repeated. ``session.json``
+counts as stimulations only triggers that were sent.
 
 At the end: ``estimated_map.json`` (the posterior mean, loadable as the next
 session's prior), ``figures/estimated_map.png``, ``figures/performance.png``
@@ -47,6 +56,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import secrets
 import sys
 import time
@@ -57,12 +67,17 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from hardware.journal import Journal, JournalError, to_jsonable
-from hardware.rig import ChannelMap, RigError, resolve_path
+from hardware.rig import MAYBE_DELIVERED, NOT_SENT, SENT, ChannelMap, RigError, delivery_of, resolve_path
 from hardware.safety import STIM_FIELDS, SafetyLimits, SafetyViolation, StimParams, _check_keys
 from neuro_opt.space import SearchSpace
 
 MODES = ("operator", "autonomous", "dry_run")
 JOURNAL_NAME = "journal.jsonl"
+# journal kinds of a stimulation's outcome, by what reached the stimulator ("lost": older journals')
+OUTCOME_KIND = {NOT_SENT: "not_sent", SENT: "no_response", MAYBE_DELIVERED: "maybe_delivered"}
+OUTCOMES = ("trial", "no_response", "maybe_delivered", "lost", "not_sent", "refused")
+USES_ATTEMPT = ("trial", "no_response", "maybe_delivered", "lost")  # a trigger went out, or may have
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # keys that may change when a session is resumed; any other difference is refused
 RESUMABLE_CHANGES = ("n_queries", "mode", "max_retries", "save_windows", "provenance", "name")
 
@@ -303,6 +318,54 @@ class SessionPaused(Exception):
     """The operator stopped the session; resume it from its journal."""
 
 
+class OperatorNeedsTerminal(ValueError):
+    """Operator mode was asked for where no operator can answer; nothing was started."""
+
+
+class SessionStopped(RuntimeError):
+    """A started session stopped on an error; its journal holds everything up to it.
+
+    Attributes:
+        run_dir: the session folder (``resume=`` it to carry on).
+        cause: the exception that stopped it.
+    """
+
+    def __init__(self, message: str, run_dir: str | Path | None = None, cause: BaseException | None = None):
+        super().__init__(message)
+        self.run_dir, self.cause = run_dir, cause
+
+
+def resolve_mode(cfg_mode: str, override: str | None) -> str:
+    """The mode in force: ``override`` (the command line's ``mode=``) unless null, else the online config's."""
+    mode = cfg_mode if override is None else override
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+    return mode
+
+
+def confirmation(mode: str, confirm: Callable[[str], str] | None = None) -> Callable[[str], str] | None:
+    """The confirmation the mode in force requires before each stimulation (None: none).
+
+    Operator mode asks ``confirm`` (default: Enter on the terminal); with no terminal on stdin
+    nobody could answer, so it refuses to start rather than stimulate unconfirmed.
+    """
+    if mode != "operator":
+        return None
+    if confirm is not None:
+        return confirm
+    if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
+        raise OperatorNeedsTerminal("operator mode asks for Enter before every stimulation, but standard input is "
+                                    "not a terminal; run it from a terminal, or pass mode=autonomous to run without "
+                                    "confirmation on purpose")
+    return input
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` on one line, without terminal colour codes (journal and console)."""
+    text = _ANSI.sub("", f"{type(exc).__name__}: {exc}")
+    return " ".join(text.split())
+
+
 class OnlineSession:
     """One session over a journal (see the module docstring).
 
@@ -313,7 +376,8 @@ class OnlineSession:
         journal: the session's journal (header written).
         run_dir: the session folder.
         make_optimizer: ``make(name, space, n_reps, seed, prior, **hyper)``.
-        confirm: ``prompt -> answer`` in operator mode ('' or 'y' go, 'q' pauses).
+        confirm: ``prompt -> answer`` in operator mode ('' or 'y' go, 'q' pauses); see
+            :func:`confirmation`.
         tracker: optional, with ``log_query(record)`` and ``log_summary(summary, artifacts)``.
         echo: progress printer.
     """
@@ -325,7 +389,7 @@ class OnlineSession:
             from neuro_opt.algorithms import make as make_optimizer
         self.cfg, self.plan, self.rig, self.journal, self.run_dir = cfg, plan, rig, journal, Path(run_dir)
         self.space = plan.space
-        self.confirm = confirm or input
+        self.confirm = confirmation(cfg.mode, confirm)
         self.tracker, self.echo = tracker, echo
         if cfg.target_muscle not in rig.muscles:
             raise ValueError(f"online.target_muscle {cfg.target_muscle!r} is not recorded by rig {rig.name!r} "
@@ -385,8 +449,14 @@ class OnlineSession:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Run the remaining queries; raises :class:`SessionStopped` when an error stops it."""
         q, pending = self._replay()
-        lease = self.rig.open()
+        try:
+            lease = self.rig.open()
+        except Exception as exc:
+            self.journal.append("rig_error", at_query=q, error=error_text(exc))
+            raise SessionStopped(f"the rig could not be opened before query {q + 1}: {error_text(exc)}",
+                                 self.run_dir, exc) from exc
         if lease.get("taken_from"):
             self.journal.append("note", text=f"took over the rig lease from stale session {lease['taken_from']}")
         try:
@@ -399,6 +469,18 @@ class OnlineSession:
             self.journal.append("pause", at_query=q)
             self.echo(f"session paused before query {q + 1}; resume with resume={self.run_dir}")
             return self.outputs(paused=True)
+        except Exception as exc:
+            last = self.journal.records[-1]["kind"]
+            what = {"not_sent": "nothing was sent", "no_response": "the stimulation was sent, no valid response",
+                    "maybe_delivered": "the stimulation may have been delivered",
+                    "refused": "refused by the safety limits, nothing was sent"}.get(last, "")
+            message = f"query {q + 1} failed{f' ({what})' if what else ''}: {error_text(exc)}"
+            self.journal.append("stop", at_query=q, error=message)
+            try:
+                self.outputs(stopped=message)
+            except Exception as out_exc:  # noqa: BLE001 - the journal holds everything; report the first error
+                self.echo(f"note: session.json not written: {error_text(out_exc)}")
+            raise SessionStopped(message, self.run_dir, exc) from exc
         finally:
             self.rig.close()
         return self.outputs()
@@ -417,26 +499,30 @@ class OnlineSession:
         if self.replay_mismatches:
             self.echo(f"note: on replay the optimizer asked differently at {self.replay_mismatches} of {q} queries; "
                       f"the journal's points were told (they are what was stimulated)")
-        mine = [r for r in recs if r.get("query") == q and r["kind"] in ("intent", "trial", "lost", "error", "refused")]
+        mine = [r for r in recs if r.get("query") == q and r["kind"] in ("intent", "error", *OUTCOMES)]
         if not mine:
             if q:
-                self.journal.append("resume", at_query=q, mismatches=self.replay_mismatches)
+                self.journal.append("resume", at_query=q, mode=self.cfg.mode, mismatches=self.replay_mismatches)
             return q, {}
         points = {r["point"] for r in mine}
         if len(points) != 1:
             raise JournalError(f"journal {self.journal.path}: query {q} has attempts at several points {points}")
-        done_attempts = {r["attempt"] for r in mine if r["kind"] in ("trial", "lost", "refused") and "attempt" in r}
-        errors = {r["attempt"]: r["error"] for r in mine if r["kind"] == "error"}
+        closed = {r["attempt"] for r in mine if r["kind"] in OUTCOMES and "attempt" in r}
+        used = {r["attempt"] for r in mine if r["kind"] in USES_ATTEMPT}
+        errors = {r["attempt"]: r["error"] for r in mine if r["kind"] == "error"}  # journals before outcome kinds
         for r in mine:
-            if r["kind"] == "intent" and r["attempt"] not in done_attempts:
+            if r["kind"] == "intent" and r["attempt"] not in closed:
                 why = (f"the rig failed during this stimulation ({errors[r['attempt']]})" if r["attempt"] in errors
                        else "the process died during this stimulation")
-                self.journal.append("lost", query=q, attempt=r["attempt"], point=r["point"], params=r["params"],
-                                    reason=why + "; it may have been delivered, its response is unknown")
-                done_attempts.add(r["attempt"])
+                self.journal.append("maybe_delivered", query=q, attempt=r["attempt"], point=r["point"],
+                                    params=r["params"], reason=why + "; it may have been delivered, its response "
+                                                                     "is unknown")
+                closed.add(r["attempt"])
+                used.add(r["attempt"])
         trials = [r for r in self.journal.records if r.get("query") == q and r["kind"] == "trial"]
-        self.journal.append("resume", at_query=q, attempts_done=len(done_attempts), mismatches=self.replay_mismatches)
-        return q, {"point": points.pop(), "attempts_done": max(done_attempts) + 1 if done_attempts else 0,
+        self.journal.append("resume", at_query=q, mode=self.cfg.mode, attempts_done=len(used),
+                            mismatches=self.replay_mismatches)
+        return q, {"point": points.pop(), "attempts_done": max(used) + 1 if used else 0,
                    "last_trial": trials[-1] if trials else None}
 
     def _query(self, q: int, point: int | None = None, attempts_done: int = 0, last_trial: dict | None = None):
@@ -452,22 +538,22 @@ class OnlineSession:
             raise
         trial, a = last_trial, attempts_done
         while (trial is None or not trial["valid"]) and a <= cfg.max_retries:
-            if cfg.mode == "operator":
+            if self.confirm is not None:
                 self._confirm(q, a, point, params)
             self.journal.append("intent", query=q, attempt=a, point=point, params=params.to_dict())
             try:
                 tr = self.rig.stimulate(params)
-            except SafetyViolation as exc:
-                self.journal.append("refused", query=q, attempt=a, point=point, params=params.to_dict(),
-                                    error=str(exc))
-                raise
             except Exception as exc:
-                self.journal.append("error", query=q, attempt=a, point=point, error=f"{type(exc).__name__}: {exc}")
+                readback = getattr(exc, "readback", None)
+                self.journal.append(OUTCOME_KIND[delivery_of(exc)], query=q, attempt=a, point=point,
+                                    params=params.to_dict(), error=error_text(exc),
+                                    **({"readback": readback} if readback else {}))
                 raise
             window = self._save_window(q, a, tr.window)
             feat = tr.features[tr.muscles.index(m)]
             trial = self.journal.append(
-                "trial", query=q, attempt=a, point=point, params=tr.params, response=feat["value"],
+                "trial", query=q, attempt=a, point=point, params=tr.params, readback=tr.readback,
+                response=feat["value"],
                 valid=feat["valid"], reason=feat["reason"], feature=feat,
                 responses={mm: f["value"] for mm, f in zip(tr.muscles, tr.features)},
                 valid_by_muscle={mm: f["valid"] for mm, f in zip(tr.muscles, tr.features)},
@@ -518,8 +604,12 @@ class OnlineSession:
         return f"windows/{name}"
 
     # ---- outputs ------------------------------------------------------------------------------------
-    def outputs(self, paused: bool = False) -> dict:
-        """Write the estimated map, figures and ``session.json``; return the summary."""
+    def outputs(self, paused: bool = False, stopped: str | None = None) -> dict:
+        """Write the estimated map, figures and ``session.json``; return the summary.
+
+        ``n_stimulations`` counts the triggers that were sent (a trial, or no valid response);
+        ``n_maybe_delivered`` those whose fate is unknown; ``n_not_sent`` the failures before a trigger.
+        """
         queries = self.journal.of_kind("query")
         trials = self.journal.of_kind("trial")
         est = self.estimate() if queries else np.full(self.P, np.nan)
@@ -532,9 +622,12 @@ class OnlineSession:
         figures = self._figures(queries, est) if queries else []
         summary = {
             "session_id": self.journal.header["session_id"], "name": self.cfg.name, "mode": self.cfg.mode,
+            "confirmation": "operator" if self.confirm is not None else "none",
             "rig": {"name": self.rig.name, "kind": self.rig.kind}, "run_dir": str(self.run_dir),
-            "journal": str(self.journal.path), "paused": paused, "n_queries": len(queries),
-            "n_stimulations": len(trials) + len(self.journal.of_kind("lost")),
+            "journal": str(self.journal.path), "paused": paused, "stopped": stopped, "n_queries": len(queries),
+            "n_stimulations": len(trials) + len(self.journal.of_kind("no_response")),
+            "n_maybe_delivered": len(self.journal.of_kind("maybe_delivered", "lost")),
+            "n_not_sent": len(self.journal.of_kind("not_sent")),
             "n_invalid": sum(not q["valid"] for q in queries),
             "best": None if best is None else {"point": best, "coords": self.plan.coords(best),
                                                "channel": self.plan.params(best).channel,
@@ -658,14 +751,15 @@ def ensure_ray(rig_cfg: Mapping, address: str | None = None) -> None:
     import ray
 
     from hardware.actor import actor_options
+    from hardware.local_ray import init_local
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=1, resources={actor_options(rig_cfg)["resource"]: 1}, include_dashboard=False,
-                 log_to_driver=False)
+        init_local(num_cpus=1, resources={actor_options(rig_cfg)["resource"]: 1}, include_dashboard=False,
+                   log_to_driver=False)
 
 
 def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run_dir: str | Path | None = None,
@@ -686,7 +780,7 @@ def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run
         ray_address: Ray to connect to when not initialized (None: a local Ray
             offering the rig resource).
         tracker: optional, ``log_query(record)`` and ``log_summary(summary, artifacts)`` (MLflow).
-        confirm: operator prompt function (default ``input``).
+        confirm: operator prompt function (default: Enter on the terminal; see :func:`confirmation`).
         echo: progress printer.
         make_optimizer: optimizer factory (default ``neuro_opt.algorithms.make``).
     """
@@ -698,11 +792,11 @@ def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run
         cfg = OnlineConfig.load(online)
     else:
         cfg = OnlineConfig.from_dict(_plain(online))
-    if mode is not None:
-        cfg.mode = mode
+    cfg.mode = resolve_mode(cfg.mode, mode)
     if n_queries is not None:
         cfg.n_queries = int(n_queries)
     cfg.validate()
+    confirm = confirmation(cfg.mode, confirm)  # operator mode with nobody to confirm: refused before anything
     rig_cfg = _plain(rig)
     chspec = rig_cfg.get("ch2xy")
     chmap = None
@@ -732,6 +826,7 @@ def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run
             run_dir.mkdir(parents=True, exist_ok=True)
             journal = Journal.create(run_dir / JOURNAL_NAME, {
                 "version": 1, "session_id": session_id, "online": cfg.to_dict(), "space": plan.describe(),
+                "mode": cfg.mode, "confirmation": "operator" if confirm is not None else "none",
                 "ch2xy": chmap.to_list() if chmap else None, "started": _dt.datetime.now().isoformat(),
                 "rig": {"name": rig_session.name, "kind": rig_session.kind, "muscles": list(rig_session.muscles),
                         "config": to_jsonable(rig_cfg)}})
@@ -779,8 +874,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_online(online, rig, run_dir=args.run_dir, resume=args.resume, mode=args.mode,
                              n_queries=args.n_queries, use_actor=not args.no_actor, ray_address=args.ray_address)
+    except SessionStopped as exc:
+        print(f"error: {exc}; session folder {exc.run_dir}; resume: the same command with --resume {exc.run_dir}",
+              file=sys.stderr)
+        return 1
     except (SafetyViolation, RigError, JournalError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc) if isinstance(exc, RigError) else exc}", file=sys.stderr)
         return 2
     print(Path(summary["run_dir"]) / "session.json")
     return 0 if summary.get("dry_run", {}).get("ok", True) else 3

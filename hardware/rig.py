@@ -1,14 +1,24 @@
-"""The rig interface: set parameters, stimulate, read the evoked EMG window, return features.
+"""The rig interface: set parameters, read them back, stimulate, read the evoked EMG window.
 
 A :class:`Rig` does one stimulation per :meth:`Rig.stimulate` call:
 
 1. check the parameters against the safety limits (a violation raises and
    nothing is sent);
 2. wait out the minimum interval since the previous stimulation;
-3. set the parameters on the stimulator (``_apply``, verified);
-4. trigger (``_trigger``);
-5. read the evoked window (``_read_window``, ``muscles x samples``);
-6. process it (:mod:`hardware.emg`) into one feature per muscle.
+3. set the parameters on the stimulator (``_apply``);
+4. read back, from the stimulator itself, every value that enters a safety
+   limit (``_read_back``: amplitude, period, channel, pulse width, pulse
+   count); a value other than the one checked, or read-back values that break a
+   limit, raise :class:`~hardware.safety.ReadbackMismatch` /
+   :class:`~hardware.safety.SafetyViolation` before the trigger;
+5. trigger (``_arm`` then ``_trigger``);
+6. read the evoked window (``_read_window``, ``muscles x samples``) and process
+   it (:mod:`hardware.emg`) into one feature per muscle.
+
+A failed :meth:`Rig.stimulate` says whether the stimulator got the trigger:
+:func:`delivery_of` is ``not_sent`` (failed before the trigger), ``sent`` (the
+trigger went out; no valid response) or ``maybe_delivered`` (the trigger call
+failed and the stimulator could not say whether it took it).
 
 Subclasses implement the underscored steps: :class:`hardware.synapse.SynapseRig`
 on the TDT Synapse Server API, :class:`hardware.simulated.SimulatedRig` on a
@@ -32,7 +42,7 @@ import numpy as np
 
 from hardware import emg as emg_mod
 from hardware.emg import EMGConfig
-from hardware.safety import SafetyLimits, SafetyViolation, StimParams
+from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +53,32 @@ class RigError(RuntimeError):
 
 class LateResponse(RigError):
     """The evoked window did not arrive in time."""
+
+
+class ReadbackMismatch(SafetyViolation, RigError):
+    """The stimulator holds other values than the ones checked; nothing was sent.
+
+    ``readback`` is what the stimulator reported (:data:`~hardware.safety.STIMULATOR_KEYS`)."""
+
+    def __init__(self, message: str, readback: Mapping | None = None):
+        super().__init__(message)
+        self.readback = dict(readback or {})
+
+
+NOT_SENT, SENT, MAYBE_DELIVERED = "not_sent", "sent", "maybe_delivered"
+
+
+def delivery_of(exc: BaseException) -> str:
+    """Whether a failed :meth:`Rig.stimulate` reached the stimulator: ``not_sent``, ``sent`` or
+    ``maybe_delivered`` (also for an exception that did not come from a rig: unknown)."""
+    return getattr(exc, "delivery", MAYBE_DELIVERED)
+
+
+def _mark(exc: BaseException, delivery: str) -> None:
+    # an attribute, not a wrapper type: callers keep catching LateResponse, SafetyViolation, ...,
+    # and it survives pickling (Ray) with the exception's __dict__
+    if not hasattr(exc, "delivery"):
+        exc.delivery = delivery
 
 
 def resolve_path(path: str | Path, what: str) -> Path:
@@ -179,6 +215,8 @@ class Trial:
         t_stim, t_done: unix times of the trigger and of the window's arrival.
         window: ``muscles x samples`` raw window (buffer units), or None.
         info: rig-specific extras (the simulated ground truth, ...).
+        readback: what the stimulator held at the trigger, read back from it
+            (:data:`~hardware.safety.STIMULATOR_KEYS`).
     """
 
     params: dict
@@ -188,6 +226,7 @@ class Trial:
     t_done: float
     window: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    readback: dict = field(default_factory=dict)
 
     def _m(self, muscle: str) -> int:
         try:
@@ -246,33 +285,90 @@ class Rig(ABC):
         self._connected = False
 
     def stimulate(self, params: StimParams | Mapping) -> Trial:
-        """Deliver one stimulation and return its processed response."""
-        p = self.limits.check(params)  # SafetyViolation: nothing below runs
-        self.check_deliverable(p)
-        if not self._connected:
-            self.connect()
-        self._pace()
-        self._apply(p)
-        t_stim = time.time()
-        self._trigger(p)
-        self._last_stim = time.monotonic()
-        self.n_stimulations += 1
-        window, info = self._read_window(p)
-        t_done = time.time()
-        window = np.asarray(window, dtype=np.float64)
-        if window.shape[0] != len(self.muscles) or window.ndim != 2:
-            raise RigError(f"{self.kind} rig returned a window of shape {window.shape}, "
-                           f"expected ({len(self.muscles)}, samples)")
+        """Deliver one stimulation and return its processed response.
+
+        Raises whatever stopped it, with :func:`delivery_of` telling whether the trigger went out.
+        """
         try:
-            feats = emg_mod.process(window, self.emg, p.pulse_times_ms())
-        except ValueError as exc:
-            raise RigError(f"{self.kind} rig: bad EMG window: {exc}") from None
+            p = self.limits.check(params)  # SafetyViolation: nothing below runs
+            self.check_deliverable(p)
+            if not self._connected:
+                self.connect()
+            self._pace()
+            self._apply(p)
+            held = self._verified(p, self._read_back(p))
+            self._arm(p)
+        except Exception as exc:
+            _mark(exc, NOT_SENT)
+            raise
+        t_stim = time.time()
+        try:
+            self._trigger(p)
+        except Exception as exc:
+            _mark(exc, {True: SENT, False: NOT_SENT}.get(self._triggered(), MAYBE_DELIVERED))
+            if delivery_of(exc) == SENT:
+                self._count_stimulation()
+            raise
+        self._count_stimulation()
+        try:
+            window, info = self._read_window(p)
+            t_done = time.time()
+            window = np.asarray(window, dtype=np.float64)
+            if window.shape[0] != len(self.muscles) or window.ndim != 2:
+                raise RigError(f"{self.kind} rig returned a window of shape {window.shape}, "
+                               f"expected ({len(self.muscles)}, samples)")
+            try:
+                feats = emg_mod.process(window, self.emg, p.pulse_times_ms())
+            except ValueError as exc:
+                raise RigError(f"{self.kind} rig: bad EMG window: {exc}") from None
+        except Exception as exc:
+            _mark(exc, SENT)
+            raise
         return Trial(params=p.to_dict(), muscles=self.muscles, features=[f.to_dict() for f in feats],
                      t_stim=t_stim, t_done=t_done, window=window.astype(np.float32) if self.keep_window else None,
-                     info=info)
+                     info=info, readback=held)
+
+    def _count_stimulation(self) -> None:
+        self._last_stim = time.monotonic()
+        self.n_stimulations += 1
+
+    def _verified(self, p: StimParams, held: Mapping[str, float]) -> dict:
+        """``held`` (read back from the stimulator) if it is what was checked and within the limits."""
+        intended = {k: float(v) for k, v in p.as_stimulator().items()}
+        missing = [k for k in STIMULATOR_KEYS if k not in held]
+        if missing:
+            raise RigError(f"{self.kind} rig read back no value for {missing}; not delivered")
+        held = {k: float(held[k]) for k in STIMULATOR_KEYS}
+        diffs = [f"{self._label(k)} reads back {held[k]!r} "
+                 + (f"after writing {intended[k]!r}" if self._writes(k) else
+                    f"but {intended[k]!r} was checked (the circuit fixes it: rig.circuit must say what it holds)")
+                 for k in STIMULATOR_KEYS if not math.isclose(held[k], intended[k], rel_tol=1e-5, abs_tol=1e-6)]
+        if diffs:
+            raise ReadbackMismatch("; ".join(diffs) + ": the stimulator does not hold the checked values; "
+                                   "not delivered", readback=held)
+        bad = self.limits.violations(StimParams.from_stimulator(held))
+        if bad:
+            raise ReadbackMismatch(f"the stimulator's values {held} break the safety limits: {'; '.join(bad)}; "
+                                   f"not delivered", readback=held)
+        return held
 
     def check_deliverable(self, p: StimParams) -> None:
         """Raise :class:`SafetyViolation` if this rig cannot deliver ``p`` exactly (default: it can)."""
+
+    def _label(self, key: str) -> str:
+        """How the stimulator names its parameter ``key`` (:data:`STIMULATOR_KEYS`), for messages."""
+        return key
+
+    def _writes(self, key: str) -> bool:
+        """Whether :meth:`_apply` writes ``key`` (False: the circuit fixes it; it is only read back)."""
+        return True
+
+    def _arm(self, p: StimParams) -> None:
+        """Last step before the trigger (e.g. snapshot the EMG buffers); a failure here sends nothing."""
+
+    def _triggered(self) -> bool | None:
+        """After a failed :meth:`_trigger`: did the stimulator take the trigger? None: cannot tell."""
+        return None
 
     def _pace(self) -> None:
         if self._last_stim is None:
@@ -290,6 +386,10 @@ class Rig(ABC):
 
     @abstractmethod
     def _apply(self, p: StimParams) -> None: ...
+
+    @abstractmethod
+    def _read_back(self, p: StimParams) -> dict:
+        """The values the stimulator holds now, by :data:`~hardware.safety.STIMULATOR_KEYS`."""
 
     @abstractmethod
     def _trigger(self, p: StimParams) -> None: ...
@@ -314,4 +414,4 @@ def make_rig(cfg: Mapping[str, Any]) -> Rig:
 
 
 __all__ = ["Rig", "RigError", "LateResponse", "Trial", "ChannelMap", "make_rig", "SafetyViolation", "StimParams",
-           "resolve_path"]
+           "ReadbackMismatch", "resolve_path", "delivery_of", "NOT_SENT", "SENT", "MAYBE_DELIVERED"]

@@ -16,6 +16,8 @@ from numbers import Integral, Real
 from typing import Any, Iterable, Mapping
 
 STIM_FIELDS = ("channel", "amplitude_uA", "frequency_hz", "pulse_width_us", "n_pulses")
+# the same five as a stimulator holds them (a period, not a frequency): what is read back before a trigger
+STIMULATOR_KEYS = ("amplitude", "period", "channel", "pulse_width", "n_pulses")
 
 
 class SafetyViolation(ValueError):
@@ -78,6 +80,20 @@ class StimParams:
     def pulse_times_ms(self) -> list[float]:
         """Onsets of the train's pulses relative to the stimulation onset (ms)."""
         return [i * self.period_ms for i in range(int(self.n_pulses))]
+
+    def as_stimulator(self) -> dict:
+        """The values a stimulator holds for this stimulation, by :data:`STIMULATOR_KEYS`
+        (the period in ms where the parameters carry a frequency)."""
+        return {"amplitude": float(self.amplitude_uA), "period": self.period_ms, "channel": int(self.channel),
+                "pulse_width": float(self.pulse_width_us), "n_pulses": int(self.n_pulses)}
+
+    @classmethod
+    def from_stimulator(cls, held: Mapping) -> "StimParams":
+        """The stimulation a stimulator holding ``held`` (:data:`STIMULATOR_KEYS`) delivers."""
+        period = float(held["period"])
+        return cls(channel=held["channel"], amplitude_uA=float(held["amplitude"]),
+                   frequency_hz=1000.0 / period if period > 0 else math.nan,
+                   pulse_width_us=float(held["pulse_width"]), n_pulses=held["n_pulses"])
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,9 @@ class SimulatedRig(Rig):
     def _apply(self, p: StimParams) -> None:
         self._params = p
 
+    def _read_back(self, p: StimParams) -> dict:
+        return self._params.as_stimulator()
+
     def _trigger(self, p: StimParams) -> None:
         if self._params != p:
             raise RigError("simulated rig: trigger with parameters that were not applied")

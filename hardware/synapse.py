@@ -13,12 +13,15 @@ strings where numbers are expected). :meth:`SynapseRig._call` checks every
 return value and turns anything wrong into a :class:`~hardware.rig.RigError`
 that names the call and carries what the client printed.
 
-Sequence per stimulation: write every mapped stimulation parameter, read each
-back and compare (so what reaches the IZ2 is exactly what passed the safety
-check); snapshot the EMG buffers; trigger; wait ``read.delay_s``, then poll the
-buffers until every one of them has changed (a new window; a window landing
-between two buffer reads is read again, never mixed) or ``read.timeout_s``
-passes (:class:`~hardware.rig.LateResponse`).
+Sequence per stimulation: write every stimulation parameter the circuit lets
+software set; read back all five that enter a safety limit (amplitude, period,
+channel, pulse width, pulse count), including those the circuit fixes, and check
+them (so what reaches the IZ2 is exactly what passed the safety check); snapshot
+the EMG buffers; trigger; wait ``read.delay_s``, then poll the buffers until
+every one of them has changed (a new window; a window landing between two buffer
+reads is read again, never mixed) or ``read.timeout_s`` passes
+(:class:`~hardware.rig.LateResponse`). When a trigger write fails, the trigger
+parameter is read back to tell a trigger that went out from one that did not.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ import numpy as np
 
 from hardware.emg import EMGConfig
 from hardware.rig import RIG_COMMON_KEYS, LateResponse, Rig, RigError
-from hardware.safety import SafetyLimits, SafetyViolation, StimParams, _check_keys
+from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams, _check_keys
 
 MODES = ("Idle", "Standby", "Preview", "Record")
 RUNTIME_MODES = ("Preview", "Record")
 
 DEFAULT_STIMULATOR = {"gizmo": "eStim1", "amplitude": "AmpA", "period": "PeriodA", "channel": "ChanA",
-                      "pulse_width": None, "n_pulses": None}
+                      "pulse_width": "DurA", "n_pulses": "CountA", "fixed": ["pulse_width", "n_pulses"]}
+# parameters a circuit may fix (software reads them back but never writes them), with their rig.circuit keys
+FIXABLE = {"pulse_width": "pulse_width_us", "n_pulses": "n_pulses"}
 DEFAULT_TRIGGER = {"gizmo": "Button1", "param": "Go"}
 DEFAULT_BUFFERS = ("buffer_1", "buffer_2", "buffer_3")
 DEFAULT_READ = {"delay_s": 0.25, "poll_s": 0.02, "timeout_s": 3.0}
@@ -57,14 +62,17 @@ class SynapseRig(Rig):
             (``Preview`` or ``Record``); None: require a runtime mode already.
         mode_timeout_s: time allowed for the switch.
         stimulator: gizmo and parameter names (``amplitude``, ``period``,
-            ``channel``, optional ``pulse_width``, ``n_pulses``).
+            ``channel``, ``pulse_width``, ``n_pulses``: all five are read back
+            before every trigger), and ``fixed``: those the circuit sets
+            (``pulse_width``, ``n_pulses``), read back but never written.
         trigger: gizmo and parameter of the trigger (set 1 then 0).
         buffers: EMG buffer gizmos, one per muscle; ``buffer_param`` their array.
         muscles: labels of the buffers.
         read: ``delay_s`` before the first read, ``poll_s`` between reads,
             ``timeout_s`` before the window counts as late.
-        circuit: pulse width (us) and pulse count the circuit uses when the
-            stimulator config maps no parameter for them.
+        circuit: the pulse width (us) and pulse count the circuit fixes (the
+            ``fixed`` parameters): a stimulation asking for others is refused,
+            and the read-back must find them on the stimulator.
         constants: ``{"GIZMO.PARAM": value}`` written and verified at connect.
         limits, emg: safety limits and EMG processing.
     """
@@ -86,9 +94,15 @@ class SynapseRig(Rig):
             raise ValueError(f"rig.mode must be one of {RUNTIME_MODES} or null, got {mode!r}")
         self.mode, self.mode_timeout_s = mode, float(mode_timeout_s)
         self.stim = _merged(DEFAULT_STIMULATOR, stimulator, "rig.stimulator")
-        for k in ("gizmo", "amplitude", "period", "channel"):
-            if not self.stim[k]:
-                raise ValueError(f"rig.stimulator.{k} must name a Synapse parameter")
+        for k in ("gizmo", *STIMULATOR_KEYS):
+            if not (isinstance(self.stim[k], str) and self.stim[k]):
+                raise ValueError(f"rig.stimulator.{k} must name a Synapse parameter, got {self.stim[k]!r} (every "
+                                 f"stimulation parameter that enters a safety limit is read back before each trigger)")
+        fixed = self.stim["fixed"]
+        if not isinstance(fixed, (list, tuple)) or any(k not in FIXABLE for k in fixed):
+            raise ValueError(f"rig.stimulator.fixed must list parameters the circuit sets, among {list(FIXABLE)}; "
+                             f"got {fixed!r}")
+        self.fixed = tuple(fixed)
         self.trig = _merged(DEFAULT_TRIGGER, trigger, "rig.trigger")
         self.buffers, self.buffer_param = tuple(buffers), str(buffer_param)
         if len(self.buffers) != len(self.muscles):
@@ -156,6 +170,7 @@ class SynapseRig(Rig):
         return float(self._call("getParameterValue", (gizmo, param), _is_finite_number, "a finite number"))
 
     def _set_verified(self, gizmo: str, param: str, value) -> None:
+        """Write and read back one value (the connect-time constants)."""
         self._set(gizmo, param, value)
         back = self._get(gizmo, param)
         if not math.isclose(back, float(value), rel_tol=1e-5, abs_tol=1e-6):
@@ -226,28 +241,46 @@ class SynapseRig(Rig):
         return {"connected": True, "host": self.host, "port": self.port, "mode": mode, "n_samples": self.n_samples}
 
     def check_deliverable(self, p: StimParams) -> None:
-        for field, key in (("pulse_width_us", "pulse_width"), ("n_pulses", "n_pulses")):
-            if not self.stim.get(key) and not math.isclose(float(getattr(p, field)), float(self.circuit[field])):
+        for key in self.fixed:
+            field, declared = FIXABLE[key], self.circuit[FIXABLE[key]]
+            if not math.isclose(float(getattr(p, field)), float(declared)):
                 raise SafetyViolation(f"{field}={getattr(p, field)} cannot be delivered: the circuit's {field} is "
-                                      f"fixed at {self.circuit[field]} (map rig.stimulator.{key} to set it); "
-                                      f"nothing sent")
+                                      f"fixed at {declared} (rig.circuit.{field}); nothing sent")
+
+    def _label(self, key: str) -> str:
+        return f"{self.stim['gizmo']}.{self.stim[key]}"
+
+    def _writes(self, key: str) -> bool:
+        return key not in self.fixed
 
     def _apply(self, p: StimParams) -> None:
-        g = self.stim["gizmo"]
-        writes = [(self.stim["amplitude"], float(p.amplitude_uA)), (self.stim["period"], float(p.period_ms)),
-                  (self.stim["channel"], int(p.channel))]
-        if self.stim.get("pulse_width"):
-            writes.append((self.stim["pulse_width"], float(p.pulse_width_us)))
-        if self.stim.get("n_pulses"):
-            writes.append((self.stim["n_pulses"], int(p.n_pulses)))
-        for param, value in writes:
-            self._set_verified(g, param, value)
+        for key, value in p.as_stimulator().items():
+            if self._writes(key):
+                self._set(self.stim["gizmo"], self.stim[key], value)
+
+    def _read_back(self, p: StimParams) -> dict:
+        return {key: self._get(self.stim["gizmo"], self.stim[key]) for key in STIMULATOR_KEYS}
+
+    def _arm(self, p: StimParams) -> None:
+        self._before = self._read_buffers()
 
     def _trigger(self, p: StimParams) -> None:
-        self._before = self._read_buffers()
         g, prm = self.trig["gizmo"], self.trig["param"]
         self._set(g, prm, 1)
         self._set(g, prm, 0)
+
+    def _triggered(self) -> bool | None:
+        # a trigger write that failed may still have landed (a lost reply): the trigger
+        # parameter still high says it did; lower it so the next rising edge counts
+        g, prm = self.trig["gizmo"], self.trig["param"]
+        try:
+            high = self._get(g, prm) != 0
+        except RigError:
+            return None
+        if high:
+            with contextlib.suppress(RigError):
+                self._set(g, prm, 0)
+        return high
 
     def _read_window(self, p: StimParams) -> tuple[np.ndarray, dict]:
         t0 = time.monotonic()
@@ -262,7 +295,7 @@ class SynapseRig(Rig):
             if time.monotonic() - t0 > self.read["timeout_s"]:
                 stale = [b for b, c in zip(self.buffers, changed) if not c]
                 raise LateResponse(f"no new EMG window in {stale} within {self.read['timeout_s']} s of the trigger "
-                                   f"(channel {p.channel}); the stimulation may have been delivered")
+                                   f"(channel {p.channel}); the stimulation was sent")
             time.sleep(self.read["poll_s"])
 
     def close(self) -> None:

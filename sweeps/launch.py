@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps import grid, kinds
-from sweeps.schema import ConfigError
+from sweeps.schema import ConfigError, LaunchError
 from sweeps.store import ResultStore, coord_columns, write_summary
 from sweeps.tracking import Tracker
 
@@ -60,7 +60,8 @@ def check_address(address: str) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-                          f"start the head with `ray start --head` or set cluster.address=null for a local Ray") from None
+                          f"start the head with `RAY_AUTH_MODE=token ray start --head` or set "
+                          f"cluster.address=null for a local Ray") from None
 
 
 def connect_ray(cfg: DictConfig) -> bool:
@@ -68,6 +69,8 @@ def connect_ray(cfg: DictConfig) -> bool:
     import logging
 
     import ray
+
+    from hardware.local_ray import init_local
 
     if ray.is_initialized():
         return False
@@ -79,8 +82,8 @@ def connect_ray(cfg: DictConfig) -> bool:
     try:
         if address:
             ray.init(address=address, **kwargs)
-        else:  # "local": never join a cluster that RAY_ADDRESS happens to point at
-            ray.init(address="local", num_cpus=cfg.cluster.num_cpus, **kwargs)
+        else:  # "local" (never join a cluster that RAY_ADDRESS happens to point at), on loopback only
+            init_local(num_cpus=cfg.cluster.num_cpus, **kwargs)
     except ConnectionError as exc:
         raise ConfigError(f"cluster.address={address!r}: {exc}") from None
     return True
@@ -227,9 +230,9 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
         path = run(cfg, list(hc.overrides.task), hc.runtime.output_dir)
-    except ConfigError as exc:
+    except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     if json.loads(path.read_text()).get("failed_cells"):
         sys.exit(1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from sweeps.schema import ConfigError
+from sweeps.schema import ConfigError, LaunchError
 from sweeps.store import write_summary
 from sweeps.tracking import Tracker
 
@@ -48,23 +48,36 @@ def _resolve_paths(rig: dict) -> dict:
 
 
 def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
-    from hardware.online import run_online
+    from hardware.journal import JournalError
+    from hardware.online import OnlineConfig, SessionStopped, confirmation, error_text, resolve_mode, run_online
+    from hardware.rig import RigError
 
     if cfg.online is None or cfg.rig is None:
         raise ConfigError("kind=online needs an online config and a rig: use +exp=online (online=NAME rig=NAME)")
     online = OmegaConf.to_container(cfg.online, resolve=True)
     rig = _resolve_paths(OmegaConf.to_container(cfg.rig, resolve=True))
+    try:  # the mode in force, and the confirmation it requires, before anything starts
+        mode = resolve_mode(OnlineConfig.from_dict(online).mode, cfg.mode)
+        confirm = confirmation(mode)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
     parent = tracker.start(f"online {online.get('name', '')} {run_dir.name}",
-                           params={"online": online, "rig": rig, "mode": cfg.mode})
+                           params={"online": online, "rig": rig, "mode": mode})
     try:
-        session = run_online(online, rig, run_dir=run_dir, resume=cfg.resume, mode=cfg.mode,
+        session = run_online(online, rig, run_dir=run_dir, resume=cfg.resume, mode=mode, confirm=confirm,
                              n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
-                             tracker=OnlineTracker(tracker, parent), confirm=None if cfg.mode == "operator" else
-                             (lambda prompt: ""))
-    except (ValueError, FileNotFoundError) as exc:
+                             tracker=OnlineTracker(tracker, parent))
+    except SessionStopped as exc:
         tracker.end(parent, "FAILED")
-        raise ConfigError(str(exc)) from None
+        raise LaunchError(f"{exc}; session folder {exc.run_dir}; resume: the same command with "
+                          f"resume={exc.run_dir}") from None
+    except (ValueError, FileNotFoundError, RigError, JournalError) as exc:
+        tracker.end(parent, "FAILED")
+        raise ConfigError(error_text(exc) if isinstance(exc, RigError) else str(exc)) from None
+    except KeyboardInterrupt:
+        tracker.end(parent, "KILLED")
+        raise
     except BaseException:
         tracker.end(parent, "FAILED")
         raise
@@ -73,7 +86,7 @@ def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     summary = {"experiment": cfg.experiment, "run_dir": str(out_dir), "mlflow_run_id": parent,
                "wall_s": round(time.time() - t0, 2),
-               "groups": [{"params": {"online": online.get("name"), "mode": session.get("mode", cfg.mode)},
+               "groups": [{"params": {"online": online.get("name"), "mode": session["mode"]},
                            "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
                "session": session}
     path = out_dir / "summary.json"

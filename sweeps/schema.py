@@ -16,8 +16,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
-class ConfigError(ValueError):
+class LaunchError(Exception):
+    """A launch that stops with one line for the user (``error: <message>``), no traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(LaunchError, ValueError):
     """A config that cannot run; the message names the key and what is expected."""
+
+    exit_code = 2
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from hardware.journal import Journal
+from hardware.online import SessionStopped
 from hardware.rig import LateResponse, RigError
 from hardware.safety import SafetyViolation
 from hardware.synapse import SynapseRig
@@ -205,13 +206,13 @@ def test_killed_session_resumes_without_losing_or_repeating_a_query(fresh, tmp_p
     assert [r["query"] for r in queries] == list(range(n)) and out["n_queries"] == n
     assert any(r["kind"] == "resume" for r in recs)
     trials = [r for r in recs if r["kind"] == "trial"]
-    lost = [r for r in recs if r["kind"] == "lost"]
+    lost = [r for r in recs if r["kind"] == "maybe_delivered"]
     assert len(lost) == 1 and lost[0]["query"] == len(done_before)
     assert len({(r["query"], r["attempt"]) for r in trials + lost}) == len(trials) + len(lost)  # no repeat
     # the stimulator saw exactly the journal's stimulations, in order: each trial, plus at most the
     # one in flight when the process died (journaled as lost)
     stims = emu(port, "GET", "/emulator/stimulations")["stimulations"]
-    attempts = [r for r in recs if r["kind"] in ("trial", "lost")]
+    attempts = [r for r in recs if r["kind"] in ("trial", "maybe_delivered")]
     order = sorted(attempts, key=lambda r: (r["query"], r["attempt"]))
     assert attempts == order
     delivered = [s["channel"] for s in stims]
@@ -231,14 +232,18 @@ def test_a_rig_fault_mid_session_stops_it_and_resume_carries_on(fresh, tmp_path)
     online = yaml.safe_load((ROOT / "conf/online/example_rat.yaml").read_text())
     online.update(mode="autonomous", n_queries=4, save_windows=False, algorithm={"name": "extensive"})
     emu(port, "PUT", "/emulator/fault", {"kind": "late"})  # the first window never arrives
-    with pytest.raises(LateResponse, match="no new EMG window"):
+    with pytest.raises(SessionStopped, match="no new EMG window") as info:
         run_online(online, rig_cfg(port), run_dir=tmp_path / "s", use_actor=False, echo=lambda s: None)
+    assert isinstance(info.value.cause, LateResponse) and info.value.run_dir == tmp_path / "s"
     recs = Journal.read(tmp_path / "s" / "journal.jsonl")
-    assert [r["kind"] for r in recs] == ["header", "intent", "error"]
+    assert [r["kind"] for r in recs] == ["header", "intent", "no_response", "stop"]
+    assert "LateResponse" in recs[2]["error"] and "sent, no valid response" in recs[3]["error"]
+    stopped = json.loads((tmp_path / "s" / "session.json").read_text())
+    assert stopped["n_stimulations"] == 1 and "no new EMG window" in stopped["stopped"]
     out = run_online(online, rig_cfg(port), resume=tmp_path / "s", use_actor=False, echo=lambda s: None)
     recs = Journal.read(tmp_path / "s" / "journal.jsonl")
-    lost = [r for r in recs if r["kind"] == "lost"]
-    assert len(lost) == 1 and "rig failed" in lost[0]["reason"] and "LateResponse" in lost[0]["reason"]
+    lost = [r for r in recs if r["kind"] == "no_response"]
+    assert len(lost) == 1 and not [r for r in recs if r["kind"] in ("maybe_delivered", "not_sent")]
     first = [r for r in recs if r["kind"] == "query"][0]
     assert first["point"] == lost[0]["point"] and first["attempts"] >= 2  # the same point, next attempt
     assert out["n_queries"] == 4

@@ -19,10 +19,10 @@ TINY = ["+exp=noise_sweep", "n_reps=2", "n_queries=12", "grid.noise=[0.0,0.5]", 
         "dataset.n_muscles=2", "progress=false"]
 
 
-def launch(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def launch(tmp: Path, *overrides: str, check: bool = True, stdin=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, stdin=stdin)
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
