@@ -2,7 +2,7 @@
 safety limits, the crash-proof session journal, the pinned Ray actor and the online runner.
 
 Light at import: ``tdt`` and ``ray`` are imported only by the modules that need them
-(:mod:`hardware.synapse`, :mod:`hardware.actor`).
+(:mod:`hardware.rig.synapse`, :mod:`hardware.actor`).
 
     from hardware import make_rig, SafetyLimits, StimParams
     rig = make_rig(yaml.safe_load(open("conf/rig/simulated.yaml")))
@@ -17,8 +17,8 @@ Light at import: ``tdt`` and ``ray`` are imported only by the modules that need 
 from hardware.emg import EMGConfig, EMGFeature
 from hardware.journal import Journal, JournalError
 from hardware.rig import ChannelMap, LateResponse, Rig, RigError, Trial, make_rig
+from hardware.rig.simulated import SimulatedRig
 from hardware.safety import SafetyLimits, SafetyViolation, StimParams
-from hardware.simulated import SimulatedRig
 
 __all__ = ["EMGConfig", "EMGFeature", "Journal", "JournalError", "ChannelMap", "LateResponse", "Rig", "RigError",
            "Trial", "make_rig", "SafetyLimits", "SafetyViolation", "StimParams", "SimulatedRig"]

@@ -1,4 +1,4 @@
-"""A loopback Synapse Server emulator backed by a :class:`~hardware.simulated.SimulatedRig`.
+"""A loopback Synapse Server emulator backed by a :class:`~hardware.rig.simulated.SimulatedRig`.
 
     python -m hardware.emulator --port 24414 --dataset synthetic_rat [--ch2xy conf/rig/ch2xy_rat32.json]
 
@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from hardware.rig.simulated import SimulatedRig
 from hardware.safety import StimParams
-from hardware.simulated import SimulatedRig
 
 MODES = ("Idle", "Standby", "Preview", "Record")
 HOST = "127.0.0.1"

@@ -12,16 +12,9 @@ import pyarrow as pa
 
 from neuro_opt import algorithms
 from neuro_opt.datasets.base import Problem, sample_responses
+from neuro_opt.trace import TRACE_SCHEMA
 
-TRACE_SCHEMA = pa.schema([
-    ("rep", pa.int32()),
-    ("query", pa.int32()),  # 1-based
-    ("point", pa.int32()),
-    ("response", pa.float64()),
-    ("best", pa.int32()),
-    ("exploration", pa.float64()),
-    ("exploitation", pa.float64()),
-])
+__all__ = ["TRACE_SCHEMA", "simulate", "squared_correlation", "curves"]
 
 
 def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | None = None, seed=0,

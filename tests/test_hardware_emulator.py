@@ -20,7 +20,7 @@ from hardware.journal import Journal
 from hardware.online import SessionStopped
 from hardware.rig import LateResponse, RigError
 from hardware.safety import SafetyViolation
-from hardware.synapse import SynapseRig
+from hardware.rig.synapse import SynapseRig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFE = dict(channel=5, amplitude_uA=30.0, frequency_hz=333.333, pulse_width_us=200.0, n_pulses=13)

@@ -16,7 +16,7 @@ from hardware.journal import Journal, JournalError
 from hardware.online import OnlineConfig, StimulationPlan, load_prior, run_online
 from hardware.rig import ChannelMap
 from hardware.safety import SafetyLimits, SafetyViolation, StimParams
-from hardware.simulated import SimulatedRig
+from hardware.rig.simulated import SimulatedRig
 from neuro_opt.datasets import load
 from neuro_opt.space import SearchSpace
 
@@ -269,7 +269,7 @@ def test_invalid_trials_are_repeated_then_recorded_and_not_told(tmp_path):
 
     src = load("synthetic_rat")["rat1/TA"]
     ds = Dataset("norep", [Problem(key="r/TA", space=src.space, truth=src.truth)])
-    from hardware import simulated
+    from hardware.rig import simulated
 
     rig = simulated.SimulatedRig(dataset=ds, n_muscles=1, outlier_rate=1.0, latency_s=0,
                                  ch2xy="conf/rig/ch2xy_rat32.json")

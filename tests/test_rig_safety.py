@@ -74,7 +74,7 @@ def test_read_back_values_are_checked_against_the_limits(wide_circuit):
     port = wide_circuit
     cfg = rig_cfg(port, circuit={"pulse_width_us": 300.0, "n_pulses": 20})
     cfg["limits"]["max_charge_nC"] = 15.0
-    from hardware.synapse import SynapseRig
+    from hardware.rig.synapse import SynapseRig
 
     rig = SynapseRig.from_config(cfg)
     rig.connect()

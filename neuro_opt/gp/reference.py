@@ -35,7 +35,7 @@ import torch
 
 from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
 from neuro_opt.datasets.base import Problem, sample_responses
-from neuro_opt.simulate import TRACE_SCHEMA
+from neuro_opt.trace import TRACE_SCHEMA
 
 
 def reference_model(X: torch.Tensor, y: torch.Tensor, rho_low: float, rho_high: float, noise_min: float,

@@ -10,7 +10,7 @@ parameter. Every gizmo and parameter name comes from the rig config.
 ``tdt.SynapseAPI`` prints and returns a sentinel on errors instead of raising
 (``None`` for reads, ``0`` for writes, ``-1`` for ``getMode``, ``0`` for sizes,
 strings where numbers are expected). :meth:`SynapseRig._call` checks every
-return value and turns anything wrong into a :class:`~hardware.rig.RigError`
+return value and turns anything wrong into a :class:`~hardware.rig.base.RigError`
 that names the call and carries what the client printed.
 
 Sequence per stimulation: write every stimulation parameter the circuit lets
@@ -20,7 +20,7 @@ them (so what reaches the IZ2 is exactly what passed the safety check); snapshot
 the EMG buffers; trigger; wait ``read.delay_s``, then poll the buffers until
 every one of them has changed (a new window; a window landing between two buffer
 reads is read again, never mixed) or ``read.timeout_s`` passes
-(:class:`~hardware.rig.LateResponse`). When a trigger write fails, the trigger
+(:class:`~hardware.rig.base.LateResponse`). When a trigger write fails, the trigger
 parameter is read back to tell a trigger that went out from one that did not.
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from hardware.emg import EMGConfig
-from hardware.rig import RIG_COMMON_KEYS, LateResponse, Rig, RigError
+from hardware.rig.base import RIG_COMMON_KEYS, LateResponse, Rig, RigError
 from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams, _check_keys
 
 MODES = ("Idle", "Standby", "Preview", "Record")

@@ -31,7 +31,8 @@ import numpy as np
 
 from hardware import emg as emg_mod
 from hardware.emg import EMGConfig
-from hardware.rig import RIG_COMMON_KEYS, ChannelMap, Rig, RigError
+from hardware.rig.base import RIG_COMMON_KEYS, Rig, RigError
+from hardware.rig.channels import ChannelMap
 from hardware.safety import SafetyLimits, StimParams, _check_keys
 
 # search-space dimension names a simulated subject understands besides the electrode ones
