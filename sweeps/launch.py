@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeps import grid, kinds
 from sweeps.schema import ConfigError, LaunchError
-from sweeps.store import ResultStore, coord_columns, write_summary
+from sweeps.store import HYDRA_FILES, LaunchRecord, ResultStore, coord_columns, write_summary
 from sweeps.tracking import Tracker
 
 
@@ -108,6 +108,9 @@ def check_cpus(cfg: DictConfig) -> None:
     local Ray is checked.)"""
     if cfg.cluster.cpus_per_cell <= 0:
         raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g}: each cell needs a positive CPU count")
+    if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
+        raise ConfigError(f"cluster.num_cpus={cfg.cluster.num_cpus}: a local Ray needs at least 1 CPU "
+                          f"(null: all of this machine's)")
     if cfg.cluster.address:
         return
     have = cfg.cluster.num_cpus or os.cpu_count() or 1
@@ -149,13 +152,25 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
             raise ConfigError(f"resume={cfg.resume!r}: not a run folder (no results/ inside)")
         run_dir = Path(cfg.resume).resolve()
     kind, cells = build_cells(cfg, overrides)
+    record = LaunchRecord(run_dir)
+    config = _loggable(cfg)
+    differs = record.differences(config) if cfg.resume else []
+    if differs:
+        record.restore_hydra()
+        changes = [f"{k} ({_flat_get(record.data['design'], k)!r} -> {_flat_get(config, k)!r})" for k in differs]
+        raise ConfigError(f"resume={cfg.resume}: this launch's design differs from the run's in "
+                          f"{', '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}; resume with the same "
+                          f"settings, or start a new run")
     store = ResultStore(run_dir)
     done = store.done() if cfg.resume else set()
     pending = [c for c in cells if c.key not in done]
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
     started = connect_ray(cfg)
-    parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=_loggable(cfg),
-                           tags={"run_dir": str(run_dir), "resumed_cells": str(len(cells) - len(pending))})
+    parent = reopened = tracker.reopen(record.parent_run_id) if cfg.resume else None
+    if parent is None:
+        parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=config, tags={"run_dir": str(run_dir)})
+    tracker.client.set_tag(parent, "resumed_cells", str(len(cells) - len(pending)))
+    record.save(config, parent, tracker.uri)
     failures = []
     try:
         task = ray.remote(_execute).options(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
@@ -183,8 +198,9 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
         bar.close()
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")
-        print(f"interrupted; finished cells are kept. Resume with: resume={run_dir}", file=sys.stderr)
-        raise
+        n_kept = len(store.done())
+        raise Interrupted(f"interrupted: {n_kept} of {len(cells)} cells are kept in {run_dir}; resume with the same "
+                          f"command and resume={run_dir}") from None
     finally:
         if started:
             ray.shutdown()
@@ -197,6 +213,8 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     except FileNotFoundError:
         tracker.end(parent, "FAILED")
         raise RuntimeError(f"every cell failed; first error: {failures[0]['error'] if failures else 'none'}")
+    if reopened:
+        tracker.drop_children(parent)
     report = kind.report(cfg, table, run_dir, tracker, parent, grid.grid_axes(cfg))
     summary["wall_s"] = round(time.time() - t0, 2)
     summary.update(report)
@@ -220,19 +238,63 @@ def _loggable(cfg: DictConfig) -> dict:
     return d
 
 
+class Interrupted(LaunchError):
+    """Ctrl-C (or SIGTERM) during a launch: what was kept and how to resume, on one line."""
+
+    exit_code = 130
+
+
+def _flat_get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def discard_if_untouched(run_dir: Path) -> None:
+    """Remove a run folder holding only what Hydra wrote at start: a launch that failed before any
+    work leaves no folder behind (nor creates one it was only told to read, ``resume=/typo``)."""
+    if not run_dir.is_dir():
+        return
+    names = {p.name for p in run_dir.iterdir()}
+    hydra = run_dir / ".hydra"
+    hydra_only = not hydra.is_dir() or {p.name for p in hydra.iterdir()} <= set(HYDRA_FILES)
+    log = run_dir / "launch.log"
+    if names <= {".hydra", "launch.log"} and hydra_only and not (log.is_file() and log.stat().st_size):
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
 def _short(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return text[-2000:]
 
 
+def _terminate(signum, frame):  # SIGTERM ends a launch as Ctrl-C does: parent KILLED, one line
+    raise KeyboardInterrupt
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        path = run(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+        path = run(cfg, list(hc.overrides.task), run_dir)
     except LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not isinstance(exc, Interrupted):
+            discard_if_untouched(run_dir)
+        print(f"{'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # outside a sweep's cells (a drive kind, or before any work)
+        discard_if_untouched(run_dir)
+        print(f"interrupted; anything finished is kept in {run_dir} (resume=<that folder> carries on where the "
+              f"experiment supports it)", file=sys.stderr)
+        sys.exit(130)
     if json.loads(path.read_text()).get("failed_cells"):
         sys.exit(1)
 

@@ -1,7 +1,9 @@
-"""The run's Parquet result store: one file per finished cell under ``results/``.
+"""What a launch keeps in its run folder: one Parquet file per finished cell under
+``results/``, and ``launch.json`` (the design it ran and its MLflow parent run).
 
-Each file is written to a temporary name and renamed into place, so a killed
-sweep leaves only whole cells behind and ``resume=`` skips exactly those.
+Each result file is written to a temporary name, fsynced and renamed into place (the folder
+fsynced too), so a killed sweep leaves only whole cells behind and ``resume=`` skips exactly
+those; a damaged file (a disk that lost it) is dropped with a warning and its cell recomputed.
 """
 
 from __future__ import annotations
@@ -9,10 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# top-level config keys a resumed launch may change: how it runs, not what it computes
+RESUMABLE_KEYS = ("resume", "progress", "cluster", "tracking")
+HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
 
 class ResultStore:
@@ -21,14 +28,31 @@ class ResultStore:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def done(self) -> set[str]:
-        """Keys of the cells already stored."""
-        return {p.stem for p in self.dir.glob("*.parquet")}
+        """Keys of the cells already stored whole; a damaged file is removed (with a warning) so its
+        cell runs again."""
+        keys = set()
+        for p in sorted(self.dir.glob("*.parquet")):
+            try:
+                pq.read_metadata(p)
+            except (OSError, pa.ArrowException) as exc:
+                print(f"warning: {p} is damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                      f"its cell is computed again", file=sys.stderr)
+                p.unlink()
+                continue
+            keys.add(p.stem)
+        for tmp in self.dir.glob("*.parquet.tmp"):  # a write the process did not finish
+            tmp.unlink()
+        return keys
 
     def write(self, key: str, table: pa.Table) -> Path:
         path = self.dir / f"{key}.parquet"
         tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(self.dir)
         return path
 
     def read(self) -> pa.Table:
@@ -79,3 +103,62 @@ def write_summary(path: str | Path, summary: dict, default=None) -> Path:
     path = Path(path)
     path.write_text(json.dumps(_strict(summary), indent=1, allow_nan=False, default=default))
     return path
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+class LaunchRecord:
+    """``launch.json`` in a run folder: the design a launch ran (its resolved config without
+    :data:`RESUMABLE_KEYS`), its MLflow parent run, and the composed config files Hydra wrote,
+    so a resume can be held to the same design and, if refused, leave the folder as it was."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "launch.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else None
+
+    @staticmethod
+    def design(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
+
+    def differences(self, config: dict) -> list[str]:
+        """Dotted keys whose values differ from the recorded design (empty: the same, or no record)."""
+        if self.data is None:
+            return []
+        old, new = _flat(self.data["design"]), _flat(json.loads(json.dumps(self.design(config), default=str)))
+        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+    def restore_hydra(self) -> None:
+        """Put back the composed config files Hydra overwrote at the start of a refused resume."""
+        hydra = self.path.parent / ".hydra"
+        for name, text in ((self.data or {}).get("hydra") or {}).items():
+            if text is not None and hydra.is_dir():
+                (hydra / name).write_text(text)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return (self.data or {}).get("mlflow_run_id")
+
+    def save(self, config: dict, parent_run_id: str, tracking_uri: str) -> None:
+        hydra = self.path.parent / ".hydra"
+        kept = (self.data or {}).get("hydra") or {}
+        files = {n: (hydra / n).read_text() if (hydra / n).is_file() else None for n in HYDRA_FILES}
+        self.data = {"design": json.loads(json.dumps(self.design(config), default=str)),
+                     "mlflow_run_id": parent_run_id, "tracking_uri": tracking_uri, "hydra": kept or files}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)

@@ -99,5 +99,27 @@ class Tracker:
         if (run_dir / ".hydra").is_dir():
             self.artifacts(run_id, run_dir / ".hydra", "config")
 
+    def reopen(self, run_id: str | None) -> str | None:
+        """Continue ``run_id`` (a resumed launch's own parent run) if this store holds it in this
+        experiment: it is RUNNING again and keeps its params and history. None: start a new one."""
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - another store, or a deleted run: a new parent then
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def drop_children(self, run_id: str) -> int:
+        """Delete ``run_id``'s child runs (a continued parent's report makes them anew from all results)."""
+        esc = run_id.replace("'", "")
+        kids = self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{esc}'")
+        for r in kids:
+            self.client.delete_run(r.info.run_id)
+        return len(kids)
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -136,13 +136,70 @@ def test_resume_skips_finished_cells_and_completes_identically(tiny_run, tmp_pat
     (["+exp=noise_sweep", "+bogus_key=1"], "bogus_key"),
     (["+exp=noise_sweep", "n_reps=many"], "n_reps"),
     (["+exp=noise_sweep", "grid.noise=[0.1,-0.2]"], "noise=-0.2"),
+    (["+exp=noise_sweep", "cluster.num_cpus=0"], "cluster.num_cpus=0"),
+    (["+exp=noise_sweep", "resume=no_such_run"], "resume='no_such_run': not a run folder"),
 ])
 def test_bad_input_stops_the_cli_before_any_work(tmp_path, overrides, message):
     proc = launch(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
-    assert not list(tmp_path.glob("runs/*/*/results/*.parquet"))
+    assert "Traceback" not in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr
+    # no run folder left behind, and none made where it was only told to read
+    assert not list(tmp_path.glob("runs/*/*")) and not (tmp_path / "no_such_run").exists()
+
+
+def test_resume_with_another_design_is_refused_and_changes_nothing(tiny_run, tmp_path):
+    import shutil
+
+    _, _, summary_path = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(json.loads(summary_path.read_text())["run_dir"]), run_dir)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = launch(tmp_path, *TINY, "n_reps=3", "grid.noise=[0.0,0.25]", f"resume={run_dir}",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "n_reps (2 -> 3)" in proc.stderr and "grid.noise" in proc.stderr
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before  # not a result, not the composed config: the run folder is as it was
+
+
+def test_interrupted_launch_ends_killed_in_one_line_and_resumes_its_own_parent(tiny_run, tmp_path):
+    """Ctrl-C: one line, exit 130, the MLflow parent KILLED; a damaged result file is recomputed on resume,
+    which continues the same parent run (no second one) and gives the uninterrupted run's results."""
+    import signal
+    import time
+
+    _, _, summary_path = tiny_run
+    src = Path(json.loads(summary_path.read_text())["run_dir"])
+    run_dir, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *TINY, "cluster.num_cpus=1",
+                             f"hydra.run.dir={run_dir}", f"tracking.uri={uri}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((run_dir / "results").glob("*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("interrupted:")]) == 1
+    assert f"resume={run_dir}" in err
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("noise_sweep")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    kept = sorted((run_dir / "results").glob("*.parquet"))
+    assert 3 <= len(kept) < 12
+    kept[0].write_bytes(b"")  # a result file the disk lost
+    proc = launch(tmp_path, *TINY, "cluster.num_cpus=2", f"resume={run_dir}", f"tracking.uri={uri}")
+    assert f"warning: {kept[0]} is damaged" in proc.stderr
+    assert results(run_dir).equals(results(src))
+    runs = client.search_runs([exp.experiment_id])
+    again = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in again] == [parents[0].info.run_id] and again[0].info.status == "FINISHED"
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == again[0].info.run_id]) == 6
 
 
 @pytest.mark.parametrize("overrides,message", [
