@@ -22,12 +22,20 @@ def auc(curve: np.ndarray) -> np.ndarray:
 
 
 def mean_sem(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error of the mean along ``axis`` (SEM 0 for a single sample)."""
+    """Mean and standard error of the mean along ``axis`` (SEM 0 for a single sample; mean NaN,
+    SEM 0 for none). The one implementation: every summary's ``[value, sem]`` comes from it."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[axis]
-    mean = x.mean(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x.mean(axis=axis) if n else np.full(np.delete(x.shape, axis), np.nan)[()]
     sem = x.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
     return mean, sem
+
+
+def value_sem(x) -> list[float]:
+    """``[mean, sem]`` of all values of ``x`` as plain floats: a summary metric (:func:`mean_sem`)."""
+    m, s = mean_sem(np.asarray(x, dtype=np.float64).ravel())
+    return [float(m), float(s)]
 
 
 def performance_points(a: np.ndarray, b: np.ndarray) -> np.ndarray:

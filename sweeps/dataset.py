@@ -133,10 +133,7 @@ def plot_dataset(dataset: Dataset, out: Path) -> list[Path]:
     panel per pair of dimensions (``d1 x d2``, ``d3 x d4``, ..., a profile for
     a last odd one), each the maximum over the other dimensions.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sweeps.plots import plt
 
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -123,6 +123,7 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
     combos = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())] if axes else [{}]
     out = []
     seen = set()
+    applied: set[str] = set()  # command-line keys inside a grid group that found an option taking them
     for coords in combos:
         c = cfg.copy()
         # group options first, so that a key inside one (algorithm.kappa) finds its option
@@ -140,6 +141,7 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
                 for k, v in cli:
                     if k.startswith(key + ".") and OmegaConf.select(opt, k[len(key) + 1:]) is not None:
                         OmegaConf.update(opt, k[len(key) + 1:], OmegaConf.select(cfg, k), merge=False)
+                        applied.add(k)
                 c[key] = opt
             elif key == "muscle":
                 continue
@@ -166,6 +168,12 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
                 out.append(({**coords, "muscle": m}, cc))
         else:
             out.append((coords, c))
+    dropped = [k for k, _ in cli if k.split(".", 1)[0] in GROUPS and k.split(".", 1)[0] in axes and "." in k
+               and k not in applied and not k.startswith("grid.")]
+    if dropped:
+        group = dropped[0].split(".", 1)[0]
+        raise ConfigError(f"{dropped[0]}: no {group} of the grid ({', '.join(map(str, axes[group]))}) takes "
+                          f"{dropped[0].split('.', 1)[1]!r}; nothing would use it (check its spelling)")
     return out
 
 

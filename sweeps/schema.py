@@ -59,6 +59,7 @@ class ReportConfig:
 class StudyConfig:
     name: Optional[str] = None
     storage: Optional[str] = None
+    heartbeat_s: int = 30  # a trial whose launch died (no heartbeat for 2x this) is failed at the next launch
 
 
 @dataclass

@@ -210,6 +210,8 @@ def test_interrupted_launch_ends_killed_in_one_line_and_resumes_its_own_parent(t
     (["dataset=no_such_dataset"], "no_such_dataset"),
     (["scale=huge"], "scale"),
     (["muscle=nhp1/NOPE", "grid.muscle=[nhp1/NOPE]"], "NOPE"),
+    # a misspelt hyperparameter of a grid axis would be silently dropped: nothing takes it
+    (["+algorithm.kapa=4.0"], r"algorithm.kapa: no algorithm of the grid \(gpbo, extensive, greedy\) takes 'kapa'"),
 ])
 def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
     from hydra import compose, initialize_config_dir

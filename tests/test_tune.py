@@ -186,15 +186,29 @@ def test_promotion_round_trips_into_the_online_config(study_run, tmp_path, capsy
 
 
 def test_relaunch_with_the_same_study_name_adds_trials(study_run, local_ray, tmp_path):
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
     tmp, storage, _, first = study_run
+    # a trial whose launch was killed (SIGKILL: nothing told it FAIL) stops beating, and stays RUNNING ...
+    dead = optuna.load_study(study_name="tiny", storage=optuna.storages.RDBStorage(storage, heartbeat_interval=1))
+    trial = dead.ask()
+    dead._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
     summary = run_in_process(tmp_path / "relaunch", *TUNE, "params.n_trials=3", "study.name=tiny",
                              f"study.storage={storage}", f"params.start=[{{kappa: {BAD_KAPPA}}}]",
-                             "params.space.kappa.low=0.2", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
+                             "params.space.kappa.low=0.2", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                             "study.heartbeat_s=1")
     study = load_study(storage)
-    assert len(study.trials) == 11 == summary["study"]["n_trials"]
+    # ... until the next launch of the study fails it
+    assert study.trials[8].state == TrialState.FAIL
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(study.trials) == 12 == summary["study"]["n_trials"]
     assert summary["study"]["resumed"] is True and summary["study"]["launch_trials"] == 3
     assert not any(t.user_attrs.get("start_point") for t in study.trials[8:])  # start points only once
-    assert {t.user_attrs["launch"] for t in study.trials[8:]} == {Path(summary["run_dir"]).name}
+    assert {t.user_attrs["launch"] for t in study.trials[9:]} == {Path(summary["run_dir"]).name}
     assert summary["mlflow_run_id"] != first["mlflow_run_id"]
     assert summary["study"]["best_value"] >= first["study"]["best_value"]
     assert study.user_attrs["selected"]["launch"] == Path(summary["run_dir"]).name  # chosen again, over 11

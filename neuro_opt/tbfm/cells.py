@@ -41,16 +41,16 @@ Training budgets (``max_seconds``) count CPU seconds of the cell's process, the 
 model (see :func:`neuro_opt.tbfm.model.over_budget`); rows report both ``train_s`` (wall) and
 ``train_cpu_s``.
 
-Suggested default-scale parameters (measured on the shared 2-core box, one thread per cell):
+Default-scale parameters live in the experiment files (``conf/exp/tbfm_*.yaml``); their run
+times are in each launch's ``summary.json`` (``wall_s``), not here:
 
 * sample efficiency: ``n_channels=32, n_session=6000, n_test=1000``, ``n_train`` in
-  ``[300, 600, 1200, 2500, 5000]``: 8 to 20 s per TBFM cell (simulation included).
-* compare: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000, max_seconds=300``:
-  about 4 CPU-min per seed with four models (LSSM and AE-LSTM reach their validation plateau after
-  65 to 150 CPU-s each; a 60 s cap stopped the LSSM before it).
-* fsam: ``n_channels=32, n_session=3000, n_train=2000, max_bases=15``: about 1.5 min.
-* latency: the defaults of :func:`run_latency` (94 channels): about 1 min with LSSM and AE-LSTM.
-* control: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000``: about 30 s.
+  ``[300, 600, 1200, 2500, 5000]``;
+* compare: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000, max_seconds=300`` (the
+  CPU-second budget lets the LSSM and AE-LSTM reach their validation plateau);
+* fsam: ``n_channels=32, n_session=3000, n_train=2000, max_bases=15``;
+* latency: the defaults of :func:`run_latency` (94 channels);
+* control: ``n_channels=32, n_session=3000, n_train=2000, n_test=1000``.
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ def mean_sem(x) -> tuple[float, float]:
     x = x[np.isfinite(x)]
     if not x.size:
         return float("nan"), float("nan")
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
+    m, s = metrics.value_sem(x)
+    return m, s
 
 
 def rounded(x, nd: int = 4):

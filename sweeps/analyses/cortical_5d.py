@@ -15,9 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from neuro_opt import metrics
 from sweeps.analyses import finding
 from sweeps.analyses._common import (
-    final_posteriors, map_panel, mean_sem, pairwise_r, pearson, plot_curves, project, rounded, subject_curves,
+    final_posteriors,
+    map_panel,
+    mean_sem,
+    pairwise_r,
+    pearson,
+    plot_curves,
+    project,
+    rounded,
+    subject_curves,
 )
 
 PARAMS = {"duration": ("duration",), "frequency": ("frequency",), "pulse_width": ("pulse_width",),
@@ -148,7 +157,7 @@ def _figure(ctx, pairs, rats, space, runs, true, stats) -> None:
         for i, r in enumerate(rats):
             ax.plot(prof[i], color=f"C{i}", lw=1, label=r.split("/")[0])
             ax.plot(_unit(true[p][r]), color=f"C{i}", lw=0.8, ls=":")
-        m, s = prof.mean(0), (prof.std(0, ddof=1) / np.sqrt(n) if n > 1 else 0 * prof[0])
+        m, s = metrics.mean_sem(prof, axis=0)
         ax.plot(m, color="k", lw=2.5, label="mean +/- SEM")
         ax.fill_between(range(len(m)), m - s, m + s, color="k", alpha=0.2, lw=0)
         ax.set_xticks(range(len(values)), [str(v) for v in values])

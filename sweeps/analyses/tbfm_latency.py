@@ -1,8 +1,8 @@
-"""TBFM forecast latency (seed 004, Section 4.7 and Table 2; the issue's latency targets) as findings.
+"""TBFM forecast latency (seed 004, Section 4.7 and Table 2; the latency targets) as findings.
 
 1. The compiled full-rank forecast (94 channels, runway 20, horizon 164, 12 bases), given the whole
    runway at once as the paper times it, takes <= 100 us median, at the best thread count of the run.
-   Its numbers also give the floor measured in the same cells (``us_read_floor``: reading the 8.5 MB
+   Its numbers also give the floor timed in the same cells (``us_read_floor``: reading the 8.5 MB
    weight map once; ``us_bare_matvec``: its matrix-vector product alone), the forecast's ratio to the
    faster of the two, and whether that floor itself fits the target (when it does not, no float32
    full-rank forecast can on this machine).
@@ -18,14 +18,11 @@ against the 100 us target. Reads the Parquet table only (``python -m sweeps.repo
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from neuro_opt.tbfm.cells import LATENCY_TARGET_US, SPEEDUP_TARGET  # noqa: E402
-from sweeps.analyses import finding  # noqa: E402
+from neuro_opt.tbfm.cells import LATENCY_TARGET_US, SPEEDUP_TARGET
+from sweeps.analyses import finding
+from sweeps.plots import plt  # the one place that picks the Agg backend
 
 TARGET = {"n_usable": 94, "runway_ms": 20, "horizon_ms": 164, "n_bases": 12}
 SAMPLE_PERIOD_US = 1000.0  # 1 kHz sampling: the next sample arrives 1 ms later

@@ -36,20 +36,17 @@ import dataclasses
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from neuro_opt import algorithms, metrics  # noqa: E402
-from neuro_opt.continual import ARMS, continual  # noqa: E402
-from sweeps import plots  # noqa: E402
-from sweeps.analyses import finding  # noqa: E402
-from sweeps.kinds.optimization import DatasetKind, _ms, _unique_rows, select  # noqa: E402
-from sweeps.schema import ConfigError  # noqa: E402
+from neuro_opt import algorithms, metrics
+from neuro_opt.continual import ARMS, continual
+from sweeps import plots
+from sweeps.analyses import finding
+from sweeps.kinds.optimization import DatasetKind, _ms, _unique_rows, select
+from sweeps.plots import plt  # the one place that picks the Agg backend
+from sweeps.schema import ConfigError
 
 CURVES = ("exploration", "exploitation")
 ALPHA = 0.05  # significance level of every "holds" rule

@@ -27,18 +27,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from neuro_opt import metrics  # noqa: E402
-from neuro_opt.algorithms.hierarchical import make_method, run_patterns  # noqa: E402
-from sweeps.kinds.optimization import DatasetKind, _curves, _ms, _unique_rows  # noqa: E402
-from sweeps.schema import ConfigError  # noqa: E402
+from neuro_opt import metrics
+from neuro_opt.algorithms.hierarchical import make_method, run_patterns
+from sweeps.kinds.optimization import DatasetKind, _curves, _ms, _unique_rows
+from sweeps.plots import plt  # the one place that picks the Agg backend
+from sweeps.schema import ConfigError
 
 #: the issue's targets: hierarchical reaches ``accuracy`` within ``within`` total queries and
 #: leads flat GP-BO by more than the SEM at every budget in ``ahead``

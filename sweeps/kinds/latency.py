@@ -40,7 +40,6 @@ the summary lists them under ``skipped``.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from neuro_opt import metrics
 from sweeps.schema import ConfigError
 
 MODES = {"variable_rho": "variable", "fixed_rho": "fixed"}
@@ -56,7 +56,7 @@ AXES = ("n_points", "n_dims", "history")
 DEVICES = ("cpu", "cuda")
 # Published reference (Fig. S8): the 500th query of a 10,000-point 3-D space.
 PUBLISHED_MS = {"cpu": 130.0, "cuda": 7.0}
-TARGET_MS = {"variable_rho": 50.0, "fixed_rho": 5.0}  # issue 3, at 10,000 points, 3-D, history 500, CPU
+TARGET_MS = {"variable_rho": 50.0, "fixed_rho": 5.0}  # the targets at 10,000 points, 3-D, history 500, CPU
 TARGET_SETTING = {"n_points": 10000, "n_dims": 3, "history": 500}
 SETUP_REFITS = 50  # untimed refits at most, to bring a converging refit's hyperparameters to convergence
 
@@ -334,8 +334,7 @@ class LatencyKind:
 def _median_sem(x: np.ndarray) -> list[float]:
     """``[median, SEM]``; the SEM is that of the mean (std / sqrt(n)), 0 for one sample."""
     x = np.asarray(x, dtype=float)
-    sem = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-    return [float(np.median(x)), sem]
+    return [float(np.median(x)), metrics.value_sem(x)[1]]
 
 
 def _targets(groups: list[dict]) -> list[dict]:
@@ -365,10 +364,7 @@ def _cpu_name() -> str | None:
 
 def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
     """ms per query vs each axis (the other two at the anchor), one line per mode x device (Fig. S8)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sweeps.plots import plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     lines = sorted({(g["params"]["mode"], g["params"]["device"]) for g in groups})

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neuro_opt import algorithms, metrics
-from neuro_opt.datasets import Dataset, load as load_dataset
+from neuro_opt.datasets import Dataset
+from neuro_opt.datasets import load as load_dataset
 from neuro_opt.simulate import simulate
 from sweeps import plots
 from sweeps.schema import ConfigError
@@ -212,9 +213,7 @@ def _run_name(params: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items()) or "all"
 
 
-def _ms(x) -> list[float]:
-    m, s = metrics.mean_sem(np.asarray(x, dtype=float))
-    return [float(m), float(s)]
+_ms = metrics.value_sem
 
 
 def _unique_rows(table: pa.Table, cols: list[str]) -> list[tuple]:

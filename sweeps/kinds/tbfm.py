@@ -28,17 +28,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from neuro_opt import metrics as M  # noqa: E402
-from neuro_opt.tbfm import cells  # noqa: E402
-from sweeps.grid import stable_hash  # noqa: E402
-from sweeps.schema import ConfigError  # noqa: E402
+from neuro_opt import metrics as M
+from neuro_opt.tbfm import cells
+from sweeps.grid import stable_hash
+from sweeps.plots import plt  # the one place that picks the Agg backend
+from sweeps.schema import ConfigError
 
 CELLS = {name[len("run_"):]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
 

@@ -20,7 +20,7 @@ per core) and torch uses ``params.threads`` threads (null: the cell's CPUs). One
 cell is also what keeps the measurement honest on a shared machine: two torch threads on two
 busy cores make the small operations of both loops many times slower. ``runs_per_s`` is
 therefore per cell; ``targets`` in the summary multiplies it by the Ray CPUs for the
-whole-machine figure of issue 3, and says so.
+whole-machine figure of the throughput target, and says so.
 
 The summary has a group per (workload, engine) with ``n`` = the runs its figures rest on,
 and a top-level ``ratios`` (batched / reference runs per second, per workload) and
@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from neuro_opt import metrics
 from sweeps.schema import ConfigError
 
 ENGINES = ("batched", "botorch_reference")
@@ -211,8 +212,7 @@ class ThroughputKind:
                 # the problems both engines ran; the SEM is over those problems (0 with one problem)
                 diffs = 100 * np.array([pb[k][name] - pr[k][name] for k in common])
                 entry[f"{name}_points_final"] = float(diffs.mean()) if common else None
-                entry[f"{name}_points_final_sem"] = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) \
-                    if len(diffs) > 1 else 0.0
+                entry[f"{name}_points_final_sem"] = metrics.value_sem(diffs)[1]
             entry["per_problem"] = {k: {"batched": pb[k], "botorch_reference": pr[k]} for k in common}
             comparisons.append(entry)
             if tracker is not None:
@@ -311,9 +311,7 @@ def _rate(sub: pa.Table) -> list[float]:
     return [float(rate), sem]
 
 
-def _mean_sem(x) -> list[float]:
-    x = np.asarray(x, dtype=float)
-    return [float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0]
+_mean_sem = metrics.value_sem
 
 
 def _per_problem(sub: pa.Table) -> dict:
@@ -326,10 +324,7 @@ def _per_problem(sub: pa.Table) -> dict:
 
 def throughput_figure(groups: list[dict], ratios: dict, path: Path) -> Path:
     """Runs per second (log scale) and final exploration/exploitation per workload and engine."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sweeps.plots import plt
 
     workloads = sorted({g["params"]["workload"] for g in groups})
     engines = [e for e in ENGINES if any(g["params"]["engine"] == e for g in groups)]

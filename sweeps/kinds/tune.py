@@ -58,11 +58,13 @@ import math
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from neuro_opt import metrics
 from sweeps.schema import ConfigError
 from sweeps.store import write_summary
 
@@ -205,7 +207,7 @@ class SearchSpec:
                                   f"searchable: {', '.join(searchable)}")
             self.ranges[name] = self._range(name, spec)
         for ratio, (lo, hi) in RATIOS.items():
-            where = f"params.space"
+            where = "params.space"
             if lo in self.ranges and hi in self.ranges:
                 raise ConfigError(f"{where}: {lo} and {hi} are both searched, which can give {lo} >= {hi}; search "
                                   f"{hi} and {ratio} ({lo} = {hi} / {ratio}) instead")
@@ -593,12 +595,7 @@ def per_problem(objective: Objective, results: dict, keys: list) -> np.ndarray:
     return np.array([objective.per_run(results[k]).mean() for k in keys])
 
 
-def mean_sem(x) -> list:
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return [float("nan"), 0.0]
-    sem = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
-    return [float(x.mean()), sem]
+mean_sem = metrics.value_sem  # [mean, sem] of a list of per-run values
 
 
 # =============================================================================================
@@ -643,9 +640,7 @@ def heldout_groups(setup: Setup, res: dict, methods: dict, train_values: dict, s
 
 
 def heldout_figure(setup: Setup, res: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sweeps.plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for i, (method, by_key) in enumerate(res.items()):
@@ -667,9 +662,7 @@ def heldout_figure(setup: Setup, res: dict, path: Path) -> Path:
 
 
 def mean_sem_rows(a: np.ndarray):
-    a = np.asarray(a, dtype=np.float64)
-    s = a.std(axis=0, ddof=1) / np.sqrt(a.shape[0]) if a.shape[0] > 1 else np.zeros(a.shape[1])
-    return a.mean(axis=0), s
+    return metrics.mean_sem(a, axis=0)
 
 
 def log_chosen(tracker, run_id: str, method: str, alg: dict, setup: Setup, group: dict, published_group: dict,
@@ -856,13 +849,28 @@ def open_study(cfg, setup: Setup, spec: SearchSpec, run_dir: Path, sampler, prun
             name = names[0] if names else None
         storage = f"sqlite:///{db}"
     name = name or f"{cfg.experiment}-{run_dir.name}"
+    beat = int(cfg.study.heartbeat_s)
+    if beat < 1:
+        raise ConfigError(f"study.heartbeat_s={cfg.study.heartbeat_s}: expected a whole number of seconds >= 1")
+    # heartbeats with ask/tell (not Study.optimize) are what this driver means to use: no warning per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        existing = optuna.study.get_all_study_names(storage)
+        # a trial records a heartbeat while it runs; one whose launch was killed stops beating and is failed
+        # (fail_stale_trials) when the study is opened again, instead of staying RUNNING for ever
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=beat, grace_period=2 * beat)
+        existing = optuna.study.get_all_study_names(rdb)
     except Exception as exc:  # noqa: BLE001 - an unreachable or malformed storage URL
         raise ConfigError(f"study.storage={storage!r}: cannot open the Optuna storage: {exc}") from None
     settings = json.loads(json.dumps(setup.settings(), default=_json_default))
     if name in existing:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+        optuna.storages.fail_stale_trials(study)
+        stale = running - sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+        if stale:
+            print(f"note: {stale} trial(s) of study {name!r} were left RUNNING by a launch that died (no heartbeat "
+                  f"for {2 * beat} s): marked FAIL", file=sys.stderr)
         before = study.user_attrs.get("settings")
         space_before = study.user_attrs.get("space")
         diffs = [k for k in settings if before is not None and before.get(k) != settings[k]]
@@ -876,7 +884,7 @@ def open_study(cfg, setup: Setup, spec: SearchSpec, run_dir: Path, sampler, prun
         if note:
             print(f"note: {note}", file=sys.stderr)
         return study, storage, False
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner,
                                 direction="maximize")
     study.set_user_attr("settings", settings)
     study.set_user_attr("space", spec.describe())
@@ -914,6 +922,7 @@ class StudyLaunch:
         self.inflight: dict = {}
         self.scorer = None
         self.bar = None
+        self.heartbeat_s = int(cfg.study.heartbeat_s)
 
     # ---- trials
     def run_trials(self, n_trials: int) -> None:
@@ -927,7 +936,10 @@ class StudyLaunch:
         while self.asked < n_trials and len(self.inflight) < slots:
             self._ask()
         while self.inflight:
-            ready, _ = ray.wait(list(self.inflight), num_returns=1)
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.heartbeat_s)
+            self._beat(*self.inflight.values())
+            if not ready:
+                continue
             r = self.inflight.pop(ready[0])
             try:
                 out = ray.get(ready[0])
@@ -954,6 +966,13 @@ class StudyLaunch:
         self.asked += 1
         r = _Running(trial, alg, sampled)
         self.inflight[self.scorer.submit(alg, self.setup.batches[0])] = r
+        self._beat(r)
+
+    def _beat(self, *running: "_Running") -> None:
+        """Record that these trials' launch is alive (see open_study: a silent one is failed later)."""
+        storage = self.study._storage  # the RDBStorage open_study made, with heartbeats on
+        for r in running:
+            storage.record_heartbeat(r.trial._trial_id)
 
     def _advance(self, r: _Running, out: list) -> None:
         """A batch came back: report the running objective; finish, prune or submit the next batch."""
@@ -1228,9 +1247,7 @@ def write_trials_table(study, spec: SearchSpec, path: Path) -> Path:
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sweeps.plots import plt
     return plt
 
 
