@@ -98,11 +98,7 @@ def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
             ax.legend(loc="upper right", fontsize=7)
         fig.colorbar(im, ax=ax, label=f"{session.cfg.target_muscle} estimated response")
         ax.set_title(f"{session.cfg.name}: estimated map after {len(queries)} queries")
-        p = d / "estimated_map.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        out.append(str(p))
+        out.append(_save(plt, fig, d / "estimated_map.png"))
     fig, axs = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     x = [r["query"] + 1 for r in queries]
     axs[0].plot(x, [np.nan if r["exploration"] is None else r["exploration"] for r in queries], "-o", ms=3,
@@ -117,12 +113,15 @@ def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
     axs[1].set_xlabel("query")
     axs[1].set_ylim(bottom=0)
     fig.suptitle(f"{session.cfg.name}: performance without ground truth")
-    p = d / "performance.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    out.append(str(p))
+    out.append(_save(plt, fig, d / "performance.png"))
     return out
+
+
+def _save(plt, fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
 
 
 def _atomic_write(path: Path, text: str) -> None:
