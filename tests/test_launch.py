@@ -19,7 +19,35 @@ TINY = ["+exp=noise_sweep", "n_reps=2", "n_queries=12", "grid.noise=[0.0,0.5]", 
         "dataset.n_muscles=2", "progress=false"]
 
 
+def _seed_store(overrides: tuple[str, ...], tmp: Path) -> None:
+    """Give a launch's new sqlite MLflow store a copy of an empty, already migrated one: creating the
+    tables takes seconds per store, and every launch here starts its own (the launch then uses it as is)."""
+    import shutil
+
+    for o in overrides:
+        if o.startswith("tracking.uri=sqlite:///"):
+            db = Path(o[len("tracking.uri=sqlite:///"):])
+            db = db if db.is_absolute() else tmp / db
+            if not db.exists():
+                db.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(_empty_store(), db)
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+def _empty_store() -> Path:
+    if not _EMPTY_STORE:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="mlflow_empty_")) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()  # creates and migrates the tables
+        _EMPTY_STORE.append(path)
+    return _EMPTY_STORE[0]
+
+
 def launch(tmp: Path, *overrides: str, check: bool = True, stdin=None) -> subprocess.CompletedProcess:
+    _seed_store(overrides, tmp)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=600, stdin=stdin)
@@ -212,6 +240,8 @@ def test_interrupted_launch_ends_killed_in_one_line_and_resumes_its_own_parent(t
     (["muscle=nhp1/NOPE", "grid.muscle=[nhp1/NOPE]"], "NOPE"),
     # a misspelt hyperparameter of a grid axis would be silently dropped: nothing takes it
     (["+algorithm.kapa=4.0"], r"algorithm.kapa: no algorithm of the grid \(gpbo, extensive, greedy\) takes 'kapa'"),
+    (["algorithm.kappa=abc", "grid.algorithm=[gpbo]"], r"kappa='abc': expected a number"),
+    (["+algorithm.kapa=4.0", "~grid.algorithm"], r"unknown hyperparameter 'kapa'; it takes kappa, n_random"),
 ])
 def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
     from hydra import compose, initialize_config_dir

@@ -111,14 +111,14 @@ def _session(port: int, run: Path, resume: bool = False, **rig_over) -> dict:
 FAULTS = [
     ({"kind": "error"}, "rig_error"),  # the first request of the session (connect) fails
     ({"kind": "error", "param": "eStim1.AmpA"}, "not_sent"),  # a parameter write fails
-    ({"kind": "hang", "seconds": 1.0, "param": "eStim1.AmpA"}, "not_sent"),  # a write's reply is lost
+    ({"kind": "hang", "seconds": 2.0, "param": "eStim1.AmpA"}, "not_sent"),  # a write's reply is lost
     ({"kind": "misread", "param": "eStim1.PeriodA"}, "not_sent"),  # read-back differs from what was written
     ({"kind": "null_value", "param": "eStim1.DurA"}, "not_sent"),
     ({"kind": "string_value", "param": "eStim1.CountA"}, "not_sent"),
     ({"kind": "nan_buffer", "param": "buffer_2.array"}, "not_sent"),  # the buffer snapshot before the trigger
     # the trigger (after the Go=0 written at connect): refused, so Go reads back 0
     ({"kind": "error", "param": "Button1.Go", "after": 1}, "not_sent"),
-    ({"kind": "hang", "seconds": 1.0, "param": "Button1.Go", "after": 1}, "no_response"),  # taken, reply lost
+    ({"kind": "hang", "seconds": 2.0, "param": "Button1.Go", "after": 1}, "no_response"),  # taken, reply lost
     ({"kind": "error", "param": "Button1.Go", "after": 1, "count": 2}, "maybe_delivered"),  # Go unreadable too
     ({"kind": "late"}, "no_response"),  # sent, the window never arrives
 ]
@@ -132,7 +132,7 @@ def test_journal_and_session_count_what_the_stimulator_received(emulator, tmp_pa
     emu(port, "PUT", "/emulator/fault", fault)
     run = tmp_path / "s"
     with pytest.raises(SessionStopped) as info:
-        _session(port, run, http_timeout_s=0.4)
+        _session(port, run, http_timeout_s=1.0)
     assert info.value.run_dir == run
     recs = Journal.read(run / "journal.jsonl")
     failed = [r for r in recs if r["kind"] in ("not_sent", "no_response", "maybe_delivered", "rig_error")]
@@ -143,7 +143,7 @@ def test_journal_and_session_count_what_the_stimulator_received(emulator, tmp_pa
         assert stopped["n_stimulations"] == len(stimulations(port))  # the failed one counted iff it went out
     if fault.get("kind") == "hang":
         import time
-        time.sleep(0.8)  # let the hung reply drain
+        time.sleep(1.2)  # let the hung reply drain
     out = _session(port, run, resume=True)
     recs = Journal.read(run / "journal.jsonl")
     got = stimulations(port)

@@ -8,6 +8,9 @@ BoTorch loop, one fitted ``SingleTaskGP`` per replicate per query (the engine's 
 
 from __future__ import annotations
 
+import inspect
+import numbers
+
 from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
 from neuro_opt.algorithms.extensive import ExtensiveSearch
 from neuro_opt.algorithms.gpbo import GPBO
@@ -31,13 +34,43 @@ def make(name: str, space, n_reps: int = 1, seed=0, prior=None, **hyperparameter
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}") from None
+    check_hyperparameters(name, hyperparameters)
     try:
         return cls(space, n_reps=n_reps, seed=seed, prior=prior, **hyperparameters)
     except TypeError as exc:
         raise ValueError(f"algorithm {name!r}: bad hyperparameters {sorted(hyperparameters)}: {exc}") from None
 
 
-__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties"]
+_COMMON = ("self", "space", "n_reps", "seed", "prior")
+_NUMBERS = {"float": "a number", "int": "an integer"}
+
+
+def check_hyperparameters(name: str, hyperparameters: dict) -> None:
+    """Raise ``ValueError`` naming the key, the value and what is expected for a hyperparameter that
+    optimizer ``name`` does not take, or a number of the wrong type (read from its signature)."""
+    target = _REGISTRY.get(name)
+    target = GPBO if name == "gpbo_fixed_rho" else target
+    if not isinstance(target, type):
+        return  # a factory function validates its own arguments
+    params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    for key, value in hyperparameters.items():
+        if key not in params:
+            raise ValueError(f"algorithm {name!r}: unknown hyperparameter {key!r}; it takes "
+                             f"{', '.join(params) or 'none'}")
+        ann = str(params[key].annotation).replace(" ", "")
+        base, nullable = ann.split("|")[0], ann.endswith("|None")
+        if base not in _NUMBERS or (value is None and nullable):
+            continue
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or (base == "int" and not float(value).is_integer()):
+            raise ValueError(f"algorithm {name!r}: {key}={value!r}: expected {_NUMBERS[base]}"
+                             f"{' or null' if nullable else ''}")
+
+
+__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties",
+           "check_hyperparameters"]
 
 # hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
 # (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself
