@@ -157,9 +157,8 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     differs = record.differences(config) if cfg.resume else []
     if differs:
         record.restore_hydra()
-        changes = [f"{k} ({_flat_get(record.data['design'], k)!r} -> {_flat_get(config, k)!r})" for k in differs]
         raise ConfigError(f"resume={cfg.resume}: this launch's design differs from the run's in "
-                          f"{', '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}; resume with the same "
+                          f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; resume with the same "
                           f"settings, or start a new run")
     store = ResultStore(run_dir)
     done = store.done() if cfg.resume else set()
@@ -170,7 +169,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     if parent is None:
         parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=config, tags={"run_dir": str(run_dir)})
     tracker.client.set_tag(parent, "resumed_cells", str(len(cells) - len(pending)))
-    record.save(config, parent, tracker.uri)
+    record.save(config, parent)
     failures = []
     try:
         task = ray.remote(_execute).options(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
@@ -198,7 +197,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
         bar.close()
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")
-        n_kept = len(store.done())
+        n_kept = len(list(store.dir.glob("*.parquet")))
         raise Interrupted(f"interrupted: {n_kept} of {len(cells)} cells are kept in {run_dir}; resume with the same "
                           f"command and resume={run_dir}") from None
     finally:
@@ -242,14 +241,6 @@ class Interrupted(LaunchError):
     """Ctrl-C (or SIGTERM) during a launch: what was kept and how to resume, on one line."""
 
     exit_code = 130
-
-
-def _flat_get(d: dict, dotted: str):
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def discard_if_untouched(run_dir: Path) -> None:

@@ -136,11 +136,13 @@ class LaunchRecord:
         return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
 
     def differences(self, config: dict) -> list[str]:
-        """Dotted keys whose values differ from the recorded design (empty: the same, or no record)."""
+        """``key (old -> new)`` for every dotted key whose value differs from the recorded design
+        (empty: the same design, or no record)."""
         if self.data is None:
             return []
         old, new = _flat(self.data["design"]), _flat(json.loads(json.dumps(self.design(config), default=str)))
-        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)]
 
     def restore_hydra(self) -> None:
         """Put back the composed config files Hydra overwrote at the start of a refused resume."""
@@ -153,12 +155,12 @@ class LaunchRecord:
     def parent_run_id(self) -> str | None:
         return (self.data or {}).get("mlflow_run_id")
 
-    def save(self, config: dict, parent_run_id: str, tracking_uri: str) -> None:
+    def save(self, config: dict, parent_run_id: str) -> None:
         hydra = self.path.parent / ".hydra"
         kept = (self.data or {}).get("hydra") or {}
         files = {n: (hydra / n).read_text() if (hydra / n).is_file() else None for n in HYDRA_FILES}
         self.data = {"design": json.loads(json.dumps(self.design(config), default=str)),
-                     "mlflow_run_id": parent_run_id, "tracking_uri": tracking_uri, "hydra": kept or files}
+                     "mlflow_run_id": parent_run_id, "hydra": kept or files}
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)

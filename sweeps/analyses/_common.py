@@ -201,8 +201,7 @@ def mean_sem(x) -> tuple[float, float]:
     x = x[np.isfinite(x)]
     if not x.size:
         return float("nan"), float("nan")
-    m, s = metrics.value_sem(x)
-    return m, s
+    return tuple(metrics.value_sem(x))
 
 
 def rounded(x, nd: int = 4):
