@@ -277,14 +277,27 @@ def test_remote_cluster_and_server_tracking_configs_resolve_from_the_environment
 # --------------------------------------------------------------------------- the live cluster
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_ports(n: int) -> list[int]:
-    socks = []
+    """``n`` free loopback ports, none handed out before in this process.
+
+    A port is free only while its probe socket is open; once closed the kernel may offer it again,
+    so ports already given to one Ray component are excluded for the next (two components on one
+    port make ``ray start`` fail).
+    """
+    socks, ports = [], []
     try:
-        for _ in range(n):
+        while len(ports) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+                _HANDED_OUT.add(port)
+        return ports
     finally:
         for s in socks:
             s.close()
