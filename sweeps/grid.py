@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import sys
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +155,9 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
             continue
         seen.add(ident)
         muscles = coords.get("muscle", c.muscle)
-        if problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool):
-            keys = problem_keys(c)
+        expands = problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool)
+        keys = problem_keys(c) if expands else None  # None: the experiment has no dataset problems
+        if keys is not None:
             wanted = keys if muscles == "all" else ([muscles] if isinstance(muscles, str) else list(muscles))
             unknown = [m for m in wanted if m not in keys]
             if unknown:

@@ -2,20 +2,23 @@
 
 The session itself (safety checks, journal, resume, EMG processing) is
 ``hardware.online.run_online``; this module adds the launcher's contracts: the
-config from Hydra, every query logged to MLflow as it is journaled, and
-``summary.json`` in the run folder as the last line printed.
+config from Hydra and every query logged to MLflow as it is journaled. The runner
+writes ``summary.json`` into the session's folder.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from sweeps.experiment import DriveExperiment
 from sweeps.schema import ConfigError, LaunchError
-from sweeps.store import write_summary
 from sweeps.tracking import Tracker
+
+if TYPE_CHECKING:
+    from sweeps.runner import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,59 +50,41 @@ def _resolve_paths(rig: dict) -> dict:
     return rig
 
 
-def run_session(cfg, overrides, run_dir: Path, t0: float) -> Path:
-    from hardware.journal import JournalError
-    from hardware.online import OnlineConfig, SessionStopped, confirmation, error_text, resolve_mode, run_online
-    from hardware.rig import RigError
+class OnlineKind(DriveExperiment):
+    """kind=online: one session on the rig; the runner owns the MLflow run and summary.json."""
 
-    if cfg.online is None or cfg.rig is None:
-        raise ConfigError("kind=online needs an online config and a rig: use +exp=online (online=NAME rig=NAME)")
-    online = OmegaConf.to_container(cfg.online, resolve=True)
-    rig = _resolve_paths(OmegaConf.to_container(cfg.rig, resolve=True))
-    try:  # the mode in force, and the confirmation it requires, before anything starts
-        mode = resolve_mode(OnlineConfig.from_dict(online).mode, cfg.mode)
-        confirm = confirmation(mode)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
-    parent = tracker.start(f"online {online.get('name', '')} {run_dir.name}",
-                           params={"online": online, "rig": rig, "mode": mode})
-    try:
-        session = run_online(online, rig, run_dir=run_dir, resume=cfg.resume, mode=mode, confirm=confirm,
-                             n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
-                             tracker=OnlineTracker(tracker, parent))
-    except SessionStopped as exc:
-        tracker.end(parent, "FAILED")
-        raise LaunchError(f"{exc}; session folder {exc.run_dir}; resume: the same command with "
-                          f"resume={exc.run_dir}") from None
-    except (ValueError, FileNotFoundError, RigError, JournalError) as exc:
-        tracker.end(parent, "FAILED")
-        raise ConfigError(error_text(exc) if isinstance(exc, RigError) else str(exc)) from None
-    except KeyboardInterrupt:
-        tracker.end(parent, "KILLED")
-        raise
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    out_dir = Path(session.get("run_dir", run_dir))
-    metrics = {k: [float(v), 0.0] for k, v in session.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    summary = {"experiment": cfg.experiment, "run_dir": str(out_dir), "mlflow_run_id": parent,
-               "wall_s": round(time.time() - t0, 2),
-               "groups": [{"params": {"online": online.get("name"), "mode": session["mode"]},
-                           "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
-               "session": session}
-    path = out_dir / "summary.json"
-    write_summary(path, summary, default=str)
-    tracker.artifacts(parent, path)
-    tracker.end(parent, "FINISHED")
-    print(tracker.ui_hint(cfg.tracking.experiment_name or cfg.experiment, parent))
-    print(path)
-    return path
+    def drive(self, run: Run) -> dict:
+        from hardware.journal import JournalError
+        from hardware.online import OnlineConfig, SessionStopped, confirmation, error_text, resolve_mode, run_online
+        from hardware.rig import RigError
 
-
-class OnlineKind:
-    drive = staticmethod(run_session)
+        cfg = run.cfg
+        if cfg.online is None or cfg.rig is None:
+            raise ConfigError("kind=online needs an online config and a rig: use +exp=online (online=NAME rig=NAME)")
+        online = OmegaConf.to_container(cfg.online, resolve=True)
+        rig = _resolve_paths(OmegaConf.to_container(cfg.rig, resolve=True))
+        try:  # the mode in force, and the confirmation it requires, before anything starts
+            mode = resolve_mode(OnlineConfig.from_dict(online).mode, cfg.mode)
+            confirm = confirmation(mode)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        run.open_parent(f"online {online.get('name', '')} {run.dir.name}",
+                        params={"online": online, "rig": rig, "mode": mode})
+        try:
+            session = run_online(online, rig, run_dir=run.dir, resume=cfg.resume, mode=mode, confirm=confirm,
+                                 n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
+                                 tracker=OnlineTracker(run.tracker, run.parent))
+        except SessionStopped as exc:
+            raise LaunchError(f"{exc}; session folder {exc.run_dir}; resume: the same command with "
+                              f"resume={exc.run_dir}") from None
+        except (ValueError, FileNotFoundError, RigError, JournalError) as exc:
+            raise ConfigError(error_text(exc) if isinstance(exc, RigError) else str(exc)) from None
+        run.dir = Path(session.get("run_dir", run.dir))
+        metrics = {k: [float(v), 0.0] for k, v in session.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {"groups": [{"params": {"online": online.get("name"), "mode": session["mode"]},
+                            "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
+                "session": session}
 
 
 KIND = OnlineKind()

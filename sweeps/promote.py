@@ -280,7 +280,7 @@ def build(rec: dict, args: dict) -> dict:
     from hardware.online import OnlineConfig
     from neuro_opt import algorithms
     from neuro_opt.space import SearchSpace
-    from sweeps.kinds.tune import git_version
+    from sweeps.tuning.setup import git_version
 
     base, base_path = _base(args["base"])
     rig_path = _rig_path(args["rig"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeps import grid, kinds
+from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
 from sweeps.store import ResultStore, write_summary
 
@@ -87,7 +88,7 @@ def remake(run_dir: Path) -> Path:
     """Rerun the report of the launch in ``run_dir``; returns the rewritten ``summary.json``."""
     cfg = load_config(run_dir)
     kind = kinds.get(cfg.kind)
-    if not hasattr(kind, "report"):
+    if not isinstance(kind, Experiment):
         raise ConfigError(f"kind={cfg.kind!r} makes its report while it runs (it has no separate report step)")
     table = ResultStore(run_dir).read()
     report = kind.report(cfg, table, run_dir, None, None, grid.grid_axes(cfg))

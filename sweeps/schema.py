@@ -22,6 +22,12 @@ class LaunchError(Exception):
     exit_code = 1
 
 
+class Interrupted(LaunchError):
+    """Ctrl-C (or SIGTERM) during a launch: what was kept and how to resume, on one line."""
+
+    exit_code = 130
+
+
 class ConfigError(LaunchError, ValueError):
     """A config that cannot run; the message names the key and what is expected."""
 

@@ -197,7 +197,7 @@ def test_bad_benchmark_config_stops_before_any_work(overrides, message):
     """Validation runs on the composed config before Ray or MLflow start (as the launcher calls it)."""
     from hydra import compose, initialize_config_dir
 
-    from sweeps.launch import build_cells
+    from sweeps.runner import build_cells
     from sweeps.schema import ConfigError
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -93,7 +93,7 @@ def test_config_errors_name_the_key():
     from hydra import compose, initialize_config_dir
 
     from sweeps.grid import CONF_DIR
-    from sweeps.launch import build_cells
+    from sweeps.runner import build_cells
     from sweeps.schema import ConfigError
 
     for overrides, message in ((["params.loss_session=9"], r"params.loss_session=9.*2\.\.8"),

@@ -249,7 +249,7 @@ def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
     from omegaconf.errors import OmegaConfBaseException
 
     from sweeps.grid import CONF_DIR
-    from sweeps.launch import build_cells
+    from sweeps.runner import build_cells
     from sweeps.schema import ConfigError
 
     with pytest.raises((ConfigError, HydraException, OmegaConfBaseException), match=message):
@@ -261,7 +261,7 @@ def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
 def test_unreachable_cluster_address_is_refused_at_once():
     import time
 
-    from sweeps.launch import check_address
+    from sweeps.runner import check_address
     from sweeps.schema import ConfigError
 
     t0 = time.time()

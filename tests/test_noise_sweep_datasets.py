@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from sweeps import launch
+from sweeps import runner
 from sweeps.grid import CONF_DIR
 
 DATASETS = ["synthetic_nhp", "synthetic_rat", "synthetic_spinal", "gamma4d", "prior6d", "spinal4d", "cortical5d",
@@ -17,7 +17,7 @@ def test_noise_sweep_runs_on_dataset(dataset):
                  "grid.algorithm=[gpbo,extensive,greedy]"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    kind, cells = launch.build_cells(cfg, overrides)
+    kind, cells = runner.build_cells(cfg, overrides)
     assert len(cells) >= 3 and {c.coords["algorithm"] for c in cells} == {"gpbo", "extensive", "greedy"}
     for cell in cells[:3]:
         table = kind.run_cell(cell.payload, cell.seed_sequence(0), kind.data_for(cell.payload))

@@ -55,7 +55,7 @@ def test_launch_validation_accepts_only_the_no_prior_condition(exp, ok):
     from hydra import compose, initialize_config_dir
 
     from sweeps.grid import CONF_DIR
-    from sweeps.launch import build_cells
+    from sweeps.runner import build_cells
     from sweeps.schema import ConfigError
 
     overrides = [f"+exp={exp}", "use_prior=true", "dataset.n_subjects=1", "grid.algorithm=[extensive]"]

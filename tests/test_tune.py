@@ -62,7 +62,7 @@ def local_ray():
 
 def run_in_process(run_dir: Path, *overrides: str) -> dict:
     """``sweeps.launch.run`` on a composed config, as the CLI does, without a new interpreter and Ray."""
-    from sweeps.launch import run
+    from sweeps.runner import run
 
     path = run(compose(*overrides), list(overrides), run_dir)
     return json.loads(path.read_text())
@@ -196,7 +196,7 @@ def test_relaunch_with_the_same_study_name_adds_trials(study_run, local_ray, tmp
     dead = optuna.load_study(study_name="tiny", storage=optuna.storages.RDBStorage(storage, heartbeat_interval=1))
     trial = dead.ask()
     dead._storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)
+    time.sleep(3.5)  # > the 2 s grace period plus the 1 s resolution of sqlite's CURRENT_TIMESTAMP
     summary = run_in_process(tmp_path / "relaunch", *TUNE, "params.n_trials=3", "study.name=tiny",
                              f"study.storage={storage}", f"params.start=[{{kappa: {BAD_KAPPA}}}]",
                              "params.space.kappa.low=0.2", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
@@ -272,13 +272,13 @@ def test_calibration_one_at_a_time_from_a_bad_kappa(local_ray, tmp_path):
     (["+exp=kappa_calibration", "params.values.n_random=[1,20]"], "n_random=20 is more than n_queries=10"),
 ])
 def test_bad_input_stops_before_any_work(tmp_path, monkeypatch, overrides, message):
-    import sweeps.launch
-    from sweeps.launch import run
+    import sweeps.runner
+    from sweeps.runner import run
 
     def no_ray(cfg):
         raise AssertionError("Ray was started before the config was checked")
 
-    monkeypatch.setattr(sweeps.launch, "connect_ray", no_ray)
+    monkeypatch.setattr(sweeps.runner, "connect_ray", no_ray)
 
     exp = [o for o in overrides if o.startswith("+exp=")] or ["+exp=tune_gpbo"]
     rest = [o for o in overrides if not o.startswith("+exp=")]
@@ -300,7 +300,7 @@ def test_bad_input_on_the_command_line_exits_2_with_the_message(tmp_path):
 
 
 def test_a_resumed_study_must_keep_its_settings(study_run, tmp_path):
-    from sweeps.launch import run
+    from sweeps.runner import run
 
     tmp, storage, _, _ = study_run
     n = len(load_study(storage).trials)

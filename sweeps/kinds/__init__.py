@@ -1,41 +1,52 @@
-"""Experiment kinds: what a cell runs and how its results are reported.
+"""Experiment kinds: which :mod:`sweeps.experiment` implementation ``kind`` names.
 
-A kind is a module-level object with:
-
-* ``payload_keys``: the config keys a cell needs (its content, hashed into its key);
-* ``seed_key(payload) -> str`` (optional): what the cell's random stream hashes with the global
-  seed, when that is less than the whole payload (default: the cell key);
-* ``problem_keys(cfg) -> list[str] | None``: dataset problems to expand ``muscle: all`` over;
-* ``validate(cfg, cells)``: raise ConfigError before any work starts;
-* ``run_cell(payload, seed_sequence, data) -> pyarrow.Table``: runs in a Ray task;
-* ``report(cfg, table, run_dir, tracker, parent_run, axes) -> dict``: groups and extras for summary.json.
-
-A kind that is not a grid of independent cells (an online session, an Optuna study)
-instead defines ``drive(cfg, overrides, run_dir, t0) -> Path``, which does the whole
-launch itself and returns the path of ``summary.json`` (printed last).
+``kind: NAME`` is ``sweeps.kinds.NAME``'s ``KIND`` unless ``KINDS`` maps NAME elsewhere;
+``kind: package.module:Name`` is that module's ``Name`` (a class is instantiated), so an
+experiment outside this package needs no entry here.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from sweeps.experiment import DriveExperiment, Experiment
 from sweeps.schema import ConfigError
 
+#: built-in kinds whose module is not ``sweeps.kinds.<name>``
 KINDS = {
-    "optimization": "sweeps.kinds.optimization",
-    "latency": "sweeps.kinds.latency",
-    "throughput": "sweeps.kinds.throughput",
-    "tbfm": "sweeps.kinds.tbfm",
     "online": "sweeps.online",
-    "tune": "sweeps.kinds.tune",
     "calibration": "sweeps.kinds.calibrate",
-    "hierarchical": "sweeps.kinds.hierarchical",
-    "continual": "sweeps.kinds.continual",
 }
 
+_cache: dict[str, Experiment | DriveExperiment] = {}
 
-def get(name: str):
+
+def get(name: str) -> Experiment | DriveExperiment:
+    """The experiment ``kind`` names (one instance per process)."""
+    if name not in _cache:
+        _cache[name] = _load(name)
+    return _cache[name]
+
+
+def _load(name: str) -> Experiment | DriveExperiment:
+    module_name, _, attr = name.partition(":") if ":" in name else (KINDS.get(name, f"{__name__}.{name}"), "", "KIND")
     try:
-        return importlib.import_module(KINDS[name]).KIND
-    except KeyError:
-        raise ConfigError(f"kind={name!r} is not a known experiment kind; known: {', '.join(sorted(KINDS))}") from None
+        module = importlib.import_module(module_name)
+        obj = getattr(module, attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name and not module_name.startswith(exc.name):
+            raise  # the kind's module exists but one of its own imports is missing
+        raise ConfigError(f"kind={name!r} is not a known experiment kind ({exc}); known: {', '.join(known())}, "
+                          f"or package.module:ExperimentClass") from None
+    experiment = obj() if isinstance(obj, type) else obj
+    if not isinstance(experiment, (Experiment, DriveExperiment)):
+        raise ConfigError(f"kind={name!r}: {type(experiment).__name__} implements neither sweeps.experiment."
+                          f"Experiment nor DriveExperiment")
+    return experiment
+
+
+def known() -> list[str]:
+    """The built-in kinds (modules of this package with a ``KIND``, and the ``KINDS`` aliases)."""
+    import pkgutil
+
+    return sorted({m.name for m in pkgutil.iter_modules(__path__)} - {"calibrate"} | set(KINDS))

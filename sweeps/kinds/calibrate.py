@@ -25,16 +25,31 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sweeps.kinds import tune
+from neuro_opt import metrics
+from sweeps.experiment import DriveExperiment
 from sweeps.schema import ConfigError
+from sweeps.tuning.heldout import (
+    chosen_params,
+    dataset_block,
+    heldout_figure,
+    heldout_groups,
+    log_chosen,
+)
+from sweeps.tuning.scoring import Scorer, runs_of
+from sweeps.tuning.setup import Setup, check_algorithm, prepare
+from sweeps.tuning.space import COMMON_PARAMS, INT_HPS, NOT_SEARCHABLE, RATIOS
 
-CAL_PARAMS = tune.COMMON_PARAMS + ("calibrate", "values", "max_rounds")
+if TYPE_CHECKING:
+    from sweeps.runner import Run
+
+CAL_PARAMS = COMMON_PARAMS + ("calibrate", "values", "max_rounds")
 
 
-def _plan(setup: tune.Setup) -> tuple[list, dict, int]:
+def _plan(setup: Setup) -> tuple[list, dict, int]:
     p = setup.params
     order = p.get("calibrate")
     values = p.get("values") or {}
@@ -48,10 +63,10 @@ def _plan(setup: tune.Setup) -> tuple[list, dict, int]:
     space0 = setup.dataset[setup.train[0]].space
     for name in order:
         where = f"params.values.{name}"
-        if name not in setup.base or name in tune.NOT_SEARCHABLE:
+        if name not in setup.base or name in NOT_SEARCHABLE:
             raise ConfigError(f"params.calibrate: {name!r} is not a hyperparameter of algorithm "
                               f"{setup.base.get('name')!r}; known: "
-                              f"{', '.join(k for k in setup.base if k not in tune.NOT_SEARCHABLE)}")
+                              f"{', '.join(k for k in setup.base if k not in NOT_SEARCHABLE)}")
         vals = values.get(name)
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"{where} must be a non-empty list of values to try")
@@ -60,22 +75,22 @@ def _plan(setup: tune.Setup) -> tuple[list, dict, int]:
         for v in vals:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ConfigError(f"{where}: {v!r} is not a finite number")
-            if name in tune.INT_HPS and float(v) != int(v):
+            if name in INT_HPS and float(v) != int(v):
                 raise ConfigError(f"{where}: {name} takes integers, got {v!r}")
             # each value alone on the published defaults, bound pairs aside (checked per round)
-            alg = {**setup.published, name: int(v) if name in tune.INT_HPS else v}
-            for lo, hi in tune.RATIOS.values():
+            alg = {**setup.published, name: int(v) if name in INT_HPS else v}
+            for lo, hi in RATIOS.values():
                 if name in (lo, hi) and not alg[lo] < alg[hi]:
                     alg[hi if name == lo else lo] = v * 2 if name == lo else v / 2
-            tune.check_algorithm(alg, space0, where, n_q)
+            check_algorithm(alg, space0, where, n_q)
     rounds = p.get("max_rounds", 3)
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ConfigError(f"params.max_rounds={rounds!r}: expected an integer >= 1")
-    return order, {k: [int(v) if k in tune.INT_HPS else v for v in values[k]] for k in order}, rounds
+    return order, {k: [int(v) if k in INT_HPS else v for v in values[k]] for k in order}, rounds
 
 
 def _allowed(alg: dict, name: str, v) -> bool:
-    for lo, hi in tune.RATIOS.values():
+    for lo, hi in RATIOS.values():
         if name == lo and hi in alg and not v < alg[hi]:
             return False
         if name == hi and lo in alg and not alg[lo] < v:
@@ -90,7 +105,7 @@ class OneAtATime:
     counts what was simulated; every evaluation is a row (and a nested MLflow run).
     """
 
-    def __init__(self, setup: tune.Setup, order: list, values: dict, max_rounds: int, scorer: tune.Scorer,
+    def __init__(self, setup: Setup, order: list, values: dict, max_rounds: int, scorer: Scorer,
                  tracker, parent: str):
         self.setup, self.order, self.values, self.max_rounds = setup, order, values, max_rounds
         self.scorer, self.tracker, self.parent = scorer, tracker, parent
@@ -107,9 +122,9 @@ class OneAtATime:
         if todo:
             res = self.scorer.evaluate(todo, "train")
             for v, a in todo.items():
-                self.cache[stable_hash(a)] = tune.runs_of(self.setup.objective, res[v], self.setup.train)
+                self.cache[stable_hash(a)] = runs_of(self.setup.objective, res[v], self.setup.train)
             self.n_settings += len(todo)
-        return {v: tune.mean_sem(self.cache[stable_hash(a)]) for v, a in algs.items()}, set(todo)
+        return {v: metrics.value_sem(self.cache[stable_hash(a)]) for v, a in algs.items()}, set(todo)
 
     def step(self, rnd: int, name: str) -> bool:
         """One hyperparameter over its list; returns True if its value changed."""
@@ -132,7 +147,7 @@ class OneAtATime:
                               "hyperparameters": json.dumps(algs[v], sort_keys=True)})
             child = self.tracker.start(f"round {rnd} {name}={v}", parent=self.parent,
                                        params={"round": rnd, "hyperparameter": name, "value": v,
-                                               **{f"hp.{k}": x for k, x in tune.chosen_params(algs[v]).items()}},
+                                               **{f"hp.{k}": x for k, x in chosen_params(algs[v]).items()}},
                                        tags={"chosen": str(v == pick), "cached": str(v not in simulated)})
             self.tracker.metrics(child, {"objective": scores[v][0], "objective_sem": scores[v][1]})
             self.tracker.end(child)
@@ -161,72 +176,55 @@ class OneAtATime:
         pub = self.scorer.submit_all({"p": self.setup.published}, "train") if pub_key not in self.cache else None
         res = self.scorer.collect(held)
         if pub is not None:
-            self.cache[pub_key] = tune.runs_of(self.setup.objective, self.scorer.collect(pub)["p"], self.setup.train)
-        train_values = {"one_at_a_time": tune.mean_sem(self.cache[stable_hash(self.current)]),
-                        "published_defaults": tune.mean_sem(self.cache[pub_key])}
+            self.cache[pub_key] = runs_of(self.setup.objective, self.scorer.collect(pub)["p"], self.setup.train)
+        train_values = {"one_at_a_time": metrics.value_sem(self.cache[stable_hash(self.current)]),
+                        "published_defaults": metrics.value_sem(self.cache[pub_key])}
         simulated = {"one_at_a_time": self.n_settings * self.setup.train_runs(), "published_defaults": 0}
-        groups, comparison = tune.heldout_groups(self.setup, res, methods, train_values, simulated,
+        groups, comparison = heldout_groups(self.setup, res, methods, train_values, simulated,
                                                  extra_keys=self.order)
         return {"res": res, "train_values": train_values, "groups": groups, "comparison": comparison}
 
-    def report(self, cfg, out: dict, run_dir: Path, t0: float) -> Path:
+    def report(self, out: dict, run_dir: Path) -> dict:
+        """Figures, the evaluations table and the chosen hyperparameters; returns the summary body."""
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
         (run_dir / "results").mkdir(exist_ok=True)
         _write_rows(self.rows, run_dir / "results" / "evaluations.parquet")
         _values_figure(self.rows, self.order, out["train_values"]["published_defaults"][0], figs / "calibration.png")
-        tune.heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
+        heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
         search = {"kind": "one_at_a_time", "calibrate": self.order, "values": self.values, "rounds": self.rounds,
                   "converged": self.converged}
         groups = out["groups"]
-        tune.log_chosen(self.tracker, self.parent, "one_at_a_time", self.current, self.setup, groups[0], groups[1],
+        log_chosen(self.tracker, self.parent, "one_at_a_time", self.current, self.setup, groups[0], groups[1],
                         search)
         self.tracker.metrics(self.parent, {"rounds": self.rounds, "distinct_settings": self.n_settings})
         summary = {
             "calibration": {"calibrate": self.order, "values": self.values, "rounds": self.rounds,
                             "max_rounds": self.max_rounds, "converged": self.converged,
                             "evaluations": len(self.rows), "distinct_settings": self.n_settings,
-                            "skipped": self.skipped, "chosen": tune.chosen_params(self.current, self.order)},
-            "dataset": tune.dataset_block(self.setup),
+                            "skipped": self.skipped, "chosen": chosen_params(self.current, self.order)},
+            "dataset": dataset_block(self.setup),
             "groups": groups,
             "comparison": out["comparison"],
         }
-        return tune.finish(cfg, self.setup, run_dir, t0, self.tracker, self.parent, summary)
+        return summary
 
 
-def drive(cfg, overrides, run_dir: Path, t0: float) -> Path:
-    """The launcher's hook for kind=calibration."""
-    import ray
+class CalibrationKind(DriveExperiment):
+    """kind=calibration: the published one-at-a-time procedure (``+exp=kappa_calibration``)."""
 
-    from sweeps.launch import _loggable, connect_ray
-    from sweeps.tracking import Tracker
-
-    setup = tune.prepare(cfg, overrides, "calibration", CAL_PARAMS)
-    order, values, max_rounds = _plan(setup)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment_name or cfg.experiment)
-    started = connect_ray(cfg)
-    parent = tracker.start(f"{cfg.experiment} {run_dir.name}", params=_loggable(cfg),
-                           tags={"run_dir": str(run_dir), "neuro_opt.kind": "calibration", "git_commit": setup.git})
-    try:
-        scorer = tune.Scorer(setup, cfg.cluster.cpus_per_cell, cfg.cluster.max_retries)
-        cal = OneAtATime(setup, order, values, max_rounds, scorer, tracker, parent)
-        cal.run()
-        out = cal.rescore()
-    except KeyboardInterrupt:
-        tracker.end(parent, "KILLED")
-        raise
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-    try:
-        return cal.report(cfg, out, run_dir, t0)
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
+    def drive(self, run: Run) -> dict:
+        cfg = run.cfg
+        setup = prepare(cfg, run.overrides, "calibration", CAL_PARAMS)
+        order, values, max_rounds = _plan(setup)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        with run.ray():
+            run.open_parent(tags={"neuro_opt.kind": "calibration", "git_commit": setup.git})
+            scorer = Scorer(setup, cfg.cluster.cpus_per_cell, cfg.cluster.max_retries)
+            cal = OneAtATime(setup, order, values, max_rounds, scorer, run.tracker, run.parent)
+            cal.run()
+            out = cal.rescore()
+        return cal.report(out, run.dir)
 
 
 def _write_rows(rows: list, path: Path) -> Path:
@@ -242,7 +240,7 @@ def _write_rows(rows: list, path: Path) -> Path:
 
 def _values_figure(rows: list, order: list, published: float, path: Path) -> Path:
     """Objective vs value, one panel per hyperparameter, one line per round (the protocol's output graph)."""
-    plt = tune._plt()
+    from sweeps.plots import plt
     cols = min(3, len(order))
     nrows = math.ceil(len(order) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False, sharey=True)
@@ -274,10 +272,6 @@ def _values_figure(rows: list, order: list, published: float, path: Path) -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-class CalibrationKind:
-    drive = staticmethod(drive)
 
 
 KIND = CalibrationKind()

@@ -155,7 +155,7 @@ class ContinualKind(DatasetKind):
                          prior_scale=params["prior_scale"], prior_fade=params["prior_fade"])
 
     # --------------------------------------------------------------- report
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         pool = [k for k in cfg.report.pool if k in axes or k == "muscle"]
         group_keys = [k for k in axes if k not in pool]
         cols = [k.replace(".", "_") for k in group_keys]

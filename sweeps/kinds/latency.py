@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neuro_opt import metrics
+from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
 
 MODES = {"variable_rho": "variable", "fixed_rho": "fixed"}
@@ -226,7 +227,7 @@ def _check_threads(n) -> None:
 
 
 # ------------------------------------------------------------------ the kind
-class LatencyKind:
+class LatencyKind(Experiment):
     payload_keys = ("kind", "params", "seed")
     problem_keys = None
 
@@ -293,7 +294,7 @@ class LatencyKind:
 
 
     # ------------------------------------------------------------------ report
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         keys = ("mode", "n_points", "n_dims", "history", "history_from", "device")
         cols = {k: table[k].to_pylist() for k in keys}
         combos = sorted(set(zip(*cols.values())), key=lambda r: tuple(str(v) if isinstance(v, str) else v for v in r))

@@ -14,6 +14,7 @@ from neuro_opt.datasets import Dataset
 from neuro_opt.datasets import load as load_dataset
 from neuro_opt.simulate import simulate
 from sweeps import plots
+from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
 
 CURVES = ("exploration", "exploitation")
@@ -28,7 +29,7 @@ def dataset_args(ds_cfg: dict) -> tuple[str, dict]:
     return name, ds
 
 
-class DatasetKind:
+class DatasetKind(Experiment):
     """Driver-side dataset handling shared by kinds whose cells run on dataset problems:
     each distinct dataset config is loaded once, and load errors become ConfigErrors."""
 
@@ -99,7 +100,7 @@ class OptimizationKind(DatasetKind):
                         record_map=bool(payload.get("record_map", False)))
 
     # --------------------------------------------------------------- report
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         """Groups (mean +/- SEM per query and at the end), comparisons, figures and, when
         ``report.analysis`` names one (``sweeps/analyses/<name>.py``), the experiment's own
         figures and ``findings``. Reads the Parquet table only, so ``sweeps.report`` can

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from neuro_opt import metrics as M
 from neuro_opt.tbfm import cells
+from sweeps.experiment import Experiment
 from sweeps.grid import stable_hash
 from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
@@ -52,7 +53,7 @@ def seed_key(payload: dict) -> str:
     return stable_hash({"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}})
 
 
-class TBFMKind:
+class TBFMKind(Experiment):
     payload_keys = ("kind", "params", "seed")
     seed_key = staticmethod(seed_key)  # the launcher seeds a cell from its session, not its whole payload
 
@@ -94,7 +95,7 @@ class TBFMKind:
         return table.append_column("rep", pa.array([int(rep)] * table.num_rows, pa.int64())) \
             if "rep" not in table.column_names else table
 
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         pool = set(cfg.report.pool) | {"params.rep"}
         keys = [k for k in axes if k not in pool]
         by = [b for b in cfg.report.by if b in table.column_names]
@@ -164,7 +165,8 @@ def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[lis
                 if a not in models or b not in models:
                     raise ConfigError(f"report.order: {a!r} or {b!r} has no {metric} rows; models: {sorted(models)}")
                 va, vb = np.array(models[a]), np.array(models[b])
-                sd = max(float(np.std(va, ddof=1)) if va.size > 1 else 0.0, float(np.std(vb, ddof=1)) if vb.size > 1 else 0.0)
+                sd = max(float(np.std(va, ddof=1)) if va.size > 1 else 0.0,
+                         float(np.std(vb, ddof=1)) if vb.size > 1 else 0.0)
                 rng = max(float(np.ptp(va)), float(np.ptp(vb)))
                 gap = float(va.mean() - vb.mean())
                 pairs.append({"better": a, "worse": b, "gap": gap, "spread_sd": sd, "spread_range": rng,

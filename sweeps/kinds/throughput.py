@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neuro_opt import metrics
+from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
 
 ENGINES = ("batched", "botorch_reference")
@@ -61,9 +62,8 @@ def _n_queries(payload: dict, spec: dict) -> int:
     return int(payload["n_queries"] if payload["n_queries"] is not None else spec["n_queries"])
 
 
-class ThroughputKind:
+class ThroughputKind(Experiment):
     payload_keys = ("kind", "params", "algorithm", "n_reps", "n_queries", "noise", "response_mode", "seed")
-    problem_keys = None
 
     def __init__(self):
         self._datasets = {}
@@ -168,7 +168,7 @@ class ThroughputKind:
         return out
 
     # --------------------------------------------------------------- report
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str, axes: dict) -> dict:
+    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         last = _final_rows(table)
         groups, per_problem = [], {}
         combos = sorted(set(zip(last["workload"].to_pylist(), last["engine"].to_pylist())))

@@ -1,0 +1,332 @@
+"""The one lifecycle of a launch, for every experiment.
+
+:func:`run` takes a composed config and a run folder and:
+
+1. finds the experiment (``kind``) and checks the config's top-level keys;
+2. for an :class:`~sweeps.experiment.Experiment` (a grid of cells): expands and validates the
+   grid, refuses a resume with a different design, starts or reconnects Ray, opens (or, on
+   resume, continues) the MLflow parent run, runs the pending cells as Ray tasks with a progress
+   bar, keeps each cell's table as Parquet as it arrives, and reports from the Parquet results;
+   for a :class:`~sweeps.experiment.DriveExperiment`: hands it a :class:`Run`;
+3. writes ``summary.json``, logs it with the run folder to the parent run, ends the parent
+   (FINISHED, FAILED, or KILLED on Ctrl-C/SIGTERM) and prints the MLflow hint and, last, the
+   path of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps import grid, kinds
+from sweeps.experiment import DriveExperiment, Experiment
+from sweeps.schema import ConfigError, Interrupted
+from sweeps.store import LaunchRecord, ResultStore, coord_columns, write_summary
+from sweeps.tracking import Tracker
+
+
+class Run:
+    """One launch: its config, run folder, MLflow parent run, Ray connection and summary.
+
+    A drive experiment may move ``dir`` (an online session writes into its session folder).
+    """
+
+    def __init__(self, cfg: DictConfig, overrides: list[str], run_dir: Path, t0: float | None = None):
+        self.cfg, self.overrides, self.dir = cfg, list(overrides), Path(run_dir).resolve()
+        self.t0 = time.time() if t0 is None else t0
+        self.parent: str | None = None
+        self._tracker: Tracker | None = None
+
+    @property
+    def experiment_name(self) -> str:
+        return self.cfg.tracking.experiment_name or self.cfg.experiment
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.cfg.tracking.uri, self.experiment_name)
+        return self._tracker
+
+    def open_parent(self, name: str | None = None, params: dict | None = None, tags: dict | None = None,
+                    reopen: str | None = None) -> bool:
+        """Start the parent run, or continue ``reopen`` (a resumed launch's own); True if continued."""
+        self.parent = self.tracker.reopen(reopen)
+        if self.parent is not None:
+            return True
+        self.parent = self.tracker.start(name or f"{self.cfg.experiment} {self.dir.name}",
+                                         params=loggable(self.cfg) if params is None else params,
+                                         tags={"run_dir": str(self.dir), **(tags or {})})
+        return False
+
+    def require_parent(self) -> str:
+        if self.parent is None:
+            raise RuntimeError("the parent MLflow run is not open yet (Run.open_parent)")
+        return self.parent
+
+    @contextmanager
+    def ray(self) -> Iterator[None]:
+        """Ray for the duration of the block: connected to, or started (and then shut down)."""
+        started = connect_ray(self.cfg)
+        try:
+            yield
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
+    @contextmanager
+    def guarded(self) -> Iterator[None]:
+        """End the parent run KILLED on an interruption and FAILED on any other error."""
+        try:
+            yield
+        except (KeyboardInterrupt, Interrupted):
+            self._end("KILLED")
+            raise
+        except BaseException:
+            self._end("FAILED")
+            raise
+
+    def _end(self, status: str) -> None:
+        if self.parent is not None:
+            self.tracker.end(self.parent, status)
+
+    def finish(self, body: dict, failed: bool = False, metrics: dict | None = None) -> Path:
+        """Write ``summary.json`` (the runner's keys, then ``body``), log it, end the parent, print."""
+        summary = {"experiment": self.cfg.experiment, "run_dir": str(self.dir), "mlflow_run_id": self.parent,
+                   "wall_s": round(time.time() - self.t0, 2), **body}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "summary.json"
+        write_summary(path, summary, default=str)
+        if self.parent is not None:
+            self.tracker.metrics(self.parent, {"wall_s": summary["wall_s"], **(metrics or {})})
+            self.tracker.log_run_folder(self.parent, self.dir, path)
+            self._end("FAILED" if failed else "FINISHED")
+            print(self.tracker.ui_hint(self.experiment_name, self.parent))
+        print(path)
+        return path
+
+
+def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
+    """Run an experiment from a composed config; returns the path of ``summary.json``."""
+    t0 = time.time()
+    check_keys(cfg)
+    experiment = kinds.get(cfg.kind)
+    launch = Run(cfg, overrides, Path(run_dir), t0)
+    if isinstance(experiment, DriveExperiment):
+        with launch.guarded():
+            body = experiment.drive(launch)
+            return launch.finish(body)
+    return _run_grid(launch, experiment)
+
+
+def _run_grid(launch: Run, experiment: Experiment) -> Path:
+    cfg = launch.cfg
+    if cfg.resume:
+        if not (Path(cfg.resume) / "results").is_dir():
+            raise ConfigError(f"resume={cfg.resume!r}: not a run folder (no results/ inside)")
+        launch.dir = Path(cfg.resume).resolve()
+    _, cells = build_cells(cfg, launch.overrides)
+    record = LaunchRecord(launch.dir)
+    config = loggable(cfg)
+    differs = record.differences(config) if cfg.resume else []
+    if differs:
+        record.restore_hydra()
+        raise ConfigError(f"resume={cfg.resume}: this launch's design differs from the run's in "
+                          f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; resume with the same "
+                          f"settings, or start a new run")
+    store = ResultStore(launch.dir)
+    done = store.done() if cfg.resume else set()
+    pending = [c for c in cells if c.key not in done]
+    with launch.ray(), launch.guarded():
+        continued = launch.open_parent(params=config, reopen=record.parent_run_id if cfg.resume else None)
+        parent = launch.require_parent()
+        launch.tracker.client.set_tag(parent, "resumed_cells", str(len(cells) - len(pending)))
+        record.save(config, parent)
+        try:
+            failures = _fan_out(cfg, experiment, cells, pending, store)
+        except KeyboardInterrupt:
+            n_kept = len(list(store.dir.glob("*.parquet")))
+            raise Interrupted(f"interrupted: {n_kept} of {len(cells)} cells are kept in {launch.dir}; resume with "
+                              f"the same command and resume={launch.dir}") from None
+    with launch.guarded():
+        if failures:
+            (launch.dir / "failures.json").write_text(json.dumps(failures, indent=2))
+        try:
+            table = store.read()
+        except FileNotFoundError:
+            raise RuntimeError(f"every cell failed; first error: {failures[0]['error'] if failures else 'none'}")
+        if continued:
+            launch.tracker.drop_children(parent)
+        body = experiment.report(cfg, table, launch.dir, launch.tracker, launch.parent, grid.grid_axes(cfg))
+        body["n_cells"], body["failed_cells"] = len(cells), len(failures)
+        if failures:
+            print(f"{len(failures)} of {len(cells)} cells failed (see {launch.dir / 'failures.json'}); first: "
+                  f"{failures[0]['coords']}: {failures[0]['error']}", file=sys.stderr)
+        return launch.finish(body, failed=bool(failures), metrics={"failed_cells": len(failures)})
+
+
+def _fan_out(cfg: DictConfig, experiment: Experiment, cells: list, pending: list, store: ResultStore) -> list[dict]:
+    """Run the pending cells as Ray tasks; each finished table is written as it arrives.
+    Returns the failed cells (one failed cell does not stop the sweep)."""
+    import ray
+    from tqdm import tqdm
+
+    task = ray.remote(_execute).options(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
+    refs_of_data: dict[str, object] = {}
+    futures = {}
+    for c in pending:
+        dkey = grid.stable_hash([c.payload.get("dataset"), c.payload.get("muscle")])
+        if dkey not in refs_of_data:
+            refs_of_data[dkey] = ray.put(experiment.data_for(c.payload))
+        ent = list(c.seed_sequence(cfg.seed).entropy)
+        futures[task.remote(cfg.kind, c.key, c.coords, c.payload, ent, refs_of_data[dkey])] = c
+    failures: list[dict] = []
+    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=cfg.experiment, unit="cell",
+               disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    waiting = list(futures)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        cell = futures[ready[0]]
+        try:
+            store.write(cell.key, ray.get(ready[0]))
+        except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the sweep
+            failures.append({"cell": cell.key, "coords": cell.coords, "error": _short(exc)})
+        bar.update(1)
+        bar.set_postfix(failed=len(failures))
+    bar.close()
+    return failures
+
+
+def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: list, data):
+    """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
+    import numpy as np
+    import torch
+
+    from neuro_opt.gp.linalg import flush_denormals_for_process
+
+    flush_denormals_for_process()  # before torch's thread pool starts, so its threads flush too
+    try:
+        import ray
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
+        pass
+    experiment = kinds.get(kind_name)
+    assert isinstance(experiment, Experiment)  # build_cells checked it on the driver
+    table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
+    return coord_columns(table, key, coords)
+
+
+def build_cells(cfg: DictConfig, overrides: list[str]) -> tuple[Experiment, list]:
+    """The validated cells of a grid experiment (nothing has run yet)."""
+    check_keys(cfg)
+    check_cpus(cfg)
+    grid.apply_scale(cfg, overrides)
+    experiment = kinds.get(cfg.kind)
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(f"kind={cfg.kind!r} is not a grid of cells (it drives its own launch)")
+    pairs = grid.expand(cfg, overrides, experiment.problem_keys)
+    cells = [grid.make_cell(coords, c, experiment.payload_keys, experiment.seed_key) for coords, c in pairs]
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two grid points give identical cells; check grid for values that do not change anything")
+    experiment.validate(cfg, cells)
+    if cfg.report.analysis:  # an unknown analysis stops the launch before any work, not at the report
+        from sweeps import analyses
+        analyses.load(cfg.report.analysis)
+    return experiment, cells
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with a clear message, when nothing listens at ``cluster.address``."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"cluster.address={address!r}: expected host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+                          f"start the head with `RAY_AUTH_MODE=token ray start --head` or set "
+                          f"cluster.address=null for a local Ray") from None
+
+
+def connect_ray(cfg: DictConfig) -> bool:
+    """Connect to (or start) Ray. Returns True if this call started it (and must shut it down)."""
+    import logging
+
+    import ray
+
+    from hardware.local_ray import init_local
+
+    if ray.is_initialized():
+        return False
+    address = cfg.cluster.address
+    if address:
+        check_address(address)
+    runtime_env = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True) or None
+    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, include_dashboard=False, runtime_env=runtime_env)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # "local" (never join a cluster that RAY_ADDRESS happens to point at), on loopback only
+            init_local(num_cpus=cfg.cluster.num_cpus, **kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(f"cluster.address={address!r}: {exc}") from None
+    return True
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Reject top-level keys the schema does not know (Hydra lets ``+key=value`` add them)."""
+    from dataclasses import fields
+
+    from sweeps.schema import Config
+
+    known = {f.name for f in fields(Config)} | {"hydra"}
+    unknown = sorted(set(map(str, cfg.keys())) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; top-level keys are: {', '.join(sorted(known))}")
+
+
+def check_cpus(cfg: DictConfig) -> None:
+    """A local Ray with fewer CPUs than a cell asks for would wait for ever: refuse before any work.
+
+    (A cluster's nodes declare their own CPUs and an autoscaler may add bigger ones, so only the
+    local Ray is checked.)"""
+    if cfg.cluster.cpus_per_cell <= 0:
+        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g}: each cell needs a positive CPU count")
+    if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
+        raise ConfigError(f"cluster.num_cpus={cfg.cluster.num_cpus}: a local Ray needs at least 1 CPU "
+                          f"(null: all of this machine's)")
+    if cfg.cluster.address:
+        return
+    have = cfg.cluster.num_cpus or os.cpu_count() or 1
+    if cfg.cluster.cpus_per_cell > have:
+        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g} but the local Ray has {have} CPU(s): "
+                          f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}")
+
+
+def loggable(cfg: DictConfig) -> dict:
+    """The composed config as MLflow params and ``launch.json`` record it (without the scale table)."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(d, dict)
+    d.pop("scales", None)
+    return d
+
+
+def _short(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text[-2000:]
