@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from neuro_opt.algorithms import make
-from neuro_opt.algorithms.hierarchical import HierarchicalGPBO, ProductGP, make_method, run_patterns
+from neuro_opt.algorithms.hierarchical import HierarchicalGPBO, make_method, run_patterns
+from neuro_opt.gp.product import ProductGP
 from neuro_opt.datasets import load
 from neuro_opt.datasets.two_electrode import SynergyObjective, pattern_space
 
@@ -122,7 +123,7 @@ def test_stage2_prior_mean_is_a1_mu1_plus_a2_mu2_on_hand_built_inputs():
     idx = space.index
     c1, c2 = idx[:, 0] * 3 + idx[:, 1], idx[:, 2] * 3 + idx[:, 3]
     H = np.stack([mu1[c1], mu2[c2]], axis=-1)[None]  # 1 x P x 2
-    from neuro_opt.algorithms.hierarchical import split_inputs
+    from neuro_opt.gp.product import split_inputs
     S, T = split_inputs(space, time_unit_ms=1.0)
     gp = ProductGP(S, T, 1, n_basis=2, weight_mean=[0.7, 1.3], rho_time=(5.0, 20.0))
     gp.set_scale(1.0)
@@ -292,7 +293,7 @@ def test_config_errors_name_the_key():
     from hydra import compose, initialize_config_dir
 
     from sweeps.grid import CONF_DIR
-    from sweeps.launch import build_cells
+    from sweeps.runner import build_cells
     from sweeps.schema import ConfigError
 
     for overrides, message in ((["n_queries=null"], "n_queries"),

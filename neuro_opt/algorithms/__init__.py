@@ -75,7 +75,7 @@ __all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "avai
 # hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
 # (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself
 # spans several spaces and lives in neuro_opt.algorithms.hierarchical (make_method, run_patterns)
-from neuro_opt.algorithms.hierarchical import ProductGPBO  # noqa: E402
+from neuro_opt.algorithms.product_gpbo import ProductGPBO  # noqa: E402
 
 _REGISTRY["gpbo_product"] = ProductGPBO
 

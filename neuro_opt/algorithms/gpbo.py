@@ -66,7 +66,8 @@ class GPBO(Optimizer):
         self.gp = BatchGP(space.X, self.b, capacity or min(max(64, space.n_points), 256), mode=mode,
                           rho_bounds=(rho_low, rho_high), noise_bounds=(noise_min, noise_max),
                           outputscale_bounds=(outputscale_min, outputscale_max),
-                          lengthscale=rho, noise=noise, outputscale=outputscale, prior_mean=prior_mean, fit_steps=fit_steps, lr=lr,
+                          lengthscale=rho, noise=noise, outputscale=outputscale, prior_mean=prior_mean,
+                          fit_steps=fit_steps, lr=lr,
                           fit_tol=fit_tol, device=device)
         self._mean = self._var = None
 

@@ -105,6 +105,6 @@ __all__ = ["Dataset", "Problem", "NonStationaryProblem", "sample_responses", "lo
            "augment_frequency", "frequency_augmented", "nonstationary"]
 
 # hierarchical GP-BO (seed 003): the synthetic two-electrode dataset (pairs of channels x delays)
-from neuro_opt.datasets.two_electrode import TwoElectrodeProblem, pattern_space, two_electrode  # noqa: E402
+from neuro_opt.datasets.two_electrode import TwoElectrodeProblem, pattern_space, two_electrode  # noqa: E402, F401
 
 register("two_electrode", partial(two_electrode, name="two_electrode"))

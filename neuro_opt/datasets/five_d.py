@@ -25,8 +25,16 @@ from typing import Sequence
 import numpy as np
 
 from neuro_opt.datasets._common import (
-    DataFormatError, as_name_list, check_unique, find_files, first_muscles, grid_space, problems_from_channels,
-    require_path, select_files, select_muscles,
+    DataFormatError,
+    as_name_list,
+    check_unique,
+    find_files,
+    first_muscles,
+    grid_space,
+    problems_from_channels,
+    require_path,
+    select_files,
+    select_muscles,
 )
 from neuro_opt.datasets.base import Dataset, Problem
 from neuro_opt.datasets.neuromosaics import read_mat

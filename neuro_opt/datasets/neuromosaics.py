@@ -40,8 +40,17 @@ import scipy.io
 
 from neuro_opt.datasets import safe_pickle
 from neuro_opt.datasets._common import (
-    DataFormatError, as_name_list, check_unique, coords_to_grid, find_files, first_muscles, grid_space,
-    problems_from_channels, require_path, select_files, select_muscles,
+    DataFormatError,
+    as_name_list,
+    check_unique,
+    coords_to_grid,
+    find_files,
+    first_muscles,
+    grid_space,
+    problems_from_channels,
+    require_path,
+    select_files,
+    select_muscles,
 )
 from neuro_opt.datasets.base import Dataset
 

@@ -29,7 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from neuro_opt.datasets._common import (
-    DataFormatError, check_count, find_files, first_muscles, ground_truth, pad_rows, require_path,
+    DataFormatError,
+    check_count,
+    find_files,
+    first_muscles,
+    ground_truth,
+    pad_rows,
+    require_path,
     select_muscles,
 )
 from neuro_opt.datasets.base import Dataset, Problem

@@ -23,11 +23,24 @@ sham-runway TBFM), ``metrics``, ``control`` (closed-loop demonstrations),
 from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm
 from neuro_opt.tbfm.compile import CompiledTBFM, StreamingForecast, compile_tbfm
 from neuro_opt.tbfm.control import demo_reference_tracking, demo_target_ranges, roc_auc
-from neuro_opt.tbfm.data import (TrialSet, crop, from_session, stim_descriptor, time_ordered_split, window_trials,
-                                 zscore_stats)
+from neuro_opt.tbfm.data import (
+                                 TrialSet,
+                                 crop,
+                                 from_session,
+                                 stim_descriptor,
+                                 time_ordered_split,
+                                 window_trials,
+                                 zscore_stats,
+)
 from neuro_opt.tbfm.fsam import AdditiveTBFM, fit_fsam
-from neuro_opt.tbfm.metrics import (forecast_report, r2_by_horizon, r2_horizon, r2_mean_response, r2_per_channel,
-                                    state_dependent_r2)
+from neuro_opt.tbfm.metrics import (
+                                 forecast_report,
+                                 r2_by_horizon,
+                                 r2_horizon,
+                                 r2_mean_response,
+                                 r2_per_channel,
+                                 state_dependent_r2,
+)
 from neuro_opt.tbfm.model import TBFM, FitResult, fit_tbfm
 from neuro_opt.tbfm.simulator import LFPSession, find_unusable_channels, simulate_session
 

@@ -154,7 +154,8 @@ def ae_variant(name: str) -> dict | None:
 
 
 def build_and_fit(name: str, train, val, p: dict, seed: int):
-    """Build model ``name`` (see :data:`MODELS`, ``tbfm_rank<k>`` or :func:`ae_variant`) with cell parameters ``p`` and train it.
+    """Build model ``name`` (see :data:`MODELS`, ``tbfm_rank<k>`` or :func:`ae_variant`) with cell parameters
+    ``p`` and train it.
 
     Returns ``(model, info)`` with ``info`` holding ``train_s, train_cpu_s, n_iters, best_iter, val_r2, n_bases``.
     """
