@@ -30,7 +30,8 @@ def _final(ctx, algorithm: str, noise: float, column: str):
 
 
 def _exploitation_finding(ctx, levels: list[float]) -> dict:
-    text = f"GP-BO's final exploitation exceeds extensive search's at every noise level up to {MAX_NOISE_EXPLOITATION:.0%}"
+    text = (f"GP-BO's final exploitation exceeds extensive search's at every noise level up to "
+            f"{MAX_NOISE_EXPLOITATION:.0%}")
     published = ("GP-BO retains robust decision capacity across signal-to-noise ratios and always outperforms "
                  "the benchmark strategies (Fig. S3)")
     rule = f"mean final exploitation of gpbo > extensive at every level <= {MAX_NOISE_EXPLOITATION:g}"

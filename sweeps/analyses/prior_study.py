@@ -248,7 +248,8 @@ def _figure(ctx, runs, gp, k0, kappas, Q, R, informed, gp_auc, adv, auc, mean, b
         for r, col in zip(R, colors):
             band(ax[1, 1], _curves(_condition(runs[gp, k0], qmax, r), "exploration"), f"r={r:g}", col)
         methods = [(f"GP-BO (k={k0:g})", runs[gp, k0], "C0")] + \
-            [(b, runs[b, None], f"C{i + 1}") for i, b in enumerate(b for b in ("extensive", "greedy") if (b, None) in runs)]
+            [(b, runs[b, None], f"C{i + 1}")
+             for i, b in enumerate(b for b in ("extensive", "greedy") if (b, None) in runs)]
         for label, rows, col in methods:
             band(ax[1, 2], _curves(_condition(rows, qmax, R[0]), "exploration"), label, col)
     if base is not None:

@@ -14,7 +14,14 @@ import numpy as np
 
 from sweeps.analyses import finding
 from sweeps.analyses._common import (
-    final_posteriors, map_panel, mean_sem, pearson, plot_curves, project, rounded, subject_curves,
+    final_posteriors,
+    map_panel,
+    mean_sem,
+    pearson,
+    plot_curves,
+    project,
+    rounded,
+    subject_curves,
 )
 
 ST = ("site", "timing")

@@ -118,7 +118,8 @@ def _figure(rows: list[dict], path) -> None:
         colors = ["C0" if not r["compiled"] else "C2" if r["streaming"] else "C1" for r in rs]
         x = np.arange(len(rs))
         ax.bar(x, [r["us_per_forecast"] for r in rs], color=colors,
-               yerr=[[r["us_per_forecast"] - r["us_p10"] for r in rs], [r["us_p90"] - r["us_per_forecast"] for r in rs]],
+               yerr=[[r["us_per_forecast"] - r["us_p10"] for r in rs],
+                     [r["us_p90"] - r["us_per_forecast"] for r in rs]],
                capsize=2)
         floor = [(i, min(r["us_read_floor"], r["us_bare_matvec"])) for i, r in enumerate(rs)
                  if r.get("us_read_floor") is not None]
