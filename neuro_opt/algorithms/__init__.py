@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import numbers
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.acquisition import argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.algorithms.extensive import ExtensiveSearch
 from neuro_opt.algorithms.gpbo import GPBO
 from neuro_opt.algorithms.greedy import GreedySearch

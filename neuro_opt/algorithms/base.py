@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from neuro_opt.acquisition import argmax_random_ties
 from neuro_opt.space import SearchSpace
 
 
@@ -18,15 +19,6 @@ def make_rng(seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
-
-
-def argmax_random_ties(values: np.ndarray, rng: np.random.Generator, rtol: float = 1e-12) -> np.ndarray:
-    """Row-wise argmax of ``b x P`` values, ties broken uniformly at random. Returns ``b``."""
-    values = np.asarray(values, dtype=np.float64)
-    top = values.max(axis=1, keepdims=True)
-    ties = values >= top - rtol * np.maximum(np.abs(top), 1.0)
-    keys = np.where(ties, rng.random(values.shape), -1.0)
-    return keys.argmax(axis=1)
 
 
 class Optimizer:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.acquisition import UCB, argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.gp import BatchGP
 
 
@@ -53,11 +54,10 @@ class GPBO(Optimizer):
                  prior_scale: float = 0.75, prior_fade: int | None = None, fit_steps: int = 10,
                  lr: float = 0.1, fit_tol: float = 0.0, capacity: int | None = None, device: str = "cpu"):
         super().__init__(space, n_reps, seed, prior)
-        if not kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        self.ucb = UCB(kappa)
         if int(n_random) < 0 or (prior is None and int(n_random) < 1):
             raise ValueError(f"n_random must be >= 1 (>= 0 with a prior), got {n_random!r}")
-        self.kappa, self.n_random = float(kappa), int(n_random)
+        self.kappa, self.n_random = self.ucb.kappa, int(n_random)
         self.prior_fade = prior_fade
         prior_mean = None
         if self.prior is not None:
@@ -87,10 +87,7 @@ class GPBO(Optimizer):
                 raise FloatingPointError("GP-BO acquisition has NaN/inf values; the GP state is corrupt")
             return argmax_random_ties(ucb, self.rng)
         mean, var = self._posterior()
-        ucb = mean + self.kappa * np.sqrt(var)
-        if not np.all(np.isfinite(ucb)):
-            raise FloatingPointError("GP-BO acquisition has NaN/inf values; the GP state is corrupt")
-        return argmax_random_ties(ucb, self.rng)
+        return self.ucb.argmax(mean, var, self.rng)
 
     def _tell(self, points, responses) -> None:
         if self.prior_fade:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.acquisition import argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer
 
 
 class GreedySearch(Optimizer):

@@ -46,7 +46,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties, make_rng
+from neuro_opt.acquisition import UCB, argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer, make_rng
 from neuro_opt.algorithms.product_gpbo import product_gp_kwargs
 from neuro_opt.gp.product import ProductGP, split_inputs
 from neuro_opt.space import SearchSpace
@@ -117,14 +118,12 @@ class HierarchicalGPBO:
         self.k = int(n_events or problem.n_events)
         if self.k < 2:
             raise ValueError(f"a hierarchical search needs at least 2 events, got n_events={self.k}")
-        if not kappa >= 0 or not (stage1_kappa is None or stage1_kappa >= 0):
-            raise ValueError(f"kappa and stage1_kappa must be >= 0, got {kappa!r}, {stage1_kappa!r}")
+        self.ucb, self.ucb1 = UCB(kappa), UCB(kappa if stage1_kappa is None else stage1_kappa)
         self.b = int(n_reps)
         if self.b < 1:
             raise ValueError(f"n_reps must be >= 1, got {n_reps}")
         self.rng = make_rng(seed)
-        self.kappa = float(kappa)
-        self.kappa1 = self.kappa if stage1_kappa is None else float(stage1_kappa)
+        self.kappa, self.kappa1 = self.ucb.kappa, self.ucb1.kappa
         sq = [stage_queries] if np.isscalar(stage_queries) else list(stage_queries)
         if len(sq) != self.k - 1 or any(int(q) < 1 for q in sq):
             raise ValueError(f"stage_queries needs {self.k - 1} budget(s) >= 1 (stages 1..{self.k - 1}), got {sq}")
@@ -227,13 +226,13 @@ class HierarchicalGPBO:
                 points[one] = self.rng.integers(0, self.C, int(one.sum()))
             else:
                 m, v = self._posterior(1)
-                ucb = (m + self.kappa1 * np.sqrt(v)).max(axis=1)  # b x C: the best of the component UCBs
+                ucb = self.ucb1(m, v).max(axis=1)  # b x C: the best of the component UCBs
                 points[one] = argmax_random_ties(ucb[one], self.rng)
         for j in range(2, self.k + 1):
             rows = self.stage == j
             if rows.any():
                 m, v = self._posterior(j)
-                points[rows] = argmax_random_ties((m + self.kappa * np.sqrt(v))[rows], self.rng)
+                points[rows] = argmax_random_ties(self.ucb(m, v)[rows], self.rng)
         return self.stage.copy(), points
 
     def tell(self, events, points, objective, peaks) -> None:

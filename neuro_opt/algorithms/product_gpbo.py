@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.acquisition import UCB, argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.gp.product import ProductGP, split_inputs
 
 
@@ -48,23 +49,22 @@ class ProductGPBO(Optimizer):
                  weight_sd: float = 0.5, time_unit_ms: float = 1.0, fit_steps: int = 15, lr: float = 0.1,
                  capacity: int | None = None):
         super().__init__(space, n_reps, seed, prior)
-        if not kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        self.ucb = UCB(kappa)
         if int(n_random) < 0 or (prior is None and int(n_random) < 1):
             raise ValueError(f"n_random must be >= 1 (>= 0 with a prior), got {n_random!r}")
-        self.kappa, self.n_random = float(kappa), int(n_random)
+        self.kappa, self.n_random = self.ucb.kappa, int(n_random)
         S, T = split_inputs(space, time_unit_ms)
         J = 0 if self.prior is None else 1
         self.gp = ProductGP(S, T, self.b, n_basis=J, weight_mean=[prior_scale] * J, weight_sd=weight_sd,
                             capacity=capacity or 64,
-                            **product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min,
-                                         outputscale_max, fit_steps, lr))
-        if J:
+                            **product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units,
+                                                outputscale_min, outputscale_max, fit_steps, lr))
+        if self.prior is not None:
             top = self.prior.max()
             self.gp.set_scale(1.0)
             self.gp.fixed[:] = False  # the scale still follows the responses; the map is normalized to max 1
             self.gp.H[:] = torch.as_tensor(self.prior / top if top > 0 else self.prior)[None, :, None]
-        self._post = None
+        self._post: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_initial(self) -> int:
@@ -76,7 +76,7 @@ class ProductGPBO(Optimizer):
         if self.t < self.n_initial:
             return self.rng.integers(0, self.P, self.b)
         mean, var = self.posterior()
-        return argmax_random_ties(mean + self.kappa * np.sqrt(var), self.rng)
+        return self.ucb.argmax(mean, var, self.rng, "product GP-BO")
 
     def _tell(self, points, responses) -> None:
         self.gp.observe(points, responses)

@@ -22,6 +22,10 @@ def matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor) -> t
 
 
 
-def matern52_of_r(r: torch.Tensor, r2: torch.Tensor | None = None) -> torch.Tensor:
-    """Matérn nu=5/2 (output scale 1) of scaled distances ``r`` (``r2``: their squares, when known)."""
-    return (1.0 + SQRT5 * r + (5.0 / 3.0) * (r * r if r2 is None else r2)) * torch.exp(-SQRT5 * r)
+def matern52_of_r(r: torch.Tensor, r2: torch.Tensor | None = None, e: torch.Tensor | None = None) -> torch.Tensor:
+    """Matérn nu=5/2 (output scale 1) of scaled distances ``r``.
+
+    ``r2`` (their squares) and ``e`` (``exp(-sqrt(5) r)``), when the caller has them already
+    (the likelihood gradient reuses ``e``), are used instead of being recomputed."""
+    e = torch.exp(-SQRT5 * r) if e is None else e
+    return (1.0 + SQRT5 * r + (5.0 / 3.0) * (r * r if r2 is None else r2)) * e

@@ -7,7 +7,7 @@ import math
 import torch
 
 from neuro_opt.gp import lapack
-from neuro_opt.gp.kernels import SQRT5, matern52
+from neuro_opt.gp.kernels import SQRT5, matern52, matern52_of_r
 from neuro_opt.gp.linalg import safe_cholesky
 
 
@@ -99,7 +99,7 @@ class MarginalLikelihood:
             r2 = torch.einsum("bijd,bd->bij", sqdiff, inv_ls2)
         r = torch.sqrt(torch.clamp(r2, min=1e-30))
         e = torch.exp(-SQRT5 * r)
-        kb = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e  # padding slots: exactly 0 off the diagonal
+        kb = matern52_of_r(r, r2, e)  # padding slots: exactly 0 off the diagonal
         s2 = noise * noise
         if "bin" in data:
             kb_bins = torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)

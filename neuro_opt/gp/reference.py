@@ -33,7 +33,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from neuro_opt.algorithms.base import Optimizer, argmax_random_ties
+from neuro_opt.acquisition import UCB, argmax_random_ties
+from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.datasets.base import Problem, sample_responses
 from neuro_opt.trace import TRACE_SCHEMA
 
@@ -115,8 +116,7 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
         n_queries = P
     if not isinstance(n_queries, (int, np.integer)) or n_queries < 1:
         raise ValueError(f"n_queries must be a positive integer, got {n_queries!r}")
-    if not kappa >= 0:
-        raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+    ucb = UCB(kappa)
     if int(n_random) < 1:
         raise ValueError(f"n_random must be >= 1 (the reference loop takes no prior), got {n_random!r}")
     if not (0 < rho_low < rho_high and 0 < noise_min < noise_max and 0 < outputscale_min < outputscale_max):
@@ -139,10 +139,7 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
         if t < n_random:  # the first query and the initial random ones, as GPBO.ask
             x = rng_alg.integers(0, P, 1)
         else:
-            ucb = mean + kappa * np.sqrt(var)
-            if not np.all(np.isfinite(ucb)):
-                raise FloatingPointError(f"reference GP-BO acquisition has NaN/inf values at query {t + 1}")
-            x = argmax_random_ties(ucb[None, :], rng_alg)
+            x = ucb.argmax(mean[None, :], var[None, :], rng_alg, f"reference GP-BO (query {t + 1})")
         y = sample_responses(problem, x, rng_resp, noise=noise, mode=response_mode,
                              truth=None if problem.stationary else truth)
         pts[t], resp[t] = x[0], y[0]
@@ -189,11 +186,10 @@ class BotorchGPBO(Optimizer):
         if prior is not None:
             raise ValueError("gpbo_botorch (the reference loop) takes no prior map")
         super().__init__(space, n_reps, seed, None)
-        if not kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        self.ucb = UCB(kappa)
         if int(n_random) < 1:
             raise ValueError(f"n_random must be >= 1, got {n_random!r}")
-        self.kappa, self.n_random = float(kappa), int(n_random)
+        self.kappa, self.n_random = self.ucb.kappa, int(n_random)
         self.bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_min, outputscale_max)
         self.X_all = torch.tensor(space.X, dtype=torch.float64)
         self.pts = [[] for _ in range(self.b)]
@@ -204,10 +200,7 @@ class BotorchGPBO(Optimizer):
     def ask(self) -> np.ndarray:
         if self.t < self.n_random:
             return self.rng.integers(0, self.P, self.b)
-        ucb = self.mean + self.kappa * np.sqrt(self.var)
-        if not np.all(np.isfinite(ucb)):
-            raise FloatingPointError("reference GP-BO acquisition has NaN/inf values")
-        return argmax_random_ties(ucb, self.rng)
+        return self.ucb.argmax(self.mean, self.var, self.rng, "reference GP-BO")
 
     def _tell(self, points, responses) -> None:
         for q in range(self.b):
