@@ -32,7 +32,7 @@ import ray
 
 from hardware.emg import EMGConfig
 from hardware.rig import RigError, Trial, make_rig
-from hardware.safety import SafetyLimits, StimParams, _check_keys
+from hardware.safety import SafetyLimits, StimParams, check_keys
 
 DEFAULT_ACTOR = {"resource": "tdt_rig", "namespace": "neuro_opt", "busy": "wait", "wait_timeout_s": 3600.0,
                  "poll_s": 0.5, "lease_timeout_s": 900.0, "detached": True}
@@ -50,7 +50,7 @@ class RigBusy(RigError):
 def actor_options(rig_cfg: Mapping) -> dict:
     """The ``rig.actor`` block merged over its defaults, validated."""
     given = dict(rig_cfg.get("actor") or {})
-    _check_keys(given, DEFAULT_ACTOR.keys(), "rig.actor")
+    check_keys(given, DEFAULT_ACTOR.keys(), "rig.actor")
     opts = {**DEFAULT_ACTOR, **given}
     if opts["busy"] not in ("wait", "refuse"):
         raise ValueError(f"rig.actor.busy must be 'wait' or 'refuse', got {opts['busy']!r}")

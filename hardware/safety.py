@@ -24,7 +24,7 @@ class SafetyViolation(ValueError):
     """A stimulation outside the safety limits; nothing was sent to the stimulator."""
 
 
-def _check_keys(d: Mapping, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
+def check_keys(d: Mapping, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
     if not isinstance(d, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
     allowed = tuple(allowed)
@@ -59,7 +59,7 @@ class StimParams:
         """A :class:`StimParams` from itself or a mapping with exactly the five fields."""
         if isinstance(p, StimParams):
             return p
-        _check_keys(p, STIM_FIELDS, "stimulation parameters", required=STIM_FIELDS)
+        check_keys(p, STIM_FIELDS, "stimulation parameters", required=STIM_FIELDS)
         return cls(**{k: p[k] for k in STIM_FIELDS})
 
     def to_dict(self) -> dict:
@@ -148,7 +148,7 @@ class SafetyLimits:
     def from_dict(cls, d: Mapping) -> "SafetyLimits":
         names = [f.name for f in fields(cls)]
         required = [f.name for f in fields(cls) if f.default is MISSING]
-        _check_keys(d, names, "rig.limits", required=required)
+        check_keys(d, names, "rig.limits", required=required)
         kw = dict(d)
         if kw.get("allowed_channels") is not None:
             kw["allowed_channels"] = tuple(kw["allowed_channels"])

@@ -17,7 +17,7 @@ import numpy as np
 
 from hardware.journal import to_jsonable
 from hardware.rig import ChannelMap, resolve_path
-from hardware.safety import STIM_FIELDS, SafetyLimits, SafetyViolation, StimParams, _check_keys
+from hardware.safety import STIM_FIELDS, SafetyLimits, SafetyViolation, StimParams, check_keys
 from neuro_opt.space import SearchSpace
 
 MODES = ("operator", "autonomous", "dry_run")
@@ -75,8 +75,8 @@ class OnlineConfig:
     def from_dict(cls, d: Mapping) -> "OnlineConfig":
         names = [f.name for f in fields(cls)]
         required = ("name", "space", "target_muscle", "algorithm", "n_queries")
-        _check_keys(d, names, "online config", required=required)
-        kw = {k: _plain(v) for k, v in d.items()}
+        check_keys(d, names, "online config", required=required)
+        kw = {k: plain(v) for k, v in d.items()}
         cfg = cls(**kw)
         cfg.validate()
         return cfg
@@ -116,7 +116,7 @@ class OnlineConfig:
         if bad:
             raise ValueError(f"online.space dimension(s) {bad} are neither electrode dimensions nor stimulation "
                              f"parameters {[f for f in STIM_FIELDS if f != 'channel']}")
-        _check_keys(self.stimulation, STIM_FIELDS, "online.stimulation")
+        check_keys(self.stimulation, STIM_FIELDS, "online.stimulation")
         both = sorted(set(other) & set(self.stimulation))
         if both:
             raise ValueError(f"online: {both} are both search dimensions and fixed in online.stimulation")
@@ -140,7 +140,7 @@ class OnlineConfig:
         if not isinstance(self.target_muscle, str):
             raise ValueError(f"online.target_muscle must be a muscle label, got {self.target_muscle!r}")
         if self.prior is not None:
-            _check_keys(self.prior, ("path", "scale", "fade"), "online.prior")
+            check_keys(self.prior, ("path", "scale", "fade"), "online.prior")
             if self.prior.get("path") is None:
                 self.prior = None
         if not all(isinstance(c, int) and c >= 1 for c in self.disabled_channels):
@@ -149,7 +149,7 @@ class OnlineConfig:
             raise ValueError("online.provenance must be a mapping")
 
 
-def _plain(v):
+def plain(v):
     """OmegaConf containers and tuples -> plain dicts and lists."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -159,9 +159,9 @@ def _plain(v):
     except ImportError:  # pragma: no cover
         pass
     if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     return v
 
 

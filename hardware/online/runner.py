@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from hardware.journal import Journal, to_jsonable
-from hardware.online.config import JOURNAL_NAME, RESUMABLE_CHANGES, OnlineConfig, StimulationPlan, _plain
+from hardware.online.config import JOURNAL_NAME, RESUMABLE_CHANGES, OnlineConfig, StimulationPlan, plain
 from hardware.online.session import OnlineSession, confirmation, resolve_mode
 from hardware.rig import ChannelMap
 from neuro_opt.space import SearchSpace
@@ -78,13 +78,13 @@ def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run
     elif isinstance(online, (str, Path)):
         cfg = OnlineConfig.load(online)
     else:
-        cfg = OnlineConfig.from_dict(_plain(online))
+        cfg = OnlineConfig.from_dict(plain(online))
     cfg.mode = resolve_mode(cfg.mode, mode)
     if n_queries is not None:
         cfg.n_queries = int(n_queries)
     cfg.validate()
     confirm = confirmation(cfg.mode, confirm)  # operator mode with nobody to confirm: refused before anything
-    rig_cfg = _plain(rig)
+    rig_cfg = plain(rig)
     chspec = rig_cfg.get("ch2xy")
     chmap = None
     if cfg.electrode_dims:

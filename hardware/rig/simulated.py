@@ -33,7 +33,7 @@ from hardware import emg as emg_mod
 from hardware.emg import EMGConfig
 from hardware.rig.base import RIG_COMMON_KEYS, Rig, RigError
 from hardware.rig.channels import ChannelMap
-from hardware.safety import SafetyLimits, StimParams, _check_keys
+from hardware.safety import SafetyLimits, StimParams, check_keys
 
 # search-space dimension names a simulated subject understands besides the electrode ones
 STIM_DIM_ALIASES = {
@@ -136,7 +136,7 @@ class SimulatedRig(Rig):
     def from_config(cls, cfg: Mapping[str, Any]) -> "SimulatedRig":
         keys = RIG_COMMON_KEYS + ("dataset", "dataset_kwargs", "subject", "n_muscles", "seed", "latency_s",
                                   "noise_uV", "artefact_uV", "trial_cv", "outlier_rate", "saline")
-        _check_keys(cfg, keys, "rig (simulated)")
+        check_keys(cfg, keys, "rig (simulated)")
         kw = {k: v for k, v in cfg.items() if k not in ("kind", "actor", "limits", "emg")}
         if cfg.get("limits") is not None:
             kw["limits"] = SafetyLimits.from_dict(cfg["limits"])

@@ -36,7 +36,7 @@ import numpy as np
 
 from hardware.emg import EMGConfig
 from hardware.rig.base import RIG_COMMON_KEYS, LateResponse, Rig, RigError
-from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams, _check_keys
+from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams, check_keys
 
 MODES = ("Idle", "Standby", "Preview", "Record")
 RUNTIME_MODES = ("Preview", "Record")
@@ -125,7 +125,7 @@ class SynapseRig(Rig):
     def from_config(cls, cfg: Mapping[str, Any]) -> "SynapseRig":
         keys = RIG_COMMON_KEYS + ("host", "port", "http_timeout_s", "mode", "mode_timeout_s", "stimulator",
                                   "trigger", "buffers", "buffer_param", "read", "circuit", "constants")
-        _check_keys(cfg, keys, "rig (synapse)", required=("limits",))
+        check_keys(cfg, keys, "rig (synapse)", required=("limits",))
         if cfg.get("ch2xy") == "auto":
             raise ValueError("rig.ch2xy: a real headstage needs its channel mapping file, not 'auto'")
         kw = {k: v for k, v in cfg.items()
@@ -308,7 +308,7 @@ class SynapseRig(Rig):
 
 def _merged(default: Mapping, given: Mapping | None, where: str) -> dict:
     given = dict(given or {})
-    _check_keys(given, default.keys(), where)
+    check_keys(given, default.keys(), where)
     return {**default, **given}
 
 

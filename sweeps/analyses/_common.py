@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neuro_opt import metrics
-from sweeps.kinds.optimization import _curves, select  # noqa: F401 - re-exported for the analyses
+from sweeps.tables import run_curves, select  # noqa: F401 - re-exported for the analyses
 
 
 def per_problem(table: pa.Table, column: str = "exploration", query: int | None = None,
@@ -19,7 +19,7 @@ def per_problem(table: pa.Table, column: str = "exploration", query: int | None 
     (None: the last) or, with ``reduce="auc"``, averaged over all queries."""
     out = {}
     for m in sorted(set(table["muscle"].to_pylist())):
-        cur = _curves(select(table, {"muscle": m}), column)
+        cur = run_curves(select(table, {"muscle": m}), column)
         if reduce == "auc":
             out[m] = float(np.nanmean(metrics.auc(cur)))
         else:
@@ -137,7 +137,7 @@ def subject_curves(table: pa.Table, algorithm: str, column: str) -> tuple[list[s
     """
     sub = select(table, {"algorithm": algorithm})
     keys = sorted(set(sub["muscle"].to_pylist()))
-    return keys, np.stack([np.nanmean(_curves(select(sub, {"muscle": k}), column), axis=0) for k in keys])
+    return keys, np.stack([np.nanmean(run_curves(select(sub, {"muscle": k}), column), axis=0) for k in keys])
 
 
 def final_posteriors(table: pa.Table, algorithm: str) -> dict[str, np.ndarray]:

@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 
 from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
-from sweeps.analyses._common import _curves, algorithm_rows, band, heatmap, paired_trend, per_problem, select
+from sweeps.analyses._common import algorithm_rows, band, heatmap, paired_trend, per_problem, select
 from sweeps.schema import ConfigError
+from sweeps.tables import run_curves
 
 ALPHA = 0.05
 RECOVERY = 0.9  # a wrong prior is "recovered from" when GP-BO ends at >= 90 % of its no-prior final exploration
@@ -142,7 +143,7 @@ def _recovery(fin, runs, gp, k0, informed, R, Q, mean, fade) -> dict:
     ratio = {_label(c): round(mean(fin, gp, k0, c) / base, 3) for c in neg}
     at_fade = {}  # the wrong prior's cost while in force: exploration at the query where it has faded out
     for c in [BASELINE] + neg if fade else []:
-        cur = _curves(_condition(runs[gp, k0], *c), "exploration")
+        cur = run_curves(_condition(runs[gp, k0], *c), "exploration")
         if cur.shape[1] >= fade:
             at_fade[_label(c)] = round(100 * float(np.nanmean(cur[:, fade - 1])), 1)
     worst = min(ratio, key=ratio.get)
@@ -243,15 +244,15 @@ def _figure(ctx, runs, gp, k0, kappas, Q, R, informed, gp_auc, adv, auc, mean, b
     ax[1, 0].legend(fontsize=7, ncol=2)
 
     qmax = max(informed) if informed else None
-    base = _curves(_condition(runs[gp, k0], *BASELINE), "exploration") if 0 in Q else None
+    base = run_curves(_condition(runs[gp, k0], *BASELINE), "exploration") if 0 in Q else None
     if qmax is not None:
         for r, col in zip(R, colors):
-            band(ax[1, 1], _curves(_condition(runs[gp, k0], qmax, r), "exploration"), f"r={r:g}", col)
+            band(ax[1, 1], run_curves(_condition(runs[gp, k0], qmax, r), "exploration"), f"r={r:g}", col)
         methods = [(f"GP-BO (k={k0:g})", runs[gp, k0], "C0")] + \
             [(b, runs[b, None], f"C{i + 1}")
              for i, b in enumerate(b for b in ("extensive", "greedy") if (b, None) in runs)]
         for label, rows, col in methods:
-            band(ax[1, 2], _curves(_condition(rows, qmax, R[0]), "exploration"), label, col)
+            band(ax[1, 2], run_curves(_condition(rows, qmax, R[0]), "exploration"), label, col)
     if base is not None:
         for a in ax[1, 1:]:
             a.plot(np.arange(1, base.shape[1] + 1), 100 * base.mean(0), "k--", label="GP-BO, no prior")

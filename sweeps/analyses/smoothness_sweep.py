@@ -11,7 +11,8 @@ import numpy as np
 
 from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
-from sweeps.analyses._common import _curves, algorithm_rows, band, one_sided, per_problem, spearman
+from sweeps.analyses._common import algorithm_rows, band, one_sided, per_problem, spearman
+from sweeps.tables import run_curves
 
 ALPHA = 0.05
 
@@ -87,7 +88,7 @@ def _figure(ctx, table, k0, kappas, subjects, beta_mean, beta_var, adv, best_kap
             "greedy": algorithm_rows(table, "greedy")}
     for i, (label, sub) in enumerate(runs.items()):
         for j, col in enumerate(("exploration", "exploitation")):
-            band(ax[0, j], _curves(sub, col), label, f"C{i}")
+            band(ax[0, j], run_curves(sub, col), label, f"C{i}")
             ax[0, j].set(xlabel="query", ylabel=f"{col} (% of max)", ylim=(0, 105), title=f"{col}, all subjects")
     ax[0, 0].legend(fontsize=8, loc="lower right")
 

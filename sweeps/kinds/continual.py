@@ -44,9 +44,10 @@ from neuro_opt import algorithms, metrics
 from neuro_opt.continual import ARMS, continual
 from sweeps import plots
 from sweeps.analyses import finding
-from sweeps.kinds.optimization import DatasetKind, _ms, _unique_rows, select
+from sweeps.kinds.optimization import DatasetKind
 from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
+from sweeps.tables import select, unique_rows
 
 CURVES = ("exploration", "exploitation")
 ALPHA = 0.05  # significance level of every "holds" rule
@@ -161,16 +162,16 @@ class ContinualKind(DatasetKind):
         cols = [k.replace(".", "_") for k in group_keys]
         names = [_label(k) for k in group_keys]
         runs, groups, curves = {}, [], {}
-        for combo in _unique_rows(table, cols):
+        for combo in unique_rows(table, cols):
             units, arr = _runs(select(table, dict(zip(cols, combo))))
             runs[combo] = (units, arr)
             params = dict(zip(names, combo))
             end = {n: a[:, :, -1] for n, a in arr.items()}  # units x sessions
             m = {}
             for n in CURVES:
-                m[f"{n}_final"] = _ms(end[n][:, -1])
-                m[f"{n}_sessions_mean"] = _ms(end[n].mean(1))
-                m.update({f"{n}_s{s + 1}": _ms(end[n][:, s]) for s in range(end[n].shape[1])})
+                m[f"{n}_final"] = metrics.value_sem(end[n][:, -1])
+                m[f"{n}_sessions_mean"] = metrics.value_sem(end[n].mean(1))
+                m.update({f"{n}_s{s + 1}": metrics.value_sem(end[n][:, s]) for s in range(end[n].shape[1])})
             flat = {n: a.reshape(a.shape[0], -1) for n, a in arr.items()}  # units x global queries
             per_query = {n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
                          for n, a in flat.items()}

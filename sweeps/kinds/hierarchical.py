@@ -33,9 +33,10 @@ import pyarrow.compute as pc
 
 from neuro_opt import metrics
 from neuro_opt.algorithms.hierarchical import make_method, run_patterns
-from sweeps.kinds.optimization import DatasetKind, _curves, _ms, _unique_rows
+from sweeps.kinds.optimization import DatasetKind
 from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
+from sweeps.tables import run_curves, unique_rows
 
 #: the issue's targets: hierarchical reaches ``accuracy`` within ``within`` total queries and
 #: leads flat GP-BO by more than the SEM at every budget in ``ahead``
@@ -106,22 +107,22 @@ class HierarchicalKind(DatasetKind):
         n_q = int(pc.max(table["query"]).as_py())
         budgets = sorted({q for q in range(5, n_q + 1, 5)} | {n_q})
         groups, curves = [], {}
-        for combo in _unique_rows(table, cols):
+        for combo in unique_rows(table, cols):
             sub = table
             for c, v in zip(cols, combo):
                 sub = sub.filter(pc.equal(sub[c], pa.scalar(v, sub.schema.field(c).type)))
-            cur = {name: _curves(sub, name) for name in CURVES}
-            stage = _curves(sub, "stage")
+            cur = {name: run_curves(sub, name) for name in CURVES}
+            stage = run_curves(sub, "stage")
             params = dict(zip(names, combo))
             m = {}
             for name, arr in cur.items():
                 for q in budgets:
-                    m[f"{name}_q{q}"] = _ms(arr[:, q - 1])
-                m[f"{name}_final"] = _ms(arr[:, -1])
-                m[f"{name}_auc"] = _ms(metrics.auc(arr))
+                    m[f"{name}_q{q}"] = metrics.value_sem(arr[:, q - 1])
+                m[f"{name}_final"] = metrics.value_sem(arr[:, -1])
+                m[f"{name}_auc"] = metrics.value_sem(metrics.auc(arr))
             mean_acc = cur["accuracy"].mean(0)
             m["queries_to_accuracy_0.9"] = [_first_at(mean_acc, TARGETS["accuracy"]), 0.0]
-            m["stage1_queries"] = _ms((stage == 1).sum(1).astype(float))
+            m["stage1_queries"] = metrics.value_sem((stage == 1).sum(1).astype(float))
             groups.append({"params": params, "n": int(cur["accuracy"].shape[0]), "metrics": m})
             curves[tuple(combo)] = (cur, stage)
             if tracker is not None:

@@ -220,7 +220,7 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
-def _check_threads(n) -> None:
+def check_threads(n) -> None:
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ConfigError(f"params.threads={n!r}: torch threads per cell must be an integer >= 1, or null "
                           f"for as many as the cell's CPUs (cluster.cpus_per_cell)")
@@ -264,7 +264,7 @@ class LatencyKind(Experiment):
                 raise ConfigError(f"params.repeats={p['repeats']!r}: must be an integer >= 3 (median and SEM)")
             if not isinstance(p["warmup"], int) or p["warmup"] < 0:
                 raise ConfigError(f"params.warmup={p['warmup']!r}: must be an integer >= 0")
-            _check_threads(p["threads"])
+            check_threads(p["threads"])
             if not p["max_seconds_per_setting"] > 0:
                 raise ConfigError(f"params.max_seconds_per_setting={p['max_seconds_per_setting']!r}: must be > 0")
             alg = dict(p["algorithms"].get(p["mode"]) or {})

@@ -16,6 +16,7 @@ from neuro_opt.simulate import simulate
 from sweeps import plots
 from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
+from sweeps.tables import run_curves, select, unique_rows
 
 CURVES = ("exploration", "exploitation")
 
@@ -111,22 +112,22 @@ class OptimizationKind(DatasetKind):
         extra = [c for c in ("map_r2",) if c in table.column_names and table[c].null_count < table.num_rows]
         groups = []
         curves_by_group = {}
-        combos = _unique_rows(table, cols)
+        combos = unique_rows(table, cols)
         for combo in combos:
             sub = select(table, dict(zip(cols, combo)))
-            cur = {name: _curves(sub, name) for name in CURVES + tuple(extra)}
+            cur = {name: run_curves(sub, name) for name in CURVES + tuple(extra)}
             if any(np.isnan(a).all() for a in cur.values()):
                 cur = {k: a for k, a in cur.items() if not np.isnan(a).all()}
             params = dict(zip(group_keys, combo))
             m = {}
             for name, arr in cur.items():
-                m[f"{name}_final"] = _ms(metrics.final(arr))
-                m[f"{name}_auc"] = _ms(metrics.auc(arr))
+                m[f"{name}_final"] = metrics.value_sem(metrics.final(arr))
+                m[f"{name}_auc"] = metrics.value_sem(metrics.auc(arr))
                 for q in cfg.report.at:
                     if q <= arr.shape[1]:
-                        m[f"{name}_q{q}"] = _ms(arr[:, q - 1])
-            conv = metrics.queries_to_convergence(_curves(sub, "point"))
-            m["converged_fraction"] = _ms(np.isfinite(conv).astype(float))
+                        m[f"{name}_q{q}"] = metrics.value_sem(arr[:, q - 1])
+            conv = metrics.queries_to_convergence(run_curves(sub, "point"))
+            m["converged_fraction"] = metrics.value_sem(np.isfinite(conv).astype(float))
             per_query = {name: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(arr))))
                          for name, arr in cur.items()}
             groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m,
@@ -183,7 +184,7 @@ class OptimizationKind(DatasetKind):
                     continue
                 entry = {"params": params, "a": a, "b": b}
                 for name in CURVES:
-                    ca, cb = _curves(per[a], name), _curves(per[b], name)
+                    ca, cb = run_curves(per[a], name), run_curves(per[b], name)
                     pts = metrics.performance_points(ca, cb)
                     pa_, pb_ = per_problem_final(per[a], name), per_problem_final(per[b], name)
                     common = sorted(set(pa_) & set(pb_))
@@ -201,40 +202,8 @@ class OptimizationKind(DatasetKind):
         return out
 
 
-def select(table: pa.Table, where: dict) -> pa.Table:
-    """Rows whose columns equal the given values (None matches null)."""
-    for c, v in where.items():
-        col = table[c]
-        mask = pc.is_null(col) if v is None else pc.equal(col, pa.scalar(v, table.schema.field(c).type))
-        table = table.filter(pc.fill_null(mask, False))
-    return table
-
-
 def _run_name(params: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items()) or "all"
-
-
-_ms = metrics.value_sem
-
-
-def _unique_rows(table: pa.Table, cols: list[str]) -> list[tuple]:
-    if not cols:
-        return [()]
-    seen = dict.fromkeys(zip(*[table[c].to_pylist() for c in cols]))
-    return sorted(seen, key=lambda r: tuple((str(type(v)), v) for v in r))
-
-
-def _curves(sub: pa.Table, column: str) -> np.ndarray:
-    """``runs x queries`` for every (cell, rep) run in ``sub``."""
-    cell = sub["cell"].to_numpy(zero_copy_only=False)
-    rep = sub["rep"].to_numpy()
-    q = sub["query"].to_numpy()
-    vals = sub[column].to_numpy()
-    run_ids = {r: i for i, r in enumerate(sorted(set(zip(cell, rep))))}
-    idx = np.array([run_ids[r] for r in zip(cell, rep)])
-    out = np.full((len(run_ids), int(q.max())), np.nan)
-    out[idx, q - 1] = vals
-    return out
 
 
 def per_problem_final(sub: pa.Table, column: str) -> dict:

@@ -94,7 +94,7 @@ class ThroughputKind(Experiment):
 
     def validate(self, cfg, cells) -> None:
         from neuro_opt import algorithms
-        from sweeps.kinds.latency import _check_threads
+        from sweeps.kinds.latency import check_threads
 
         for cell in cells:
             pl = cell.payload
@@ -108,7 +108,7 @@ class ThroughputKind(Experiment):
             if p["workload"] not in p["workload_specs"]:
                 raise ConfigError(f"params.workload={p['workload']!r} ({where}): not in params.workload_specs "
                                   f"({', '.join(p['workload_specs'])})")
-            _check_threads(p["threads"])
+            check_threads(p["threads"])
             if not isinstance(p["n_problems"], int) or p["n_problems"] < 1:
                 raise ConfigError(f"params.n_problems={p['n_problems']!r}: must be an integer >= 1")
             if pl["n_reps"] < 1:
