@@ -5,7 +5,7 @@
   on the whole table. Simulated optimization, TBFM, latency and throughput are experiments.
 * :class:`DriveExperiment`: an experiment that is not a grid of independent cells (an Optuna
   study, a one-at-a-time calibration, an online session). It drives its own work inside the
-  runner's :class:`~sweeps.runner.Run`, which owns the MLflow parent run, Ray, the run folder and
+  runner's :class:`~sweeps.run.Run`, which owns the MLflow parent run, Ray, the run folder and
   ``summary.json``.
 
 A new experiment is one module holding a subclass and one YAML file under ``conf/exp`` whose
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the interfaces only name these types
     from omegaconf import DictConfig
 
     from sweeps.grid import Cell
-    from sweeps.runner import Run
+    from sweeps.run import Run
     from sweeps.tracking import Tracker
 
 

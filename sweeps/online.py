@@ -18,7 +18,7 @@ from sweeps.schema import ConfigError, LaunchError
 from sweeps.tracking import Tracker
 
 if TYPE_CHECKING:
-    from sweeps.runner import Run
+    from sweeps.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -261,7 +261,7 @@ def test_bad_input_is_a_config_error_naming_the_key(overrides, message):
 def test_unreachable_cluster_address_is_refused_at_once():
     import time
 
-    from sweeps.runner import check_address
+    from sweeps.run import check_address
     from sweeps.schema import ConfigError
 
     t0 = time.time()

@@ -272,13 +272,13 @@ def test_calibration_one_at_a_time_from_a_bad_kappa(local_ray, tmp_path):
     (["+exp=kappa_calibration", "params.values.n_random=[1,20]"], "n_random=20 is more than n_queries=10"),
 ])
 def test_bad_input_stops_before_any_work(tmp_path, monkeypatch, overrides, message):
-    import sweeps.runner
+    import sweeps.run
     from sweeps.runner import run
 
     def no_ray(cfg):
         raise AssertionError("Ray was started before the config was checked")
 
-    monkeypatch.setattr(sweeps.runner, "connect_ray", no_ray)
+    monkeypatch.setattr(sweeps.run, "connect_ray", no_ray)
 
     exp = [o for o in overrides if o.startswith("+exp=")] or ["+exp=tune_gpbo"]
     rest = [o for o in overrides if not o.startswith("+exp=")]

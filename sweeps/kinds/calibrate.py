@@ -44,7 +44,7 @@ from sweeps.tuning.setup import Setup, check_algorithm, prepare
 from sweeps.tuning.space import COMMON_PARAMS, INT_HPS, NOT_SEARCHABLE, RATIOS
 
 if TYPE_CHECKING:
-    from sweeps.runner import Run
+    from sweeps.run import Run
 
 CAL_PARAMS = COMMON_PARAMS + ("calibrate", "values", "max_rounds")
 

@@ -71,7 +71,7 @@ from sweeps.tuning.study import (
 )
 
 if TYPE_CHECKING:
-    from sweeps.runner import Run
+    from sweeps.run import Run
 
 def drive(run: Run) -> dict:
     """kind=tune: validate everything, open the study, run trials, re-score, report."""
