@@ -33,22 +33,17 @@ import pyarrow as pa
 
 from neuro_opt import algorithms
 from neuro_opt.datasets.base import Problem, sample_responses
+from neuro_opt.trace import trace_schema, trace_table
 
 ARMS = ("standard", "electrode_loss")
 
-TABLE_SCHEMA = pa.schema([
-    ("rep", pa.int32()),           # lineage
+#: the trace (``rep``: the lineage; ``query``: 1-based within the session) and the continual columns
+TABLE_SCHEMA = trace_schema(
     ("session", pa.int32()),       # 1-based
-    ("query", pa.int32()),         # 1-based within the session
     ("global_query", pa.int32()),  # 1-based over the sessions
-    ("point", pa.int32()),
-    ("response", pa.float64()),
-    ("best", pa.int32()),
-    ("exploration", pa.float64()),
-    ("exploitation", pa.float64()),
     ("arm", pa.string()),          # standard | electrode_loss
     ("lost_point", pa.int32()),    # -1 before the loss and in the standard arm
-])
+)
 
 
 def session_truths(problem: Problem, n_sessions: int, loss_session: int | None = None) -> tuple[np.ndarray, int]:
@@ -167,12 +162,7 @@ def continual(problem: Problem, algorithm: str, n_lineages: int, n_sessions: int
     idx = np.indices(shape).reshape(3, -1)
     session = idx[1] + 1
     lost_col = np.where((lost >= 0) & (session >= (loss_session or 0)), lost, -1)
-    return pa.table({
-        "rep": pa.array(idx[0], pa.int32()), "session": pa.array(session, pa.int32()),
-        "query": pa.array(idx[2] + 1, pa.int32()), "global_query": pa.array(idx[1] * Q + idx[2] + 1, pa.int32()),
-        "point": pa.array(pts.ravel(), pa.int32()), "response": pa.array(resp.ravel()),
-        "best": pa.array(best.ravel(), pa.int32()), "exploration": pa.array(explore.ravel()),
-        "exploitation": pa.array(exploit.ravel()),
-        "arm": pa.array([ARMS[loss_session is not None]] * idx.shape[1], pa.string()),
-        "lost_point": pa.array(lost_col, pa.int32()),
-    }, schema=TABLE_SCHEMA)
+    return trace_table({"rep": idx[0], "session": session, "query": idx[2] + 1, "global_query": idx[1] * Q + idx[2] + 1,
+                        "point": pts, "response": resp, "best": best, "exploration": explore, "exploitation": exploit,
+                        "arm": [ARMS[loss_session is not None]] * idx.shape[1], "lost_point": lost_col},
+                       TABLE_SCHEMA)

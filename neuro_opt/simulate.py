@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from neuro_opt import algorithms
 from neuro_opt.datasets.base import Problem, sample_responses
-from neuro_opt.trace import TRACE_SCHEMA
+from neuro_opt.trace import TRACE_SCHEMA, trace_table
 
 __all__ = ["TRACE_SCHEMA", "simulate", "squared_correlation", "curves"]
 
@@ -85,12 +85,8 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
             progress(t + 1)
     reps = np.repeat(np.arange(n_reps), n_queries)
     queries = np.tile(np.arange(1, n_queries + 1), n_reps)
-    table = pa.table({
-        "rep": pa.array(reps, pa.int32()), "query": pa.array(queries, pa.int32()),
-        "point": pa.array(pts.ravel(), pa.int32()), "response": pa.array(resp.ravel()),
-        "best": pa.array(best.ravel(), pa.int32()), "exploration": pa.array(explore.ravel()),
-        "exploitation": pa.array(exploit.ravel()),
-    }, schema=TRACE_SCHEMA)
+    table = trace_table({"rep": reps, "query": queries, "point": pts, "response": resp, "best": best,
+                         "exploration": explore, "exploitation": exploit})
     if not record_map:
         return table
     maps: list = [None] * (n_reps * n_queries)

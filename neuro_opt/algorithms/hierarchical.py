@@ -51,6 +51,7 @@ from neuro_opt.algorithms.base import Optimizer, make_rng
 from neuro_opt.algorithms.product_gpbo import product_gp_kwargs
 from neuro_opt.gp.product import ProductGP, split_inputs
 from neuro_opt.space import SearchSpace
+from neuro_opt.trace import trace_schema, trace_table
 
 
 class PatternProblem:
@@ -334,16 +335,13 @@ def make_method(name: str, problem, n_reps: int = 1, seed=0, **hyperparameters):
     return FlatPatternSearch(problem, algorithms.make(alg, space, n_reps=n_reps, seed=seed, **hyperparameters))
 
 
-TRACE_SCHEMA = pa.schema([
-    ("rep", pa.int32()),
-    ("query", pa.int32()),  # 1-based, stage 1 included
+#: the trace (``query`` counts stage 1 too; ``point`` is in the queried stage's space, ``best`` in the
+#: final one; ``exploitation``, the truth at the queried pattern / max truth, is null for queries of
+#: earlier stages, whose patterns are not in the final space) and the pattern columns
+TRACE_SCHEMA = trace_schema(
     ("stage", pa.int8()),  # events of the queried pattern
-    ("point", pa.int32()),  # in that stage's space
-    ("response", pa.float64()),  # the objective of the queried pattern
-    ("best", pa.int32()),  # believed best in the final space
     ("accuracy", pa.float64()),  # 1 if the believed best is the true best pattern
-    ("exploration", pa.float64()),  # truth at the believed best / max truth
-])
+)
 
 
 def run_patterns(problem, method: str, n_reps: int, n_queries: int, seed=0, hyperparameters: dict | None = None,
@@ -378,10 +376,10 @@ def run_patterns(problem, method: str, n_reps: int, n_queries: int, seed=0, hype
             progress(t + 1)
     acc = (truth[best] >= top).astype(np.float64)
     expl = truth[best] / top if top > 0 else np.zeros(shape)
-    return pa.table({
-        "rep": pa.array(np.repeat(np.arange(n_reps), n_queries), pa.int32()),
-        "query": pa.array(np.tile(np.arange(1, n_queries + 1), n_reps), pa.int32()),
-        "stage": pa.array(stage.ravel(), pa.int8()), "point": pa.array(pts.ravel(), pa.int32()),
-        "response": pa.array(resp.ravel()), "best": pa.array(best.ravel(), pa.int32()),
-        "accuracy": pa.array(acc.ravel()), "exploration": pa.array(expl.ravel()),
-    }, schema=TRACE_SCHEMA)
+    final = stage == problem.n_events
+    exploit = np.where(final, truth[np.where(final, pts, 0)] / top if top > 0 else 0.0, np.nan)
+    return trace_table({"rep": np.repeat(np.arange(n_reps), n_queries),
+                        "query": np.tile(np.arange(1, n_queries + 1), n_reps), "point": pts, "response": resp,
+                        "best": best, "exploration": expl,
+                        "exploitation": pa.array(exploit.ravel(), pa.float64(), mask=~final.ravel()),
+                        "stage": stage, "accuracy": acc}, TRACE_SCHEMA)

@@ -36,7 +36,7 @@ import torch
 from neuro_opt.acquisition import UCB, argmax_random_ties
 from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.datasets.base import Problem, sample_responses
-from neuro_opt.trace import TRACE_SCHEMA
+from neuro_opt.trace import trace_table
 
 
 def reference_model(X: torch.Tensor, y: torch.Tensor, rho_low: float, rho_high: float, noise_min: float,
@@ -160,12 +160,8 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
         best[t] = b
         explore[t] = truth[b] / tmax if tmax > 0 else 0.0
         exploit[t] = truth[x[0]] / tmax if tmax > 0 else 0.0
-    return pa.table({
-        "rep": pa.array(np.zeros(n_queries, dtype=np.int32), pa.int32()),
-        "query": pa.array(np.arange(1, n_queries + 1, dtype=np.int32), pa.int32()),
-        "point": pa.array(pts, pa.int32()), "response": pa.array(resp), "best": pa.array(best, pa.int32()),
-        "exploration": pa.array(explore), "exploitation": pa.array(exploit),
-    }, schema=TRACE_SCHEMA)
+    return trace_table({"rep": np.zeros(n_queries), "query": np.arange(1, n_queries + 1), "point": pts,
+                        "response": resp, "best": best, "exploration": explore, "exploitation": exploit})
 
 
 class BotorchGPBO(Optimizer):
