@@ -80,3 +80,22 @@ class Optimizer:
 
     def best(self) -> np.ndarray:
         return self.best_observed()
+
+
+class ModelOptimizer(Optimizer):
+    """An optimizer whose model decides after ``n_initial`` queries: the first one (the prior's
+    best when a prior is given, else random) and ``n_random`` random ones."""
+
+    n_random = 1
+
+    @property
+    def n_initial(self) -> int:
+        return self.n_random + (1 if self.prior is not None else 0)
+
+    def ask_initial(self) -> np.ndarray | None:
+        """The points of an initial query (``b``), or None once the model decides."""
+        if self.t == 0:
+            return self.ask_first()
+        if self.t < self.n_initial:
+            return self.rng.integers(0, self.P, self.b)
+        return None

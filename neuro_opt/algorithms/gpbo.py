@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
-from neuro_opt.algorithms.base import Optimizer
+from neuro_opt.algorithms.base import ModelOptimizer
 from neuro_opt.gp import BatchGP
 
 
-class GPBO(Optimizer):
+class GPBO(ModelOptimizer):
     """Batched GP-BO.
 
     Args:
@@ -71,15 +71,10 @@ class GPBO(Optimizer):
                           fit_tol=fit_tol, device=device)
         self._mean = self._var = None
 
-    @property
-    def n_initial(self) -> int:
-        return self.n_random + (1 if self.prior is not None else 0)
-
     def ask(self) -> np.ndarray:
-        if self.t == 0:
-            return self.ask_first()
-        if self.t < self.n_initial:
-            return self.rng.integers(0, self.P, self.b)
+        initial = self.ask_initial()
+        if initial is not None:
+            return initial
         if self._mean is None and self.gp.prefer_screen:
             # large space, no posterior at hand: the same argmax without sigma everywhere (BatchGP.screened)
             ucb = self.gp.screened(self.kappa).cpu().numpy()

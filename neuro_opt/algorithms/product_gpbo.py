@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
-from neuro_opt.algorithms.base import Optimizer
+from neuro_opt.algorithms.base import ModelOptimizer
 from neuro_opt.gp.product import ProductGP, split_inputs
 
 
@@ -18,7 +18,7 @@ def product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units, ou
                 noise_units=noise_units, outputscale=(outputscale_min, outputscale_max), fit_steps=fit_steps, lr=lr)
 
 
-class ProductGPBO(Optimizer):
+class ProductGPBO(ModelOptimizer):
     """Flat GP-BO with the product space x time kernel over a whole pattern space (the baseline).
 
     UCB ``mu + kappa * sigma`` on :class:`ProductGP`; ``n_random`` random queries first (or
@@ -66,15 +66,10 @@ class ProductGPBO(Optimizer):
             self.gp.H[:] = torch.as_tensor(self.prior / top if top > 0 else self.prior)[None, :, None]
         self._post: tuple[np.ndarray, np.ndarray] | None = None
 
-    @property
-    def n_initial(self) -> int:
-        return self.n_random + (1 if self.prior is not None else 0)
-
     def ask(self) -> np.ndarray:
-        if self.t == 0:
-            return self.ask_first()
-        if self.t < self.n_initial:
-            return self.rng.integers(0, self.P, self.b)
+        initial = self.ask_initial()
+        if initial is not None:
+            return initial
         mean, var = self.posterior()
         return self.ucb.argmax(mean, var, self.rng, "product GP-BO")
 
