@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.schema import ConfigError
+from sweeps.schema import ConfigError, as_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("algorithm", "dataset")  # grid keys whose values name config-group options
@@ -47,7 +47,10 @@ def load_group_option(group: str, name: str) -> DictConfig:
     if not path.is_file():
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ConfigError(f"grid.{group}: no option {name!r} in conf/{group}/; available: {', '.join(options)}")
-    return OmegaConf.load(path)
+    option = OmegaConf.load(path)
+    if not isinstance(option, DictConfig):
+        raise ConfigError(f"conf/{group}/{name}.yaml: expected a mapping of keys to values")
+    return option
 
 
 def _cli_keys(overrides: list[str]) -> list[tuple[str, str]]:
@@ -93,7 +96,7 @@ def _flatten_grid(grid: dict, prefix: str = "") -> dict:
 
 def grid_axes(cfg: DictConfig) -> dict[str, list]:
     """The grid as ``key -> list of values``, validated."""
-    grid = _flatten_grid(OmegaConf.to_container(cfg.grid, resolve=True) or {})
+    grid = _flatten_grid(as_dict(cfg.grid, "grid"))
     axes = {}
     for key, values in grid.items():
         if key == "muscle" and values == "all":

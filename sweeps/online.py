@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import OmegaConf
-
 from sweeps.experiment import DriveExperiment
-from sweeps.schema import ConfigError, LaunchError
+from sweeps.schema import ConfigError, LaunchError, as_dict
 from sweeps.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -61,8 +59,8 @@ class OnlineKind(DriveExperiment):
         cfg = run.cfg
         if cfg.online is None or cfg.rig is None:
             raise ConfigError("kind=online needs an online config and a rig: use +exp=online (online=NAME rig=NAME)")
-        online = OmegaConf.to_container(cfg.online, resolve=True)
-        rig = _resolve_paths(OmegaConf.to_container(cfg.rig, resolve=True))
+        online = as_dict(cfg.online, "online")
+        rig = _resolve_paths(as_dict(cfg.rig, "rig"))
         try:  # the mode in force, and the confirmation it requires, before anything starts
             mode = resolve_mode(OnlineConfig.from_dict(online).mode, cfg.mode)
             confirm = confirmation(mode)
@@ -73,7 +71,7 @@ class OnlineKind(DriveExperiment):
         try:
             session = run_online(online, rig, run_dir=run.dir, resume=cfg.resume, mode=mode, confirm=confirm,
                                  n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
-                                 tracker=OnlineTracker(run.tracker, run.parent))
+                                 tracker=OnlineTracker(run.tracker, run.require_parent()))
         except SessionStopped as exc:
             raise LaunchError(f"{exc}; session folder {exc.run_dir}; resume: the same command with "
                               f"resume={exc.run_dir}") from None

@@ -21,7 +21,7 @@ def curves_figure(group_keys: list[str], curves_by_group: dict, path: Path) -> P
                     key=lambda r: tuple(str(x) for x in r))
     other = [k for i, k in enumerate(group_keys) if i != ai]
     fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels) + 1, 5.5), squeeze=False, sharey="row")
-    colors = {}
+    colors: dict = {}
     for key, cur in sorted(curves_by_group.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         rest = tuple(v for i, v in enumerate(key) if i != ai)
         col = panels.index(rest)

@@ -39,6 +39,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -55,7 +56,7 @@ class PromoteError(ConfigError):
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = dict(DEFAULTS)
+    args: dict[str, Any] = dict(DEFAULTS)
     for item in argv:
         key, sep, val = item.partition("=")
         if not sep:

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sweeps import grid, kinds
 from sweeps.experiment import Experiment
@@ -78,6 +78,8 @@ def resolve_run(run: str, tracking_uri: str) -> Path:
 def load_config(run_dir: Path):
     """The composed config of a launch, with its scale applied as the launch applied it."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{run_dir / '.hydra' / 'config.yaml'}: not a launch's composed config")
     over = run_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(over)) if over.is_file() else []
     grid.apply_scale(cfg, [str(o) for o in overrides])

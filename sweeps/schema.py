@@ -22,6 +22,15 @@ class LaunchError(Exception):
     exit_code = 1
 
 
+def as_dict(node: Any, key: str) -> dict:
+    """A config node (``cfg.<key>``) as a plain dict, resolved; a ConfigError naming the key when it
+    is not a mapping."""
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}={value!r}: expected a mapping of keys to values")
+    return value
+
+
 class Interrupted(LaunchError):
     """Ctrl-C (or SIGTERM) during a launch: what was kept and how to resume, on one line."""
 

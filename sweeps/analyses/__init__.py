@@ -18,12 +18,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from omegaconf import OmegaConf
 
-from sweeps.schema import ConfigError
+from sweeps.schema import ConfigError, as_dict
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Context:
     figures: Path
     groups: list
     comparisons: list
-    kind: object
+    kind: Any  # the experiment whose report calls the analysis (it loads the datasets)
 
     def dataset(self, **overrides):
         """The experiment's dataset (config ``dataset`` with ``overrides``), from the kind's cache."""
@@ -46,7 +47,7 @@ class Context:
         if option is None:
             return self.dataset()
         from sweeps.grid import load_group_option
-        return self.kind.dataset(OmegaConf.to_container(load_group_option("dataset", option), resolve=True))
+        return self.kind.dataset(as_dict(load_group_option("dataset", option), f"grid.dataset={option}"))
 
     def group(self, **params) -> dict | None:
         """The summary group whose params include ``params``."""

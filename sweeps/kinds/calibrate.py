@@ -110,7 +110,8 @@ class OneAtATime:
         self.setup, self.order, self.values, self.max_rounds = setup, order, values, max_rounds
         self.scorer, self.tracker, self.parent = scorer, tracker, parent
         self.cache: dict = {}  # stable hash of the algorithm config -> per-run training objective
-        self.rows, self.skipped = [], []
+        self.rows: list[dict] = []
+        self.skipped: list[dict] = []
         self.current = dict(setup.published)
         self.converged, self.rounds, self.n_settings = False, 0, 0
 
@@ -221,7 +222,7 @@ class CalibrationKind(DriveExperiment):
         with run.ray():
             run.open_parent(tags={"neuro_opt.kind": "calibration", "git_commit": setup.git})
             scorer = Scorer(setup, cfg.cluster.cpus_per_cell, cfg.cluster.max_retries)
-            cal = OneAtATime(setup, order, values, max_rounds, scorer, run.tracker, run.parent)
+            cal = OneAtATime(setup, order, values, max_rounds, scorer, run.tracker, run.require_parent())
             cal.run()
             out = cal.rescore()
         return cal.report(out, run.dir)

@@ -15,7 +15,7 @@ from neuro_opt.datasets import load as load_dataset
 from neuro_opt.simulate import simulate
 from sweeps import plots
 from sweeps.experiment import Experiment
-from sweeps.schema import ConfigError
+from sweeps.schema import ConfigError, as_dict
 from sweeps.tables import run_curves, select, unique_rows
 
 CURVES = ("exploration", "exploitation")
@@ -49,8 +49,7 @@ class DatasetKind(Experiment):
         return self._datasets[key]
 
     def problem_keys(self, cfg) -> list[str]:
-        from omegaconf import OmegaConf
-        return self.dataset(OmegaConf.to_container(cfg.dataset, resolve=True)).keys()
+        return self.dataset(as_dict(cfg.dataset, "dataset")).keys()
 
     def data_for(self, payload: dict):
         return self.dataset(payload["dataset"])[payload["muscle"]]

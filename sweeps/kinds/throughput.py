@@ -156,7 +156,7 @@ class ThroughputKind(Experiment):
         sample = dict(noise=float(payload["noise"]), response_mode=payload["response_mode"])
         ref_args = reference_hyperparameters(payload["algorithm"])
         s_warm, s_runs = seed_sequence.spawn(2)
-        tables = []
+        tables: list[pa.Table] = []
         with torch_threads(p["threads"]):
             threads = torch.get_num_threads()
             _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables)

@@ -109,7 +109,8 @@ def drive(run: Run) -> dict:
         run.open_parent(f"{cfg.experiment} {study.study_name}",
                         tags={"optuna.study_name": study.study_name, "optuna.storage": storage,
                               "neuro_opt.kind": "tune", "git_commit": setup.git, "optuna.resumed": str(not created)})
-        launch = StudyLaunch(cfg, setup, spec, study, storage, created, run.tracker, run.parent, run_dir, confirm)
+        launch = StudyLaunch(cfg, setup, spec, study, storage, created, run.tracker, run.require_parent(), run_dir,
+                             confirm)
         try:
             launch.run_trials(n_trials)
             out = launch.rescore()

@@ -6,6 +6,7 @@ import math
 import subprocess
 from dataclasses import dataclass
 
+from neuro_opt.datasets import Dataset
 from sweeps.schema import ConfigError
 from sweeps.tuning.space import RATIOS, RESPONSE_MODES, ROOT, Objective
 
@@ -18,7 +19,7 @@ class Setup:
     experiment: str
     seed: int
     dataset_cfg: dict
-    dataset: object
+    dataset: Dataset
     train: list
     heldout: list
     batches: list  # training problem keys per pruning step
