@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps import config
 from sweeps.schema import ConfigError, as_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("algorithm", "dataset")  # grid keys whose values name config-group options
+GROUPS = config.GROUPS  # grid keys whose values name config-group options
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
         if ident in seen:
             continue
         seen.add(ident)
+        config.check(c)  # a grid option, or a command-line key applied to one, typed before any loading
         muscles = coords.get("muscle", c.muscle)
         expands = problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool)
         keys = problem_keys(c) if expands else None  # None: the experiment has no dataset problems

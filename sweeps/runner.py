@@ -2,7 +2,7 @@
 
 :func:`run` takes a composed config and a run folder and:
 
-1. finds the experiment (``kind``) and checks the config's top-level keys;
+1. checks the config (:func:`sweeps.config.check`) and finds the experiment (``kind``);
 2. for an :class:`~sweeps.experiment.Experiment` (a grid of cells): expands and validates the
    grid, refuses a resume with a different design, starts or reconnects Ray, opens (or, on
    resume, continues) the MLflow parent run, runs the pending cells as Ray tasks with a progress
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeps import grid, kinds
+from sweeps import config, grid, kinds
 from sweeps.experiment import DriveExperiment, Experiment
 from sweeps.run import Run, loggable
 from sweeps.schema import ConfigError, Interrupted
@@ -34,10 +34,11 @@ from sweeps.store import LaunchRecord, ResultStore, coord_columns
 def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     """Run an experiment from a composed config; returns the path of ``summary.json``."""
     t0 = time.time()
-    check_keys(cfg)
+    config.check_keys(cfg)
     experiment = kinds.get(cfg.kind)
     launch = Run(cfg, overrides, Path(run_dir), t0)
     if isinstance(experiment, DriveExperiment):
+        config.check(cfg)
         with launch.guarded():
             body = experiment.drive(launch)
             return launch.finish(body)
@@ -144,7 +145,7 @@ def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: lis
 
 def build_cells(cfg: DictConfig, overrides: list[str]) -> tuple[Experiment, list]:
     """The validated cells of a grid experiment (nothing has run yet)."""
-    check_keys(cfg)
+    config.check_keys(cfg)
     check_cpus(cfg)
     grid.apply_scale(cfg, overrides)
     experiment = kinds.get(cfg.kind)
@@ -160,18 +161,6 @@ def build_cells(cfg: DictConfig, overrides: list[str]) -> tuple[Experiment, list
         from sweeps import analyses
         analyses.load(cfg.report.analysis)
     return experiment, cells
-
-
-def check_keys(cfg: DictConfig) -> None:
-    """Reject top-level keys the schema does not know (Hydra lets ``+key=value`` add them)."""
-    from dataclasses import fields
-
-    from sweeps.schema import Config
-
-    known = {f.name for f in fields(Config)} | {"hydra"}
-    unknown = sorted(set(map(str, cfg.keys())) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; top-level keys are: {', '.join(sorted(known))}")
 
 
 def check_cpus(cfg: DictConfig) -> None:

@@ -46,15 +46,26 @@ _COMMON = ("self", "space", "n_reps", "seed", "prior")
 _NUMBERS = {"float": "a number", "int": "an integer"}
 
 
+def parameters(name: str) -> dict[str, inspect.Parameter] | None:
+    """The hyperparameters optimizer ``name`` takes, read from its constructor's signature
+    (None: it takes any keyword). The one description of them: :func:`check_hyperparameters` and the
+    sweep configs' typed schema (``sweeps.config``) both read it."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
+    target = _REGISTRY[name]
+    if name == "gpbo_fixed_rho":
+        target = GPBO
+    elif name == "gpbo_botorch":
+        from neuro_opt.gp.reference import BotorchGPBO as target  # imported on use (see below)
+    params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
+    return None if any(p.kind == p.VAR_KEYWORD for p in params.values()) else params
+
+
 def check_hyperparameters(name: str, hyperparameters: dict) -> None:
     """Raise ``ValueError`` naming the key, the value and what is expected for a hyperparameter that
     optimizer ``name`` does not take, or a number of the wrong type (read from its signature)."""
-    target = _REGISTRY.get(name)
-    target = GPBO if name == "gpbo_fixed_rho" else target
-    if not isinstance(target, type):
-        return  # a factory function validates its own arguments
-    params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    params = parameters(name)
+    if params is None:
         return
     for key, value in hyperparameters.items():
         if key not in params:
@@ -71,7 +82,7 @@ def check_hyperparameters(name: str, hyperparameters: dict) -> None:
 
 
 __all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties",
-           "check_hyperparameters"]
+           "check_hyperparameters", "parameters"]
 
 # hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
 # (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself

@@ -60,8 +60,10 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def accepted_keys(name: str) -> list[str] | None:
-    """The keyword arguments dataset ``name`` accepts (None: any)."""
+def parameters(name: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword arguments dataset ``name`` accepts, read from its builder's signature (None: any)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
     builder = _REGISTRY[name]
     try:
         params = inspect.signature(builder).parameters
@@ -70,9 +72,15 @@ def accepted_keys(name: str) -> list[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     fixed = _FIXED if isinstance(builder, partial) else set()
-    return [n for n, p in params.items()
+    return {n: p for n, p in params.items()
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            and not (n in fixed and n in builder.keywords)]
+            and not (n in fixed and n in builder.keywords)}
+
+
+def accepted_keys(name: str) -> list[str] | None:
+    """The keyword arguments dataset ``name`` accepts (None: any)."""
+    params = parameters(name)
+    return None if params is None else list(params)
 
 
 def load(name: str, **kwargs) -> Dataset:
@@ -99,7 +107,7 @@ def load(name: str, **kwargs) -> Dataset:
 
 
 __all__ = ["Dataset", "Problem", "NonStationaryProblem", "sample_responses", "load", "register", "available",
-           "accepted_keys", "describe", "array_space", "synthetic_cortical", "synthetic_spinal",
+           "accepted_keys", "parameters", "describe", "array_space", "synthetic_cortical", "synthetic_spinal",
            "spinal_locomotion4d", "gamma_smoothness", "prior_quality", "synthetic_cortical5d", "load_rat5d",
            "load_neuromosaics_cortical", "load_neuromosaics_spinal", "load_table", "to_trials",
            "augment_frequency", "frequency_augmented", "nonstationary"]
