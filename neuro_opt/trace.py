@@ -1,7 +1,7 @@
 """The per-query trace every offline loop returns: one row per replicate x query.
 
 Its own module so that every loop (:func:`neuro_opt.simulate.simulate`, the BoTorch reference
-loop in :mod:`neuro_opt.gp.reference`, the continual sessions of :mod:`neuro_opt.continual` and
+loop in :mod:`neuro_opt.reference_loop`, the continual sessions of :mod:`neuro_opt.continual` and
 the pattern searches of :mod:`neuro_opt.algorithms.hierarchical`) writes the same columns,
 built the same way, without importing another loop. A loop with more to say appends its own
 columns after the common ones (:func:`trace_schema`).

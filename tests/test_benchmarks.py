@@ -18,9 +18,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from neuro_opt.algorithms.botorch_reference import BotorchGPBO
 from neuro_opt.datasets import load
 from neuro_opt.gp import BatchGP
-from neuro_opt.gp.reference import BotorchGPBO, botorch_reference_run, fitted_hyperparameters
+from neuro_opt.gp.reference import fitted_hyperparameters
+from neuro_opt.reference_loop import botorch_reference_run
 from neuro_opt.simulate import TRACE_SCHEMA, simulate
 
 ROOT = Path(__file__).resolve().parents[1]

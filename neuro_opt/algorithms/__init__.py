@@ -13,6 +13,7 @@ import numbers
 
 from neuro_opt.acquisition import argmax_random_ties
 from neuro_opt.algorithms.base import Optimizer
+from neuro_opt.algorithms.botorch_reference import BotorchGPBO
 from neuro_opt.algorithms.extensive import ExtensiveSearch
 from neuro_opt.algorithms.gpbo import GPBO
 from neuro_opt.algorithms.greedy import GreedySearch
@@ -22,6 +23,7 @@ _REGISTRY = {
     "gpbo_fixed_rho": lambda *a, **kw: GPBO(*a, **{"mode": "fixed", **kw}),
     "extensive": ExtensiveSearch,
     "greedy": GreedySearch,
+    "gpbo_botorch": BotorchGPBO,
 }
 
 
@@ -55,8 +57,6 @@ def parameters(name: str) -> dict[str, inspect.Parameter] | None:
     target = _REGISTRY[name]
     if name == "gpbo_fixed_rho":
         target = GPBO
-    elif name == "gpbo_botorch":
-        from neuro_opt.gp.reference import BotorchGPBO as target  # imported on use (see below)
     params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
     return None if any(p.kind == p.VAR_KEYWORD for p in params.values()) else params
 
@@ -81,8 +81,8 @@ def check_hyperparameters(name: str, hyperparameters: dict) -> None:
                              f"{' or null' if nullable else ''}")
 
 
-__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "make", "available", "argmax_random_ties",
-           "check_hyperparameters", "parameters"]
+__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "BotorchGPBO", "make", "available",
+           "argmax_random_ties", "check_hyperparameters", "parameters"]
 
 # hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
 # (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself
@@ -91,11 +91,3 @@ from neuro_opt.algorithms.product_gpbo import ProductGPBO  # noqa: E402
 
 _REGISTRY["gpbo_product"] = ProductGPBO
 
-
-def _botorch_gpbo(*args, **kwargs):
-    from neuro_opt.gp.reference import BotorchGPBO  # imported on use: reference.py imports this package
-
-    return BotorchGPBO(*args, **kwargs)
-
-
-_REGISTRY["gpbo_botorch"] = _botorch_gpbo

@@ -8,7 +8,7 @@ GP-BO hyperparameters (the top-level ``algorithm``, variable-rho) and response s
 
 * ``batched``: :func:`neuro_opt.simulate.simulate` with ``gpbo``, ``n_reps`` replicates of
   one problem as one batch, one batch per problem: ``n_reps x n_problems`` runs;
-* ``botorch_reference``: :func:`neuro_opt.gp.reference.botorch_reference_run`, one run at a
+* ``botorch_reference``: :func:`neuro_opt.reference_loop.botorch_reference_run`, one run at a
   time, ``workload_specs.<w>.runs_reference`` runs, cycling over the problems (it is slow:
   0.05 to 0.15 s per query on one thread here; the default runs 100 per workload, ~10 minutes
   on 2 cores).
@@ -54,7 +54,7 @@ def reference_hyperparameters(alg: dict) -> dict:
     extra = sorted(set(alg) - set(REFERENCE_KEYS) - set(ENGINE_ONLY_KEYS))
     if extra:
         raise ConfigError(f"algorithm keys {extra} have no equivalent in the BoTorch reference loop "
-                          f"(neuro_opt/gp/reference.py); the comparison would not be like for like")
+                          f"(neuro_opt/reference_loop.py); the comparison would not be like for like")
     return {k: alg[k] for k in REFERENCE_KEYS if k in alg}
 
 
@@ -250,7 +250,7 @@ def _targets(cfg, groups: list[dict], comparisons: list[dict]) -> list[dict]:
 
 def _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables) -> None:
     """Time complete runs of one engine (after a short untimed warm-up run) into ``tables``."""
-    from neuro_opt.gp.reference import botorch_reference_run
+    from neuro_opt.reference_loop import botorch_reference_run
     from neuro_opt.simulate import simulate
 
     if engine == "batched":
