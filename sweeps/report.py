@@ -2,7 +2,7 @@
 
 Reads the run's composed config (``.hydra/``) and its Parquet results only, reruns
 the kind's report (groups, comparisons, figures, ``findings``) and rewrites
-``figures/`` and ``summary.json`` (keeping the launch's own entries such as
+``figures/``, ``curves.parquet`` and ``summary.json`` with its ``headline`` (keeping the launch's own entries such as
 ``wall_s`` and ``mlflow_run_id``). Nothing is recomputed by simulation.
 
 Given an MLflow run id (the parent run of a launch), the run folder is the one
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps import grid, kinds
+from sweeps import grid, kinds, results
 from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError
 from sweeps.store import ResultStore, write_summary
@@ -97,8 +97,10 @@ def remake(run_dir: Path) -> Path:
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {"experiment": cfg.experiment,
                                                                      "run_dir": str(run_dir)}
-    summary.update(report)
-    write_summary(path, summary)
+    results.split_curves(report, run_dir)
+    base = {k: summary[k] for k in ("experiment", "run_dir", "mlflow_run_id", "wall_s") if k in summary}
+    rest = {**{k: v for k, v in summary.items() if k not in base and k != "headline"}, **report}
+    write_summary(path, {**base, "headline": results.headline(rest), **rest})
     return path
 
 
@@ -110,10 +112,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = json.loads(path.read_text())
-    for f in summary.get("findings", []):
-        mark = {True: "holds", False: "DOES NOT HOLD", None: "undecided"}[f["holds"]]
-        print(f"[{mark}] {f['finding']}", file=sys.stderr)
+    results.print_headline(json.loads(path.read_text()), file=sys.stderr)
     figs = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     print(f"figures: {', '.join(str(f) for f in figs)}", file=sys.stderr)
     print(path)

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps import results
 from sweeps.schema import ConfigError, Interrupted
 from sweeps.store import write_summary
 from sweeps.tracking import Tracker
@@ -50,8 +51,22 @@ class Run:
             return True
         self.parent = self.tracker.start(name or f"{self.cfg.experiment} {self.dir.name}",
                                          params=loggable(self.cfg) if params is None else params,
-                                         tags={"run_dir": str(self.dir), **(tags or {})})
+                                         tags={**self.tags(), **(tags or {})})
         return False
+
+    def tags(self) -> dict[str, str]:
+        """The parent run's tags: where it lives, what it ran on and from which commit."""
+        cfg = self.cfg
+        dataset = cfg.get("dataset")
+        grid_keys = list((OmegaConf.to_container(cfg.grid) or {}) if "grid" in cfg else {})
+        out = {"run_dir": str(self.dir), "experiment": str(cfg.experiment), "kind": str(cfg.kind),
+               "scale": str(cfg.get("scale")), "seed": str(cfg.get("seed")),
+               "dataset": str(dataset.get("name")) if isinstance(dataset, DictConfig) else "",
+               "grid": " x ".join(map(str, grid_keys)) or "none"}
+        commit = _git_commit()
+        if commit:
+            out["mlflow.source.git.commit"] = commit
+        return out
 
     def require_parent(self) -> str:
         if self.parent is None:
@@ -88,11 +103,13 @@ class Run:
 
     def finish(self, body: dict, failed: bool = False, metrics: dict | None = None) -> Path:
         """Write ``summary.json`` (the runner's keys, then ``body``), log it, end the parent, print."""
+        results.split_curves(body, self.dir)
         summary = {"experiment": self.cfg.experiment, "run_dir": str(self.dir), "mlflow_run_id": self.parent,
-                   "wall_s": round(time.time() - self.t0, 2), **body}
+                   "wall_s": round(time.time() - self.t0, 2), "headline": results.headline(body), **body}
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "summary.json"
         write_summary(path, summary, default=str)
+        results.print_headline(summary)
         if self.parent is not None:
             self.tracker.metrics(self.parent, {"wall_s": summary["wall_s"], **(metrics or {})})
             self.tracker.log_run_folder(self.parent, self.dir, path)
@@ -100,6 +117,18 @@ class Run:
             print(self.tracker.ui_hint(self.experiment_name, self.parent))
         print(path)
         return path
+
+
+def _git_commit() -> str | None:
+    """The commit of the code that ran (None outside a git checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def check_address(address: str) -> None:

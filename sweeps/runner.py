@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeps import config, grid, kinds
+from sweeps import config, grid, kinds, results
 from sweeps.experiment import DriveExperiment, Experiment
 from sweeps.run import Run, loggable
 from sweeps.schema import ConfigError, Interrupted
@@ -64,7 +64,9 @@ def _run_grid(launch: Run, experiment: Experiment) -> Path:
     done = store.done() if cfg.resume else set()
     pending = [c for c in cells if c.key not in done]
     with launch.ray(), launch.guarded():
-        continued = launch.open_parent(params=config, reopen=record.parent_run_id if cfg.resume else None)
+        shared = shared_params(config, grid.grid_axes(cfg), experiment.payload_keys)
+        continued = launch.open_parent(params=shared,
+                                       reopen=record.parent_run_id if cfg.resume else None)
         parent = launch.require_parent()
         launch.tracker.client.set_tag(parent, "resumed_cells", str(len(cells) - len(pending)))
         record.save(config, parent)
@@ -85,6 +87,7 @@ def _run_grid(launch: Run, experiment: Experiment) -> Path:
             launch.tracker.drop_children(parent)
         body = experiment.report(cfg, table, launch.dir, launch.tracker, launch.parent, grid.grid_axes(cfg))
         body["n_cells"], body["failed_cells"] = len(cells), len(failures)
+        results.log_groups(launch.tracker, parent, body, results.split_curves(body, launch.dir))
         if failures:
             print(f"{len(failures)} of {len(cells)} cells failed (see {launch.dir / 'failures.json'}); first: "
                   f"{failures[0]['coords']}: {failures[0]['error']}", file=sys.stderr)
@@ -161,6 +164,26 @@ def build_cells(cfg: DictConfig, overrides: list[str]) -> tuple[Experiment, list
         from sweeps import analyses
         analyses.load(cfg.report.analysis)
     return experiment, cells
+
+
+def shared_params(config: dict, axes: dict, payload_keys: tuple[str, ...]) -> dict:
+    """The settings every cell shares (the parent run's params): what reaches a cell (the
+    experiment's ``payload_keys``), the experiment, scale and cluster, without the keys the grid
+    varies (an axis, or a key inside a group that is an axis: ``algorithm.kappa`` when
+    ``algorithm`` is one), whose values the child runs carry."""
+    varied = set(axes)
+    config = {k: v for k, v in config.items() if k in (*payload_keys, "experiment", "scale", "cluster")}
+
+    def keep(prefix: str, node: dict) -> dict:
+        out = {}
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if key in varied:
+                continue
+            out[k] = keep(f"{key}.", v) if isinstance(v, dict) else v
+        return out
+
+    return keep("", config)
 
 
 def check_cpus(cfg: DictConfig) -> None:

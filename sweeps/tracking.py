@@ -11,6 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.schema import ConfigError
 
+#: MLflow 3's UI opens an experiment on its runs table (not the GenAI traces page) with this tag
+UI_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
 
 def _flatten(d: Any, prefix: str = "") -> dict:
     out = {}
@@ -45,9 +48,12 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:///"):  # artifacts beside the db, not in the working folder
                 location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=UI_TAGS)
         else:
             self.experiment_id = exp.experiment_id
+            if any(exp.tags.get(k) != v for k, v in UI_TAGS.items()):
+                for k, v in UI_TAGS.items():
+                    self.client.set_experiment_tag(self.experiment_id, k, v)
 
     def ui_hint(self, experiment: str, run_id: str) -> str:
         """The line telling how to open the MLflow UI on these results."""

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from mlflow.tracking import MlflowClient
 
 from neuro_opt.continual import continual, session_truths
 from neuro_opt.datasets import load
+from sweeps.results import read_curves
 from tests.test_launch import launch
 
 S, Q, L = 3, 5, 3
@@ -121,8 +123,12 @@ def test_continual_learning_experiment_end_to_end(tmp_path):
     groups = {(g["params"]["algorithm"], g["params"]["arm"]): g for g in summary["groups"]}
     assert set(groups) == {(a, r) for a in ("gpbo", "extensive", "greedy") for r in ("standard", "electrode_loss")}
     for g in groups.values():
-        assert g["n"] == 4 and len(g["per_query"]["exploration"]["mean"]) == 3 * 4
+        assert g["n"] == 4 and "per_query" not in g
         assert {"exploration_s1", "exploration_s3", "exploitation_final"} <= set(g["metrics"])
+    curves = read_curves(Path(summary["run_dir"]))  # per-query curves beside summary.json, over the global query
+    for i in range(len(summary["groups"])):
+        assert curves.filter(pc.and_(pc.equal(curves["group"], i), pc.equal(curves["curve"], "exploration"))
+                             )["query"].to_pylist() == list(range(1, 3 * 4 + 1))
     cmp = [c for c in summary["comparisons"] if c["b"] == "greedy" and c["params"]["arm"] == "standard"][0]
     assert len(cmp["exploration"]["points_by_session"]) == 3 and cmp["exploration"]["n"] == 3
     findings = summary["findings"]

@@ -125,8 +125,58 @@ def test_tiny_noise_sweep_writes_parquet_mlflow_and_summary(tiny_run):
         hist = client.get_metric_history(c.info.run_id, "exploration_mean")
         assert sorted(m.step for m in hist) == list(range(1, 13))
     arts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"])}
-    assert {"results", "figures", "summary.json"} <= arts
+    assert {"results", "figures", "summary.json", "groups.json"} <= arts
     assert len(client.list_artifacts(summary["mlflow_run_id"], "results")) == 12
+
+
+def test_results_read_as_a_person_reads_them(tiny_run):
+    """The MLflow UI opens on the runs table; the parent says what was swept and which algorithm wins
+    where, without opening a child; children are named by grid point; summary.json opens with its
+    headline and keeps per-query curves beside it; the terminal shows the headline before the path."""
+    from sweeps.results import read_curves
+
+    tmp, proc, summary_path = tiny_run
+    summary = json.loads(summary_path.read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/store/mlflow.db")
+    exp = client.get_experiment_by_name("noise_sweep")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(summary["mlflow_run_id"])
+    run_dir = Path(summary["run_dir"])
+    assert parent.info.run_name == f"noise_sweep {run_dir.name}"
+    tags = parent.data.tags
+    assert (tags["dataset"], tags["scale"], tags["seed"], tags["grid"]) == ("synthetic_nhp", "default", "0",
+                                                                           "algorithm x noise x muscle")
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    params = parent.data.params
+    # the settings every cell shares; not the swept ones (they would read as if gpbo at noise 0 ran alone)
+    assert params["n_reps"] == "2" and params["dataset.name"] == "synthetic_nhp"
+    assert not any(k == "noise" or k.startswith(("algorithm", "grid", "online", "rig")) for k in params)
+    g = {(x["params"]["algorithm"], x["params"]["noise"]): x["metrics"] for x in summary["groups"]}
+    m = parent.data.metrics
+    for alg, name in (("gpbo", "GP-BO"), ("extensive", "extensive search"), ("greedy", "greedy search")):
+        for noise, label in ((0.0, "noise 0 pct"), (0.5, "noise 50 pct")):
+            assert m[f"exploitation_final/{name} {label}"] == pytest.approx(g[(alg, noise)]["exploitation_final"][0])
+    c = [x for x in summary["comparisons"] if x["b"] == "greedy" and x["params"]["noise"] == 0.5][0]
+    assert m["exploitation_points/GP-BO vs greedy search/noise 50 pct"] == pytest.approx(c["exploitation_points_final"])
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(f"{a}, noise {n} %" for a in ("GP-BO", "extensive search", "greedy search")
+                           for n in (0, 50))
+    assert all(set(r.data.params) == {"algorithm", "noise"} for r in children)
+    # summary.json: the headline first (one line per finding, then the best algorithm per noise level)
+    assert list(summary)[:5] == ["experiment", "run_dir", "mlflow_run_id", "wall_s", "headline"]
+    head = summary["headline"]
+    assert len(head) == len(summary["findings"]) + 2
+    for f, line in zip(summary["findings"], head):
+        assert line.startswith(f["finding"]) and ("does not hold" in line) == (f["holds"] is False)
+    for noise, line in zip((0, 50), head[-2:]):
+        best = max(("gpbo", "extensive", "greedy"), key=lambda a: g[(a, noise / 100)]["exploitation_final"][0])
+        assert line.startswith(f"noise {noise} %: ") and {"gpbo": "GP-BO", "extensive": "extensive search",
+                                                        "greedy": "greedy search"}[best] in line.split(" has")[0]
+    curves = read_curves(run_dir)
+    assert curves.num_rows == 6 * 2 * 12 and not any("per_query" in x for x in summary["groups"])
+    out = proc.stdout.strip().splitlines()
+    assert out[0].startswith("noise_sweep: headline") and any(head[-1][:40] in line for line in out)
 
 
 def test_same_seed_same_results_with_one_and_two_workers(tiny_run, tmp_path):

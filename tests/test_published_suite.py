@@ -17,6 +17,7 @@ import pytest
 from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate, squared_correlation
 from sweeps.analyses._common import spearman
+from sweeps.results import read_curves
 from tests.test_launch import ROOT, launch, results
 
 
@@ -53,8 +54,12 @@ def test_smoothness_sweep_kappa_applies_to_gpbo_only_and_states_findings(smooth_
     # GP-BO at each kappa is compared with the one extensive / greedy search
     pairs = {(c["b"], c["params"]["algorithm.kappa"]) for c in summary["comparisons"]}
     assert pairs == {(b, k) for b in ("extensive", "greedy") for k in (1.0, 3.0, 6.0)}
-    for g in summary["groups"]:
-        assert len(g["per_query"]["exploration"]["mean"]) == 15 == len(g["per_query"]["exploitation"]["sem"])
+    curves = read_curves(path.parent)  # the per-query curves live beside summary.json, not in it
+    for i, g in enumerate(summary["groups"]):
+        assert "per_query" not in g
+        for name in ("exploration", "exploitation"):
+            rows = curves.filter(pc.and_(pc.equal(curves["group"], i), pc.equal(curves["curve"], name)))
+            assert rows["query"].to_pylist() == list(range(1, 16)) and rows["sem"].null_count == 0
     _check_findings(summary, 4)
     smooth = summary["smoothness"]
     # the best kappa is the argmax of the per-subject finals reported next to it

@@ -63,11 +63,15 @@ class Context:
         return None
 
 
-def finding(text: str, published: str, holds, **numbers) -> dict:
-    """One entry of ``findings``; ``holds`` None when the data cannot decide (say why in numbers)."""
+def finding(text: str, published: str, holds, brief: str | None = None, **numbers) -> dict:
+    """One entry of ``findings``; ``holds`` None when the data cannot decide (say why in numbers).
+    ``brief``: the numbers behind it in a few words, for the summary's headline."""
     clean = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in numbers.items()}
-    return {"finding": text, "published": published, "holds": None if holds is None else bool(holds),
-            "numbers": clean}
+    out = {"finding": text, "published": published, "holds": None if holds is None else bool(holds),
+           "numbers": clean}
+    if brief:
+        out["brief"] = brief
+    return out
 
 
 def load(name: str):

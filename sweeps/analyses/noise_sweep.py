@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sweeps import display
 from sweeps.analyses import finding
 from sweeps.analyses._common import one_sided, spearman
 
@@ -46,7 +47,9 @@ def _exploitation_finding(ctx, levels: list[float]) -> dict:
                      "p_greater": None if c is None else c.get("exploitation_p_value")})
     if not rows:
         return finding(text, published, None, rule=rule, reason=f"no noise level <= {MAX_NOISE_EXPLOITATION:g}")
-    return finding(text, published, all(r["points"] > 0 for r in rows), levels=rows, rule=rule)
+    pts = [r["points"] for r in rows]
+    brief = f"GP-BO minus extensive search: {min(pts):+.0f} to {max(pts):+.0f} points over {len(rows)} levels"
+    return finding(text, published, all(r["points"] > 0 for r in rows), brief=brief, levels=rows, rule=rule)
 
 
 def _trend(ctx, algorithm: str, levels: list[float]) -> dict:
@@ -80,7 +83,12 @@ def analyze(ctx) -> dict:
     if len(levels) < 2 or not trends:
         explore = finding(text, published, None, rule=rule, reason="needs two or more noise levels per algorithm")
     else:
-        explore = finding(text, published, all(t["falls"] for t in trends.values()), algorithms=trends, rule=rule,
+        brief = "; ".join(f"{display.algorithm(a)} {100 * t['exploration_final'][0]:.0f} -> "
+                          f"{100 * t['exploration_final'][-1]:.0f} %"
+                          + (f" (Spearman rho {t['spearman_rho']:.2f})" if np.isfinite(t["spearman_rho"]) else "")
+                          for a, t in trends.items())
+        explore = finding(text, published, all(t["falls"] for t in trends.values()), brief=brief,
+                          algorithms=trends, rule=rule,
                           holds_from_first_nonzero_level=all(t["falls_from_first_nonzero_level"]
                                                              for t in trends.values()),
                           holds_within_2_sem=all(t["no_rise_beyond_2_sem"] for t in trends.values()))

@@ -177,13 +177,6 @@ class ContinualKind(DatasetKind):
                          for n, a in flat.items()}
             groups.append({"params": params, "n": len(units), "metrics": m, "per_query": per_query})
             curves[combo] = flat
-            if tracker is not None:
-                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()) or "all",
-                                    params={**params, "n_runs": len(units)}, parent=parent_run)
-                tracker.metrics(run, {k: v[0] for k, v in m.items()})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
-                tracker.curves(run, {f"{n}_mean": a.mean(0).tolist() for n, a in flat.items()})
-                tracker.end(run)
         ai = names.index("algorithm") if "algorithm" in names else None
         ri = names.index("arm") if "arm" in names else None
         if ai is None or ri is None:

@@ -123,16 +123,11 @@ class HierarchicalKind(DatasetKind):
             mean_acc = cur["accuracy"].mean(0)
             m["queries_to_accuracy_0.9"] = [_first_at(mean_acc, TARGETS["accuracy"]), 0.0]
             m["stage1_queries"] = metrics.value_sem((stage == 1).sum(1).astype(float))
-            groups.append({"params": params, "n": int(cur["accuracy"].shape[0]), "metrics": m})
+            per_query = {n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
+                         for n, a in cur.items()}
+            groups.append({"params": params, "n": int(cur["accuracy"].shape[0]), "metrics": m,
+                           "per_query": per_query})
             curves[tuple(combo)] = (cur, stage)
-            if tracker is not None:
-                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()) or "all",
-                                    params={**params, "n_runs": groups[-1]["n"]}, parent=parent_run)
-                scalars = {k.replace("0.9", "90"): v for k, v in m.items()}
-                tracker.metrics(run, {k: v[0] for k, v in scalars.items() if v[0] is not None})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in scalars.items() if v[0] is not None})
-                tracker.curves(run, {f"{n}_mean": a.mean(0).tolist() for n, a in cur.items()})
-                tracker.end(run)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
         for name in CURVES:

@@ -313,13 +313,6 @@ class LatencyKind(Experiment):
                  "threads": int(sub["threads"][0].as_py()), "device_name": sub["device_name"][0].as_py(),
                  "n_unique": int(sub["n_unique"][0].as_py())}
             groups.append(g)
-            if tracker is not None:
-                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()),
-                                    params={**params, "n_samples": g["n"], "threads": g["threads"],
-                                            "device_name": g["device_name"]}, parent=parent_run)
-                tracker.metrics(run, {k: v[0] for k, v in m.items()})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
-                tracker.end(run)
         out = {"groups": groups, "anchor": dict(cfg.params.anchor), "targets": _targets(groups)}
         wanted = axes.get("params.device") or [cfg.params.get("device")]
         skipped = [d for d in wanted if d not in set(cols["device"])]

@@ -132,21 +132,16 @@ class OptimizationKind(DatasetKind):
             groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m,
                            "per_query": per_query})
             curves_by_group[tuple(combo)] = cur
-            if tracker is not None:
-                run = tracker.start(_run_name(params), params={**params, "n_runs": groups[-1]["n"]},
-                                    parent=parent_run)
-                tracker.metrics(run, {k: v[0] for k, v in m.items()})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
-                tracker.curves(run, {f"{n}_mean": a.mean(0).tolist() for n, a in cur.items()})
-                tracker.end(run)
         comparisons = self._compare(cfg, table, group_keys, combos)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
-        plots.curves_figure(group_keys, curves_by_group, figs / "curves.png")
+        n_problems = len(set(table["muscle"].to_pylist())) if "muscle" in table.column_names else None
+        plots.curves_figure(group_keys, curves_by_group, figs / "curves.png", cfg.experiment, n_problems)
         numeric = [k for k in group_keys if k != "algorithm" and all(isinstance(c[group_keys.index(k)], (int, float))
                                                                       for c in combos)]
         if "algorithm" in group_keys and len(numeric) == 1:
-            plots.final_vs_param(groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png")
+            plots.final_vs_param(groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png",
+                                 cfg.experiment, n_problems)
         out = {"groups": groups, "comparisons": comparisons}
         if cfg.report.analysis:
             from sweeps import analyses
@@ -199,10 +194,6 @@ class OptimizationKind(DatasetKind):
                         entry["queries_to_reach_b_final"] = metrics.queries_to_reach(ca, float(cb.mean(0)[-1]))
                 out.append(entry)
         return out
-
-
-def _run_name(params: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in params.items()) or "all"
 
 
 def per_problem_final(sub: pa.Table, column: str) -> dict:

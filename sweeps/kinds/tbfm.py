@@ -118,12 +118,6 @@ class TBFMKind(Experiment):
                     mets[m] = [float(mean), float(sem)]
             params = dict(zip(names, combo))
             groups.append({"params": params, "n": len(rs), "metrics": mets})
-            if tracker is not None:
-                run = tracker.start(",".join(f"{k}={v}" for k, v in params.items()) or "all", params=params,
-                                    parent=parent_run)
-                tracker.metrics(run, {k: v[0] for k, v in mets.items()})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in mets.items()})
-                tracker.end(run)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
         x = cfg.report.x

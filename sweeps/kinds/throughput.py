@@ -186,15 +186,6 @@ class ThroughputKind(Experiment):
                  "wall_s": float(sum(b[1] for b in batches)), "threads": int(sub["threads"][0].as_py())}
             groups.append(g)
             per_problem[(w, e)] = _per_problem(sub)
-            if tracker is not None:
-                run = tracker.start(f"workload={w},engine={e}",
-                                    params={**params, "n_runs": g["n"], "n_queries": g["n_queries"],
-                                            "n_problems": g["n_problems"], "threads": g["threads"]},
-                                    parent=parent_run)
-                tracker.metrics(run, {k: v[0] for k, v in m.items()})
-                tracker.metrics(run, {f"{k}_sem": v[1] for k, v in m.items()})
-                tracker.metrics(run, {"wall_s": g["wall_s"]})
-                tracker.end(run)
         ratios, comparisons = {}, []
         by = {(g["params"]["workload"], g["params"]["engine"]): g for g in groups}
         for w in sorted({g["params"]["workload"] for g in groups}):
