@@ -30,9 +30,9 @@ HOW_TO = """Each page here is written by one command from a finished run: its nu
 that run's `summary.json` and `figures/`.
 
 ```bash
-python -m sweeps.launch +exp=noise_sweep          # prints the path of summary.json last
-python -m sweeps.docs runs/noise_sweep/<date>     # writes docs/results/noise_sweep.md, updates this index
-python -m mkdocs serve                            # or: python -m mkdocs build --strict
+python -m sweeps.launch +exp=noise_sweep        # its last line: runs/noise_sweep/<date>/summary.json
+python -m sweeps.docs runs/noise_sweep/<date>   # writes docs/results/noise_sweep.md and this index
+python -m mkdocs serve                          # browse the site (or: mkdocs build --strict)
 ```
 
 `python -m sweeps.docs` takes any number of run folders; a later run of an experiment replaces its page.
