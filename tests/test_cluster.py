@@ -653,12 +653,15 @@ def test_losing_a_worker_node_mid_sweep_reruns_its_cells_and_changes_no_result(c
 
 def test_every_documented_ray_start_turns_token_auth_on():
     """A command a lab copies to start a Ray node (the rig PC included) never leaves auth off."""
-    places = [ROOT / "README.md", INFRA / "README.md", *ROOT.glob("conf/**/*.yaml"), *ROOT.glob("hardware/*.py"),
-              *ROOT.glob("sweeps/*.py")]
-    found = 0
+    docs = sorted(ROOT.glob("docs/**/*.md"))
+    places = [ROOT / "README.md", INFRA / "README.md", *docs, *ROOT.glob("conf/**/*.yaml"),
+              *ROOT.glob("hardware/*.py"), *ROOT.glob("sweeps/*.py")]
+    found = in_docs = 0
     for path in places:
         for line in path.read_text().splitlines():
             for m in re.finditer(r"ray start --", line):
                 found += 1
+                in_docs += path in docs
                 assert line[:m.start()].rstrip().endswith("RAY_AUTH_MODE=token"), f"{path}: {line.strip()}"
     assert found >= 5
+    assert in_docs >= 3  # the lab-machine and rig commands of the cluster and online pages
