@@ -56,11 +56,18 @@ class Tracker:
                     self.client.set_experiment_tag(self.experiment_id, k, v)
 
     def ui_hint(self, experiment: str, run_id: str) -> str:
-        """The line telling how to open the MLflow UI on these results."""
-        where = f"(experiment {experiment!r}, run {run_id})"
+        """The line telling how to open the MLflow UI on these results: the experiment's runs table
+        (MLflow 3's UI shows its GenAI pages unless the address asks for the machine-learning view)."""
+        page = f"#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        where = f"(experiment {experiment!r})"
         if self.uri.startswith(("http://", "https://")):
-            return f"MLflow UI: open {self.uri} {where}"
-        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000 {where}"
+            return f"MLflow UI: open {self.uri.rstrip('/')}/{page} {where}"
+        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000/{page} {where}"
+
+    def describe(self, run_id: str, lines: list[str], title: str = "") -> None:
+        """The run's description in the UI (Markdown): a title and one bullet per line."""
+        text = (f"**{title}**\n\n" if title else "") + "\n".join(f"- {line}" for line in lines)
+        self.client.set_tag(run_id, "mlflow.note.content", text)
 
     def start(self, name: str, params: dict | None = None, parent: str | None = None, tags: dict | None = None) -> str:
         t = dict(tags or {})

@@ -147,6 +147,9 @@ def test_results_read_as_a_person_reads_them(tiny_run):
     assert (tags["dataset"], tags["scale"], tags["seed"], tags["grid"]) == ("synthetic_nhp", "default", "0",
                                                                            "algorithm x noise x muscle")
     assert len(tags["mlflow.source.git.commit"]) == 40
+    assert all(f"- {line}" in tags["mlflow.note.content"] for line in summary["headline"])  # the run's description
+    hint = proc.stdout.strip().splitlines()[-2]  # the UI opens on this run, in its machine-learning view
+    assert f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in hint
     params = parent.data.params
     # the settings every cell shares; not the swept ones (they would read as if gpbo at noise 0 ran alone)
     assert params["n_reps"] == "2" and params["dataset.name"] == "synthetic_nhp"
