@@ -112,8 +112,10 @@ class Run:
         results.print_headline(summary)
         if self.parent is not None:
             self.tracker.metrics(self.parent, {"wall_s": summary["wall_s"], **(metrics or {})})
-            if summary["headline"]:
-                self.tracker.describe(self.parent, summary["headline"], f"{self.cfg.experiment}: headline")
+            if summary["headline"]:  # in the UI, which algorithm wins where comes first, above the fold
+                best = results.best_per_point(body.get("groups") or [])
+                lines = best + [line for line in summary["headline"] if line not in best]
+                self.tracker.describe(self.parent, lines, f"{self.cfg.experiment}: headline")
             self.tracker.log_run_folder(self.parent, self.dir, path)
             self._end("FAILED" if failed else "FINISHED")
             print(self.tracker.ui_hint(self.experiment_name, self.parent))
