@@ -52,6 +52,11 @@ def algorithm(name: Any) -> str:
     return ALGORITHMS.get(str(name), str(name))
 
 
+def order(name: Any) -> int:
+    """An algorithm's place in legends: GP-BO first, then the benchmarks (a sort key)."""
+    return list(ALGORITHMS).index(str(name)) if str(name) in ALGORITHMS else len(ALGORITHMS)
+
+
 def color(name: Any) -> str:
     """The colour of an algorithm, the same in every figure."""
     key = str(name)

@@ -24,7 +24,10 @@ def curves_figure(group_keys: list[str], curves_by_group: dict, path: Path, titl
     other = [k for i, k in enumerate(group_keys) if i != ai]
     fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels) + 1, 6), squeeze=False, sharey="row")
     n_runs = 0
-    for key, cur in sorted(curves_by_group.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    def legend_order(kv):  # GP-BO first, then the benchmarks, in every panel
+        return (display.order(kv[0][ai]) if ai is not None else 0, tuple(str(x) for x in kv[0]))
+
+    for key, cur in sorted(curves_by_group.items(), key=legend_order):
         rest = tuple(v for i, v in enumerate(key) if i != ai)
         col = panels.index(rest)
         alg = key[ai] if ai is not None else "all"
@@ -55,8 +58,7 @@ def curves_figure(group_keys: list[str], curves_by_group: dict, path: Path, titl
 def final_vs_param(groups: list[dict], param: str, path: Path, title: str = "", n_problems: int | None = None) -> Path:
     """Final exploration and exploitation vs one grid parameter, one line per algorithm (Fig. S3)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    algs = sorted({g["params"]["algorithm"] for g in groups}, key=lambda a: list(display.ALGORITHMS).index(a)
-                  if a in display.ALGORITHMS else len(display.ALGORITHMS))
+    algs = sorted({g["params"]["algorithm"] for g in groups}, key=display.order)
     factor = display.KEYS[param][1] if param in display.KEYS else 1.0
     for alg in algs:
         gs = sorted((g for g in groups if g["params"]["algorithm"] == alg), key=lambda g: g["params"][param])
