@@ -53,6 +53,11 @@ def launch(tmp: Path, *overrides: str, check: bool = True, stdin=None) -> subpro
                           capture_output=True, text=True, timeout=600, stdin=stdin)
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    last = proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else []
+    if last and last[0].endswith("summary.json"):  # every experiment's summary opens with its headline
+        summary = json.loads(Path(last[0]).read_text())
+        assert list(summary)[:5] == ["experiment", "run_dir", "mlflow_run_id", "wall_s", "headline"], list(summary)
+        assert isinstance(summary["headline"], list) and all(isinstance(x, str) for x in summary["headline"])
     return proc
 
 
@@ -176,6 +181,7 @@ def test_results_read_as_a_person_reads_them(tiny_run):
         best = max(("gpbo", "extensive", "greedy"), key=lambda a: g[(a, noise / 100)]["exploitation_final"][0])
         assert line.startswith(f"noise {noise} %: ") and {"gpbo": "GP-BO", "extensive": "extensive search",
                                                         "greedy": "greedy search"}[best] in line.split(" has")[0]
+    assert summary_path.stat().st_size < 30_000
     curves = read_curves(run_dir)
     assert curves.num_rows == 6 * 2 * 12 and not any("per_query" in x for x in summary["groups"])
     out = proc.stdout.strip().splitlines()

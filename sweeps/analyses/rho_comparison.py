@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuro_opt import metrics
-from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
+from sweeps import display, plots  # noqa: F401 - plots sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
 from sweeps.analyses._common import band, per_problem, select
 from sweeps.tables import run_curves
@@ -83,7 +83,7 @@ def _figure(ctx, table, stats_) -> None:
         for i, (alg, label) in enumerate(((VAR, "variable-rho"), (FIX, "fixed-rho"))):
             sub = select(part, {"algorithm": alg})
             for j, col in enumerate(COLUMNS):
-                band(ax[row, j], run_curves(sub, col), label, f"C{i}")
+                band(ax[row, j], run_curves(sub, col), label, display.color(alg))
                 ax[row, j].set(xlabel="query", ylabel=f"{'map accuracy r2' if col == 'map_r2' else col} (%)",
                                ylim=(0, 105), title=f"{ds}: {col}")
         ax[row, 0].legend(fontsize=8, loc="lower right")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
+from sweeps import display, plots  # noqa: F401 - plots sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
 from sweeps.analyses._common import algorithm_rows, band, one_sided, per_problem, spearman
 from sweeps.tables import run_curves
@@ -84,11 +84,12 @@ def _figure(ctx, table, k0, kappas, subjects, beta_mean, beta_var, adv, best_kap
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 3, figsize=(14, 8))
-    runs = {f"GP-BO (k={k0:g})": algorithm_rows(table, "gpbo", k0), "extensive": algorithm_rows(table, "extensive"),
+    runs = {"gpbo": algorithm_rows(table, "gpbo", k0), "extensive": algorithm_rows(table, "extensive"),
             "greedy": algorithm_rows(table, "greedy")}
-    for i, (label, sub) in enumerate(runs.items()):
+    for i, (alg, sub) in enumerate(runs.items()):
+        label = f"{display.algorithm(alg)} (kappa {k0:g})" if alg == "gpbo" else display.algorithm(alg)
         for j, col in enumerate(("exploration", "exploitation")):
-            band(ax[0, j], run_curves(sub, col), label, f"C{i}")
+            band(ax[0, j], run_curves(sub, col), label, display.color(alg))
             ax[0, j].set(xlabel="query", ylabel=f"{col} (% of max)", ylim=(0, 105), title=f"{col}, all subjects")
     ax[0, 0].legend(fontsize=8, loc="lower right")
 

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from neuro_opt import algorithms, metrics
 from neuro_opt.continual import ARMS, continual
-from sweeps import plots
+from sweeps import display, plots
 from sweeps.analyses import finding
 from sweeps.kinds.optimization import DatasetKind
 from sweeps.plots import plt  # the one place that picks the Agg backend
@@ -365,8 +365,9 @@ def _figure(by_rest: dict, rest_names: list, loss: int | None, path: Path) -> No
                     continue
                 m, s = metrics.mean_sem(by_rest[rest][arm][alg][1][name][:, :, -1])
                 x = np.arange(1, len(m) + 1)
-                ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, color=f"C{i}", label=alg)
-                ax.fill_between(x, 100 * (m - s), 100 * (m + s), color=f"C{i}", alpha=0.15, lw=0)
+                ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, color=display.color(alg),
+                            label=display.algorithm(alg))
+                ax.fill_between(x, 100 * (m - s), 100 * (m + s), color=display.color(alg), alpha=0.15, lw=0)
             if arm == "electrode_loss" and loss is not None:
                 ax.axvline(loss - 0.5, color="0.3", ls="--", lw=1)
                 ax.text(loss - 0.4, 4, "electrode lost", fontsize=8, color="0.3")
