@@ -102,10 +102,15 @@ def headline_metrics(body: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for g in body.get("groups") or []:
         names = [m for m in ("exploration_final", "exploitation_final") if m in g["metrics"]] or list(g["metrics"])[:2]
+        rest = {k: v for k, v in g["params"].items() if k != "algorithm"}
+        # the UI's chart view makes a section per name prefix: one per metric and grid point, holding
+        # a chart per algorithm, so the algorithms at one noise level sit side by side
+        section, chart = (display.point(rest), display.algorithm(g["params"]["algorithm"])) \
+            if "algorithm" in g["params"] else ("", display.point(g["params"]))
         for m in names:
             value = g["metrics"][m][0]
             if isinstance(value, (int, float)) and value == value:
-                out[metric_key(m, display.point(g["params"]))] = float(value)
+                out[metric_key(f"{m} {section}".strip(), chart)] = float(value)
     for c in body.get("comparisons") or []:
         if "a" not in c or "b" not in c:
             continue
@@ -113,8 +118,8 @@ def headline_metrics(body: dict) -> dict[str, float]:
             v = c.get(f"{name}_points_final")
             if isinstance(v, (int, float)):
                 where = display.point(c.get("params") or {})
-                out[metric_key(f"{name}_points", f"{display.algorithm(c['a'])} vs {display.algorithm(c['b'])}",
-                               where)] = float(v)
+                out[metric_key(f"{name}_points {where}", f"{display.algorithm(c['a'])} vs {display.algorithm(c['b'])}")
+                    ] = float(v)
     return out
 
 

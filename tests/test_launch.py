@@ -163,9 +163,9 @@ def test_results_read_as_a_person_reads_them(tiny_run):
     m = parent.data.metrics
     for alg, name in (("gpbo", "GP-BO"), ("extensive", "extensive search"), ("greedy", "greedy search")):
         for noise, label in ((0.0, "noise 0 pct"), (0.5, "noise 50 pct")):
-            assert m[f"exploitation_final/{name} {label}"] == pytest.approx(g[(alg, noise)]["exploitation_final"][0])
+            assert m[f"exploitation_final {label}/{name}"] == pytest.approx(g[(alg, noise)]["exploitation_final"][0])
     c = [x for x in summary["comparisons"] if x["b"] == "greedy" and x["params"]["noise"] == 0.5][0]
-    assert m["exploitation_points/GP-BO vs greedy search/noise 50 pct"] == pytest.approx(c["exploitation_points_final"])
+    assert m["exploitation_points noise 50 pct/GP-BO vs greedy search"] == pytest.approx(c["exploitation_points_final"])
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)
     assert names == sorted(f"{a}, noise {n} %" for a in ("GP-BO", "extensive search", "greedy search")
