@@ -17,6 +17,7 @@ ALGORITHMS = {
     "extensive": "extensive search",
     "greedy": "greedy search",
     "hierarchical": "hierarchical GP-BO",
+    "flat": "flat GP-BO (space x time kernel)",
 }
 #: one colour per algorithm, in every figure (matplotlib's tab10, in a fixed order)
 COLORS = {

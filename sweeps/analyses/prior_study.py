@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import OmegaConf
 
-from sweeps import plots  # noqa: F401 - sets the Agg backend before pyplot is imported
+from sweeps import display, plots  # noqa: F401 - plots sets the Agg backend before pyplot is imported
 from sweeps.analyses import finding
 from sweeps.analyses._common import algorithm_rows, band, heatmap, paired_trend, per_problem, select
 from sweeps.schema import ConfigError
@@ -248,9 +248,9 @@ def _figure(ctx, runs, gp, k0, kappas, Q, R, informed, gp_auc, adv, auc, mean, b
     if qmax is not None:
         for r, col in zip(R, colors):
             band(ax[1, 1], run_curves(_condition(runs[gp, k0], qmax, r), "exploration"), f"r={r:g}", col)
-        methods = [(f"GP-BO (k={k0:g})", runs[gp, k0], "C0")] + \
-            [(b, runs[b, None], f"C{i + 1}")
-             for i, b in enumerate(b for b in ("extensive", "greedy") if (b, None) in runs)]
+        methods = [(f"GP-BO (kappa {k0:g})", runs[gp, k0], display.color("gpbo"))] + \
+            [(display.algorithm(b), runs[b, None], display.color(b))
+             for b in ("extensive", "greedy") if (b, None) in runs]
         for label, rows, col in methods:
             band(ax[1, 2], run_curves(_condition(rows, qmax, R[0]), "exploration"), label, col)
     if base is not None:

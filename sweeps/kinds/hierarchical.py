@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from neuro_opt import metrics
 from neuro_opt.algorithms.hierarchical import make_method, run_patterns
+from sweeps import display
 from sweeps.kinds.optimization import DatasetKind
 from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
@@ -208,7 +209,7 @@ def _figure(names: list[str], curves: dict, column: str, path: Path) -> None:
             s1 = float((stage == 1).sum(1).mean())
             if s1 > 0:
                 ax.axvline(s1 + 0.5, color="0.6", ls="--", lw=0.8)
-        ax.set_title(method)
+        ax.set_title(display.algorithm(method))
         ax.set_xlabel("total queries (stage 1 included)")
         ax.set_ylim(-0.02, 1.02)
         if col == 0:
