@@ -132,8 +132,12 @@ def log_groups(tracker: Any, parent: str, body: dict, curves: dict[int, dict] | 
         params = g["params"]
         run = tracker.start(display.point(params), params=params, parent=parent)
         finite = {k: v for k, v in g["metrics"].items() if isinstance(v[0], (int, float)) and v[0] == v[0]}
-        tracker.metrics(run, {"n_runs": g["n"], **{k: v[0] for k, v in finite.items()},
-                              **{f"{k}_sem": v[1] for k, v in finite.items() if isinstance(v[1], (int, float))}})
+        # logged in reading order: the UI's compare view plots the first metric it finds, so the
+        # ranking metric (final exploitation) comes first and bookkeeping (n_runs) last
+        keys = sorted(finite, key=lambda k: RANKED.index(k) if k in RANKED else len(RANKED))
+        tracker.metrics(run, {**{k: finite[k][0] for k in keys},
+                              **{f"{k}_sem": finite[k][1] for k in keys if isinstance(finite[k][1], (int, float))},
+                              "n_runs": g["n"]})
         for name, c in ((curves or {}).get(i) or {}).items():
             tracker.curves(run, {f"{name}_mean": c["mean"]})
         tracker.end(run)
