@@ -1,23 +1,11 @@
 """The plain single-run BoTorch GP-BO loop: the reference the batched engine is measured against.
 
-The model is :mod:`neuro_opt.gp.reference`.
-
-One complete simulated GP-BO run done the ordinary way, one model per query:
-
-* a BoTorch ``SingleTaskGP`` (float64) on every observation so far, responses divided by
-  the largest response seen so far (the published normalization), no outcome transform;
-* kernel ``ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=d))``: one length-scale per
-  dimension constrained to ``Interval(rho_low, rho_high)`` and an output scale constrained
-  to ``Interval(outputscale_min, outputscale_max)``; Gaussian likelihood with noise
-  *variance* in ``Interval(noise_min**2, noise_max**2)`` (the bounds are on the noise std);
-  zero mean (0 is the no-response level of the normalized scale). These are the same
-  model and bounds as the engine's variable-rho mode (:class:`neuro_opt.gp.BatchGP`), so
-  the comparison measures the engine, not a different model;
-* a fresh model fitted with ``fit_gpytorch_mll`` (BoTorch's default: L-BFGS-B on the
-  exact marginal likelihood, from GPyTorch's default initialization) after every query;
-* the posterior (latent ``f``, no observation noise) over every point of the space, the
-  next query the argmax of UCB ``mu + kappa * sigma`` with ties broken at random, the
-  believed best the argmax of the posterior mean.
+One complete simulated GP-BO run done the ordinary way, one model per query: after every query a
+fresh BoTorch model (:mod:`neuro_opt.gp.reference`: the same model and bounds as the engine's
+variable-rho mode) is fitted on every observation so far; the posterior (latent ``f``, no
+observation noise) over every point of the space gives the next query, the argmax of UCB
+``mu + kappa * sigma`` with ties broken at random, and the believed best, the argmax of the
+posterior mean.
 
 Query schedule, random streams, response sampling and the exploration/exploitation
 definitions follow :func:`neuro_opt.simulate.simulate` with ``algorithm="gpbo"`` and one
