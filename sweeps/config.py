@@ -151,10 +151,15 @@ def check_keys(cfg: DictConfig) -> None:
 
 
 def check(cfg: DictConfig) -> None:
-    """Validate a composed config: :func:`check_keys`, then its ``algorithm`` and ``dataset`` options
-    (a grid checks each cell's, :func:`sweeps.grid.expand`). Raises :class:`ConfigError` naming the
-    first bad key."""
+    """Validate a composed config: :func:`check_keys`, then :func:`check_options`. Raises
+    :class:`ConfigError` naming the first bad key."""
     check_keys(cfg)
+    check_options(cfg)
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Validate the ``algorithm`` and ``dataset`` options of a config (a grid checks each cell's,
+    :func:`sweeps.grid.expand`, once the launch's keys have been checked)."""
     for group in GROUPS:
         if OmegaConf.is_missing(cfg, group) or cfg[group] is None:
             continue

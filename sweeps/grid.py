@@ -158,7 +158,7 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
         if ident in seen:
             continue
         seen.add(ident)
-        config.check(c)  # a grid option, or a command-line key applied to one, typed before any loading
+        config.check_options(c)  # a grid option, or a command-line key applied to one, typed before any loading
         muscles = coords.get("muscle", c.muscle)
         expands = problem_keys is not None and ("muscle" in axes or muscles != "all" or "muscle" in cfg.report.pool)
         keys = problem_keys(c) if expands else None  # None: the experiment has no dataset problems

@@ -2,7 +2,7 @@
 
 :func:`run` takes a composed config and a run folder and:
 
-1. checks the config (:func:`sweeps.config.check`) and finds the experiment (``kind``);
+1. checks the config's keys and options (:mod:`sweeps.config`) and finds the experiment (``kind``);
 2. for an :class:`~sweeps.experiment.Experiment` (a grid of cells): expands and validates the
    grid, refuses a resume with a different design, starts or reconnects Ray, opens (or, on
    resume, continues) the MLflow parent run, runs the pending cells as Ray tasks with a progress
@@ -38,7 +38,7 @@ def run(cfg: DictConfig, overrides: list[str], run_dir: str | Path) -> Path:
     experiment = kinds.get(cfg.kind)
     launch = Run(cfg, overrides, Path(run_dir), t0)
     if isinstance(experiment, DriveExperiment):
-        config.check(cfg)
+        config.check_options(cfg)
         with launch.guarded():
             body = experiment.drive(launch)
             return launch.finish(body)
