@@ -66,8 +66,10 @@ class MarginalLikelihood:
             if all(lapack.potrf_(K[q]) == 0 for q in range(self.b)):
                 return K, data["r"]
             K = covariance()  # a factor needs jitter: the torch path below
-        info = lambda r: (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "  # noqa: E731
-                          f"outputscale={float(os_[r].detach()):.3g}")
+        def info(r):
+            return (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "
+                    f"outputscale={float(os_[r].detach()):.3g}")
+
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
 
     def mll_and_grad(self, data, raw, with_mll: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -123,8 +125,9 @@ class MarginalLikelihood:
             if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
                 Kn = noisy_covariance()
         if Wb is None:
-            info = lambda q: (f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, "  # noqa: E731
-                                 f"outputscale={float(os_[q]):.3g}")
+            def info(q):
+                return f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"
+
             L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
             if U <= 64:  # small batched factors: a triangular inverse and one bmm beat LAPACK's potri here
                 Linv = torch.linalg.solve_triangular(L, torch.eye(U, **self.opts).expand(b, U, U), upper=False)
