@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from neuro_opt.tbfm import cells
+from neuro_opt.tbfm import cell_setup, cells
 
 TINY = dict(n_channels=8, n_session=260, n_train=150, n_test=60, horizon_ms=60, max_seconds=10.0, max_epochs=2)
 
@@ -35,16 +35,16 @@ def test_sample_efficiency_and_compare():
 
 
 def test_ae_lstm_variant_names():
-    assert cells.ae_variant("ae_lstm") is None and cells.ae_variant("lssm") is None
-    assert cells.ae_variant("ae_lstm_w164") == {"window": 164, "hidden": None}
-    assert cells.ae_variant("ae_lstm_h128") == {"window": None, "hidden": 128}
-    assert cells.ae_variant("ae_lstm_w20_h8") == {"window": 20, "hidden": 8}
-    assert cells.ae_variant("ae_lstm_h8_w20") is None  # one order only: the window first
-    p = cells._params({**TINY, "max_epochs": 1}, {})
-    train, val, _ = cells._split(p, cells._session(p, 0)[1])
-    model, _ = cells.build_and_fit("ae_lstm_w20_h8", train, val, p, seed=0)
+    assert cell_setup.ae_variant("ae_lstm") is None and cell_setup.ae_variant("lssm") is None
+    assert cell_setup.ae_variant("ae_lstm_w164") == {"window": 164, "hidden": None}
+    assert cell_setup.ae_variant("ae_lstm_h128") == {"window": None, "hidden": 128}
+    assert cell_setup.ae_variant("ae_lstm_w20_h8") == {"window": 20, "hidden": 8}
+    assert cell_setup.ae_variant("ae_lstm_h8_w20") is None  # one order only: the window first
+    p = cell_setup.resolve_params({**TINY, "max_epochs": 1}, {})
+    train, val, _ = cell_setup.cell_split(p, cell_setup.cell_session(p, 0)[1])
+    model, _ = cell_setup.build_and_fit("ae_lstm_w20_h8", train, val, p, seed=0)
     assert (model.window, model.hidden) == (20, 8)
-    model, _ = cells.build_and_fit("ae_lstm", train, val, {**p, "ae_hidden": 16}, seed=0)
+    model, _ = cell_setup.build_and_fit("ae_lstm", train, val, {**p, "ae_hidden": 16}, seed=0)
     assert (model.window, model.hidden) == (40, 16)
 
 

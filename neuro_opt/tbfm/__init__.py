@@ -17,7 +17,8 @@ A notebook-friendly library (no ray, mlflow, hydra or optuna here)::
 Modules: ``simulator`` (synthetic LFP), ``data`` (windows, descriptors, split),
 ``model`` (TBFM, training), ``fsam``, ``compile``, ``baselines`` (LSSM, AE-LSTM,
 sham-runway TBFM), ``metrics``, ``control`` (closed-loop demonstrations),
-``cells`` (sweep cells returning Arrow tables).
+``cells`` (sweep cells returning Arrow tables; ``latency`` holds the latency cell and its timers,
+``cell_setup`` what every cell sets up the same way).
 """
 
 from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm

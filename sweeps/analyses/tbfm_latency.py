@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuro_opt.tbfm.cells import LATENCY_TARGET_US, SPEEDUP_TARGET
+from neuro_opt.tbfm.latency import LATENCY_TARGET_US, SPEEDUP_TARGET
 from sweeps.analyses import finding
 from sweeps.plots import plt  # the one place that picks the Agg backend
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from neuro_opt import metrics as M
-from neuro_opt.tbfm import cells
+from neuro_opt.tbfm import cell_setup, cells
 from sweeps.experiment import Experiment
 from sweeps.grid import stable_hash
 from sweeps.plots import plt  # the one place that picks the Agg backend
@@ -49,7 +49,7 @@ def seed_key(payload: dict) -> str:
     """What a TBFM cell's seed hashes (with the global seed): ``rep`` and the session's resolved parameters."""
     p = dict(payload["params"])
     name, rep = p.pop("cell"), p.pop("rep", 0)
-    resolved = cells._params(p, _EXTRA.get(name, {}))
+    resolved = cell_setup.resolve_params(p, _EXTRA.get(name, {}))
     return stable_hash({"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}})
 
 
@@ -65,7 +65,7 @@ class TBFMKind(Experiment):
                 raise ConfigError(f"params.cell={name!r}: expected one of {', '.join(sorted(CELLS))}")
             p.pop("rep", None)
             try:
-                cells._params({k: v for k, v in p.items()}, _EXTRA.get(name, {}))
+                cell_setup.resolve_params({k: v for k, v in p.items()}, _EXTRA.get(name, {}))
             except ValueError as exc:
                 raise ConfigError(f"params ({name}): {exc}") from None
         for key in list(cfg.report.metrics) + list(cfg.report.by):
