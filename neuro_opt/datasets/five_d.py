@@ -37,7 +37,7 @@ from neuro_opt.datasets._common import (
     select_muscles,
 )
 from neuro_opt.datasets.base import Dataset, Problem
-from neuro_opt.datasets.neuromosaics import read_mat
+from neuro_opt.datasets.matfiles import read_mat
 from neuro_opt.datasets.synthetic import RAT_MUSCLES, array_space, cortical_map
 from neuro_opt.space import SearchSpace
 
