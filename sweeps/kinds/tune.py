@@ -59,16 +59,10 @@ import numpy as np
 
 from sweeps.experiment import DriveExperiment
 from sweeps.schema import ConfigError, Interrupted
+from sweeps.tuning.opening import make_pruner, make_sampler, open_study, start_points
 from sweeps.tuning.setup import int_param, prepare
 from sweeps.tuning.space import TUNE_PARAMS, SearchSpec
-from sweeps.tuning.study import (
-    StudyLaunch,
-    confirm_spec,
-    make_pruner,
-    make_sampler,
-    open_study,
-    start_points,
-)
+from sweeps.tuning.study import StudyLaunch, confirm_spec
 
 if TYPE_CHECKING:
     from sweeps.run import Run
