@@ -1,0 +1,117 @@
+"""Timing GP-BO queries for the latency kind: a grid space of any size, a smooth function on it, the timed loop."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+SETUP_REFITS = 50  # untimed refits at most, to bring a converging refit's hyperparameters to convergence
+
+
+def grid_space(n_points: int, n_dims: int):
+    """A :class:`SearchSpace` with exactly ``n_points`` points: the first ``n_points`` (C order)
+    of the smallest cube with ``side ** n_dims >= n_points``."""
+    from neuro_opt.space import SearchSpace
+
+    side = max(1, int(round(n_points ** (1.0 / n_dims))))
+    while side ** n_dims < n_points:
+        side += 1
+    while side > 1 and (side - 1) ** n_dims >= n_points:
+        side -= 1
+    mask = np.zeros(side ** n_dims, dtype=bool)
+    mask[:n_points] = True
+    return SearchSpace({f"x{j}": range(side) for j in range(n_dims)}, mask=mask.reshape((side,) * n_dims))
+
+
+def smooth_function(X: np.ndarray, rng: np.random.Generator, n_bumps: int = 3) -> np.ndarray:
+    """A random smooth map over ``P x d`` inputs: Gaussian bumps 15-35 % of the range wide, max 1."""
+    lo, hi = X.min(0), X.max(0)
+    span = np.maximum(hi - lo, 1.0)
+    f = np.zeros(X.shape[0])
+    for k in range(n_bumps):
+        c = rng.uniform(lo, hi)
+        w = rng.uniform(0.15, 0.35, size=X.shape[1]) * span
+        f += (1.0 if k == 0 else rng.uniform(0.3, 0.9)) * np.exp(-0.5 * (((X - c) / w) ** 2).sum(1))
+    return f / f.max()
+
+
+def time_queries(algorithm: dict, n_points: int, n_dims: int, history: int, device: str = "cpu",
+                 repeats: int = 7, warmup: int = 1, max_seconds: float = 60.0, seed=0,
+                 history_from: str = "distinct") -> dict:
+    """Time GP-BO queries after ``history`` observations (steps 1-3 of :mod:`sweeps.kinds.latency`).
+
+    Args:
+        algorithm: an algorithm config (``name`` plus hyperparameters), e.g. conf/algorithm/gpbo.yaml.
+
+    Returns ``{"ms_query", "ms_tell", "ms_ask", "fit_steps": lists, "n_unique": int}`` (``fit_steps``:
+    the Adam steps of each timed query's refit; 0 in fixed-rho).
+    """
+    import torch
+
+    from neuro_opt import algorithms
+
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    s_fun, s_alg, s_pts = ss.spawn(3)
+    space = grid_space(n_points, n_dims)
+    f = smooth_function(space.X, np.random.default_rng(s_fun))
+    rng = np.random.default_rng(s_pts)
+
+    def respond(x):
+        return np.clip(f[x] + rng.normal(0.0, 0.05, size=np.shape(x)), 0.0, None)
+
+    alg = dict(algorithm)
+    name = alg.pop("name")
+    opt: Any = algorithms.make(name, space, n_reps=1, seed=s_alg, capacity=history + warmup + repeats + 1,
+                               device=device, **alg)  # a GP-BO: its engine is opt.gp
+    gp = opt.gp
+    P = space.n_points
+    if history_from == "run":  # the history is GP-BO's own: `history` untimed ask/tell queries
+        asked = []
+        for _ in range(history):
+            x = opt.ask()
+            opt.tell(x, respond(x))
+            asked.append(int(x[0]))
+        pts = np.array(asked)
+    else:
+        if history <= P:
+            pts = rng.choice(P, size=history, replace=False)
+        else:
+            pts = np.concatenate([rng.permutation(P), rng.integers(0, P, history - P)])
+        for p, r in zip(pts, respond(pts)):
+            gp.observe(np.array([p]), np.array([r]))
+        opt.t = history  # the optimizer is past its random start: every query below uses the model
+        gp.fit()
+        if gp.mode == "variable" and gp.fit_tol > 0:
+            # a refit that stops at convergence costs what the state of its hyperparameters makes it
+            # cost: bring them where `history` earlier refits would have (a refit that stops early),
+            # not one refit away from the initial values
+            for _ in range(SETUP_REFITS):
+                if int(gp.last_fit_steps.max()) < gp.fit_steps:
+                    break
+                gp.fit()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x = opt.ask()
+    sync()
+    out: dict[str, Any] = {"ms_query": [], "ms_tell": [], "ms_ask": [], "fit_steps": []}
+    spent = 0.0
+    for i in range(warmup + repeats):
+        y = respond(x)
+        t0 = time.perf_counter()
+        opt.tell(x, y)
+        sync()
+        t1 = time.perf_counter()
+        x = opt.ask()
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            out["ms_query"].append(1e3 * (t2 - t0))
+            out["ms_tell"].append(1e3 * (t1 - t0))
+            out["ms_ask"].append(1e3 * (t2 - t1))
+            out["fit_steps"].append(int(gp.last_fit_steps[0]) if gp.mode == "variable" else 0)
+            spent += t2 - t0
+            if spent > max_seconds and len(out["ms_query"]) >= 3:
+                break
+    out["n_unique"] = int(len(np.unique(pts)))
+    return out
