@@ -20,5 +20,19 @@ from hardware.rig import ChannelMap, LateResponse, Rig, RigError, Trial, make_ri
 from hardware.rig.simulated import SimulatedRig
 from hardware.safety import SafetyLimits, SafetyViolation, StimParams
 
-__all__ = ["EMGConfig", "EMGFeature", "Journal", "JournalError", "ChannelMap", "LateResponse", "Rig", "RigError",
-           "Trial", "make_rig", "SafetyLimits", "SafetyViolation", "StimParams", "SimulatedRig"]
+__all__ = [
+    "EMGConfig",
+    "EMGFeature",
+    "Journal",
+    "JournalError",
+    "ChannelMap",
+    "LateResponse",
+    "Rig",
+    "RigError",
+    "Trial",
+    "make_rig",
+    "SafetyLimits",
+    "SafetyViolation",
+    "StimParams",
+    "SimulatedRig",
+]

@@ -34,8 +34,15 @@ from hardware.emg import EMGConfig
 from hardware.rig import RigError, Trial, make_rig
 from hardware.safety import SafetyLimits, StimParams, check_keys
 
-DEFAULT_ACTOR = {"resource": "tdt_rig", "namespace": "neuro_opt", "busy": "wait", "wait_timeout_s": 3600.0,
-                 "poll_s": 0.5, "lease_timeout_s": 900.0, "detached": True}
+DEFAULT_ACTOR = {
+    "resource": "tdt_rig",
+    "namespace": "neuro_opt",
+    "busy": "wait",
+    "wait_timeout_s": 3600.0,
+    "poll_s": 0.5,
+    "lease_timeout_s": 900.0,
+    "detached": True,
+}
 
 
 # handles of the actors this process created: Ray kills a non-detached actor when its creator's
@@ -76,9 +83,15 @@ class RigActor:
         self.events: list[dict] = []
 
     def info(self) -> dict:
-        return {"name": self.rig.name, "kind": self.rig.kind, "config_hash": self.hash,
-                "muscles": list(self.rig.muscles), "emg": self.rig.emg.to_dict(), "limits": self.rig.limits.to_dict(),
-                "holder": self.holder}
+        return {
+            "name": self.rig.name,
+            "kind": self.rig.kind,
+            "config_hash": self.hash,
+            "muscles": list(self.rig.muscles),
+            "emg": self.rig.emg.to_dict(),
+            "limits": self.rig.limits.to_dict(),
+            "holder": self.holder,
+        }
 
     def open_session(self, session_id: str) -> dict:
         """Grant the lease to ``session_id`` if free, stale or already its own; connect the rig."""
@@ -101,8 +114,9 @@ class RigActor:
 
     def stimulate(self, session_id: str, params: dict) -> Trial:
         if self.holder != session_id:
-            raise RigBusy(f"session {session_id!r} does not hold rig {self.rig.name!r} (holder: {self.holder!r}); "
-                          f"nothing sent")
+            raise RigBusy(
+                f"session {session_id!r} does not hold rig {self.rig.name!r} (holder: {self.holder!r}); nothing sent"
+            )
         self.last_use = time.monotonic()
         try:
             return self.rig.stimulate(params)
@@ -124,8 +138,10 @@ def get_rig_actor(rig_cfg: Mapping, create: bool = True):
             drives a rig with a different configuration.
     """
     if not ray.is_initialized():
-        raise RigError("Ray is not initialized: call ray.init(address=...) (the lab PC runs "
-                       "`RAY_AUTH_MODE=token ray start --head --resources='{\"tdt_rig\": 1}'`)")
+        raise RigError(
+            "Ray is not initialized: call ray.init(address=...) (the lab PC runs "
+            "`RAY_AUTH_MODE=token ray start --head --resources='{\"tdt_rig\": 1}'`)"
+        )
     opts = actor_options(rig_cfg)
     name, ns, res = str(rig_cfg.get("name") or "tdt_rig"), opts["namespace"], opts["resource"]
     try:
@@ -135,19 +151,30 @@ def get_rig_actor(rig_cfg: Mapping, create: bool = True):
             raise RigError(f"no rig actor named {name!r} in namespace {ns!r}") from None
         have = ray.cluster_resources().get(res, 0)
         if have < 1:
-            raise RigError(f"no Ray node offers the custom resource {res!r} that pins the rig actor; on the lab PC "
-                           f"run `RAY_AUTH_MODE=token ray start --head --resources='{{\"{res}\": 1}}'` "
-                           f"(or ray.init(resources=...))")
+            raise RigError(
+                f"no Ray node offers the custom resource {res!r} that pins the rig actor; on the lab PC "
+                f"run `RAY_AUTH_MODE=token ray start --head --resources='{{\"{res}\": 1}}'` "
+                f"(or ray.init(resources=...))"
+            )
         remote = ray.remote(RigActor)
-        handle = remote.options(name=name, namespace=ns, resources={res: 1}, num_cpus=0, max_concurrency=1,
-                                max_restarts=0, get_if_exists=True,
-                                lifetime="detached" if opts["detached"] else None).remote(dict(rig_cfg))
+        handle = remote.options(
+            name=name,
+            namespace=ns,
+            resources={res: 1},
+            num_cpus=0,
+            max_concurrency=1,
+            max_restarts=0,
+            get_if_exists=True,
+            lifetime="detached" if opts["detached"] else None,
+        ).remote(dict(rig_cfg))
         _OWNED[(ns, name)] = handle
     info = ray.get(handle.info.remote())
     if info["config_hash"] != config_hash(rig_cfg):
-        raise RigError(f"rig actor {name!r} already drives a rig with another configuration (hash "
-                       f"{info['config_hash']} != {config_hash(rig_cfg)}); end its sessions and kill it, or use "
-                       f"the same rig config")
+        raise RigError(
+            f"rig actor {name!r} already drives a rig with another configuration (hash "
+            f"{info['config_hash']} != {config_hash(rig_cfg)}); end its sessions and kill it, or use "
+            f"the same rig config"
+        )
     return handle
 
 
@@ -160,8 +187,15 @@ class ActorRigSession:
         busy: ``wait`` (poll until the lease is free, up to ``wait_timeout_s``) or ``refuse``.
     """
 
-    def __init__(self, handle, session_id: str, busy: str = "wait", wait_timeout_s: float = 3600.0,
-                 poll_s: float = 0.5, echo=print):
+    def __init__(
+        self,
+        handle,
+        session_id: str,
+        busy: str = "wait",
+        wait_timeout_s: float = 3600.0,
+        poll_s: float = 0.5,
+        echo=print,
+    ):
         self.handle, self.session_id = handle, str(session_id)
         self.busy, self.wait_timeout_s, self.poll_s, self.echo = busy, float(wait_timeout_s), float(poll_s), echo
         info = ray.get(handle.info.remote())
@@ -177,11 +211,13 @@ class ActorRigSession:
             if r["granted"]:
                 return r
             if self.busy == "refuse":
-                raise RigBusy(f"rig {self.name!r} is in use by session {r['holder']!r}; refused (rig.actor.busy="
-                              f"refuse)")
+                raise RigBusy(
+                    f"rig {self.name!r} is in use by session {r['holder']!r}; refused (rig.actor.busy=refuse)"
+                )
             if time.monotonic() - t0 > self.wait_timeout_s:
-                raise RigBusy(f"rig {self.name!r} still in use by session {r['holder']!r} after "
-                              f"{self.wait_timeout_s} s")
+                raise RigBusy(
+                    f"rig {self.name!r} still in use by session {r['holder']!r} after {self.wait_timeout_s} s"
+                )
             if not told:
                 self.echo(f"rig {self.name!r} is in use by session {r['holder']!r}; waiting for it")
                 told = True
@@ -231,5 +267,11 @@ def open_rig_session(rig_cfg: Mapping, session_id: str, use_actor: bool = True, 
     if not use_actor:
         return LocalRigSession(make_rig(rig_cfg), session_id)
     opts = actor_options(rig_cfg)
-    return ActorRigSession(get_rig_actor(rig_cfg), session_id, busy=opts["busy"],
-                           wait_timeout_s=opts["wait_timeout_s"], poll_s=opts["poll_s"], echo=echo)
+    return ActorRigSession(
+        get_rig_actor(rig_cfg),
+        session_id,
+        busy=opts["busy"],
+        wait_timeout_s=opts["wait_timeout_s"],
+        poll_s=opts["poll_s"],
+        echo=echo,
+    )

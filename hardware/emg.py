@@ -81,12 +81,21 @@ class EMGConfig:
                 raise ValueError(f"rig.emg.{name} must be [start, end] in ms with start < end, got {v!r}")
             object.__setattr__(self, name, (float(v[0]), float(v[1])))
             if v[0] < -self.pre_ms or v[1] > self.post_ms:
-                raise ValueError(f"rig.emg.{name} {list(v)} falls outside the window "
-                                 f"[-{self.pre_ms}, {self.post_ms}] ms")
+                raise ValueError(
+                    f"rig.emg.{name} {list(v)} falls outside the window [-{self.pre_ms}, {self.post_ms}] ms"
+                )
         if self.baseline_ms[1] > 0 or self.pre_activity_ms[1] > 0:
             raise ValueError("rig.emg.baseline_ms and pre_activity_ms must end at or before the onset (0 ms)")
-        for name in ("fs", "pre_ms", "post_ms", "units_per_volt", "highpass_hz", "envelope_hz", "pre_activity_max",
-                     "artefact_min_snr"):
+        for name in (
+            "fs",
+            "pre_ms",
+            "post_ms",
+            "units_per_volt",
+            "highpass_hz",
+            "envelope_hz",
+            "pre_activity_max",
+            "artefact_min_snr",
+        ):
             v = getattr(self, name)
             if not (_finite(v) and v > 0):
                 raise ValueError(f"rig.emg.{name} must be a positive number, got {v!r}")
@@ -179,7 +188,7 @@ def blank(x: np.ndarray, cfg: EMGConfig, pulse_times_ms: Sequence[float]) -> np.
     for t in pulse_times_ms:
         a = cfg.onset + int(math.floor(t * cfg.fs / 1000.0))
         b = cfg.onset + int(math.ceil((t + cfg.blank_ms) * cfg.fs / 1000.0)) + 1
-        mask[max(a, 0):max(min(b, n), 0)] = True
+        mask[max(a, 0) : max(min(b, n), 0)] = True
     if not mask.any() or mask.all():
         return x
     idx = np.arange(n)
@@ -227,12 +236,11 @@ def process(window: np.ndarray, cfg: EMGConfig, pulse_times_ms: Sequence[float] 
     env = envelope(w, cfg, pulse_times_ms)
     # the pre-stimulus part is filtered on its own: zero-phase filters would otherwise
     # ring a large response back into the baseline
-    env_pre = envelope(w[:, :cfg.onset], cfg, ())
-    sb, sr, sp = (cfg._slice(cfg.baseline_ms, n), cfg._slice(cfg.response_ms, n),
-                  cfg._slice(cfg.pre_activity_ms, n))
+    env_pre = envelope(w[:, : cfg.onset], cfg, ())
+    sb, sr, sp = (cfg._slice(cfg.baseline_ms, n), cfg._slice(cfg.response_ms, n), cfg._slice(cfg.pre_activity_ms, n))
     times = cfg.times_ms(n)
     # artefact: raw |x| right after the pulses against the robust pre-stimulus noise
-    pre = w[:, :cfg.onset] if cfg.onset > 0 else w[:, :1]
+    pre = w[:, : cfg.onset] if cfg.onset > 0 else w[:, :1]
     noise = 1.4826 * np.median(np.abs(pre - np.median(pre, axis=1, keepdims=True)), axis=1) + 1e-12
     art_idx = _pulse_samples(cfg, pulse_times_ms, n)
     art = np.abs(w[:, art_idx]).max(axis=1) if art_idx.size else np.zeros(w.shape[0])
@@ -247,9 +255,18 @@ def process(window: np.ndarray, cfg: EMGConfig, pulse_times_ms: Sequence[float] 
             reasons.append(f"pre-stimulus activity {pre_act:.4g} > {cfg.pre_activity_max:.4g}")
         if cfg.saturation is not None and np.abs(w[m]).max() >= cfg.saturation:
             reasons.append(f"signal saturated (|x| >= {cfg.saturation})")
-        out.append(EMGFeature(value=peak - base, peak=peak, baseline=base, peak_ms=float(times[sr][k]),
-                              pre_activity=pre_act, artefact_snr=float(art[m] / noise[m]), valid=not reasons,
-                              reason="; ".join(reasons)))
+        out.append(
+            EMGFeature(
+                value=peak - base,
+                peak=peak,
+                baseline=base,
+                peak_ms=float(times[sr][k]),
+                pre_activity=pre_act,
+                artefact_snr=float(art[m] / noise[m]),
+                valid=not reasons,
+                reason="; ".join(reasons),
+            )
+        )
     return out
 
 

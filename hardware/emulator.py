@@ -75,26 +75,49 @@ class SynapseEmulator:
         log_path: append every stimulation to this JSON-lines file.
     """
 
-    def __init__(self, rig: SimulatedRig, mode: str = "Idle", latency_s: float = 0.3, stimulator: str = "eStim1",
-                 amplitude: str = "AmpA", period: str = "PeriodA", channel: str = "ChanA", pulse_width: str = "DurA",
-                 n_pulses: str = "CountA", trigger: str = "Button1.Go", buffers=("buffer_1", "buffer_2", "buffer_3"),
-                 buffer_param: str = "array", circuit_pulse_width_us: float = 200.0, circuit_n_pulses: int = 13,
-                 log_path: str | Path | None = None):
+    def __init__(
+        self,
+        rig: SimulatedRig,
+        mode: str = "Idle",
+        latency_s: float = 0.3,
+        stimulator: str = "eStim1",
+        amplitude: str = "AmpA",
+        period: str = "PeriodA",
+        channel: str = "ChanA",
+        pulse_width: str = "DurA",
+        n_pulses: str = "CountA",
+        trigger: str = "Button1.Go",
+        buffers=("buffer_1", "buffer_2", "buffer_3"),
+        buffer_param: str = "array",
+        circuit_pulse_width_us: float = 200.0,
+        circuit_n_pulses: int = 13,
+        log_path: str | Path | None = None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         buffers = tuple(buffers)
         if len(buffers) != len(rig.muscles):
             raise ValueError(f"{len(buffers)} buffers for {len(rig.muscles)} simulated muscles")
         self.rig, self.mode, self.latency_s = rig, mode, float(latency_s)
-        self.names = {"gizmo": stimulator, "amplitude": amplitude, "period": period, "channel": channel,
-                      "pulse_width": pulse_width, "n_pulses": n_pulses}
+        self.names = {
+            "gizmo": stimulator,
+            "amplitude": amplitude,
+            "period": period,
+            "channel": channel,
+            "pulse_width": pulse_width,
+            "n_pulses": n_pulses,
+        }
         self.trigger = trigger
         self.buffers, self.buffer_param = buffers, buffer_param
         self.n = rig.emg.n_samples
         self.params: dict[str, Any] = {
-            f"{stimulator}.{amplitude}": 0.0, f"{stimulator}.{period}": 3.0, f"{stimulator}.{channel}": 1,
-            f"{stimulator}.DelayC": 0.0, f"{stimulator}.{pulse_width}": float(circuit_pulse_width_us),
-            f"{stimulator}.{n_pulses}": int(circuit_n_pulses), trigger: 0,
+            f"{stimulator}.{amplitude}": 0.0,
+            f"{stimulator}.{period}": 3.0,
+            f"{stimulator}.{channel}": 1,
+            f"{stimulator}.DelayC": 0.0,
+            f"{stimulator}.{pulse_width}": float(circuit_pulse_width_us),
+            f"{stimulator}.{n_pulses}": int(circuit_n_pulses),
+            trigger: 0,
         }
         self.read_only = {f"{b}.{buffer_param}" for b in buffers}
         self._buffers = {b: np.zeros(self.n) for b in buffers}
@@ -132,13 +155,14 @@ class SynapseEmulator:
     def _stimulate(self) -> None:
         g = self.names["gizmo"]
         period = float(self.params[f"{g}.{self.names['period']}"])
-        p = StimParams(channel=int(self.params[f"{g}.{self.names['channel']}"]),
-                       amplitude_uA=float(self.params[f"{g}.{self.names['amplitude']}"]),
-                       frequency_hz=1000.0 / period if period > 0 else float("nan"),
-                       pulse_width_us=float(self.params[f"{g}.{self.names['pulse_width']}"]),
-                       n_pulses=int(self.params[f"{g}.{self.names['n_pulses']}"]))
-        rec = {"seq": len(self.stimulations), "t": time.time(), "mode": self.mode, **p.to_dict(),
-               "period_ms": period}
+        p = StimParams(
+            channel=int(self.params[f"{g}.{self.names['channel']}"]),
+            amplitude_uA=float(self.params[f"{g}.{self.names['amplitude']}"]),
+            frequency_hz=1000.0 / period if period > 0 else float("nan"),
+            pulse_width_us=float(self.params[f"{g}.{self.names['pulse_width']}"]),
+            n_pulses=int(self.params[f"{g}.{self.names['n_pulses']}"]),
+        )
+        rec = {"seq": len(self.stimulations), "t": time.time(), "mode": self.mode, **p.to_dict(), "period_ms": period}
         if period > 0:
             window, info = self.rig.draw(p)
             rec.update(point=info["point"], truth=info["truth"], drawn=info["drawn"], rep_valid=info["rep_valid"])
@@ -215,7 +239,7 @@ class SynapseEmulator:
             count, offset = int(body.get("count", 1)), int(body.get("offset", 0))
             if count < 0 or offset < 0:
                 raise _Reply(_err(422, "Ill-formed request packet: negative count or offset"))
-            vals = [float(v) for v in data[offset:offset + count]]
+            vals = [float(v) for v in data[offset : offset + count]]
             if vals and self._take_fault("nan_buffer", key):
                 vals[len(vals) // 2] = float("nan")
             return {"values": vals} if "count" in body else {"value": vals[0] if vals else None}
@@ -254,11 +278,18 @@ class SynapseEmulator:
         if method == "GET" and parts == ["writes"]:
             return {"writes": self.writes}
         if method == "GET" and parts == ["info"]:
-            return {"muscles": list(self.rig.muscles), "dataset": self.rig.dataset_name, "subject": self.rig.subject,
-                    "buffers": list(self.buffers), "n_samples": self.n, "mode": self.mode,
-                    "ch2xy": self.rig.chmap.to_list(), "latency_s": self.latency_s,
-                    "truth": {m: p.truth.tolist() for m, p in zip(self.rig.muscles, self.rig.problems)},
-                    "space": {d.name: list(d.values) for d in self.rig.space.dims}}
+            return {
+                "muscles": list(self.rig.muscles),
+                "dataset": self.rig.dataset_name,
+                "subject": self.rig.subject,
+                "buffers": list(self.buffers),
+                "n_samples": self.n,
+                "mode": self.mode,
+                "ch2xy": self.rig.chmap.to_list(),
+                "latency_s": self.latency_s,
+                "truth": {m: p.truth.tolist() for m, p in zip(self.rig.muscles, self.rig.problems)},
+                "space": {d.name: list(d.values) for d in self.rig.space.dims},
+            }
         if method == "PUT" and parts == ["fault"]:
             kind, count = body.get("kind"), body.get("count", 1)
             if kind not in FAULT_KINDS:
@@ -338,12 +369,29 @@ def serve(emulator: SynapseEmulator, port: int = 0) -> tuple[ThreadingHTTPServer
     return server, thread
 
 
-def build(dataset: str = "synthetic_rat", dataset_kwargs: dict | None = None, subject: str | None = None,
-          ch2xy: str = "auto", seed: int = 0, saline: bool = False, n_muscles: int = 3,
-          **emulator_kw) -> SynapseEmulator:
+def build(
+    dataset: str = "synthetic_rat",
+    dataset_kwargs: dict | None = None,
+    subject: str | None = None,
+    ch2xy: str = "auto",
+    seed: int = 0,
+    saline: bool = False,
+    n_muscles: int = 3,
+    **emulator_kw,
+) -> SynapseEmulator:
     """A :class:`SynapseEmulator` on a fresh :class:`SimulatedRig` (its own pacing off: the emulator paces)."""
-    rig = SimulatedRig(dataset=dataset, dataset_kwargs=dataset_kwargs, subject=subject, ch2xy=ch2xy, seed=seed,
-                       saline=saline, n_muscles=n_muscles, latency_s=0.0, keep_window=False, name="emulated")
+    rig = SimulatedRig(
+        dataset=dataset,
+        dataset_kwargs=dataset_kwargs,
+        subject=subject,
+        ch2xy=ch2xy,
+        seed=seed,
+        saline=saline,
+        n_muscles=n_muscles,
+        latency_s=0.0,
+        keep_window=False,
+        name="emulated",
+    )
     return SynapseEmulator(rig, **emulator_kw)
 
 
@@ -359,23 +407,44 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-s", type=float, default=0.3, help="trigger -> window delay")
     ap.add_argument("--saline", action="store_true", help="artefacts only, no response (saline dry run)")
     ap.add_argument("--log", default=None, help="append every stimulation to this JSON-lines file")
-    ap.add_argument("--circuit-pulse-width-us", type=float, default=200.0,
-                    help="pulse width the circuit holds (DurA), whatever the rig config declares")
-    ap.add_argument("--circuit-n-pulses", type=int, default=13,
-                    help="pulse count the circuit holds (CountA), whatever the rig config declares")
+    ap.add_argument(
+        "--circuit-pulse-width-us",
+        type=float,
+        default=200.0,
+        help="pulse width the circuit holds (DurA), whatever the rig config declares",
+    )
+    ap.add_argument(
+        "--circuit-n-pulses",
+        type=int,
+        default=13,
+        help="pulse count the circuit holds (CountA), whatever the rig config declares",
+    )
     args = ap.parse_args(argv)
     try:
         kwargs = json.loads(args.dataset_kwargs)
         assert isinstance(kwargs, dict)
     except (json.JSONDecodeError, AssertionError):
         ap.error(f"--dataset-kwargs must be a JSON object, got {args.dataset_kwargs!r}")
-    emu = build(args.dataset, kwargs, args.subject, args.ch2xy, args.seed, args.saline, mode=args.mode,
-                latency_s=args.latency_s, log_path=args.log, circuit_pulse_width_us=args.circuit_pulse_width_us,
-                circuit_n_pulses=args.circuit_n_pulses)
+    emu = build(
+        args.dataset,
+        kwargs,
+        args.subject,
+        args.ch2xy,
+        args.seed,
+        args.saline,
+        mode=args.mode,
+        latency_s=args.latency_s,
+        log_path=args.log,
+        circuit_pulse_width_us=args.circuit_pulse_width_us,
+        circuit_n_pulses=args.circuit_n_pulses,
+    )
     server, thread = serve(emu, args.port)
     port = server.server_address[1]
-    print(f"Synapse emulator listening on http://{HOST}:{port} (dataset {emu.rig.dataset_name}, subject "
-          f"{emu.rig.subject}, muscles {list(emu.rig.muscles)}, mode {emu.mode})", flush=True)
+    print(
+        f"Synapse emulator listening on http://{HOST}:{port} (dataset {emu.rig.dataset_name}, subject "
+        f"{emu.rig.subject}, muscles {list(emu.rig.muscles)}, mode {emu.mode})",
+        flush=True,
+    )
     try:
         thread.join()
     except KeyboardInterrupt:

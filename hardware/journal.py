@@ -109,7 +109,7 @@ class Journal:
         """Every whole record of a journal, read-only (a torn last line is ignored)."""
         data = Path(path).read_bytes()
         if data and not data.endswith(b"\n"):
-            data = data[:data.rfind(b"\n") + 1]
+            data = data[: data.rfind(b"\n") + 1]
         return Journal.parse(data, Path(path))
 
     @staticmethod
@@ -119,11 +119,15 @@ class Journal:
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise JournalError(f"journal {path} line {i} is corrupt ({exc}); it was written whole, so the file "
-                                   f"was damaged after the fact: inspect it, nothing was dropped") from None
+                raise JournalError(
+                    f"journal {path} line {i} is corrupt ({exc}); it was written whole, so the file "
+                    f"was damaged after the fact: inspect it, nothing was dropped"
+                ) from None
             if not isinstance(rec, dict) or rec.get("seq") != len(records):
-                raise JournalError(f"journal {path} line {i}: expected seq {len(records)}, got "
-                                   f"{rec.get('seq') if isinstance(rec, dict) else rec!r}")
+                raise JournalError(
+                    f"journal {path} line {i}: expected seq {len(records)}, got "
+                    f"{rec.get('seq') if isinstance(rec, dict) else rec!r}"
+                )
             records.append(rec)
         return records
 

@@ -84,16 +84,25 @@ class StimParams:
     def as_stimulator(self) -> dict:
         """The values a stimulator holds for this stimulation, by :data:`STIMULATOR_KEYS`
         (the period in ms where the parameters carry a frequency)."""
-        return {"amplitude": float(self.amplitude_uA), "period": self.period_ms, "channel": int(self.channel),
-                "pulse_width": float(self.pulse_width_us), "n_pulses": int(self.n_pulses)}
+        return {
+            "amplitude": float(self.amplitude_uA),
+            "period": self.period_ms,
+            "channel": int(self.channel),
+            "pulse_width": float(self.pulse_width_us),
+            "n_pulses": int(self.n_pulses),
+        }
 
     @classmethod
     def from_stimulator(cls, held: Mapping) -> "StimParams":
         """The stimulation a stimulator holding ``held`` (:data:`STIMULATOR_KEYS`) delivers."""
         period = float(held["period"])
-        return cls(channel=held["channel"], amplitude_uA=float(held["amplitude"]),
-                   frequency_hz=1000.0 / period if period > 0 else math.nan,
-                   pulse_width_us=float(held["pulse_width"]), n_pulses=held["n_pulses"])
+        return cls(
+            channel=held["channel"],
+            amplitude_uA=float(held["amplitude"]),
+            frequency_hz=1000.0 / period if period > 0 else math.nan,
+            pulse_width_us=float(held["pulse_width"]),
+            n_pulses=held["n_pulses"],
+        )
 
 
 @dataclass(frozen=True)
@@ -129,17 +138,27 @@ class SafetyLimits:
                 continue
             if not (_is_number(v) and math.isfinite(v)) or v < 0:
                 raise ValueError(f"safety limit {f.name} must be a finite number >= 0, got {v!r}")
-        for name in ("max_amplitude_uA", "max_charge_nC", "max_frequency_hz", "max_pulse_width_us", "max_n_pulses",
-                     "n_channels"):
+        for name in (
+            "max_amplitude_uA",
+            "max_charge_nC",
+            "max_frequency_hz",
+            "max_pulse_width_us",
+            "max_n_pulses",
+            "n_channels",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"safety limit {name} must be > 0, got {getattr(self, name)!r}")
         if self.min_frequency_hz > self.max_frequency_hz:
-            raise ValueError(f"safety limits: min_frequency_hz {self.min_frequency_hz} > max_frequency_hz "
-                             f"{self.max_frequency_hz}")
+            raise ValueError(
+                f"safety limits: min_frequency_hz {self.min_frequency_hz} > max_frequency_hz {self.max_frequency_hz}"
+            )
         if self.allowed_channels is not None:
             chans = tuple(self.allowed_channels)
-            bad = [c for c in chans if not (isinstance(c, Integral) and not isinstance(c, bool)
-                                            and 1 <= c <= self.n_channels)]
+            bad = [
+                c
+                for c in chans
+                if not (isinstance(c, Integral) and not isinstance(c, bool) and 1 <= c <= self.n_channels)
+            ]
             if bad:
                 raise ValueError(f"safety limits: allowed_channels {bad} are not channels 1..{self.n_channels}")
             object.__setattr__(self, "allowed_channels", tuple(sorted(set(int(c) for c in chans))))
@@ -204,19 +223,24 @@ class SafetyLimits:
         if float(p.n_pulses) != int(p.n_pulses) or not 1 <= p.n_pulses <= self.max_n_pulses:
             out.append(f"n_pulses {p.n_pulses} is not an integer in [1, {self.max_n_pulses}]")
         if p.amplitude_uA > 0 and p.pulse_width_us > 0 and p.charge_nC > self.max_charge_nC * (1 + 1e-12):
-            out.append(f"charge per phase {p.charge_nC:.4g} nC ({p.amplitude_uA} uA x {p.pulse_width_us} us) "
-                       f"exceeds max_charge_nC {self.max_charge_nC}")
+            out.append(
+                f"charge per phase {p.charge_nC:.4g} nC ({p.amplitude_uA} uA x {p.pulse_width_us} us) "
+                f"exceeds max_charge_nC {self.max_charge_nC}"
+            )
         return out
 
     def check(self, p: StimParams | Mapping) -> StimParams:
         """Return ``p`` as :class:`StimParams` if it is safe, else raise :class:`SafetyViolation`."""
         bad = self.violations(p)
         if bad:
-            raise SafetyViolation(f"stimulation {dict(p) if isinstance(p, Mapping) else p.to_dict()} refused, "
-                                  f"nothing sent: " + "; ".join(bad))
+            raise SafetyViolation(
+                f"stimulation {dict(p) if isinstance(p, Mapping) else p.to_dict()} refused, "
+                f"nothing sent: " + "; ".join(bad)
+            )
         p = StimParams.coerce(p)
-        return StimParams(int(p.channel), float(p.amplitude_uA), float(p.frequency_hz), float(p.pulse_width_us),
-                          int(p.n_pulses))
+        return StimParams(
+            int(p.channel), float(p.amplitude_uA), float(p.frequency_hz), float(p.pulse_width_us), int(p.n_pulses)
+        )
 
 
 def _ranges(chans: Iterable[int]) -> str:

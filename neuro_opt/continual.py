@@ -39,10 +39,10 @@ ARMS = ("standard", "electrode_loss")
 
 #: the trace (``rep``: the lineage; ``query``: 1-based within the session) and the continual columns
 TABLE_SCHEMA = trace_schema(
-    ("session", pa.int32()),       # 1-based
+    ("session", pa.int32()),  # 1-based
     ("global_query", pa.int32()),  # 1-based over the sessions
-    ("arm", pa.string()),          # standard | electrode_loss
-    ("lost_point", pa.int32()),    # -1 before the loss and in the standard arm
+    ("arm", pa.string()),  # standard | electrode_loss
+    ("lost_point", pa.int32()),  # -1 before the loss and in the standard arm
 )
 
 
@@ -72,7 +72,7 @@ def session_truths(problem: Problem, n_sessions: int, loss_session: int | None =
         if not 1 <= loss_session <= n_sessions:
             raise ValueError(f"loss_session={loss_session}: must be a 1-based session in 1..{n_sessions}")
         lost = int(np.argmax(truths[loss_session - 1]))
-        truths[loss_session - 1:, lost] = 0.0
+        truths[loss_session - 1 :, lost] = 0.0
     return truths, lost
 
 
@@ -95,10 +95,21 @@ def handoff(opt, prior: np.ndarray | None) -> np.ndarray:
     return np.where(observed, means, old)
 
 
-def continual(problem: Problem, algorithm: str, n_lineages: int, n_sessions: int | None = None,
-              queries_per_session: int | None = None, seed=0, noise: float = 0.0, loss_session: int | None = None,
-              hyperparameters: dict | None = None, prior: np.ndarray | None = None, prior_scale: float = 0.75,
-              prior_fade: int | None = 3, chain: bool = True) -> pa.Table:
+def continual(
+    problem: Problem,
+    algorithm: str,
+    n_lineages: int,
+    n_sessions: int | None = None,
+    queries_per_session: int | None = None,
+    seed=0,
+    noise: float = 0.0,
+    loss_session: int | None = None,
+    hyperparameters: dict | None = None,
+    prior: np.ndarray | None = None,
+    prior_scale: float = 0.75,
+    prior_fade: int | None = 3,
+    chain: bool = True,
+) -> pa.Table:
     """Run ``n_lineages`` independent lineages of ``n_sessions`` sessions of ``algorithm``.
 
     Args:
@@ -162,7 +173,19 @@ def continual(problem: Problem, algorithm: str, n_lineages: int, n_sessions: int
     idx = np.indices(shape).reshape(3, -1)
     session = idx[1] + 1
     lost_col = np.where((lost >= 0) & (session >= (loss_session or 0)), lost, -1)
-    return trace_table({"rep": idx[0], "session": session, "query": idx[2] + 1, "global_query": idx[1] * Q + idx[2] + 1,
-                        "point": pts, "response": resp, "best": best, "exploration": explore, "exploitation": exploit,
-                        "arm": [ARMS[loss_session is not None]] * idx.shape[1], "lost_point": lost_col},
-                       TABLE_SCHEMA)
+    return trace_table(
+        {
+            "rep": idx[0],
+            "session": session,
+            "query": idx[2] + 1,
+            "global_query": idx[1] * Q + idx[2] + 1,
+            "point": pts,
+            "response": resp,
+            "best": best,
+            "exploration": explore,
+            "exploitation": exploit,
+            "arm": [ARMS[loss_session is not None]] * idx.shape[1],
+            "lost_point": lost_col,
+        },
+        TABLE_SCHEMA,
+    )

@@ -28,11 +28,22 @@ from neuro_opt.gp.reference import fit_reference, reference_model
 from neuro_opt.trace import trace_table
 
 
-def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0, noise: float = 0.0,
-                          kappa: float = 3.0, n_random: int = 1, rho_low: float = 0.02, rho_high: float = 5.0,
-                          noise_min: float = 1e-4, noise_max: float = 0.05, outputscale_min: float = 0.25,
-                          outputscale_max: float = 1.0, response_mode: str = "gaussian",
-                          on_query: Callable | None = None) -> pa.Table:
+def botorch_reference_run(
+    problem: Problem,
+    n_queries: int | None = None,
+    seed=0,
+    noise: float = 0.0,
+    kappa: float = 3.0,
+    n_random: int = 1,
+    rho_low: float = 0.02,
+    rho_high: float = 5.0,
+    noise_min: float = 1e-4,
+    noise_max: float = 0.05,
+    outputscale_min: float = 0.25,
+    outputscale_max: float = 1.0,
+    response_mode: str = "gaussian",
+    on_query: Callable | None = None,
+) -> pa.Table:
     """One simulated GP-BO run with a plain BoTorch loop (module docstring).
 
     Args:
@@ -59,8 +70,10 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
     if int(n_random) < 1:
         raise ValueError(f"n_random must be >= 1 (the reference loop takes no prior), got {n_random!r}")
     if not (0 < rho_low < rho_high and 0 < noise_min < noise_max and 0 < outputscale_min < outputscale_max):
-        raise ValueError(f"need 0 < low < high for every bound, got rho ({rho_low}, {rho_high}), noise "
-                         f"({noise_min}, {noise_max}), outputscale ({outputscale_min}, {outputscale_max})")
+        raise ValueError(
+            f"need 0 < low < high for every bound, got rho ({rho_low}, {rho_high}), noise "
+            f"({noise_min}, {noise_max}), outputscale ({outputscale_min}, {outputscale_max})"
+        )
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     s_alg, s_resp = ss.spawn(2)
     rng_alg, rng_resp = np.random.default_rng(s_alg), np.random.default_rng(s_resp)
@@ -79,13 +92,14 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
             x = rng_alg.integers(0, P, 1)
         else:
             x = ucb.argmax(mean[None, :], var[None, :], rng_alg, f"reference GP-BO (query {t + 1})")
-        y = sample_responses(problem, x, rng_resp, noise=noise, mode=response_mode,
-                             truth=None if problem.stationary else truth)
+        y = sample_responses(
+            problem, x, rng_resp, noise=noise, mode=response_mode, truth=None if problem.stationary else truth
+        )
         pts[t], resp[t] = x[0], y[0]
         # fit a new model on everything seen so far, responses divided by the largest one
-        top = resp[:t + 1].max()
-        y_norm = torch.as_tensor(resp[:t + 1] / top if top > 0 else resp[:t + 1], dtype=torch.float64)
-        model, mll = reference_model(X_all[torch.as_tensor(pts[:t + 1])], y_norm, *bounds)
+        top = resp[: t + 1].max()
+        y_norm = torch.as_tensor(resp[: t + 1] / top if top > 0 else resp[: t + 1], dtype=torch.float64)
+        model, mll = reference_model(X_all[torch.as_tensor(pts[: t + 1])], y_norm, *bounds)
         fit_reference(mll)
         model.eval()
         with torch.no_grad():
@@ -93,11 +107,20 @@ def botorch_reference_run(problem: Problem, n_queries: int | None = None, seed=0
             mean = post.mean.squeeze(-1).numpy()
             var = post.variance.squeeze(-1).numpy()
         if on_query is not None:
-            on_query(t + 1, model, mean, var, pts[:t + 1].copy(), resp[:t + 1].copy())
+            on_query(t + 1, model, mean, var, pts[: t + 1].copy(), resp[: t + 1].copy())
         b = argmax_random_ties(mean[None, :], rng_alg)[0]
         tmax = truth.max()
         best[t] = b
         explore[t] = truth[b] / tmax if tmax > 0 else 0.0
         exploit[t] = truth[x[0]] / tmax if tmax > 0 else 0.0
-    return trace_table({"rep": np.zeros(n_queries), "query": np.arange(1, n_queries + 1), "point": pts,
-                        "response": resp, "best": best, "exploration": explore, "exploitation": exploit})
+    return trace_table(
+        {
+            "rep": np.zeros(n_queries),
+            "query": np.arange(1, n_queries + 1),
+            "point": pts,
+            "response": resp,
+            "best": best,
+            "exploration": explore,
+            "exploitation": exploit,
+        }
+    )

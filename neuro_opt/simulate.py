@@ -17,9 +17,19 @@ from neuro_opt.trace import TRACE_SCHEMA, trace_table
 __all__ = ["TRACE_SCHEMA", "simulate", "squared_correlation", "curves"]
 
 
-def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | None = None, seed=0,
-             noise: float = 0.0, response_mode: str = "gaussian", use_prior: bool = False,
-             hyperparameters: dict | None = None, progress=None, record_map: bool = False) -> pa.Table:
+def simulate(
+    problem: Problem,
+    algorithm: str,
+    n_reps: int,
+    n_queries: int | None = None,
+    seed=0,
+    noise: float = 0.0,
+    response_mode: str = "gaussian",
+    use_prior: bool = False,
+    hyperparameters: dict | None = None,
+    progress=None,
+    record_map: bool = False,
+) -> pa.Table:
     """Run ``n_reps`` replicates of ``algorithm`` on ``problem``.
 
     Args:
@@ -71,8 +81,9 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
     for t in range(n_queries):
         truth = problem.truth_at(t)
         x = opt.ask()
-        y = sample_responses(problem, x, rng, noise=noise, mode=response_mode,
-                             truth=None if problem.stationary else truth)
+        y = sample_responses(
+            problem, x, rng, noise=noise, mode=response_mode, truth=None if problem.stationary else truth
+        )
         opt.tell(x, y)
         b = opt.best()
         top = truth.max()
@@ -85,8 +96,17 @@ def simulate(problem: Problem, algorithm: str, n_reps: int, n_queries: int | Non
             progress(t + 1)
     reps = np.repeat(np.arange(n_reps), n_queries)
     queries = np.tile(np.arange(1, n_queries + 1), n_reps)
-    table = trace_table({"rep": reps, "query": queries, "point": pts, "response": resp, "best": best,
-                         "exploration": explore, "exploitation": exploit})
+    table = trace_table(
+        {
+            "rep": reps,
+            "query": queries,
+            "point": pts,
+            "response": resp,
+            "best": best,
+            "exploration": explore,
+            "exploitation": exploit,
+        }
+    )
     if not record_map:
         return table
     maps: list = [None] * (n_reps * n_queries)

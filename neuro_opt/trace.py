@@ -14,15 +14,17 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-TRACE_SCHEMA = pa.schema([
-    ("rep", pa.int32()),
-    ("query", pa.int32()),  # 1-based
-    ("point", pa.int32()),
-    ("response", pa.float64()),
-    ("best", pa.int32()),
-    ("exploration", pa.float64()),
-    ("exploitation", pa.float64()),
-])
+TRACE_SCHEMA = pa.schema(
+    [
+        ("rep", pa.int32()),
+        ("query", pa.int32()),  # 1-based
+        ("point", pa.int32()),
+        ("response", pa.float64()),
+        ("best", pa.int32()),
+        ("exploration", pa.float64()),
+        ("exploitation", pa.float64()),
+    ]
+)
 
 
 def trace_schema(*extra: tuple[str, pa.DataType]) -> pa.Schema:
@@ -39,6 +41,10 @@ def trace_table(columns: Mapping[str, Any], schema: pa.Schema = TRACE_SCHEMA) ->
     missing = [f.name for f in schema if f.name not in columns]
     if missing:
         raise ValueError(f"trace columns {missing} are missing")
-    arrays = [columns[f.name] if isinstance(columns[f.name], pa.Array)
-              else pa.array(np.asarray(columns[f.name]).ravel(), f.type) for f in schema]
+    arrays = [
+        columns[f.name]
+        if isinstance(columns[f.name], pa.Array)
+        else pa.array(np.asarray(columns[f.name]).ravel(), f.type)
+        for f in schema
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)

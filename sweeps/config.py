@@ -71,13 +71,17 @@ def option_schema(group: str, name: str) -> type | None:
     try:
         params = _parameters(group, name)
     except ValueError:
-        raise ConfigError(f"{group}.name={name!r}: not a known {group}; available: "
-                          f"{', '.join(_available(group))}") from None
+        raise ConfigError(
+            f"{group}.name={name!r}: not a known {group}; available: {', '.join(_available(group))}"
+        ) from None
     if params is None:
         return None
     fields = [("name", str, dataclasses.field(default=MISSING))]
-    fields += [(key, _field_type(p.annotation), dataclasses.field(default=MISSING)) for key, p in params.items()
-               if key != "name"]
+    fields += [
+        (key, _field_type(p.annotation), dataclasses.field(default=MISSING))
+        for key, p in params.items()
+        if key != "name"
+    ]
     return dataclasses.make_dataclass(f"{group}_{name}", fields)
 
 
@@ -100,8 +104,9 @@ def check_option(group: str, option: Any) -> None:
     values = as_dict(option, group)
     name = values.get("name")
     if not isinstance(name, str):
-        raise ConfigError(f"{group}.name={name!r}: every {group} option names its {group} "
-                          f"(one of {', '.join(_available(group))})")
+        raise ConfigError(
+            f"{group}.name={name!r}: every {group} option names its {group} (one of {', '.join(_available(group))})"
+        )
     schema = option_schema(group, name)
     if schema is None:
         return
@@ -110,15 +115,17 @@ def check_option(group: str, option: Any) -> None:
     for key, value in values.items():
         if key not in known and key != "name":
             what = "hyperparameter" if group == "algorithm" else "key"
-            raise ConfigError(f"{group}.{key}: unknown {what} {key!r}; it takes {', '.join(known) or 'none'} "
-                              f"({group} {name!r})")
+            raise ConfigError(
+                f"{group}.{key}: unknown {what} {key!r}; it takes {', '.join(known) or 'none'} ({group} {name!r})"
+            )
         try:
             setattr(node, key, value)
         except OmegaConfBaseException:
             typ = next(f.type for f in dataclasses.fields(schema) if f.name == key)
             annotation = (_parameters(group, name) or {})[key].annotation
-            raise ConfigError(f"{group}.{key}={value!r}: expected {_describe(typ)} ({group} {name!r} takes "
-                              f"{key}: {annotation})") from None
+            raise ConfigError(
+                f"{group}.{key}={value!r}: expected {_describe(typ)} ({group} {name!r} takes {key}: {annotation})"
+            ) from None
 
 
 def _describe(typ: Any) -> str:
@@ -137,8 +144,10 @@ def _check_keys(node: DictConfig, schema: type, where: str) -> None:
     unknown = sorted(set(map(str, node.keys())) - known)
     if unknown:
         what = f"{where.rstrip('.')} keys" if where else "top-level keys"
-        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; {what} are: "
-                          f"{', '.join(sorted(known - {'hydra'}))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; {what} are: "
+            f"{', '.join(sorted(known - {'hydra'}))}"
+        )
     for name, f in fields.items():
         if dataclasses.is_dataclass(f.default_factory) and isinstance(node.get(name), DictConfig):
             _check_keys(node[name], f.default_factory, f"{where}{name}.")

@@ -29,8 +29,10 @@ from omegaconf import OmegaConf
 from neuro_opt.datasets import Dataset, describe, load
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
-USAGE = ("usage: python -m sweeps.dataset {describe,plot} dataset=NAME [dataset.KEY=VALUE ...] [--out DIR]\n"
-         f"datasets: {', '.join(sorted(p.stem for p in CONF_DIR.glob('*.yaml')))}")
+USAGE = (
+    "usage: python -m sweeps.dataset {describe,plot} dataset=NAME [dataset.KEY=VALUE ...] [--out DIR]\n"
+    f"datasets: {', '.join(sorted(p.stem for p in CONF_DIR.glob('*.yaml')))}"
+)
 
 
 class UsageError(ValueError):
@@ -57,7 +59,7 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str], Path]:
         elif arg.startswith("dataset="):
             config = arg.split("=", 1)[1]
         elif arg.startswith("dataset.") and "=" in arg:
-            overrides.append(arg[len("dataset."):])
+            overrides.append(arg[len("dataset.") :])
         else:
             raise UsageError(f"unexpected argument {arg!r}; expected dataset=NAME, dataset.KEY=VALUE or --out DIR")
         i += 1
@@ -70,8 +72,9 @@ def dataset_config(config: str, overrides: list[str]) -> dict:
     """``conf/dataset/<config>.yaml`` merged with ``KEY=VALUE`` overrides, as a plain dict."""
     file = CONF_DIR / f"{config}.yaml"
     if not file.is_file():
-        raise UsageError(f"no dataset config {str(file)!r}; available: "
-                         f"{', '.join(sorted(p.stem for p in CONF_DIR.glob('*.yaml')))}")
+        raise UsageError(
+            f"no dataset config {str(file)!r}; available: {', '.join(sorted(p.stem for p in CONF_DIR.glob('*.yaml')))}"
+        )
     try:
         cfg = OmegaConf.merge(OmegaConf.load(file), OmegaConf.from_dotlist(overrides))
     except Exception as exc:  # noqa: BLE001 - a malformed override or YAML
@@ -149,7 +152,7 @@ def plot_dataset(dataset: Dataset, out: Path) -> list[Path]:
             ncol = len(pairs)
         nrow = -(-len(panels) // ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), squeeze=False)
-        for ax in axes.ravel()[len(panels):]:
+        for ax in axes.ravel()[len(panels) :]:
             ax.axis("off")
         for ax, (p, dims) in zip(axes.ravel(), panels):
             _draw(fig, ax, p.space, p.truth, dims)

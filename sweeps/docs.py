@@ -23,8 +23,21 @@ from pathlib import Path
 from typing import Any
 
 USAGE = "usage: python -m sweeps.docs RUN_DIR [RUN_DIR ...] [--out docs/results]"
-KNOWN = {"experiment", "run_dir", "mlflow_run_id", "wall_s", "groups", "comparisons", "findings", "headline",
-         "n_cells", "failed_cells", "seed", "scale", "date"}
+KNOWN = {
+    "experiment",
+    "run_dir",
+    "mlflow_run_id",
+    "wall_s",
+    "groups",
+    "comparisons",
+    "findings",
+    "headline",
+    "n_cells",
+    "failed_cells",
+    "seed",
+    "scale",
+    "date",
+}
 HOLDS = {True: "yes", False: "no", None: "undecided"}
 HOW_TO = """Each page here is written by one command from a finished run: its numbers and figures are
 that run's `summary.json` and `figures/`.
@@ -73,8 +86,14 @@ def load_run(arg: str) -> Run:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise DocsError(f"{file}: experiment name {name!r} cannot name a page")
     design = _design(path)
-    return Run(path.resolve(), summary, name, str(summary.get("date") or _date(path, file)),
-               summary.get("seed", design.get("seed")), summary.get("scale", design.get("scale")))
+    return Run(
+        path.resolve(),
+        summary,
+        name,
+        str(summary.get("date") or _date(path, file)),
+        summary.get("seed", design.get("seed")),
+        summary.get("scale", design.get("scale")),
+    )
 
 
 def _design(path: Path) -> dict[str, Any]:
@@ -119,8 +138,11 @@ def _json(x: Any, pad: str = "") -> str:
     inner = list(x.values() if isinstance(x, dict) else x if isinstance(x, list) else [])
     if not any(isinstance(v, (dict, list)) for v in inner):
         return json.dumps(x, ensure_ascii=False)
-    items = ([f"{json.dumps(k)}: {_json(v, pad + ' ')}" for k, v in x.items()] if isinstance(x, dict)
-             else [_json(v, pad + " ") for v in x])
+    items = (
+        [f"{json.dumps(k)}: {_json(v, pad + ' ')}" for k, v in x.items()]
+        if isinstance(x, dict)
+        else [_json(v, pad + " ") for v in x]
+    )
     ends = "{}" if isinstance(x, dict) else "[]"
     return ends[0] + "\n" + ",\n".join(pad + " " + i for i in items) + "\n" + pad + ends[1]
 
@@ -132,8 +154,12 @@ def _collapsed(title: str, value: Any) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
 
 
 def _findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,8 +171,10 @@ def headline(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """(text, holds) per line: the summary's ``headline`` (strings or ``{text, holds}``), else its findings."""
     lines = summary.get("headline")
     if isinstance(lines, list) and lines:
-        return [(str(i.get("text", i.get("finding", ""))), i.get("holds", "")) if isinstance(i, dict)
-                else (str(i), "") for i in lines]
+        return [
+            (str(i.get("text", i.get("finding", ""))), i.get("holds", "")) if isinstance(i, dict) else (str(i), "")
+            for i in lines
+        ]
     return [(str(f.get("finding", "")), f.get("holds")) for f in _findings(summary)]
 
 
@@ -155,16 +183,23 @@ def findings_section(findings: list[dict[str, Any]]) -> list[str]:
     rows, notes, blocks = [], [], []
     for i, f in enumerate(findings, 1):
         numbers: dict[str, Any] = f["numbers"] if isinstance(f.get("numbers"), dict) else {}
-        cell = [f"{k} = {fmt(v)}" for k, v in numbers.items()
-                if k not in ("rule", "reason") and not isinstance(v, (dict, list))]
+        cell = [
+            f"{k} = {fmt(v)}"
+            for k, v in numbers.items()
+            if k not in ("rule", "reason") and not isinstance(v, (dict, list))
+        ]
         nested = [k for k, v in numbers.items() if isinstance(v, (dict, list))]
         if nested:
             cell.append(f"{', '.join(nested)}: in numbers {i} below")
             blocks += _collapsed(f"Numbers {i}: {fmt(f.get('finding'))}", numbers)
-        rows.append([str(i), fmt(f.get("finding")), HOLDS.get(f.get("holds"), fmt(f.get("holds"))),
-                     "<br>".join(cell) or "-"])
-        for key, text in (("published", f.get("published")), ("rule", numbers.get("rule")),
-                          ("reason", numbers.get("reason"))):
+        rows.append(
+            [str(i), fmt(f.get("finding")), HOLDS.get(f.get("holds"), fmt(f.get("holds"))), "<br>".join(cell) or "-"]
+        )
+        for key, text in (
+            ("published", f.get("published")),
+            ("rule", numbers.get("rule")),
+            ("reason", numbers.get("reason")),
+        ):
             if text:
                 notes.append(f"- **{i}, {key}:** {fmt(text)}")
     return ["## Findings", "", *_table(["#", "finding", "holds", "numbers"], rows), *notes, "", *blocks]
@@ -172,11 +207,14 @@ def findings_section(findings: list[dict[str, Any]]) -> list[str]:
 
 def records_table(records: list[dict[str, Any]]) -> list[str]:
     """One row per record (nested objects such as ``params`` spread into their keys, lists as JSON)."""
-    flat = [{k2: v2 for k, v in r.items() for k2, v2 in (v.items() if isinstance(v, dict) else [(k, v)])}
-            for r in records]
+    flat = [
+        {k2: v2 for k, v in r.items() for k2, v2 in (v.items() if isinstance(v, dict) else [(k, v)])} for r in records
+    ]
     cols = list(dict.fromkeys(k for r in flat for k in r))
-    return _table(cols, [[fmt(json.dumps(_rounded(r.get(c))) if isinstance(r.get(c), list) else r.get(c))
-                          for c in cols] for r in flat])
+    return _table(
+        cols,
+        [[fmt(json.dumps(_rounded(r.get(c))) if isinstance(r.get(c), list) else r.get(c)) for c in cols] for r in flat],
+    )
 
 
 def groups_section(groups: list[dict[str, Any]]) -> list[str]:
@@ -187,9 +225,14 @@ def groups_section(groups: list[dict[str, Any]]) -> list[str]:
     rows = []
     for g in groups:
         values = [(g.get("metrics") or {}).get(m) for m in finals]
-        rows.append([fmt((g.get("params") or {}).get(k)) for k in params] + [fmt(g.get("n"))] + [
-            fmt(v[0], 3) + (f" ± {fmt(v[1], 2)}" if v[1] else "") if isinstance(v, list) and len(v) == 2
-            else fmt(v) for v in values])
+        rows.append(
+            [fmt((g.get("params") or {}).get(k)) for k in params]
+            + [fmt(g.get("n"))]
+            + [
+                fmt(v[0], 3) + (f" ± {fmt(v[1], 2)}" if v[1] else "") if isinstance(v, list) and len(v) == 2 else fmt(v)
+                for v in values
+            ]
+        )
     note = "Each metric is the mean ± SEM over the group's replicates (`summary.json`, `groups`)."
     return ["## Groups", "", note, "", *_table(params + ["n"] + finals, rows)]
 
@@ -197,20 +240,38 @@ def groups_section(groups: list[dict[str, Any]]) -> list[str]:
 def write_page(run: Run, out: Path) -> Path:
     """Write ``<out>/<experiment>.md`` and copy the run's figures beside it; returns the page."""
     s, findings = run.summary, _findings(run.summary)
-    meta = {"experiment": run.experiment, "date": run.date, "seed": run.seed, "scale": run.scale,
-            "holds": f"{sum(f.get('holds') is True for f in findings)} of {len(findings)}" if findings else "-"}
+    meta = {
+        "experiment": run.experiment,
+        "date": run.date,
+        "seed": run.seed,
+        "scale": run.scale,
+        "holds": f"{sum(f.get('holds') is True for f in findings)} of {len(findings)}" if findings else "-",
+    }
     facts = [f"seed {fmt(run.seed)}", f"scale {fmt(run.scale)}"]
     if "n_cells" in s:
         facts.append(f"{fmt(s['n_cells'])} cells ({fmt(s.get('failed_cells'))} failed)")
     if s.get("mlflow_run_id"):
         facts.append(f"MLflow run `{s['mlflow_run_id']}`")
-    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in meta.items()), "---", "", f"# {run.experiment}", "",
-             f"Run `{run.path}`, launched {run.date}: {', '.join(facts)}.", "",
-             f"What the experiment runs: [Experiments](../experiments.md#{run.experiment}).", ""]
+    lines = [
+        "---",
+        *(f"{k}: {json.dumps(v)}" for k, v in meta.items()),
+        "---",
+        "",
+        f"# {run.experiment}",
+        "",
+        f"Run `{run.path}`, launched {run.date}: {', '.join(facts)}.",
+        "",
+        f"What the experiment runs: [Experiments](../experiments.md#{run.experiment}).",
+        "",
+    ]
     heads = headline(s)
     if heads:
-        lines += ["## Headline", "", *(f"- {text}" + (f" (holds: {HOLDS.get(h, fmt(h))})" if h != "" else "")
-                                       for text, h in heads), ""]
+        lines += [
+            "## Headline",
+            "",
+            *(f"- {text}" + (f" (holds: {HOLDS.get(h, fmt(h))})" if h != "" else "") for text, h in heads),
+            "",
+        ]
     if findings:
         lines += findings_section(findings)
     if isinstance(s.get("groups"), list) and s["groups"]:
@@ -226,9 +287,14 @@ def write_page(run: Run, out: Path) -> Path:
             shutil.copyfile(fig, figdir / fig.name)
     comparisons = s.get("comparisons")
     if isinstance(comparisons, list) and comparisons and all(isinstance(c, dict) for c in comparisons):
-        lines += ["## Comparisons", "", "Performance points of `a` over `b` (percentage points of the metric's "
-                  "mean, 0-100 scale) and one-sided Wilcoxon p-values, paired by problem.", "",
-                  *records_table(comparisons)]
+        lines += [
+            "## Comparisons",
+            "",
+            "Performance points of `a` over `b` (percentage points of the metric's "
+            "mean, 0-100 scale) and one-sided Wilcoxon p-values, paired by problem.",
+            "",
+            *records_table(comparisons),
+        ]
     extra = [k for k in s if k not in KNOWN]
     lines += ["## Other blocks of the summary", ""] if extra else []
     for key in extra:
@@ -244,7 +310,7 @@ def _front_matter(page: Path) -> dict[str, Any]:
     if lines[:1] != ["---"] or "---" not in lines[1:]:
         return {}
     meta: dict[str, Any] = {}
-    for line in lines[1:lines.index("---", 1)]:
+    for line in lines[1 : lines.index("---", 1)]:
         key, _, value = line.partition(": ")
         try:
             meta[key] = json.loads(value)
@@ -263,8 +329,11 @@ def write_index(out: Path) -> Path:
     if rows:
         lines += ["## Pages", "", *_table(["experiment", "run date", "seed", "scale", "findings that hold"], rows)]
     else:
-        lines += ["No results page has been generated in this checkout yet: run an experiment, then the "
-                  "command above on its run folder.", ""]
+        lines += [
+            "No results page has been generated in this checkout yet: run an experiment, then the "
+            "command above on its run folder.",
+            "",
+        ]
     index = out / "index.md"
     index.write_text("\n".join(lines).rstrip() + "\n")
     return index

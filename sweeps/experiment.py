@@ -60,8 +60,15 @@ class Experiment(ABC):
         """Run one cell inside a Ray task; returns its rows (any schema the report reads)."""
 
     @abstractmethod
-    def report(self, cfg: DictConfig, table: pa.Table, run_dir: Path, tracker: Tracker | None,
-               parent_run: str | None, axes: dict) -> dict:
+    def report(
+        self,
+        cfg: DictConfig,
+        table: pa.Table,
+        run_dir: Path,
+        tracker: Tracker | None,
+        parent_run: str | None,
+        axes: dict,
+    ) -> dict:
         """Summary groups, findings and figures from the whole results table.
 
         Args:

@@ -66,8 +66,9 @@ def apply_scale(cfg: DictConfig, overrides: list[str]) -> None:
     """Apply ``scales[cfg.scale]`` (dotted key -> value) except keys set on the command line."""
     scales = cfg.get("scales") or {}
     if cfg.scale not in ("default", "paper") and cfg.scale not in scales:
-        raise ConfigError(f"scale={cfg.scale!r}: expected default or paper"
-                          f"{' or ' + ', '.join(scales) if scales else ''}")
+        raise ConfigError(
+            f"scale={cfg.scale!r}: expected default or paper{' or ' + ', '.join(scales) if scales else ''}"
+        )
     preset = scales.get(cfg.scale) or {}
     cli = [k for k, _ in _cli_keys(overrides)]
     for key, value in preset.items():
@@ -77,8 +78,10 @@ def apply_scale(cfg: DictConfig, overrides: list[str]) -> None:
             cfg.grid[key[5:]] = value
             continue
         if key.startswith("dataset.") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            print(f"note: scale={cfg.scale} sets {key}, which dataset {cfg.dataset.name!r} does not take; "
-                  f"left out", file=sys.stderr)
+            print(
+                f"note: scale={cfg.scale} sets {key}, which dataset {cfg.dataset.name!r} does not take; left out",
+                file=sys.stderr,
+            )
             continue
         OmegaConf.update(cfg, key, value, merge=False, force_add=False)
 
@@ -134,8 +137,12 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
         for key in sorted(coords, key=lambda k: k not in GROUPS):
             value = coords[key]
             group = key.split(".", 1)[0]
-            if group in GROUPS and group in coords and key != group \
-                    and OmegaConf.select(c, key, default="__missing__") == "__missing__":
+            if (
+                group in GROUPS
+                and group in coords
+                and key != group
+                and OmegaConf.select(c, key, default="__missing__") == "__missing__"
+            ):
                 # grid.algorithm.kappa with grid.algorithm [gpbo, extensive]: kappa applies to the
                 # options that take it; the others run once, with a null coordinate
                 coords = {**coords, key: None}
@@ -143,16 +150,18 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
             if key in GROUPS:
                 opt = load_group_option(key, str(value))
                 for k, v in cli:
-                    if k.startswith(key + ".") and OmegaConf.select(opt, k[len(key) + 1:]) is not None:
-                        OmegaConf.update(opt, k[len(key) + 1:], OmegaConf.select(cfg, k), merge=False)
+                    if k.startswith(key + ".") and OmegaConf.select(opt, k[len(key) + 1 :]) is not None:
+                        OmegaConf.update(opt, k[len(key) + 1 :], OmegaConf.select(cfg, k), merge=False)
                         applied.add(k)
                 c[key] = opt
             elif key == "muscle":
                 continue
             else:
                 if OmegaConf.select(c, key, default="__missing__") == "__missing__" and not key.startswith("params."):
-                    raise ConfigError(f"grid key {key!r} is not a config key; grid keys are config keys "
-                                      f"such as noise, algorithm, algorithm.kappa, muscle")
+                    raise ConfigError(
+                        f"grid key {key!r} is not a config key; grid keys are config keys "
+                        f"such as noise, algorithm, algorithm.kappa, muscle"
+                    )
                 OmegaConf.update(c, key, value, merge=False, force_add=key.startswith("params."))
         ident = json.dumps(coords, sort_keys=True, default=str)
         if ident in seen:
@@ -166,27 +175,41 @@ def expand(cfg: DictConfig, overrides: list[str], problem_keys) -> list[tuple[di
             wanted = keys if muscles == "all" else ([muscles] if isinstance(muscles, str) else list(muscles))
             unknown = [m for m in wanted if m not in keys]
             if unknown:
-                raise ConfigError(f"muscle {unknown[0]!r} is not in dataset {c.dataset.name!r}; it has: "
-                                  f"{', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+                raise ConfigError(
+                    f"muscle {unknown[0]!r} is not in dataset {c.dataset.name!r}; it has: "
+                    f"{', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+                )
             for m in wanted:
                 cc = c.copy()
                 cc.muscle = m
                 out.append(({**coords, "muscle": m}, cc))
         else:
             out.append((coords, c))
-    dropped = [k for k, _ in cli if k.split(".", 1)[0] in GROUPS and k.split(".", 1)[0] in axes and "." in k
-               and k not in applied and not k.startswith("grid.")]
+    dropped = [
+        k
+        for k, _ in cli
+        if k.split(".", 1)[0] in GROUPS
+        and k.split(".", 1)[0] in axes
+        and "." in k
+        and k not in applied
+        and not k.startswith("grid.")
+    ]
     if dropped:
         group = dropped[0].split(".", 1)[0]
-        raise ConfigError(f"{dropped[0]}: no {group} of the grid ({', '.join(map(str, axes[group]))}) takes "
-                          f"{dropped[0].split('.', 1)[1]!r}; nothing would use it (check its spelling)")
+        raise ConfigError(
+            f"{dropped[0]}: no {group} of the grid ({', '.join(map(str, axes[group]))}) takes "
+            f"{dropped[0].split('.', 1)[1]!r}; nothing would use it (check its spelling)"
+        )
     return out
 
 
 def make_cell(coords: dict, cell_cfg: DictConfig, payload_keys: tuple[str, ...], seed_key=None) -> Cell:
     """A cell of ``payload_keys``; ``seed_key(payload) -> str``, when the kind has one, narrows its seed."""
-    payload = {k: OmegaConf.to_container(cell_cfg[k], resolve=True) if OmegaConf.is_config(cell_cfg[k])
-               else cell_cfg[k] for k in payload_keys}
+    payload = {
+        k: OmegaConf.to_container(cell_cfg[k], resolve=True) if OmegaConf.is_config(cell_cfg[k]) else cell_cfg[k]
+        for k in payload_keys
+    }
     payload["coords"] = coords
-    return Cell(key=stable_hash(payload), coords=coords, payload=payload,
-                seed_key=seed_key(payload) if seed_key else "")
+    return Cell(
+        key=stable_hash(payload), coords=coords, payload=payload, seed_key=seed_key(payload) if seed_key else ""
+    )

@@ -57,8 +57,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # outside a sweep's cells (a drive kind, or before any work)
         discard_if_untouched(run_dir)
-        print(f"interrupted; anything finished is kept in {run_dir} (resume=<that folder> carries on where the "
-              f"experiment supports it)", file=sys.stderr)
+        print(
+            f"interrupted; anything finished is kept in {run_dir} (resume=<that folder> carries on where the "
+            f"experiment supports it)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     if json.loads(path.read_text()).get("failed_cells"):
         sys.exit(1)

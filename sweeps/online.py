@@ -28,8 +28,11 @@ class OnlineTracker:
         self.tracker, self.run_id = tracker, run_id
 
     def log_query(self, record: dict) -> None:
-        values = {k: record[k] for k in ("response", "exploration", "exploitation")
-                  if isinstance(record.get(k), (int, float)) and record[k] == record[k]}
+        values = {
+            k: record[k]
+            for k in ("response", "exploration", "exploitation")
+            if isinstance(record.get(k), (int, float)) and record[k] == record[k]
+        }
         # journal queries are 0-based; MLflow steps are 1-based queries, as in the offline curves
         self.tracker.metrics(self.run_id, values, step=int(record.get("query", 0)) + 1)
 
@@ -66,23 +69,42 @@ class OnlineKind(DriveExperiment):
             confirm = confirmation(mode)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        run.open_parent(f"online {online.get('name', '')} {run.dir.name}",
-                        params={"online": online, "rig": rig, "mode": mode})
+        run.open_parent(
+            f"online {online.get('name', '')} {run.dir.name}", params={"online": online, "rig": rig, "mode": mode}
+        )
         try:
-            session = run_online(online, rig, run_dir=run.dir, resume=cfg.resume, mode=mode, confirm=confirm,
-                                 n_queries=cfg.n_queries, use_actor=True, ray_address=cfg.cluster.address,
-                                 tracker=OnlineTracker(run.tracker, run.require_parent()))
+            session = run_online(
+                online,
+                rig,
+                run_dir=run.dir,
+                resume=cfg.resume,
+                mode=mode,
+                confirm=confirm,
+                n_queries=cfg.n_queries,
+                use_actor=True,
+                ray_address=cfg.cluster.address,
+                tracker=OnlineTracker(run.tracker, run.require_parent()),
+            )
         except SessionStopped as exc:
-            raise LaunchError(f"{exc}; session folder {exc.run_dir}; resume: the same command with "
-                              f"resume={exc.run_dir}") from None
+            raise LaunchError(
+                f"{exc}; session folder {exc.run_dir}; resume: the same command with resume={exc.run_dir}"
+            ) from None
         except (ValueError, FileNotFoundError, RigError, JournalError) as exc:
             raise ConfigError(error_text(exc) if isinstance(exc, RigError) else str(exc)) from None
         run.dir = Path(session.get("run_dir", run.dir))
-        metrics = {k: [float(v), 0.0] for k, v in session.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return {"groups": [{"params": {"online": online.get("name"), "mode": session["mode"]},
-                            "n": int(session.get("n_queries", 0) or 0), "metrics": metrics}],
-                "session": session}
+        metrics = {
+            k: [float(v), 0.0] for k, v in session.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        return {
+            "groups": [
+                {
+                    "params": {"online": online.get("name"), "mode": session["mode"]},
+                    "n": int(session.get("n_queries", 0) or 0),
+                    "metrics": metrics,
+                }
+            ],
+            "session": session,
+        }
 
 
 KIND = OnlineKind()

@@ -14,16 +14,19 @@ import numpy as np  # noqa: E402
 from neuro_opt import metrics  # noqa: E402
 
 
-def curves_figure(group_keys: list[str], curves_by_group: dict, path: Path, title: str = "",
-                  n_problems: int | None = None) -> Path:
+def curves_figure(
+    group_keys: list[str], curves_by_group: dict, path: Path, title: str = "", n_problems: int | None = None
+) -> Path:
     """Exploration and exploitation vs queries, mean +/- SEM, one line per algorithm,
     one column per combination of the other group keys."""
     ai = group_keys.index("algorithm") if "algorithm" in group_keys else None
-    panels = sorted({tuple(v for i, v in enumerate(k) if i != ai) for k in curves_by_group},
-                    key=lambda r: tuple(str(x) for x in r))
+    panels = sorted(
+        {tuple(v for i, v in enumerate(k) if i != ai) for k in curves_by_group}, key=lambda r: tuple(str(x) for x in r)
+    )
     other = [k for i, k in enumerate(group_keys) if i != ai]
     fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels) + 1, 6), squeeze=False, sharey="row")
     n_runs = 0
+
     def legend_order(kv):  # GP-BO first, then the benchmarks, in every panel
         return (display.order(kv[0][ai]) if ai is not None else 0, tuple(str(x) for x in kv[0]))
 
@@ -47,8 +50,10 @@ def curves_figure(group_keys: list[str], curves_by_group: dict, path: Path, titl
             if row == 0:
                 ax.set_title(", ".join(display.value(k, v) for k, v in zip(other, rest)) or "all")
     axes[0, 0].legend(loc="lower right")
-    fig.suptitle(f"{title + ': ' if title else ''}exploration and exploitation per query\n"
-                 f"{display.band_note(n_runs, n_problems)} per line")
+    fig.suptitle(
+        f"{title + ': ' if title else ''}exploration and exploitation per query\n"
+        f"{display.band_note(n_runs, n_problems)} per line"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -72,8 +77,10 @@ def final_vs_param(groups: list[dict], param: str, path: Path, title: str = "", 
             ax.set_ylim(0, 105)
     axes[0].legend()
     n = max((g["n"] for g in groups), default=0)
-    fig.suptitle(f"{title + ': ' if title else ''}final exploration and exploitation vs "
-                 f"{display.axis(param).split(',')[0]}\n{display.band_note(n, n_problems)} per point")
+    fig.suptitle(
+        f"{title + ': ' if title else ''}final exploration and exploitation vs "
+        f"{display.axis(param).split(',')[0]}\n{display.band_note(n, n_problems)} per point"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

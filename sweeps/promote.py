@@ -47,8 +47,14 @@ from sweeps.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("source", "name", "overwrite", "tracking.uri", "study.storage", "base", "rig", "out_dir")
-DEFAULTS = {"overwrite": False, "tracking.uri": "sqlite:///mlflow.db", "study.storage": None,
-            "base": "example_rat", "rig": "synapse", "out_dir": str(ROOT / "conf" / "online")}
+DEFAULTS = {
+    "overwrite": False,
+    "tracking.uri": "sqlite:///mlflow.db",
+    "study.storage": None,
+    "base": "example_rat",
+    "rig": "synapse",
+    "out_dir": str(ROOT / "conf" / "online"),
+}
 
 
 class PromoteError(ConfigError):
@@ -72,11 +78,14 @@ def parse_args(argv: list[str]) -> dict:
             args[key] = None if val in ("null", "") and key == "study.storage" else val
     for key in ("source", "name"):
         if not args.get(key):
-            raise PromoteError(f"{key}= is required: python -m sweeps.promote source=<MLflow run id or study name> "
-                               f"name=NAME [overwrite=true]")
+            raise PromoteError(
+                f"{key}= is required: python -m sweeps.promote source=<MLflow run id or study name> "
+                f"name=NAME [overwrite=true]"
+            )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args["name"]) or args["name"].endswith(".yaml"):
-        raise PromoteError(f"name={args['name']!r}: a config name is letters, digits, '_', '-', '.' "
-                           f"(it becomes conf/online/NAME.yaml)")
+        raise PromoteError(
+            f"name={args['name']!r}: a config name is letters, digits, '_', '-', '.' (it becomes conf/online/NAME.yaml)"
+        )
     return args
 
 
@@ -89,7 +98,7 @@ def _client(uri: str, required: bool):
     from sweeps.tracking import display_uri
 
     uri = display_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         if required:
             raise PromoteError(f"tracking.uri={uri}: no MLflow store there (pass the tracking.uri of the launch)")
         return None, uri
@@ -104,19 +113,30 @@ def _loads(params: dict, key: str, default=None):
 def from_run(client, run, uri: str) -> dict:
     p = run.data.params
     if "chosen.algorithm" not in p:
-        raise PromoteError(f"MLflow run {run.info.run_id} has no chosen hyperparameters (no chosen.algorithm param): "
-                           f"promote the parent run of a finished +exp=tune_gpbo or +exp=kappa_calibration launch")
+        raise PromoteError(
+            f"MLflow run {run.info.run_id} has no chosen hyperparameters (no chosen.algorithm param): "
+            f"promote the parent run of a finished +exp=tune_gpbo or +exp=kappa_calibration launch"
+        )
     m = run.data.metrics
     return {
-        "algorithm": json.loads(p["chosen.algorithm"]), "method": p.get("chosen.method"),
-        "source": run.info.run_id, "source_type": "mlflow_run", "tracking_uri": uri,
-        "tag_runs": [run.info.run_id], "n_queries": _loads(p, "chosen.n_queries"),
-        "dataset": _loads(p, "chosen.dataset"), "dataset_space": _loads(p, "chosen.dataset_space"),
-        "train_subjects": _loads(p, "chosen.train_subjects"), "heldout_subjects": _loads(p, "chosen.heldout_subjects"),
-        "objective": _loads(p, "chosen.objective"), "search": _loads(p, "chosen.search"),
-        "heldout_objective": m.get("heldout_objective"), "heldout_objective_sem": m.get("heldout_objective_sem"),
+        "algorithm": json.loads(p["chosen.algorithm"]),
+        "method": p.get("chosen.method"),
+        "source": run.info.run_id,
+        "source_type": "mlflow_run",
+        "tracking_uri": uri,
+        "tag_runs": [run.info.run_id],
+        "n_queries": _loads(p, "chosen.n_queries"),
+        "dataset": _loads(p, "chosen.dataset"),
+        "dataset_space": _loads(p, "chosen.dataset_space"),
+        "train_subjects": _loads(p, "chosen.train_subjects"),
+        "heldout_subjects": _loads(p, "chosen.heldout_subjects"),
+        "objective": _loads(p, "chosen.objective"),
+        "search": _loads(p, "chosen.search"),
+        "heldout_objective": m.get("heldout_objective"),
+        "heldout_objective_sem": m.get("heldout_objective_sem"),
         "published_heldout_objective": m.get("published_heldout_objective"),
-        "train_objective": m.get("train_objective"), "code_version": p.get("chosen.code_version"),
+        "train_objective": m.get("train_objective"),
+        "code_version": p.get("chosen.code_version"),
         "experiment": run.data.tags.get("mlflow.runName"),
     }
 
@@ -128,9 +148,11 @@ def _study_runs(client, name: str) -> list:
     if not exps:
         return []
     esc = name.replace("'", "\\'")
-    return client.search_runs(exps, filter_string=f"tags.`optuna.study_name` = '{esc}' and "
-                                                  f"tags.`neuro_opt.kind` = 'tune'",
-                              order_by=["attributes.start_time DESC"])
+    return client.search_runs(
+        exps,
+        filter_string=f"tags.`optuna.study_name` = '{esc}' and tags.`neuro_opt.kind` = 'tune'",
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def from_study(client, name: str, storage: str | None, uri: str) -> dict:
@@ -140,8 +162,10 @@ def from_study(client, name: str, storage: str | None, uri: str) -> dict:
     runs = _study_runs(client, name)
     if storage is None:
         if not runs:
-            raise PromoteError(f"source={name!r} is neither an MLflow run in {uri} nor a study recorded there; "
-                               f"pass study.storage=URL for a study, or the tracking.uri of its launches")
+            raise PromoteError(
+                f"source={name!r} is neither an MLflow run in {uri} nor a study recorded there; "
+                f"pass study.storage=URL for a study, or the tracking.uri of its launches"
+            )
         storage = runs[0].data.tags.get("optuna.storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -152,44 +176,79 @@ def from_study(client, name: str, storage: str | None, uri: str) -> dict:
         raise PromoteError(f"study.storage={storage!r}: cannot open it: {exc}") from None
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
-        raise PromoteError(f"study {name!r} in {storage} has no finished trial ({len(study.trials)} trial(s), none "
-                           f"complete): run more trials with +exp=tune_gpbo study.name={name}")
+        raise PromoteError(
+            f"study {name!r} in {storage} has no finished trial ({len(study.trials)} trial(s), none "
+            f"complete): run more trials with +exp=tune_gpbo study.name={name}"
+        )
     settings = study.user_attrs.get("settings")
     if settings is None or "hyperparameters" not in study.best_trial.user_attrs:
-        raise PromoteError(f"study {name!r} was not made by +exp=tune_gpbo (no settings or hyperparameters "
-                           f"attributes); nothing to promote")
+        raise PromoteError(
+            f"study {name!r} was not made by +exp=tune_gpbo (no settings or hyperparameters "
+            f"attributes); nothing to promote"
+        )
     rec = {
-        "method": "optuna", "source": name, "source_type": "optuna_study", "tracking_uri": uri, "tag_runs": [],
-        "n_queries": settings["run"]["n_queries"], "dataset": settings["dataset"],
+        "method": "optuna",
+        "source": name,
+        "source_type": "optuna_study",
+        "tracking_uri": uri,
+        "tag_runs": [],
+        "n_queries": settings["run"]["n_queries"],
+        "dataset": settings["dataset"],
         "dataset_space": study.user_attrs.get("dataset_space"),
         "train_subjects": list(dict.fromkeys(k.split("/", 1)[0] for k in settings["train"])),
         "heldout_subjects": list(dict.fromkeys(k.split("/", 1)[0] for k in settings["heldout"])),
-        "objective": settings["objective"], "code_version": study.user_attrs.get("code_version"),
-        "heldout_objective": None, "heldout_objective_sem": None, "published_heldout_objective": None,
+        "objective": settings["objective"],
+        "code_version": study.user_attrs.get("code_version"),
+        "heldout_objective": None,
+        "heldout_objective_sem": None,
+        "published_heldout_objective": None,
     }
     sel = study.user_attrs.get("selected")
     if sel is not None:  # the choice of the study's latest launch (confirmed on fresh runs, re-scored held out)
-        rec.update(algorithm=sel["hyperparameters"], train_objective=sel.get("train_objective"),
-                   heldout_objective=sel["heldout_objective"][0], heldout_objective_sem=sel["heldout_objective"][1],
-                   published_heldout_objective=sel["published_heldout_objective"][0],
-                   code_version=sel.get("code_version") or rec["code_version"])
-        rec["search"] = {"kind": "optuna", "study_name": name, "storage": storage, "trial": sel["trial"],
-                         "selected": sel["label"], "launch": sel.get("launch"), "n_trials": sel.get("n_trials"),
-                         "space": study.user_attrs.get("space")}
+        rec.update(
+            algorithm=sel["hyperparameters"],
+            train_objective=sel.get("train_objective"),
+            heldout_objective=sel["heldout_objective"][0],
+            heldout_objective_sem=sel["heldout_objective"][1],
+            published_heldout_objective=sel["published_heldout_objective"][0],
+            code_version=sel.get("code_version") or rec["code_version"],
+        )
+        rec["search"] = {
+            "kind": "optuna",
+            "study_name": name,
+            "storage": storage,
+            "trial": sel["trial"],
+            "selected": sel["label"],
+            "launch": sel.get("launch"),
+            "n_trials": sel.get("n_trials"),
+            "space": study.user_attrs.get("space"),
+        }
         known = {r.info.run_id for r in runs}
         rec["tag_runs"] = [sel["mlflow_run_id"]] if sel.get("mlflow_run_id") in known else []
         if sel.get("n_trials", 0) < len(study.trials):
-            print(f"note: study {name!r} has {len(study.trials)} trials; the choice promoted was made by launch "
-                  f"{sel.get('launch')} over its first {sel.get('n_trials')} (relaunch +exp=tune_gpbo "
-                  f"study.name={name} params.n_trials=0 to choose again over all of them)", file=sys.stderr)
+            print(
+                f"note: study {name!r} has {len(study.trials)} trials; the choice promoted was made by launch "
+                f"{sel.get('launch')} over its first {sel.get('n_trials')} (relaunch +exp=tune_gpbo "
+                f"study.name={name} params.n_trials=0 to choose again over all of them)",
+                file=sys.stderr,
+            )
     else:
         best = study.best_trial
         rec.update(algorithm=best.user_attrs["hyperparameters"], train_objective=best.value)
-        rec["search"] = {"kind": "optuna", "study_name": name, "storage": storage, "trial": best.number,
-                         "selected": f"trial {best.number}", "space": study.user_attrs.get("space")}
-        print(f"note: no launch of study {name!r} finished its choice; promoting its best trial {best.number} "
-              f"unconfirmed, and provenance.heldout_objective is null (relaunch +exp=tune_gpbo study.name={name} "
-              f"params.n_trials=0 to confirm and re-score it)", file=sys.stderr)
+        rec["search"] = {
+            "kind": "optuna",
+            "study_name": name,
+            "storage": storage,
+            "trial": best.number,
+            "selected": f"trial {best.number}",
+            "space": study.user_attrs.get("space"),
+        }
+        print(
+            f"note: no launch of study {name!r} finished its choice; promoting its best trial {best.number} "
+            f"unconfirmed, and provenance.heldout_objective is null (relaunch +exp=tune_gpbo study.name={name} "
+            f"params.n_trials=0 to confirm and re-score it)",
+            file=sys.stderr,
+        )
     return rec
 
 
@@ -199,6 +258,7 @@ def read_source(args: dict) -> tuple[dict, object]:
     client, uri = _client(args["tracking.uri"], required=looks_like_run and not args["study.storage"])
     if looks_like_run and client is not None:
         from mlflow.exceptions import MlflowException
+
         try:
             run = client.get_run(source)
         except MlflowException:
@@ -256,8 +316,10 @@ def check_rig(cfg, rig_path: Path) -> None:
     except (OSError, yaml.YAMLError) as exc:
         raise PromoteError(f"{unusable}: {_one_line(exc)}") from None
     if not isinstance(rig_cfg, dict) or not isinstance(rig_cfg.get("limits"), dict):
-        raise PromoteError(f"{unusable}: it has no limits mapping (rig.limits: max_amplitude_uA, max_charge_nC, ...); "
-                           f"pass rig= a rig config with safety limits")
+        raise PromoteError(
+            f"{unusable}: it has no limits mapping (rig.limits: max_amplitude_uA, max_charge_nC, ...); "
+            f"pass rig= a rig config with safety limits"
+        )
     try:
         limits = SafetyLimits.from_dict(rig_cfg["limits"])
         chmap = None
@@ -271,8 +333,9 @@ def check_rig(cfg, rig_path: Path) -> None:
     try:
         plan.preflight()
     except SafetyViolation as exc:
-        raise PromoteError(f"the promoted config breaks the safety limits of rig config {rig_path}; nothing written: "
-                           f"{_one_line(exc)}") from None
+        raise PromoteError(
+            f"the promoted config breaks the safety limits of rig config {rig_path}; nothing written: {_one_line(exc)}"
+        ) from None
     except ValueError as exc:
         raise PromoteError(f"{unusable}: {_one_line(exc)}") from None
 
@@ -294,9 +357,12 @@ def build(rec: dict, args: dict) -> dict:
     if ds_space and set(ds_space) == set(base.get("space", {})):
         d["space"] = {k: list(v) for k, v in ds_space.items()}
     elif ds_space:
-        print(f"note: the calibration dataset's space {list(ds_space)} has other dimensions than base "
-              f"{base_path.name}'s {list(base.get('space', {}))}; kept the base's space (pass base= a template "
-              f"with the dataset's dimensions)", file=sys.stderr)
+        print(
+            f"note: the calibration dataset's space {list(ds_space)} has other dimensions than base "
+            f"{base_path.name}'s {list(base.get('space', {}))}; kept the base's space (pass base= a template "
+            f"with the dataset's dimensions)",
+            file=sys.stderr,
+        )
     n_q = rec.get("n_queries")
     if n_q is None:
         n_q = 1
@@ -335,8 +401,9 @@ def build(rec: dict, args: dict) -> dict:
     try:
         algorithms.make(name, SearchSpace(dict(cfg.space)), n_reps=1, seed=cfg.seed, **alg)
     except (ValueError, TypeError) as exc:
-        raise PromoteError(f"the chosen hyperparameters do not build a {name} optimizer on the online space: "
-                           f"{exc}") from None
+        raise PromoteError(
+            f"the chosen hyperparameters do not build a {name} optimizer on the online space: {exc}"
+        ) from None
     check_rig(cfg, rig_path)
     return cfg.to_dict()
 
@@ -362,9 +429,11 @@ def write(d: dict, args: dict) -> Path:
         raise PromoteError(f"{path} exists; pass overwrite=true to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     prov = d["provenance"]
-    header = (f"# Online session config promoted by `python -m sweeps.promote` on {prov['date']}\n"
-              f"# from {prov['source_type']} {prov['source']} ({prov['method']}); see provenance at the end.\n"
-              f"# Run it: python -m sweeps.launch +exp=online online={args['name']} rig=simulated|synapse\n")
+    header = (
+        f"# Online session config promoted by `python -m sweeps.promote` on {prov['date']}\n"
+        f"# from {prov['source_type']} {prov['source']} ({prov['method']}); see provenance at the end.\n"
+        f"# Run it: python -m sweeps.launch +exp=online online={args['name']} rig=simulated|synapse\n"
+    )
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=100))
     try:
@@ -397,11 +466,16 @@ def promote(argv: list[str]) -> Path:
     tag_source(client, rec, path, args["name"])
     hv = rec.get("heldout_objective")
     pv = rec.get("published_heldout_objective")
-    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec["algorithm"].items()
-                   if k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max"))
-    print(f"promoted {rec['source_type']} {rec['source']} ({rec['method']}): {hp}; held-out "
-          f"{(rec.get('objective') or {}).get('name', 'objective')} "
-          f"{'n/a' if hv is None else f'{hv:.4f}'} (published defaults {'n/a' if pv is None else f'{pv:.4f}'})")
+    hp = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in rec["algorithm"].items()
+        if k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")
+    )
+    print(
+        f"promoted {rec['source_type']} {rec['source']} ({rec['method']}): {hp}; held-out "
+        f"{(rec.get('objective') or {}).get('name', 'objective')} "
+        f"{'n/a' if hv is None else f'{hv:.4f}'} (published defaults {'n/a' if pv is None else f'{pv:.4f}'})"
+    )
     print(path)
     return path
 

@@ -16,11 +16,11 @@ def grid_space(n_points: int, n_dims: int):
     from neuro_opt.space import SearchSpace
 
     side = max(1, int(round(n_points ** (1.0 / n_dims))))
-    while side ** n_dims < n_points:
+    while side**n_dims < n_points:
         side += 1
     while side > 1 and (side - 1) ** n_dims >= n_points:
         side -= 1
-    mask = np.zeros(side ** n_dims, dtype=bool)
+    mask = np.zeros(side**n_dims, dtype=bool)
     mask[:n_points] = True
     return SearchSpace({f"x{j}": range(side) for j in range(n_dims)}, mask=mask.reshape((side,) * n_dims))
 
@@ -37,9 +37,18 @@ def smooth_function(X: np.ndarray, rng: np.random.Generator, n_bumps: int = 3) -
     return f / f.max()
 
 
-def time_queries(algorithm: dict, n_points: int, n_dims: int, history: int, device: str = "cpu",
-                 repeats: int = 7, warmup: int = 1, max_seconds: float = 60.0, seed=0,
-                 history_from: str = "distinct") -> dict:
+def time_queries(
+    algorithm: dict,
+    n_points: int,
+    n_dims: int,
+    history: int,
+    device: str = "cpu",
+    repeats: int = 7,
+    warmup: int = 1,
+    max_seconds: float = 60.0,
+    seed=0,
+    history_from: str = "distinct",
+) -> dict:
     """Time GP-BO queries after ``history`` observations (steps 1-3 of :mod:`sweeps.kinds.latency`).
 
     Args:
@@ -63,8 +72,9 @@ def time_queries(algorithm: dict, n_points: int, n_dims: int, history: int, devi
 
     alg = dict(algorithm)
     name = alg.pop("name")
-    opt: Any = algorithms.make(name, space, n_reps=1, seed=s_alg, capacity=history + warmup + repeats + 1,
-                               device=device, **alg)  # a GP-BO: its engine is opt.gp
+    opt: Any = algorithms.make(
+        name, space, n_reps=1, seed=s_alg, capacity=history + warmup + repeats + 1, device=device, **alg
+    )  # a GP-BO: its engine is opt.gp
     gp = opt.gp
     P = space.n_points
     if history_from == "run":  # the history is GP-BO's own: `history` untimed ask/tell queries

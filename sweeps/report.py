@@ -56,8 +56,10 @@ def resolve_run(run: str, tracking_uri: str) -> Path:
     try:
         info = client.get_run(run)
     except MlflowException as exc:
-        raise ConfigError(f"run={run!r} is neither a folder nor a run id in tracking.uri={tracking_uri!r} "
-                          f"({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"run={run!r} is neither a folder nor a run id in tracking.uri={tracking_uri!r} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
     tagged = info.data.tags.get("run_dir")
     if tagged and (Path(tagged) / "results").is_dir():
         return Path(tagged)
@@ -68,8 +70,9 @@ def resolve_run(run: str, tracking_uri: str) -> Path:
         client.download_artifacts(run, "results", str(dest))
         client.download_artifacts(run, "config", str(dest))
     except (MlflowException, OSError) as exc:
-        raise ConfigError(f"run {run}: its folder {tagged!r} is not here and its artifacts could not be "
-                          f"downloaded ({exc})") from None
+        raise ConfigError(
+            f"run {run}: its folder {tagged!r} is not here and its artifacts could not be downloaded ({exc})"
+        ) from None
     for f in (dest / "config").iterdir():
         f.replace(dest / ".hydra" / f.name)
     return dest.resolve()
@@ -95,8 +98,9 @@ def remake(run_dir: Path) -> Path:
     table = ResultStore(run_dir).read()
     report = kind.report(cfg, table, run_dir, None, None, grid.grid_axes(cfg))
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {"experiment": cfg.experiment,
-                                                                     "run_dir": str(run_dir)}
+    summary = (
+        json.loads(path.read_text()) if path.is_file() else {"experiment": cfg.experiment, "run_dir": str(run_dir)}
+    )
     results.split_curves(report, run_dir)
     base = {k: summary[k] for k in ("experiment", "run_dir", "mlflow_run_id", "wall_s") if k in summary}
     rest = {**{k: v for k, v in summary.items() if k not in base and k != "headline"}, **report}

@@ -45,10 +45,13 @@ def best_per_point(groups: list[dict]) -> list[str]:
         rest = {k: v for k, v in gs[0]["params"].items() if k != "algorithm"}
         what = metric.replace("_final", "").replace("_", " ")
         first, *others = gs
-        tail = ", ".join(f"{display.algorithm(g['params']['algorithm'])} {_pct(g['metrics'][metric][0])}"
-                         for g in others)
-        lines.append(f"{display.point(rest)}: {display.algorithm(first['params']['algorithm'])} has the best "
-                     f"final {what} ({_pct(first['metrics'][metric][0])}; {tail})")
+        tail = ", ".join(
+            f"{display.algorithm(g['params']['algorithm'])} {_pct(g['metrics'][metric][0])}" for g in others
+        )
+        lines.append(
+            f"{display.point(rest)}: {display.algorithm(first['params']['algorithm'])} has the best "
+            f"final {what} ({_pct(first['metrics'][metric][0])}; {tail})"
+        )
     return lines
 
 
@@ -105,8 +108,11 @@ def headline_metrics(body: dict) -> dict[str, float]:
         rest = {k: v for k, v in g["params"].items() if k != "algorithm"}
         # the UI's chart view makes a section per name prefix: one per metric and grid point, holding
         # a chart per algorithm, so the algorithms at one noise level sit side by side
-        section, chart = (display.point(rest), display.algorithm(g["params"]["algorithm"])) \
-            if "algorithm" in g["params"] else ("", display.point(g["params"]))
+        section, chart = (
+            (display.point(rest), display.algorithm(g["params"]["algorithm"]))
+            if "algorithm" in g["params"]
+            else ("", display.point(g["params"]))
+        )
         for m in names:
             value = g["metrics"][m][0]
             if isinstance(value, (int, float)) and value == value:
@@ -118,8 +124,9 @@ def headline_metrics(body: dict) -> dict[str, float]:
             v = c.get(f"{name}_points_final")
             if isinstance(v, (int, float)):
                 where = display.point(c.get("params") or {})
-                out[metric_key(f"{name}_points {where}", f"{display.algorithm(c['a'])} vs {display.algorithm(c['b'])}")
-                    ] = float(v)
+                out[
+                    metric_key(f"{name}_points {where}", f"{display.algorithm(c['a'])} vs {display.algorithm(c['b'])}")
+                ] = float(v)
     return out
 
 
@@ -135,19 +142,31 @@ def log_groups(tracker: Any, parent: str, body: dict, curves: dict[int, dict] | 
         # logged in reading order: the UI's compare view plots the first metric it finds, so the
         # ranking metric (final exploitation) comes first and bookkeeping (n_runs) last
         keys = sorted(finite, key=lambda k: RANKED.index(k) if k in RANKED else len(RANKED))
-        tracker.metrics(run, {**{k: finite[k][0] for k in keys},
-                              **{f"{k}_sem": finite[k][1] for k in keys if isinstance(finite[k][1], (int, float))},
-                              "n_runs": g["n"]})
+        tracker.metrics(
+            run,
+            {
+                **{k: finite[k][0] for k in keys},
+                **{f"{k}_sem": finite[k][1] for k in keys if isinstance(finite[k][1], (int, float))},
+                "n_runs": g["n"],
+            },
+        )
         for name, c in ((curves or {}).get(i) or {}).items():
             tracker.curves(run, {f"{name}_mean": c["mean"]})
         tracker.end(run)
-        rows.append({"point": display.point(params), "n": g["n"],
-                     **{k: v[0] for k, v in finite.items()}, **{f"{k}_sem": v[1] for k, v in finite.items()}})
+        rows.append(
+            {
+                "point": display.point(params),
+                "n": g["n"],
+                **{k: v[0] for k, v in finite.items()},
+                **{f"{k}_sem": v[1] for k, v in finite.items()},
+            }
+        )
     tracker.metrics(parent, headline_metrics(body))
     if rows:
         columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("point", "n"), k))
-        tracker.client.log_table(parent, data={c: [r.get(c) for r in rows] for c in columns},
-                                 artifact_file="groups.json")
+        tracker.client.log_table(
+            parent, data={c: [r.get(c) for r in rows] for c in columns}, artifact_file="groups.json"
+        )
 
 
 def print_headline(summary: dict, file: Any = None) -> None:
@@ -159,8 +178,13 @@ def print_headline(summary: dict, file: Any = None) -> None:
     lines = summary.get("headline") or []
     if not lines:
         return
-    table = Table(title=f"{summary.get('experiment', '')}: headline", title_justify="left", show_header=False,
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"{summary.get('experiment', '')}: headline",
+        title_justify="left",
+        show_header=False,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     table.add_column(overflow="fold")
     for line in lines:
         table.add_row(line)

@@ -43,15 +43,18 @@ class Run:
             self._tracker = Tracker(self.cfg.tracking.uri, self.experiment_name)
         return self._tracker
 
-    def open_parent(self, name: str | None = None, params: dict | None = None, tags: dict | None = None,
-                    reopen: str | None = None) -> bool:
+    def open_parent(
+        self, name: str | None = None, params: dict | None = None, tags: dict | None = None, reopen: str | None = None
+    ) -> bool:
         """Start the parent run, or continue ``reopen`` (a resumed launch's own); True if continued."""
         self.parent = self.tracker.reopen(reopen)
         if self.parent is not None:
             return True
-        self.parent = self.tracker.start(name or f"{self.cfg.experiment} {self.dir.name}",
-                                         params=loggable(self.cfg) if params is None else params,
-                                         tags={**self.tags(), **(tags or {})})
+        self.parent = self.tracker.start(
+            name or f"{self.cfg.experiment} {self.dir.name}",
+            params=loggable(self.cfg) if params is None else params,
+            tags={**self.tags(), **(tags or {})},
+        )
         return False
 
     def tags(self) -> dict[str, str]:
@@ -59,10 +62,15 @@ class Run:
         cfg = self.cfg
         dataset = cfg.get("dataset")
         grid_keys = list((OmegaConf.to_container(cfg.grid) or {}) if "grid" in cfg else {})
-        out = {"run_dir": str(self.dir), "experiment": str(cfg.experiment), "kind": str(cfg.kind),
-               "scale": str(cfg.get("scale")), "seed": str(cfg.get("seed")),
-               "dataset": str(dataset.get("name")) if isinstance(dataset, DictConfig) else "",
-               "grid": " x ".join(map(str, grid_keys)) or "none"}
+        out = {
+            "run_dir": str(self.dir),
+            "experiment": str(cfg.experiment),
+            "kind": str(cfg.kind),
+            "scale": str(cfg.get("scale")),
+            "seed": str(cfg.get("seed")),
+            "dataset": str(dataset.get("name")) if isinstance(dataset, DictConfig) else "",
+            "grid": " x ".join(map(str, grid_keys)) or "none",
+        }
         commit = _git_commit()
         if commit:
             out["mlflow.source.git.commit"] = commit
@@ -104,8 +112,14 @@ class Run:
     def finish(self, body: dict, failed: bool = False, metrics: dict | None = None) -> Path:
         """Write ``summary.json`` (the runner's keys, then ``body``), log it, end the parent, print."""
         results.split_curves(body, self.dir)
-        summary = {"experiment": self.cfg.experiment, "run_dir": str(self.dir), "mlflow_run_id": self.parent,
-                   "wall_s": round(time.time() - self.t0, 2), "headline": results.headline(body), **body}
+        summary = {
+            "experiment": self.cfg.experiment,
+            "run_dir": str(self.dir),
+            "mlflow_run_id": self.parent,
+            "wall_s": round(time.time() - self.t0, 2),
+            "headline": results.headline(body),
+            **body,
+        }
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "summary.json"
         write_summary(path, summary, default=str)
@@ -147,9 +161,11 @@ def check_address(address: str) -> None:
         with socket.create_connection((host, int(port)), timeout=3):
             pass
     except OSError as exc:
-        raise ConfigError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-                          f"start the head with `RAY_AUTH_MODE=token ray start --head` or set "
-                          f"cluster.address=null for a local Ray") from None
+        raise ConfigError(
+            f"cluster.address={address!r}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            f"start the head with `RAY_AUTH_MODE=token ray start --head` or set "
+            f"cluster.address=null for a local Ray"
+        ) from None
 
 
 def connect_ray(cfg: DictConfig) -> bool:

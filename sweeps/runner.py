@@ -57,16 +57,17 @@ def _run_grid(launch: Run, experiment: Experiment) -> Path:
     differs = record.differences(config) if cfg.resume else []
     if differs:
         record.restore_hydra()
-        raise ConfigError(f"resume={cfg.resume}: this launch's design differs from the run's in "
-                          f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; resume with the same "
-                          f"settings, or start a new run")
+        raise ConfigError(
+            f"resume={cfg.resume}: this launch's design differs from the run's in "
+            f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; resume with the same "
+            f"settings, or start a new run"
+        )
     store = ResultStore(launch.dir)
     done = store.done() if cfg.resume else set()
     pending = [c for c in cells if c.key not in done]
     with launch.ray(), launch.guarded():
         shared = shared_params(config, grid.grid_axes(cfg), experiment.payload_keys)
-        continued = launch.open_parent(params=shared,
-                                       reopen=record.parent_run_id if cfg.resume else None)
+        continued = launch.open_parent(params=shared, reopen=record.parent_run_id if cfg.resume else None)
         parent = launch.require_parent()
         launch.tracker.client.set_tag(parent, "resumed_cells", str(len(cells) - len(pending)))
         record.save(config, parent)
@@ -74,8 +75,10 @@ def _run_grid(launch: Run, experiment: Experiment) -> Path:
             failures = _fan_out(cfg, experiment, cells, pending, store)
         except KeyboardInterrupt:
             n_kept = len(list(store.dir.glob("*.parquet")))
-            raise Interrupted(f"interrupted: {n_kept} of {len(cells)} cells are kept in {launch.dir}; resume with "
-                              f"the same command and resume={launch.dir}") from None
+            raise Interrupted(
+                f"interrupted: {n_kept} of {len(cells)} cells are kept in {launch.dir}; resume with "
+                f"the same command and resume={launch.dir}"
+            ) from None
     with launch.guarded():
         if failures:
             (launch.dir / "failures.json").write_text(json.dumps(failures, indent=2))
@@ -89,8 +92,11 @@ def _run_grid(launch: Run, experiment: Experiment) -> Path:
         body["n_cells"], body["failed_cells"] = len(cells), len(failures)
         results.log_groups(launch.tracker, parent, body, results.split_curves(body, launch.dir))
         if failures:
-            print(f"{len(failures)} of {len(cells)} cells failed (see {launch.dir / 'failures.json'}); first: "
-                  f"{failures[0]['coords']}: {failures[0]['error']}", file=sys.stderr)
+            print(
+                f"{len(failures)} of {len(cells)} cells failed (see {launch.dir / 'failures.json'}); first: "
+                f"{failures[0]['coords']}: {failures[0]['error']}",
+                file=sys.stderr,
+            )
         return launch.finish(body, failed=bool(failures), metrics={"failed_cells": len(failures)})
 
 
@@ -110,8 +116,15 @@ def _fan_out(cfg: DictConfig, experiment: Experiment, cells: list, pending: list
         ent = list(c.seed_sequence(cfg.seed).entropy)
         futures[task.remote(cfg.kind, c.key, c.coords, c.payload, ent, refs_of_data[dkey])] = c
     failures: list[dict] = []
-    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=cfg.experiment, unit="cell",
-               disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(pending),
+        desc=cfg.experiment,
+        unit="cell",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     waiting = list(futures)
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=1)
@@ -136,6 +149,7 @@ def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: lis
     flush_denormals_for_process()  # before torch's thread pool starts, so its threads flush too
     try:
         import ray
+
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
     except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
@@ -162,6 +176,7 @@ def build_cells(cfg: DictConfig, overrides: list[str]) -> tuple[Experiment, list
     experiment.validate(cfg, cells)
     if cfg.report.analysis:  # an unknown analysis stops the launch before any work, not at the report
         from sweeps import analyses
+
         analyses.load(cfg.report.analysis)
     return experiment, cells
 
@@ -194,14 +209,17 @@ def check_cpus(cfg: DictConfig) -> None:
     if cfg.cluster.cpus_per_cell <= 0:
         raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g}: each cell needs a positive CPU count")
     if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
-        raise ConfigError(f"cluster.num_cpus={cfg.cluster.num_cpus}: a local Ray needs at least 1 CPU "
-                          f"(null: all of this machine's)")
+        raise ConfigError(
+            f"cluster.num_cpus={cfg.cluster.num_cpus}: a local Ray needs at least 1 CPU (null: all of this machine's)"
+        )
     if cfg.cluster.address:
         return
     have = cfg.cluster.num_cpus or os.cpu_count() or 1
     if cfg.cluster.cpus_per_cell > have:
-        raise ConfigError(f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g} but the local Ray has {have} CPU(s): "
-                          f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}")
+        raise ConfigError(
+            f"cluster.cpus_per_cell={cfg.cluster.cpus_per_cell:g} but the local Ray has {have} CPU(s): "
+            f"no cell could ever be scheduled; set cluster.cpus_per_cell<={have}"
+        )
 
 
 def _short(exc: BaseException) -> str:

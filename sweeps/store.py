@@ -35,8 +35,11 @@ class ResultStore:
             try:
                 pq.read_metadata(p)
             except (OSError, pa.ArrowException) as exc:
-                print(f"warning: {p} is damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
-                      f"its cell is computed again", file=sys.stderr)
+                print(
+                    f"warning: {p} is damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                    f"its cell is computed again",
+                    file=sys.stderr,
+                )
                 p.unlink()
                 continue
             keys.add(p.stem)
@@ -141,8 +144,9 @@ class LaunchRecord:
         if self.data is None:
             return []
         old, new = _flat(self.data["design"]), _flat(json.loads(json.dumps(self.design(config), default=str)))
-        return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)]
+        return [
+            f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
 
     def restore_hydra(self) -> None:
         """Put back the composed config files Hydra overwrote at the start of a refused resume."""
@@ -159,8 +163,11 @@ class LaunchRecord:
         hydra = self.path.parent / ".hydra"
         kept = (self.data or {}).get("hydra") or {}
         files = {n: (hydra / n).read_text() if (hydra / n).is_file() else None for n in HYDRA_FILES}
-        self.data = {"design": json.loads(json.dumps(self.design(config), default=str)),
-                     "mlflow_run_id": parent_run_id, "hydra": kept or files}
+        self.data = {
+            "design": json.loads(json.dumps(self.design(config), default=str)),
+            "mlflow_run_id": parent_run_id,
+            "hydra": kept or files,
+        }
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)

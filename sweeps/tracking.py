@@ -28,7 +28,7 @@ def _flatten(d: Any, prefix: str = "") -> dict:
 def display_uri(uri: str) -> str:
     """An sqlite URI with an absolute path, so the printed command works from anywhere."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
 
 
@@ -38,7 +38,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri = display_uri(uri)
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
@@ -47,7 +47,7 @@ class Tracker:
         if exp is None:
             location = None
             if self.uri.startswith("sqlite:///"):  # artifacts beside the db, not in the working folder
-                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+                location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=UI_TAGS)
         else:
             self.experiment_id = exp.experiment_id
@@ -78,23 +78,25 @@ class Tracker:
             flat = _flatten(params)
             items = [mlflow.entities.Param(k[:250], str(v)[:6000]) for k, v in flat.items()]
             for i in range(0, len(items), 100):
-                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+                self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
     def metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
         import time
+
         ts = int(time.time() * 1000)
         ms = [mlflow.entities.Metric(k, float(v), ts, step) for k, v in values.items()]
         for i in range(0, len(ms), 500):
-            self.client.log_batch(run_id, metrics=ms[i:i + 500])
+            self.client.log_batch(run_id, metrics=ms[i : i + 500])
 
     def curves(self, run_id: str, curves: dict[str, list[float]]) -> None:
         """Step metrics: ``curves[name][q-1]`` logged at step ``q``."""
         import time
+
         ts = int(time.time() * 1000)
         ms = [mlflow.entities.Metric(k, float(v), ts, q + 1) for k, vals in curves.items() for q, v in enumerate(vals)]
         for i in range(0, len(ms), 900):
-            self.client.log_batch(run_id, metrics=ms[i:i + 900])
+            self.client.log_batch(run_id, metrics=ms[i : i + 900])
 
     def artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)

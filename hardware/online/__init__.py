@@ -56,14 +56,27 @@ Modules: :mod:`~hardware.online.config` (the schema and the stimulation plan),
 from hardware.online.config import MODES, OnlineConfig, StimulationPlan, load_prior
 from hardware.online.runner import ensure_ray, run_online
 from hardware.online.session import (
-                                     OnlineSession,
-                                     OperatorNeedsTerminal,
-                                     SessionPaused,
-                                     SessionStopped,
-                                     confirmation,
-                                     error_text,
-                                     resolve_mode,
+    OnlineSession,
+    OperatorNeedsTerminal,
+    SessionPaused,
+    SessionStopped,
+    confirmation,
+    error_text,
+    resolve_mode,
 )
 
-__all__ = ["MODES", "OnlineConfig", "StimulationPlan", "load_prior", "run_online", "ensure_ray", "OnlineSession",
-           "OperatorNeedsTerminal", "SessionPaused", "SessionStopped", "confirmation", "error_text", "resolve_mode"]
+__all__ = [
+    "MODES",
+    "OnlineConfig",
+    "StimulationPlan",
+    "load_prior",
+    "run_online",
+    "ensure_ray",
+    "OnlineSession",
+    "OperatorNeedsTerminal",
+    "SessionPaused",
+    "SessionStopped",
+    "confirmation",
+    "error_text",
+    "resolve_mode",
+]

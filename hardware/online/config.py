@@ -109,13 +109,16 @@ class OnlineConfig:
             if len(set(vals)) != len(vals):
                 raise ValueError(f"online.space.{d} has duplicate values {vals}")
         if not isinstance(self.electrode_dims, list) or any(d not in self.space for d in self.electrode_dims):
-            raise ValueError(f"online.electrode_dims {self.electrode_dims} must be dimensions of online.space "
-                             f"{list(self.space)}")
+            raise ValueError(
+                f"online.electrode_dims {self.electrode_dims} must be dimensions of online.space {list(self.space)}"
+            )
         other = [d for d in self.space if d not in self.electrode_dims]
         bad = [d for d in other if d not in STIM_FIELDS or d == "channel"]
         if bad:
-            raise ValueError(f"online.space dimension(s) {bad} are neither electrode dimensions nor stimulation "
-                             f"parameters {[f for f in STIM_FIELDS if f != 'channel']}")
+            raise ValueError(
+                f"online.space dimension(s) {bad} are neither electrode dimensions nor stimulation "
+                f"parameters {[f for f in STIM_FIELDS if f != 'channel']}"
+            )
         check_keys(self.stimulation, STIM_FIELDS, "online.stimulation")
         both = sorted(set(other) & set(self.stimulation))
         if both:
@@ -223,13 +226,17 @@ class StimulationPlan:
             if v:
                 bad.append(f"point {p} {self.coords(p)}: {'; '.join(v)}")
         if bad:
-            raise SafetyViolation(f"{len(bad)} of {self.space.n_points} points of online.space break the rig's "
-                                  f"safety limits; fix the space or disable those electrodes. First: "
-                                  + " | ".join(bad[:3]))
+            raise SafetyViolation(
+                f"{len(bad)} of {self.space.n_points} points of online.space break the rig's "
+                f"safety limits; fix the space or disable those electrodes. First: " + " | ".join(bad[:3])
+            )
 
     def describe(self) -> dict:
-        return {"names": list(self.space.names), "values": {d.name: list(d.values) for d in self.space.dims},
-                "mask": self.space.mask.astype(int).tolist()}
+        return {
+            "names": list(self.space.names),
+            "values": {d.name: list(d.values) for d in self.space.dims},
+            "mask": self.space.mask.astype(int).tolist(),
+        }
 
 
 def load_prior(path: str | Path, space: SearchSpace) -> np.ndarray:
@@ -240,8 +247,10 @@ def load_prior(path: str | Path, space: SearchSpace) -> np.ndarray:
         if k not in data:
             raise ValueError(f"prior {p}: missing key {k!r}; expected an estimated_map.json of an online session")
     if list(data["dims"]) != list(space.names):
-        raise ValueError(f"prior {p} was made for dimensions {data['dims']}, this session searches "
-                         f"{list(space.names)}: an online config made for another search space")
+        raise ValueError(
+            f"prior {p} was made for dimensions {data['dims']}, this session searches "
+            f"{list(space.names)}: an online config made for another search space"
+        )
     table = {tuple(float(c) for c in pt): m for pt, m in zip(data["points"], data["mean"])}
     out, missing = np.empty(space.n_points), []
     for i in range(space.n_points):

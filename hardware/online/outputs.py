@@ -25,28 +25,45 @@ def write_outputs(session, paused: bool = False, stopped: str | None = None) -> 
     trials = session.journal.of_kind("trial")
     est = session.estimate() if queries else np.full(session.P, np.nan)
     best = queries[-1]["best_point"] if queries else None
-    emap = {"session_id": session.journal.header["session_id"], "target_muscle": session.cfg.target_muscle,
-            "dims": list(session.space.names), "electrode_dims": list(session.cfg.electrode_dims),
-            "points": [list(session.plan.coords(p).values()) for p in range(session.P)],
-            "mean": [float(v) if math.isfinite(v) else None for v in est], "n_queries": len(queries)}
+    emap = {
+        "session_id": session.journal.header["session_id"],
+        "target_muscle": session.cfg.target_muscle,
+        "dims": list(session.space.names),
+        "electrode_dims": list(session.cfg.electrode_dims),
+        "points": [list(session.plan.coords(p).values()) for p in range(session.P)],
+        "mean": [float(v) if math.isfinite(v) else None for v in est],
+        "n_queries": len(queries),
+    }
     _atomic_write(session.run_dir / "estimated_map.json", json.dumps(emap, indent=1))
     figures = _figures(session, queries, est) if queries else []
     summary = {
-        "session_id": session.journal.header["session_id"], "name": session.cfg.name, "mode": session.cfg.mode,
+        "session_id": session.journal.header["session_id"],
+        "name": session.cfg.name,
+        "mode": session.cfg.mode,
         "confirmation": "operator" if session.confirm is not None else "none",
-        "rig": {"name": session.rig.name, "kind": session.rig.kind}, "run_dir": str(session.run_dir),
-        "journal": str(session.journal.path), "paused": paused, "stopped": stopped, "n_queries": len(queries),
+        "rig": {"name": session.rig.name, "kind": session.rig.kind},
+        "run_dir": str(session.run_dir),
+        "journal": str(session.journal.path),
+        "paused": paused,
+        "stopped": stopped,
+        "n_queries": len(queries),
         "n_stimulations": len(trials) + len(session.journal.of_kind("no_response")),
         "n_maybe_delivered": len(session.journal.of_kind("maybe_delivered", "lost")),
         "n_not_sent": len(session.journal.of_kind("not_sent")),
         "n_invalid": sum(not q["valid"] for q in queries),
-        "best": None if best is None else {"point": best, "coords": session.plan.coords(best),
-                                           "channel": session.plan.params(best).channel,
-                                           "estimate": queries[-1]["exploration"]},
+        "best": None
+        if best is None
+        else {
+            "point": best,
+            "coords": session.plan.coords(best),
+            "channel": session.plan.params(best).channel,
+            "estimate": queries[-1]["exploration"],
+        },
         "exploration_final": queries[-1]["exploration"] if queries else None,
         "exploitation_final": queries[-1]["exploitation"] if queries else None,
         "replay_mismatches": session.replay_mismatches,
-        "figures": figures, "estimated_map": str(session.run_dir / "estimated_map.json"),
+        "figures": figures,
+        "estimated_map": str(session.run_dir / "estimated_map.json"),
     }
     if session.cfg.mode == "dry_run":
         thr = session.rig.emg.artefact_min_snr
@@ -55,15 +72,23 @@ def write_outputs(session, paused: bool = False, stopped: str | None = None) -> 
             ch = int(t["params"]["channel"])
             seen[ch] = max(seen.get(ch, 0.0), float(t["artefact_snr"] or 0.0))
         missing = sorted(ch for ch, snr in seen.items() if snr < thr)
-        summary["dry_run"] = {"ok": bool(seen) and not missing, "channels_tested": sorted(seen),
-                              "channels_without_artefact": missing, "artefact_min_snr": thr}
-        session.echo(f"dry run: stimulation artefact {'present on every' if not missing else 'MISSING on'} "
-                  f"channel{'' if not missing else 's ' + str(missing)} of {len(seen)} tested")
+        summary["dry_run"] = {
+            "ok": bool(seen) and not missing,
+            "channels_tested": sorted(seen),
+            "channels_without_artefact": missing,
+            "artefact_min_snr": thr,
+        }
+        session.echo(
+            f"dry run: stimulation artefact {'present on every' if not missing else 'MISSING on'} "
+            f"channel{'' if not missing else 's ' + str(missing)} of {len(seen)} tested"
+        )
     _atomic_write(session.run_dir / "session.json", json.dumps(to_jsonable(summary), indent=1))
     if session.tracker is not None and hasattr(session.tracker, "log_summary"):
-        session.tracker.log_summary(summary, [session.run_dir / "estimated_map.json", session.journal.path,
-                                           *[Path(f) for f in figures]])
+        session.tracker.log_summary(
+            summary, [session.run_dir / "estimated_map.json", session.journal.path, *[Path(f) for f in figures]]
+        )
     return summary
+
 
 def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
     import matplotlib
@@ -85,8 +110,9 @@ def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
                 g = g.T
         fig, ax = plt.subplots(figsize=(5, 4))
         dx, dy = session.space.dims[ax_e[0]], session.space.dims[ax_e[1]]
-        im = ax.imshow(g.T, origin="lower", cmap="viridis", aspect="auto",
-                       extent=(-0.5, len(dx) - 0.5, -0.5, len(dy) - 0.5))
+        im = ax.imshow(
+            g.T, origin="lower", cmap="viridis", aspect="auto", extent=(-0.5, len(dx) - 0.5, -0.5, len(dy) - 0.5)
+        )
         ax.set_xticks(range(len(dx)), [str(v) for v in dx.values])
         ax.set_yticks(range(len(dy)), [str(v) for v in dy.values])
         ax.set_xlabel(dx.name)
@@ -101,14 +127,21 @@ def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
         out.append(_save(plt, fig, d / "estimated_map.png"))
     fig, axs = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     x = [r["query"] + 1 for r in queries]
-    axs[0].plot(x, [np.nan if r["exploration"] is None else r["exploration"] for r in queries], "-o", ms=3,
-                label="exploration (estimate at believed best)")
-    axs[0].scatter(x, [np.nan if r["response"] is None else r["response"] for r in queries], s=10, c="k",
-                   label="response")
+    axs[0].plot(
+        x,
+        [np.nan if r["exploration"] is None else r["exploration"] for r in queries],
+        "-o",
+        ms=3,
+        label="exploration (estimate at believed best)",
+    )
+    axs[0].scatter(
+        x, [np.nan if r["response"] is None else r["response"] for r in queries], s=10, c="k", label="response"
+    )
     axs[0].set_ylabel(f"{session.cfg.target_muscle} response")
     axs[0].legend(fontsize=7)
-    axs[1].plot(x, [np.nan if r["exploitation"] is None else r["exploitation"] for r in queries], "-o", ms=3,
-                color="C1")
+    axs[1].plot(
+        x, [np.nan if r["exploitation"] is None else r["exploitation"] for r in queries], "-o", ms=3, color="C1"
+    )
     axs[1].set_ylabel("exploitation")
     axs[1].set_xlabel("query")
     axs[1].set_ylim(bottom=0)

@@ -24,11 +24,15 @@ def _check_resumable(header: dict, cfg: OnlineConfig, plan: StimulationPlan) -> 
     new = cfg.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:
-        raise ValueError(f"cannot resume {header['session_id']}: the online config differs in {diff} "
-                         f"(only {list(RESUMABLE_CHANGES)} may change on resume)")
+        raise ValueError(
+            f"cannot resume {header['session_id']}: the online config differs in {diff} "
+            f"(only {list(RESUMABLE_CHANGES)} may change on resume)"
+        )
     if header["space"] != to_jsonable(plan.describe()):
-        raise ValueError(f"cannot resume {header['session_id']}: its search space differs from this config's "
-                         f"(an online config made for another search space)")
+        raise ValueError(
+            f"cannot resume {header['session_id']}: its search space differs from this config's "
+            f"(an online config made for another search space)"
+        )
     if plan.chmap is not None and header.get("ch2xy") != plan.chmap.to_list():
         raise ValueError(f"cannot resume {header['session_id']}: the rig's ch2xy mapping changed")
 
@@ -45,15 +49,26 @@ def ensure_ray(rig_cfg: Mapping, address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        init_local(num_cpus=1, resources={actor_options(rig_cfg)["resource"]: 1}, include_dashboard=False,
-                   log_to_driver=False)
+        init_local(
+            num_cpus=1, resources={actor_options(rig_cfg)["resource"]: 1}, include_dashboard=False, log_to_driver=False
+        )
 
 
-def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run_dir: str | Path | None = None,
-               resume: str | Path | None = None, mode: str | None = None, n_queries: int | None = None,
-               use_actor: bool = True, ray_address: str | None = None, tracker=None,
-               confirm: Callable[[str], str] | None = None, echo: Callable[[str], None] = print,
-               make_optimizer: Callable | None = None) -> dict:
+def run_online(
+    online: Mapping | OnlineConfig | str | Path,
+    rig: Mapping,
+    *,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    mode: str | None = None,
+    n_queries: int | None = None,
+    use_actor: bool = True,
+    ray_address: str | None = None,
+    tracker=None,
+    confirm: Callable[[str], str] | None = None,
+    echo: Callable[[str], None] = print,
+    make_optimizer: Callable | None = None,
+) -> dict:
     """Run (or resume) an online session; returns the summary also written to ``session.json``.
 
     Args:
@@ -111,14 +126,36 @@ def run_online(online: Mapping | OnlineConfig | str | Path, rig: Mapping, *, run
             _check_resumable(journal.header, cfg, plan)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-            journal = Journal.create(run_dir / JOURNAL_NAME, {
-                "version": 1, "session_id": session_id, "online": cfg.to_dict(), "space": plan.describe(),
-                "mode": cfg.mode, "confirmation": "operator" if confirm is not None else "none",
-                "ch2xy": chmap.to_list() if chmap else None, "started": _dt.datetime.now().isoformat(),
-                "rig": {"name": rig_session.name, "kind": rig_session.kind, "muscles": list(rig_session.muscles),
-                        "config": to_jsonable(rig_cfg)}})
-        session = OnlineSession(cfg, plan, rig_session, journal, run_dir, make_optimizer=make_optimizer,
-                                confirm=confirm, tracker=tracker, echo=echo)
+            journal = Journal.create(
+                run_dir / JOURNAL_NAME,
+                {
+                    "version": 1,
+                    "session_id": session_id,
+                    "online": cfg.to_dict(),
+                    "space": plan.describe(),
+                    "mode": cfg.mode,
+                    "confirmation": "operator" if confirm is not None else "none",
+                    "ch2xy": chmap.to_list() if chmap else None,
+                    "started": _dt.datetime.now().isoformat(),
+                    "rig": {
+                        "name": rig_session.name,
+                        "kind": rig_session.kind,
+                        "muscles": list(rig_session.muscles),
+                        "config": to_jsonable(rig_cfg),
+                    },
+                },
+            )
+        session = OnlineSession(
+            cfg,
+            plan,
+            rig_session,
+            journal,
+            run_dir,
+            make_optimizer=make_optimizer,
+            confirm=confirm,
+            tracker=tracker,
+            echo=echo,
+        )
         return session.run()
     finally:
         if journal is not None:

@@ -69,9 +69,11 @@ def confirmation(mode: str, confirm: Callable[[str], str] | None = None) -> Call
     if confirm is not None:
         return confirm
     if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
-        raise OperatorNeedsTerminal("operator mode asks for Enter before every stimulation, but standard input is "
-                                    "not a terminal; run it from a terminal, or pass mode=autonomous to run without "
-                                    "confirmation on purpose")
+        raise OperatorNeedsTerminal(
+            "operator mode asks for Enter before every stimulation, but standard input is "
+            "not a terminal; run it from a terminal, or pass mode=autonomous to run without "
+            "confirmation on purpose"
+        )
     return input
 
 
@@ -97,9 +99,18 @@ class OnlineSession:
         echo: progress printer.
     """
 
-    def __init__(self, cfg: OnlineConfig, plan: StimulationPlan, rig, journal: Journal, run_dir: Path,
-                 make_optimizer: Callable | None = None, confirm: Callable[[str], str] | None = None,
-                 tracker=None, echo: Callable[[str], None] = print):
+    def __init__(
+        self,
+        cfg: OnlineConfig,
+        plan: StimulationPlan,
+        rig,
+        journal: Journal,
+        run_dir: Path,
+        make_optimizer: Callable | None = None,
+        confirm: Callable[[str], str] | None = None,
+        tracker=None,
+        echo: Callable[[str], None] = print,
+    ):
         if make_optimizer is None:
             from neuro_opt.algorithms import make as make_optimizer
         self.cfg, self.plan, self.rig, self.journal, self.run_dir = cfg, plan, rig, journal, Path(run_dir)
@@ -107,8 +118,10 @@ class OnlineSession:
         self.confirm = confirmation(cfg.mode, confirm)
         self.tracker, self.echo = tracker, echo
         if cfg.target_muscle not in rig.muscles:
-            raise ValueError(f"online.target_muscle {cfg.target_muscle!r} is not recorded by rig {rig.name!r} "
-                             f"(muscles {list(rig.muscles)})")
+            raise ValueError(
+                f"online.target_muscle {cfg.target_muscle!r} is not recorded by rig {rig.name!r} "
+                f"(muscles {list(rig.muscles)})"
+            )
         algo = dict(cfg.algorithm)
         name = algo.pop("name")
         prior = None
@@ -144,8 +157,11 @@ class OnlineSession:
         est = self.estimate()
         e_best = est[best]
         ok = math.isfinite(e_best) and e_best > 0
-        return {"best_point": best, "exploration": float(e_best) if math.isfinite(e_best) else None,
-                "exploitation": float(est[point] / e_best) if ok and math.isfinite(est[point]) else None}
+        return {
+            "best_point": best,
+            "exploration": float(e_best) if math.isfinite(e_best) else None,
+            "exploitation": float(est[point] / e_best) if ok and math.isfinite(est[point]) else None,
+        }
 
     def estimate(self) -> np.ndarray:
         """The model's estimated response map (``P``, response units; NaN where unknown).
@@ -170,8 +186,9 @@ class OnlineSession:
             lease = self.rig.open()
         except Exception as exc:
             self.journal.append("rig_error", at_query=q, error=error_text(exc))
-            raise SessionStopped(f"the rig could not be opened before query {q + 1}: {error_text(exc)}",
-                                 self.run_dir, exc) from exc
+            raise SessionStopped(
+                f"the rig could not be opened before query {q + 1}: {error_text(exc)}", self.run_dir, exc
+            ) from exc
         if lease.get("taken_from"):
             self.journal.append("note", text=f"took over the rig lease from stale session {lease['taken_from']}")
         try:
@@ -186,9 +203,12 @@ class OnlineSession:
             return self.outputs(paused=True)
         except Exception as exc:
             last = self.journal.records[-1]["kind"]
-            what = {"not_sent": "nothing was sent", "no_response": "the stimulation was sent, no valid response",
-                    "maybe_delivered": "the stimulation may have been delivered",
-                    "refused": "refused by the safety limits, nothing was sent"}.get(last, "")
+            what = {
+                "not_sent": "nothing was sent",
+                "no_response": "the stimulation was sent, no valid response",
+                "maybe_delivered": "the stimulation may have been delivered",
+                "refused": "refused by the safety limits, nothing was sent",
+            }.get(last, "")
             message = f"query {q + 1} failed{f' ({what})' if what else ''}: {error_text(exc)}"
             self.journal.append("stop", at_query=q, error=message)
             try:
@@ -212,8 +232,10 @@ class OnlineSession:
             self._finish(r["point"], r["response"], r["told"])
         q = len(done)
         if self.replay_mismatches:
-            self.echo(f"note: on replay the optimizer asked differently at {self.replay_mismatches} of {q} queries; "
-                      f"the journal's points were told (they are what was stimulated)")
+            self.echo(
+                f"note: on replay the optimizer asked differently at {self.replay_mismatches} of {q} queries; "
+                f"the journal's points were told (they are what was stimulated)"
+            )
         mine = [r for r in recs if r.get("query") == q and r["kind"] in ("intent", "error", *OUTCOMES)]
         if not mine:
             if q:
@@ -227,18 +249,30 @@ class OnlineSession:
         errors = {r["attempt"]: r["error"] for r in mine if r["kind"] == "error"}  # journals before outcome kinds
         for r in mine:
             if r["kind"] == "intent" and r["attempt"] not in closed:
-                why = (f"the rig failed during this stimulation ({errors[r['attempt']]})" if r["attempt"] in errors
-                       else "the process died during this stimulation")
-                self.journal.append("maybe_delivered", query=q, attempt=r["attempt"], point=r["point"],
-                                    params=r["params"], reason=why + "; it may have been delivered, its response "
-                                                                     "is unknown")
+                why = (
+                    f"the rig failed during this stimulation ({errors[r['attempt']]})"
+                    if r["attempt"] in errors
+                    else "the process died during this stimulation"
+                )
+                self.journal.append(
+                    "maybe_delivered",
+                    query=q,
+                    attempt=r["attempt"],
+                    point=r["point"],
+                    params=r["params"],
+                    reason=why + "; it may have been delivered, its response is unknown",
+                )
                 closed.add(r["attempt"])
                 used.add(r["attempt"])
         trials = [r for r in self.journal.records if r.get("query") == q and r["kind"] == "trial"]
-        self.journal.append("resume", at_query=q, mode=self.cfg.mode, attempts_done=len(used),
-                            mismatches=self.replay_mismatches)
-        return q, {"point": points.pop(), "attempts_done": max(used) + 1 if used else 0,
-                   "last_trial": trials[-1] if trials else None}
+        self.journal.append(
+            "resume", at_query=q, mode=self.cfg.mode, attempts_done=len(used), mismatches=self.replay_mismatches
+        )
+        return q, {
+            "point": points.pop(),
+            "attempts_done": max(used) + 1 if used else 0,
+            "last_trial": trials[-1] if trials else None,
+        }
 
     def _query(self, q: int, point: int | None = None, attempts_done: int = 0, last_trial: dict | None = None):
         cfg, m = self.cfg, self.cfg.target_muscle
@@ -260,43 +294,82 @@ class OnlineSession:
                 tr = self.rig.stimulate(params)
             except Exception as exc:
                 readback = getattr(exc, "readback", None)
-                self.journal.append(OUTCOME_KIND[delivery_of(exc)], query=q, attempt=a, point=point,
-                                    params=params.to_dict(), error=error_text(exc),
-                                    **({"readback": readback} if readback else {}))
+                self.journal.append(
+                    OUTCOME_KIND[delivery_of(exc)],
+                    query=q,
+                    attempt=a,
+                    point=point,
+                    params=params.to_dict(),
+                    error=error_text(exc),
+                    **({"readback": readback} if readback else {}),
+                )
                 raise
             window = self._save_window(q, a, tr.window)
             feat = tr.features[tr.muscles.index(m)]
             trial = self.journal.append(
-                "trial", query=q, attempt=a, point=point, params=tr.params, readback=tr.readback,
+                "trial",
+                query=q,
+                attempt=a,
+                point=point,
+                params=tr.params,
+                readback=tr.readback,
                 response=feat["value"],
-                valid=feat["valid"], reason=feat["reason"], feature=feat,
+                valid=feat["valid"],
+                reason=feat["reason"],
+                feature=feat,
                 responses={mm: f["value"] for mm, f in zip(tr.muscles, tr.features)},
                 valid_by_muscle={mm: f["valid"] for mm, f in zip(tr.muscles, tr.features)},
-                artefact_snr=feat["artefact_snr"], t_stim=tr.t_stim, t_done=tr.t_done, window=window, info=tr.info)
+                artefact_snr=feat["artefact_snr"],
+                t_stim=tr.t_stim,
+                t_done=tr.t_done,
+                window=window,
+                info=tr.info,
+            )
             a += 1
             if not trial["valid"]:
-                self.echo(f"  q{q + 1} attempt {a}: invalid ({trial['reason']})"
-                          + ("; repeating" if a <= cfg.max_retries else "; recorded invalid"))
+                self.echo(
+                    f"  q{q + 1} attempt {a}: invalid ({trial['reason']})"
+                    + ("; repeating" if a <= cfg.max_retries else "; recorded invalid")
+                )
         response = trial["response"] if trial else None
         valid = bool(trial and trial["valid"])
         told = trial is not None and response is not None and (valid or cfg.tell_invalid)
         est = self._finish(point, response, told)
         best = est["best_point"]
         rec = self.journal.append(
-            "query", query=q, point=point, asked=asked, coords=self.plan.coords(point), channel=params.channel,
-            params=params.to_dict(), response=response, valid=valid, reason=trial["reason"] if trial else "lost",
-            attempts=a, told=told, best_point=best, best_coords=self.plan.coords(best) if best is not None else None,
-            exploration=est["exploration"], exploitation=est["exploitation"], t_ask=t_ask, t_end=time.time())
+            "query",
+            query=q,
+            point=point,
+            asked=asked,
+            coords=self.plan.coords(point),
+            channel=params.channel,
+            params=params.to_dict(),
+            response=response,
+            valid=valid,
+            reason=trial["reason"] if trial else "lost",
+            attempts=a,
+            told=told,
+            best_point=best,
+            best_coords=self.plan.coords(best) if best is not None else None,
+            exploration=est["exploration"],
+            exploitation=est["exploitation"],
+            t_ask=t_ask,
+            t_end=time.time(),
+        )
         if self.tracker is not None:
             self.tracker.log_query(rec)
         best_txt = self.plan.coords(best) if best is not None else "-"
-        self.echo(f"[q {q + 1}/{cfg.n_queries}] ch {params.channel} {self.plan.coords(point)}: {m} "
-                  f"{_fmt(response)}{'' if valid else ' (invalid)'} | best {best_txt} est {_fmt(est['exploration'])}")
+        self.echo(
+            f"[q {q + 1}/{cfg.n_queries}] ch {params.channel} {self.plan.coords(point)}: {m} "
+            f"{_fmt(response)}{'' if valid else ' (invalid)'} | best {best_txt} est {_fmt(est['exploration'])}"
+        )
 
     def _confirm(self, q: int, a: int, point: int, params: StimParams) -> None:
-        prompt = (f"[q {q + 1}/{self.cfg.n_queries}{f' retry {a}' if a else ''}] channel {params.channel} "
-                  f"{self.plan.coords(point)} {params.amplitude_uA} uA {params.frequency_hz:.4g} Hz "
-                  f"{params.pulse_width_us} us x{params.n_pulses}: Enter to stimulate, q to pause: ")
+        prompt = (
+            f"[q {q + 1}/{self.cfg.n_queries}{f' retry {a}' if a else ''}] channel {params.channel} "
+            f"{self.plan.coords(point)} {params.amplitude_uA} uA {params.frequency_hz:.4g} Hz "
+            f"{params.pulse_width_us} us x{params.n_pulses}: Enter to stimulate, q to pause: "
+        )
         while True:
             ans = str(self.confirm(prompt)).strip().lower()
             if ans in ("", "y", "yes"):

@@ -33,13 +33,30 @@ def make_rig(cfg: Mapping[str, Any]) -> Rig:
     kind = cfg.get("kind") if isinstance(cfg, Mapping) else None
     if kind == "synapse":
         from hardware.rig.synapse import SynapseRig
+
         return SynapseRig.from_config(cfg)
     if kind == "simulated":
         from hardware.rig.simulated import SimulatedRig
+
         return SimulatedRig.from_config(cfg)
     raise ValueError(f"rig.kind must be 'synapse' or 'simulated', got {kind!r}")
 
 
-__all__ = ["Rig", "RigError", "LateResponse", "ReadbackMismatch", "Trial", "ChannelMap", "make_rig", "SafetyViolation",
-           "StimParams", "resolve_path", "delivery_of", "NOT_SENT", "SENT", "MAYBE_DELIVERED", "RIG_COMMON_KEYS",
-           "PROJECT_ROOT"]
+__all__ = [
+    "Rig",
+    "RigError",
+    "LateResponse",
+    "ReadbackMismatch",
+    "Trial",
+    "ChannelMap",
+    "make_rig",
+    "SafetyViolation",
+    "StimParams",
+    "resolve_path",
+    "delivery_of",
+    "NOT_SENT",
+    "SENT",
+    "MAYBE_DELIVERED",
+    "RIG_COMMON_KEYS",
+    "PROJECT_ROOT",
+]

@@ -102,8 +102,9 @@ class Trial:
         try:
             return self.muscles.index(muscle)
         except ValueError:
-            raise ValueError(f"muscle {muscle!r} is not recorded by this rig; it records {list(self.muscles)}") \
-                from None
+            raise ValueError(
+                f"muscle {muscle!r} is not recorded by this rig; it records {list(self.muscles)}"
+            ) from None
 
     def response(self, muscle: str) -> float:
         return float(self.features[self._m(muscle)]["value"])
@@ -128,8 +129,9 @@ class Rig(ABC):
 
     kind = "abstract"
 
-    def __init__(self, limits: SafetyLimits, emg: EMGConfig, muscles: Sequence[str], keep_window: bool = True,
-                 name: str = "rig"):
+    def __init__(
+        self, limits: SafetyLimits, emg: EMGConfig, muscles: Sequence[str], keep_window: bool = True, name: str = "rig"
+    ):
         if not muscles or len(set(muscles)) != len(muscles):
             raise ValueError(f"rig muscles must be non-empty and unique, got {list(muscles)}")
         self.limits, self.emg, self.muscles = limits, emg, tuple(str(m) for m in muscles)
@@ -148,8 +150,13 @@ class Rig(ABC):
 
     def health(self) -> dict:
         """Current state of the rig; raises :class:`RigError` when it cannot stimulate."""
-        return {"kind": self.kind, "name": self.name, "muscles": list(self.muscles),
-                "n_stimulations": self.n_stimulations, **self._health()}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "muscles": list(self.muscles),
+            "n_stimulations": self.n_stimulations,
+            **self._health(),
+        }
 
     def close(self) -> None:
         self._connected = False
@@ -185,8 +192,10 @@ class Rig(ABC):
             t_done = time.time()
             window = np.asarray(window, dtype=np.float64)
             if window.shape[0] != len(self.muscles) or window.ndim != 2:
-                raise RigError(f"{self.kind} rig returned a window of shape {window.shape}, "
-                               f"expected ({len(self.muscles)}, samples)")
+                raise RigError(
+                    f"{self.kind} rig returned a window of shape {window.shape}, "
+                    f"expected ({len(self.muscles)}, samples)"
+                )
             try:
                 feats = emg_mod.process(window, self.emg, p.pulse_times_ms())
             except ValueError as exc:
@@ -194,9 +203,16 @@ class Rig(ABC):
         except Exception as exc:
             _mark(exc, SENT)
             raise
-        return Trial(params=p.to_dict(), muscles=self.muscles, features=[f.to_dict() for f in feats],
-                     t_stim=t_stim, t_done=t_done, window=window.astype(np.float32) if self.keep_window else None,
-                     info=info, readback=held)
+        return Trial(
+            params=p.to_dict(),
+            muscles=self.muscles,
+            features=[f.to_dict() for f in feats],
+            t_stim=t_stim,
+            t_done=t_done,
+            window=window.astype(np.float32) if self.keep_window else None,
+            info=info,
+            readback=held,
+        )
 
     def _count_stimulation(self) -> None:
         self._last_stim = time.monotonic()
@@ -209,17 +225,26 @@ class Rig(ABC):
         if missing:
             raise RigError(f"{self.kind} rig read back no value for {missing}; not delivered")
         held = {k: float(held[k]) for k in STIMULATOR_KEYS}
-        diffs = [f"{self._label(k)} reads back {held[k]!r} "
-                 + (f"after writing {intended[k]!r}" if self._writes(k) else
-                    f"but {intended[k]!r} was checked (the circuit fixes it: rig.circuit must say what it holds)")
-                 for k in STIMULATOR_KEYS if not math.isclose(held[k], intended[k], rel_tol=1e-5, abs_tol=1e-6)]
+        diffs = [
+            f"{self._label(k)} reads back {held[k]!r} "
+            + (
+                f"after writing {intended[k]!r}"
+                if self._writes(k)
+                else f"but {intended[k]!r} was checked (the circuit fixes it: rig.circuit must say what it holds)"
+            )
+            for k in STIMULATOR_KEYS
+            if not math.isclose(held[k], intended[k], rel_tol=1e-5, abs_tol=1e-6)
+        ]
         if diffs:
-            raise ReadbackMismatch("; ".join(diffs) + ": the stimulator does not hold the checked values; "
-                                   "not delivered", readback=held)
+            raise ReadbackMismatch(
+                "; ".join(diffs) + ": the stimulator does not hold the checked values; not delivered", readback=held
+            )
         bad = self.limits.violations(StimParams.from_stimulator(held))
         if bad:
-            raise ReadbackMismatch(f"the stimulator's values {held} break the safety limits: {'; '.join(bad)}; "
-                                   f"not delivered", readback=held)
+            raise ReadbackMismatch(
+                f"the stimulator's values {held} break the safety limits: {'; '.join(bad)}; not delivered",
+                readback=held,
+            )
         return held
 
     def check_deliverable(self, p: StimParams) -> None:

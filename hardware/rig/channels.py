@@ -117,8 +117,10 @@ class ChannelMap:
         """Raise unless every electrode position of ``space`` has exactly one channel."""
         missing = []
         if len(electrode_dims) != self.n_dims:
-            raise ValueError(f"ch2xy {self.source} has {self.n_dims} coordinates per channel but the search space "
-                             f"has {len(electrode_dims)} electrode dimensions {list(electrode_dims)}")
+            raise ValueError(
+                f"ch2xy {self.source} has {self.n_dims} coordinates per channel but the search space "
+                f"has {len(electrode_dims)} electrode dimensions {list(electrode_dims)}"
+            )
         for d in electrode_dims:
             if d not in space.names:
                 raise ValueError(f"electrode dimension {d!r} is not in the search space {list(space.names)}")
@@ -128,8 +130,10 @@ class ChannelMap:
             if key not in self._of and list(key) not in missing:
                 missing.append(list(key))
         if missing:
-            raise ValueError(f"ch2xy {self.source} does not cover the search space: no channel for "
-                             f"{len(missing)} electrode position(s) {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+            raise ValueError(
+                f"ch2xy {self.source} does not cover the search space: no channel for "
+                f"{len(missing)} electrode position(s) {missing[:6]}{' ...' if len(missing) > 6 else ''}"
+            )
 
     def to_list(self) -> list[list[float]]:
         return [list(r) for r in self.ch2xy]

@@ -37,14 +37,24 @@ from hardware.safety import SafetyLimits, StimParams, check_keys
 
 # search-space dimension names a simulated subject understands besides the electrode ones
 STIM_DIM_ALIASES = {
-    "amplitude_uA": "amplitude_uA", "amplitude": "amplitude_uA",
-    "frequency_hz": "frequency_hz", "frequency": "frequency_hz",
-    "pulse_width_us": "pulse_width_us", "pulse_width": "pulse_width_us",
+    "amplitude_uA": "amplitude_uA",
+    "amplitude": "amplitude_uA",
+    "frequency_hz": "frequency_hz",
+    "frequency": "frequency_hz",
+    "pulse_width_us": "pulse_width_us",
+    "pulse_width": "pulse_width_us",
     "n_pulses": "n_pulses",
 }
 
-DEFAULT_LIMITS = dict(max_amplitude_uA=100.0, max_charge_nC=20.0, max_frequency_hz=500.0, max_pulse_width_us=500.0,
-                      max_n_pulses=50, min_frequency_hz=1.0, n_channels=32)
+DEFAULT_LIMITS = dict(
+    max_amplitude_uA=100.0,
+    max_charge_nC=20.0,
+    max_frequency_hz=500.0,
+    max_pulse_width_us=500.0,
+    max_n_pulses=50,
+    min_frequency_hz=1.0,
+    n_channels=32,
+)
 
 _RESPONSE_PEAK_MS, _RESPONSE_SD_MS, _CARRIER_HZ = 25.0, 7.0, 180.0
 
@@ -76,12 +86,27 @@ class SimulatedRig(Rig):
 
     kind = "simulated"
 
-    def __init__(self, dataset="synthetic_rat", dataset_kwargs: Mapping | None = None, subject: str | None = None,
-                 muscles: Sequence[str] | None = None, n_muscles: int = 3, ch2xy="auto",
-                 electrode_dims: Sequence[str] = ("x", "y"), limits: SafetyLimits | None = None,
-                 emg: EMGConfig | None = None, seed: int = 0, latency_s: float = 0.3, noise_uV: float = 10.0,
-                 artefact_uV: float = 400.0, trial_cv: float = 0.2, outlier_rate: float = 0.03,
-                 saline: bool = False, keep_window: bool = True, name: str = "sim_rig"):
+    def __init__(
+        self,
+        dataset="synthetic_rat",
+        dataset_kwargs: Mapping | None = None,
+        subject: str | None = None,
+        muscles: Sequence[str] | None = None,
+        n_muscles: int = 3,
+        ch2xy="auto",
+        electrode_dims: Sequence[str] = ("x", "y"),
+        limits: SafetyLimits | None = None,
+        emg: EMGConfig | None = None,
+        seed: int = 0,
+        latency_s: float = 0.3,
+        noise_uV: float = 10.0,
+        artefact_uV: float = 400.0,
+        trial_cv: float = 0.2,
+        outlier_rate: float = 0.03,
+        saline: bool = False,
+        keep_window: bool = True,
+        name: str = "sim_rig",
+    ):
         from neuro_opt import datasets
 
         ds = datasets.load(dataset, **dict(dataset_kwargs or {})) if isinstance(dataset, str) else dataset
@@ -94,7 +119,7 @@ class SimulatedRig(Rig):
         if muscles is None:
             if not 1 <= int(n_muscles) <= len(probs):
                 raise ValueError(f"simulated rig: n_muscles must be 1..{len(probs)} for subject {subject!r}")
-            muscles = [p.muscle for p in probs[:int(n_muscles)]]
+            muscles = [p.muscle for p in probs[: int(n_muscles)]]
         missing = [m for m in muscles if m not in by_muscle]
         if missing:
             raise ValueError(f"simulated rig: subject {subject!r} has no muscle(s) {missing}; it has {list(by_muscle)}")
@@ -106,22 +131,31 @@ class SimulatedRig(Rig):
         self.electrode_dims = tuple(electrode_dims)
         for d in self.electrode_dims:
             if d not in space.names:
-                raise ValueError(f"simulated rig: electrode dimension {d!r} is not in dataset {ds.name!r}'s space "
-                                 f"{list(space.names)}")
+                raise ValueError(
+                    f"simulated rig: electrode dimension {d!r} is not in dataset {ds.name!r}'s space "
+                    f"{list(space.names)}"
+                )
         self.other_dims = {}
         for d in space.names:
             if d in self.electrode_dims:
                 continue
             if d not in STIM_DIM_ALIASES:
-                raise ValueError(f"simulated rig: dataset dimension {d!r} is neither an electrode dimension nor a "
-                                 f"stimulation parameter ({sorted(STIM_DIM_ALIASES)})")
+                raise ValueError(
+                    f"simulated rig: dataset dimension {d!r} is neither an electrode dimension nor a "
+                    f"stimulation parameter ({sorted(STIM_DIM_ALIASES)})"
+                )
             self.other_dims[d] = STIM_DIM_ALIASES[d]
         self.chmap = ChannelMap.from_config(ch2xy, space, self.electrode_dims)
         self.chmap.check_covers(space, self.electrode_dims)
         limits = limits or SafetyLimits(**{**DEFAULT_LIMITS, "n_channels": max(32, len(self.chmap))})
         super().__init__(limits, emg or EMGConfig(), muscles, keep_window=keep_window, name=name)
-        for name_, v in (("latency_s", latency_s), ("noise_uV", noise_uV), ("artefact_uV", artefact_uV),
-                         ("trial_cv", trial_cv), ("outlier_rate", outlier_rate)):
+        for name_, v in (
+            ("latency_s", latency_s),
+            ("noise_uV", noise_uV),
+            ("artefact_uV", artefact_uV),
+            ("trial_cv", trial_cv),
+            ("outlier_rate", outlier_rate),
+        ):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"simulated rig: {name_} must be a number >= 0, got {v!r}")
         self.latency_s, self.noise_uV, self.artefact_uV = float(latency_s), float(noise_uV), float(artefact_uV)
@@ -134,8 +168,19 @@ class SimulatedRig(Rig):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SimulatedRig":
-        keys = RIG_COMMON_KEYS + ("dataset", "dataset_kwargs", "subject", "n_muscles", "seed", "latency_s",
-                                  "noise_uV", "artefact_uV", "trial_cv", "outlier_rate", "saline")
+        keys = RIG_COMMON_KEYS + (
+            "dataset",
+            "dataset_kwargs",
+            "subject",
+            "n_muscles",
+            "seed",
+            "latency_s",
+            "noise_uV",
+            "artefact_uV",
+            "trial_cv",
+            "outlier_rate",
+            "saline",
+        )
         check_keys(cfg, keys, "rig (simulated)")
         kw = {k: v for k, v in cfg.items() if k not in ("kind", "actor", "limits", "emg")}
         if cfg.get("limits") is not None:
@@ -169,8 +214,10 @@ class SimulatedRig(Rig):
             if not math.isclose(vals[k], target, rel_tol=1e-6, abs_tol=1e-9):
                 if d in self.electrode_dims:
                     return None
-                raise RigError(f"simulated subject: {d}={target} is not among dataset {self.dataset_name!r}'s values "
-                               f"{list(dim.values)}")
+                raise RigError(
+                    f"simulated subject: {d}={target} is not among dataset {self.dataset_name!r}'s values "
+                    f"{list(dim.values)}"
+                )
             gi.append(k)
         try:
             return self.space.point_of_index(gi)
@@ -210,7 +257,7 @@ class SimulatedRig(Rig):
                     c = int(cols[rng.integers(cols.size)])
                     amp, ok = float(prob.repetitions[point, c]), bool(prob.valid[point, c])
                 else:
-                    amp = float(prob.truth[point]) * float(rng.lognormal(-0.5 * self.trial_cv ** 2, self.trial_cv))
+                    amp = float(prob.truth[point]) * float(rng.lognormal(-0.5 * self.trial_cv**2, self.trial_cv))
                     ok = bool(rng.random() >= self.outlier_rate)
                     if not ok:
                         amp += prob.max_truth * float(rng.uniform(0.5, 2.0))
@@ -240,19 +287,23 @@ class SimulatedRig(Rig):
             a = onset + int(math.floor(tp * fs / 1000.0))
             for i, v in ((a, amp), (a + npw, -amp)):
                 if 0 <= i < n:
-                    w[:, i:min(i + npw, n)] += v
+                    w[:, i : min(i + npw, n)] += v
             b = a + 2 * npw
             if 0 <= b < n:
                 k = min(tail.size, n - b)
-                w[:, b:b + k] += 0.3 * amp * tail[:k]
+                w[:, b : b + k] += 0.3 * amp * tail[:k]
 
     # ---- Rig steps ----------------------------------------------------------------------------
     def _connect(self) -> None:
         pass
 
     def _health(self) -> dict:
-        return {"dataset": self.dataset_name, "subject": self.subject, "saline": self.saline,
-                "n_channels": len(self.chmap)}
+        return {
+            "dataset": self.dataset_name,
+            "subject": self.subject,
+            "saline": self.saline,
+            "n_channels": len(self.chmap),
+        }
 
     def _apply(self, p: StimParams) -> None:
         self._params = p

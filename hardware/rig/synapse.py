@@ -41,8 +41,15 @@ from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, Stim
 MODES = ("Idle", "Standby", "Preview", "Record")
 RUNTIME_MODES = ("Preview", "Record")
 
-DEFAULT_STIMULATOR = {"gizmo": "eStim1", "amplitude": "AmpA", "period": "PeriodA", "channel": "ChanA",
-                      "pulse_width": "DurA", "n_pulses": "CountA", "fixed": ["pulse_width", "n_pulses"]}
+DEFAULT_STIMULATOR = {
+    "gizmo": "eStim1",
+    "amplitude": "AmpA",
+    "period": "PeriodA",
+    "channel": "ChanA",
+    "pulse_width": "DurA",
+    "n_pulses": "CountA",
+    "fixed": ["pulse_width", "n_pulses"],
+}
 # parameters a circuit may fix (software reads them back but never writes them), with their rig.circuit keys
 FIXABLE = {"pulse_width": "pulse_width_us", "n_pulses": "n_pulses"}
 DEFAULT_TRIGGER = {"gizmo": "Button1", "param": "Go"}
@@ -79,12 +86,27 @@ class SynapseRig(Rig):
 
     kind = "synapse"
 
-    def __init__(self, *, limits: SafetyLimits, emg: EMGConfig | None = None, host: str = "localhost",
-                 port: int = 24414, http_timeout_s: float = 5.0, mode: str | None = "Preview",
-                 mode_timeout_s: float = 15.0, stimulator: Mapping | None = None, trigger: Mapping | None = None,
-                 buffers=DEFAULT_BUFFERS, buffer_param: str = "array", muscles=("TA", "EDL", "GM"),
-                 read: Mapping | None = None, circuit: Mapping | None = None, constants: Mapping | None = None,
-                 keep_window: bool = True, name: str = "tdt_rig"):
+    def __init__(
+        self,
+        *,
+        limits: SafetyLimits,
+        emg: EMGConfig | None = None,
+        host: str = "localhost",
+        port: int = 24414,
+        http_timeout_s: float = 5.0,
+        mode: str | None = "Preview",
+        mode_timeout_s: float = 15.0,
+        stimulator: Mapping | None = None,
+        trigger: Mapping | None = None,
+        buffers=DEFAULT_BUFFERS,
+        buffer_param: str = "array",
+        muscles=("TA", "EDL", "GM"),
+        read: Mapping | None = None,
+        circuit: Mapping | None = None,
+        constants: Mapping | None = None,
+        keep_window: bool = True,
+        name: str = "tdt_rig",
+    ):
         super().__init__(limits, emg or EMGConfig(), muscles, keep_window=keep_window, name=name)
         self.host, self.port = str(host), int(port)
         if not (isinstance(http_timeout_s, (int, float)) and http_timeout_s > 0):
@@ -96,12 +118,15 @@ class SynapseRig(Rig):
         self.stim = _merged(DEFAULT_STIMULATOR, stimulator, "rig.stimulator")
         for k in ("gizmo", *STIMULATOR_KEYS):
             if not (isinstance(self.stim[k], str) and self.stim[k]):
-                raise ValueError(f"rig.stimulator.{k} must name a Synapse parameter, got {self.stim[k]!r} (every "
-                                 f"stimulation parameter that enters a safety limit is read back before each trigger)")
+                raise ValueError(
+                    f"rig.stimulator.{k} must name a Synapse parameter, got {self.stim[k]!r} (every "
+                    f"stimulation parameter that enters a safety limit is read back before each trigger)"
+                )
         fixed = self.stim["fixed"]
         if not isinstance(fixed, (list, tuple)) or any(k not in FIXABLE for k in fixed):
-            raise ValueError(f"rig.stimulator.fixed must list parameters the circuit sets, among {list(FIXABLE)}; "
-                             f"got {fixed!r}")
+            raise ValueError(
+                f"rig.stimulator.fixed must list parameters the circuit sets, among {list(FIXABLE)}; got {fixed!r}"
+            )
         self.fixed = tuple(fixed)
         self.trig = _merged(DEFAULT_TRIGGER, trigger, "rig.trigger")
         self.buffers, self.buffer_param = tuple(buffers), str(buffer_param)
@@ -123,13 +148,24 @@ class SynapseRig(Rig):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SynapseRig":
-        keys = RIG_COMMON_KEYS + ("host", "port", "http_timeout_s", "mode", "mode_timeout_s", "stimulator",
-                                  "trigger", "buffers", "buffer_param", "read", "circuit", "constants")
+        keys = RIG_COMMON_KEYS + (
+            "host",
+            "port",
+            "http_timeout_s",
+            "mode",
+            "mode_timeout_s",
+            "stimulator",
+            "trigger",
+            "buffers",
+            "buffer_param",
+            "read",
+            "circuit",
+            "constants",
+        )
         check_keys(cfg, keys, "rig (synapse)", required=("limits",))
         if cfg.get("ch2xy") == "auto":
             raise ValueError("rig.ch2xy: a real headstage needs its channel mapping file, not 'auto'")
-        kw = {k: v for k, v in cfg.items()
-              if k not in ("kind", "actor", "limits", "emg", "ch2xy", "electrode_dims")}
+        kw = {k: v for k, v in cfg.items() if k not in ("kind", "actor", "limits", "emg", "ch2xy", "electrode_dims")}
         kw["limits"] = SafetyLimits.from_dict(cfg["limits"])
         kw["emg"] = EMGConfig.from_dict(cfg.get("emg"))
         for k in ("buffers", "muscles"):
@@ -147,20 +183,28 @@ class SynapseRig(Rig):
             with contextlib.redirect_stdout(out):
                 value = getattr(self.api, name)(*args)
         except Exception as exc:  # the client raises on some malformed answers (None[...])
-            raise RigError(f"SynapseAPI.{name}{_fmt(args)} failed at {self.host}:{self.port}: "
-                           f"{type(exc).__name__}: {exc}{_printed(out)}") from None
+            raise RigError(
+                f"SynapseAPI.{name}{_fmt(args)} failed at {self.host}:{self.port}: "
+                f"{type(exc).__name__}: {exc}{_printed(out)}"
+            ) from None
         try:
             good = ok(value)
         except Exception:
             good = False
         if not good:
-            raise RigError(f"SynapseAPI.{name}{_fmt(args)} returned {_short(value)} at {self.host}:{self.port}, "
-                           f"expected {expect}{_printed(out)}")
+            raise RigError(
+                f"SynapseAPI.{name}{_fmt(args)} returned {_short(value)} at {self.host}:{self.port}, "
+                f"expected {expect}{_printed(out)}"
+            )
         return value
 
     def _get_mode(self) -> str:
-        m = self._call("getMode", (), lambda v: isinstance(v, int) and 0 <= v < len(MODES),
-                       "a mode 0..3 (-1 means Synapse did not answer: is it running with the Server API enabled?)")
+        m = self._call(
+            "getMode",
+            (),
+            lambda v: isinstance(v, int) and 0 <= v < len(MODES),
+            "a mode 0..3 (-1 means Synapse did not answer: is it running with the Server API enabled?)",
+        )
         return MODES[m]
 
     def _set(self, gizmo: str, param: str, value) -> None:
@@ -174,21 +218,28 @@ class SynapseRig(Rig):
         self._set(gizmo, param, value)
         back = self._get(gizmo, param)
         if not math.isclose(back, float(value), rel_tol=1e-5, abs_tol=1e-6):
-            raise RigError(f"{gizmo}.{param} reads back {back} after writing {value}: the stimulator does not hold "
-                           f"the checked value; no stimulation sent")
+            raise RigError(
+                f"{gizmo}.{param} reads back {back} after writing {value}: the stimulator does not hold "
+                f"the checked value; no stimulation sent"
+            )
 
     def _read_buffers(self) -> np.ndarray:
         n = self.n_samples
         rows = []
         for b in self.buffers:
-            vals = self._call("getParameterValues", (b, self.buffer_param, n, 0),
-                              lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v),
-                              f"a list of {n} numbers")
+            vals = self._call(
+                "getParameterValues",
+                (b, self.buffer_param, n, 0),
+                lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v),
+                f"a list of {n} numbers",
+            )
             arr = np.asarray(vals, dtype=np.float64)
             if not np.all(np.isfinite(arr)):
                 bad = np.flatnonzero(~np.isfinite(arr))
-                raise RigError(f"SynapseAPI.getParameterValues('{b}', '{self.buffer_param}') returned NaN/inf at "
-                               f"{bad.size} sample(s), first {bad[:5].tolist()}; window rejected")
+                raise RigError(
+                    f"SynapseAPI.getParameterValues('{b}', '{self.buffer_param}') returned NaN/inf at "
+                    f"{bad.size} sample(s), first {bad[:5].tolist()}; window rejected"
+                )
             rows.append(arr)
         return np.stack(rows)
 
@@ -202,31 +253,48 @@ class SynapseRig(Rig):
         mode = self._get_mode()
         if mode not in RUNTIME_MODES:
             if self.mode is None:
-                raise RigError(f"Synapse at {self.host}:{self.port} is in {mode} mode; expected Preview or Record "
-                               f"(start the experiment, or set rig.mode to switch automatically)")
+                raise RigError(
+                    f"Synapse at {self.host}:{self.port} is in {mode} mode; expected Preview or Record "
+                    f"(start the experiment, or set rig.mode to switch automatically)"
+                )
             self._call("setModeStr", (self.mode,), lambda v: v == 1, "1 (success)")
             deadline = time.monotonic() + self.mode_timeout_s
             while (mode := self._get_mode()) not in RUNTIME_MODES:
                 if time.monotonic() > deadline:
-                    raise RigError(f"Synapse did not reach {self.mode} mode within {self.mode_timeout_s} s "
-                                   f"(still {mode})")
+                    raise RigError(
+                        f"Synapse did not reach {self.mode} mode within {self.mode_timeout_s} s (still {mode})"
+                    )
                 time.sleep(0.1)
         self._mode_str = mode
-        gizmos = self._call("getGizmoNames", (), lambda v: isinstance(v, list) and len(v) > 0,
-                            "a non-empty list of gizmo names")
+        gizmos = self._call(
+            "getGizmoNames", (), lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of gizmo names"
+        )
         need = [self.stim["gizmo"], self.trig["gizmo"], *self.buffers]
         missing = [g for g in need if g not in gizmos]
         if missing:
-            raise RigError(f"Synapse's experiment lacks gizmo(s) {missing} (it has {gizmos}); load the circuit or "
-                           f"fix rig.stimulator / rig.trigger / rig.buffers")
-        sizes = [int(self._call("getParameterSize", (b, self.buffer_param), lambda v: isinstance(v, int) and v > 0,
-                                "a positive buffer size")) for b in self.buffers]
+            raise RigError(
+                f"Synapse's experiment lacks gizmo(s) {missing} (it has {gizmos}); load the circuit or "
+                f"fix rig.stimulator / rig.trigger / rig.buffers"
+            )
+        sizes = [
+            int(
+                self._call(
+                    "getParameterSize",
+                    (b, self.buffer_param),
+                    lambda v: isinstance(v, int) and v > 0,
+                    "a positive buffer size",
+                )
+            )
+            for b in self.buffers
+        ]
         if len(set(sizes)) != 1:
             raise RigError(f"EMG buffers {list(self.buffers)} have different sizes {sizes}")
         self.n_samples = sizes[0]
         if self.n_samples != self.emg.n_samples:
-            raise RigError(f"EMG buffers hold {self.n_samples} samples but rig.emg (fs {self.emg.fs} Hz, "
-                           f"{self.emg.pre_ms} + {self.emg.post_ms} ms) expects {self.emg.n_samples}; fix rig.emg")
+            raise RigError(
+                f"EMG buffers hold {self.n_samples} samples but rig.emg (fs {self.emg.fs} Hz, "
+                f"{self.emg.pre_ms} + {self.emg.post_ms} ms) expects {self.emg.n_samples}; fix rig.emg"
+            )
         for key, value in self.constants.items():
             g, p = key.split(".")
             self._set_verified(g, p, value)
@@ -244,8 +312,10 @@ class SynapseRig(Rig):
         for key in self.fixed:
             field, declared = FIXABLE[key], self.circuit[FIXABLE[key]]
             if not math.isclose(float(getattr(p, field)), float(declared)):
-                raise SafetyViolation(f"{field}={getattr(p, field)} cannot be delivered: the circuit's {field} is "
-                                      f"fixed at {declared} (rig.circuit.{field}); nothing sent")
+                raise SafetyViolation(
+                    f"{field}={getattr(p, field)} cannot be delivered: the circuit's {field} is "
+                    f"fixed at {declared} (rig.circuit.{field}); nothing sent"
+                )
 
     def _label(self, key: str) -> str:
         return f"{self.stim['gizmo']}.{self.stim[key]}"
@@ -294,8 +364,10 @@ class SynapseRig(Rig):
                 return w, {"mode": self._mode_str, "wait_s": time.monotonic() - t0}
             if time.monotonic() - t0 > self.read["timeout_s"]:
                 stale = [b for b, c in zip(self.buffers, changed) if not c]
-                raise LateResponse(f"no new EMG window in {stale} within {self.read['timeout_s']} s of the trigger "
-                                   f"(channel {p.channel}); the stimulation was sent")
+                raise LateResponse(
+                    f"no new EMG window in {stale} within {self.read['timeout_s']} s of the trigger "
+                    f"(channel {p.channel}); the stimulation was sent"
+                )
             time.sleep(self.read["poll_s"])
 
     def close(self) -> None:

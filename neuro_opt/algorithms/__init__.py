@@ -69,20 +69,32 @@ def check_hyperparameters(name: str, hyperparameters: dict) -> None:
         return
     for key, value in hyperparameters.items():
         if key not in params:
-            raise ValueError(f"algorithm {name!r}: unknown hyperparameter {key!r}; it takes "
-                             f"{', '.join(params) or 'none'}")
+            raise ValueError(
+                f"algorithm {name!r}: unknown hyperparameter {key!r}; it takes {', '.join(params) or 'none'}"
+            )
         ann = str(params[key].annotation).replace(" ", "")
         base, nullable = ann.split("|")[0], ann.endswith("|None")
         if base not in _NUMBERS or (value is None and nullable):
             continue
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not number or (base == "int" and not float(value).is_integer()):
-            raise ValueError(f"algorithm {name!r}: {key}={value!r}: expected {_NUMBERS[base]}"
-                             f"{' or null' if nullable else ''}")
+            raise ValueError(
+                f"algorithm {name!r}: {key}={value!r}: expected {_NUMBERS[base]}{' or null' if nullable else ''}"
+            )
 
 
-__all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "BotorchGPBO", "make", "available",
-           "argmax_random_ties", "check_hyperparameters", "parameters"]
+__all__ = [
+    "Optimizer",
+    "GPBO",
+    "ExtensiveSearch",
+    "GreedySearch",
+    "BotorchGPBO",
+    "make",
+    "available",
+    "argmax_random_ties",
+    "check_hyperparameters",
+    "parameters",
+]
 
 # hierarchical GP-BO (seed 003): the flat baseline, GP-BO with a product space x time kernel
 # (one shared spatial length-scale) over a whole pattern space; the hierarchical search itself
@@ -90,4 +102,3 @@ __all__ = ["Optimizer", "GPBO", "ExtensiveSearch", "GreedySearch", "BotorchGPBO"
 from neuro_opt.algorithms.product_gpbo import ProductGPBO  # noqa: E402
 
 _REGISTRY["gpbo_product"] = ProductGPBO
-

@@ -55,8 +55,10 @@ class Optimizer:
         if points.shape != (self.b,) or responses.shape != (self.b,):
             raise ValueError(f"tell expects ({self.b},) points and responses, got {points.shape} and {responses.shape}")
         if not np.all(np.isfinite(responses)):
-            raise ValueError(f"responses must be finite numbers, got {responses[~np.isfinite(responses)][:3]} "
-                             f"at replicates {np.flatnonzero(~np.isfinite(responses))[:5].tolist()}")
+            raise ValueError(
+                f"responses must be finite numbers, got {responses[~np.isfinite(responses)][:3]} "
+                f"at replicates {np.flatnonzero(~np.isfinite(responses))[:5].tolist()}"
+            )
         if np.any((points < 0) | (points >= self.P)):
             raise ValueError(f"points must be in 0..{self.P - 1}, got {points.tolist()}")
         rows = np.arange(self.b)

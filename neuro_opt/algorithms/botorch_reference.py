@@ -22,10 +22,23 @@ class BotorchGPBO(Optimizer):
 
     name = "gpbo_botorch"
 
-    def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
-                 rho_low: float = 0.02, rho_high: float = 5.0, noise_min: float = 1e-4,
-                 noise_max: float = 0.05, outputscale_min: float = 0.25, outputscale_max: float = 1.0,
-                 capacity=None, device: str = "cpu"):
+    def __init__(
+        self,
+        space,
+        n_reps=1,
+        seed=0,
+        prior=None,
+        kappa: float = 3.0,
+        n_random: int = 1,
+        rho_low: float = 0.02,
+        rho_high: float = 5.0,
+        noise_min: float = 1e-4,
+        noise_max: float = 0.05,
+        outputscale_min: float = 0.25,
+        outputscale_max: float = 1.0,
+        capacity=None,
+        device: str = "cpu",
+    ):
         if prior is not None:
             raise ValueError("gpbo_botorch (the reference loop) takes no prior map")
         super().__init__(space, n_reps, seed, None)

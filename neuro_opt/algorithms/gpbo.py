@@ -47,12 +47,32 @@ class GPBO(ModelOptimizer):
 
     name = "gpbo"
 
-    def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
-                 mode: str = "variable", rho_low: float = 0.02, rho_high: float = 5.0,
-                 noise_min: float = 1e-4, noise_max: float = 0.05, outputscale_min: float = 0.25,
-                 outputscale_max: float = 1.0, rho=1.0, noise: float = 0.05, outputscale: float = 1.0,
-                 prior_scale: float = 0.75, prior_fade: int | None = None, fit_steps: int = 10,
-                 lr: float = 0.1, fit_tol: float = 0.0, capacity: int | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        space,
+        n_reps=1,
+        seed=0,
+        prior=None,
+        kappa: float = 3.0,
+        n_random: int = 1,
+        mode: str = "variable",
+        rho_low: float = 0.02,
+        rho_high: float = 5.0,
+        noise_min: float = 1e-4,
+        noise_max: float = 0.05,
+        outputscale_min: float = 0.25,
+        outputscale_max: float = 1.0,
+        rho=1.0,
+        noise: float = 0.05,
+        outputscale: float = 1.0,
+        prior_scale: float = 0.75,
+        prior_fade: int | None = None,
+        fit_steps: int = 10,
+        lr: float = 0.1,
+        fit_tol: float = 0.0,
+        capacity: int | None = None,
+        device: str = "cpu",
+    ):
         super().__init__(space, n_reps, seed, prior)
         self.ucb = UCB(kappa)
         if int(n_random) < 0 or (prior is None and int(n_random) < 1):
@@ -63,12 +83,23 @@ class GPBO(ModelOptimizer):
         if self.prior is not None:
             top = self.prior.max()
             prior_mean = prior_scale * (self.prior / top if top > 0 else self.prior)
-        self.gp = BatchGP(space.X, self.b, capacity or min(max(64, space.n_points), 256), mode=mode,
-                          rho_bounds=(rho_low, rho_high), noise_bounds=(noise_min, noise_max),
-                          outputscale_bounds=(outputscale_min, outputscale_max),
-                          lengthscale=rho, noise=noise, outputscale=outputscale, prior_mean=prior_mean,
-                          fit_steps=fit_steps, lr=lr,
-                          fit_tol=fit_tol, device=device)
+        self.gp = BatchGP(
+            space.X,
+            self.b,
+            capacity or min(max(64, space.n_points), 256),
+            mode=mode,
+            rho_bounds=(rho_low, rho_high),
+            noise_bounds=(noise_min, noise_max),
+            outputscale_bounds=(outputscale_min, outputscale_max),
+            lengthscale=rho,
+            noise=noise,
+            outputscale=outputscale,
+            prior_mean=prior_mean,
+            fit_steps=fit_steps,
+            lr=lr,
+            fit_tol=fit_tol,
+            device=device,
+        )
         self._mean = self._var = None
 
     def ask(self) -> np.ndarray:

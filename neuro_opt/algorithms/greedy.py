@@ -45,7 +45,7 @@ class GreedySearch(Optimizer):
         if not self._dim_order[r]:
             order = list(self.rng.permutation(self.space.ndim))
             if len(order) > 1 and order[0] == last:  # the search "continues along one other selected
-                order = order[1:] + order[:1]         # dimension": never the same one twice in a row
+                order = order[1:] + order[:1]  # dimension": never the same one twice in a row
             self._dim_order[r] = order
         self._line[r] = list(self.space.line(int(self.current[r]), self._dim_order[r][0]))
         self._queue[r] = list(self._line[r])

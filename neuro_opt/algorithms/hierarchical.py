@@ -70,11 +70,11 @@ def _projections(spaces: list[SearchSpace]) -> list[tuple[np.ndarray, np.ndarray
     for j in range(2, len(spaces) + 1):
         sp, prev = spaces[j - 1], spaces[j - 2]
         idx = sp.index  # P x (2j + j - 1)
-        coords = idx[:, :2 * j]
-        delays = idx[:, 2 * j:]
-        prefix_grid = np.concatenate([coords[:, :2 * (j - 1)], delays[:, :j - 2]], axis=1)
+        coords = idx[:, : 2 * j]
+        delays = idx[:, 2 * j :]
+        prefix_grid = np.concatenate([coords[:, : 2 * (j - 1)], delays[:, : j - 2]], axis=1)
         prefix = np.array([prev.point_of_index(g) for g in prefix_grid], dtype=np.int64)
-        last = np.array([channels.point_of_index(g) for g in coords[:, 2 * (j - 1):]], dtype=np.int64)
+        last = np.array([channels.point_of_index(g) for g in coords[:, 2 * (j - 1) :]], dtype=np.int64)
         out.append((prefix, last))
     return out
 
@@ -107,15 +107,34 @@ class HierarchicalGPBO:
         n_events: events of the final stage (default: the problem's).
     """
 
-    def __init__(self, problem, n_reps: int = 1, seed=0, kappa: float = 3.0, stage_queries=25,
-                 stage1_kappa: float | None = None, stage1_rule: str = "budget", stage1_min: int = 10,
-                 stage1_patience: int = 5, stage1_model: str = "muscles",
-                 event_components: Sequence[int] | None = None, stage1_rho: Sequence[float] = (0.5, 3.0),
-                 rho_space: Sequence[float] = (1.0, 2.0), rho_time: Sequence[float] = (5.0, 20.0),
-                 noise_min: float = 5e-4, noise_max: float = 1e-3, noise_units: str = "raw",
-                 outputscale_min: float = 0.05, outputscale_max: float = 1.0,
-                 weight_mean: Sequence[float] = (1.0, 1.0), weight_sd: float = 0.5, time_unit_ms: float = 1.0,
-                 fit_steps: int = 15, lr: float = 0.1, n_events: int | None = None):
+    def __init__(
+        self,
+        problem,
+        n_reps: int = 1,
+        seed=0,
+        kappa: float = 3.0,
+        stage_queries=25,
+        stage1_kappa: float | None = None,
+        stage1_rule: str = "budget",
+        stage1_min: int = 10,
+        stage1_patience: int = 5,
+        stage1_model: str = "muscles",
+        event_components: Sequence[int] | None = None,
+        stage1_rho: Sequence[float] = (0.5, 3.0),
+        rho_space: Sequence[float] = (1.0, 2.0),
+        rho_time: Sequence[float] = (5.0, 20.0),
+        noise_min: float = 5e-4,
+        noise_max: float = 1e-3,
+        noise_units: str = "raw",
+        outputscale_min: float = 0.05,
+        outputscale_max: float = 1.0,
+        weight_mean: Sequence[float] = (1.0, 1.0),
+        weight_sd: float = 0.5,
+        time_unit_ms: float = 1.0,
+        fit_steps: int = 15,
+        lr: float = 0.1,
+        n_events: int | None = None,
+    ):
         self.k = int(n_events or problem.n_events)
         if self.k < 2:
             raise ValueError(f"a hierarchical search needs at least 2 events, got n_events={self.k}")
@@ -151,16 +170,21 @@ class HierarchicalGPBO:
         if len(wm) != 2:
             raise ValueError(f"weight_mean needs 2 values (a1, a2), got {weight_mean}")
         self.a0 = np.asarray(wm)
-        gp = product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max,
-                        fit_steps, lr)
+        gp = product_gp_kwargs(
+            rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+        )
         S1, _ = split_inputs(self.spaces[0], time_unit_ms)
-        self.gp1 = ProductGP(S1, np.zeros((self.C, 0)), self.b * self.J1, **{**gp, "rho_space": tuple(stage1_rho)},
-                             capacity=int(self.budgets[0]))
+        self.gp1 = ProductGP(
+            S1,
+            np.zeros((self.C, 0)),
+            self.b * self.J1,
+            **{**gp, "rho_space": tuple(stage1_rho)},
+            capacity=int(self.budgets[0]),
+        )
         self.gps = [None]
         for j in range(2, self.k + 1):
             S, T = split_inputs(self.spaces[j - 1], time_unit_ms)
-            self.gps.append(ProductGP(S, T, self.b, n_basis=2, weight_mean=wm, weight_sd=weight_sd, **gp,
-                                      capacity=64))
+            self.gps.append(ProductGP(S, T, self.b, n_basis=2, weight_mean=wm, weight_sd=weight_sd, **gp, capacity=64))
         self.stage = np.ones(self.b, dtype=np.int64)
         self.t = 0
         self.t_stage = np.zeros(self.b, dtype=np.int64)  # queries spent in the current stage
@@ -344,8 +368,9 @@ TRACE_SCHEMA = trace_schema(
 )
 
 
-def run_patterns(problem, method: str, n_reps: int, n_queries: int, seed=0, hyperparameters: dict | None = None,
-                 progress=None) -> pa.Table:
+def run_patterns(
+    problem, method: str, n_reps: int, n_queries: int, seed=0, hyperparameters: dict | None = None, progress=None
+) -> pa.Table:
     """Run ``n_reps`` replicates of a pattern search on ``problem`` for ``n_queries`` total queries.
 
     Args:
@@ -378,8 +403,17 @@ def run_patterns(problem, method: str, n_reps: int, n_queries: int, seed=0, hype
     expl = truth[best] / top if top > 0 else np.zeros(shape)
     final = stage == problem.n_events
     exploit = np.where(final, truth[np.where(final, pts, 0)] / top if top > 0 else 0.0, np.nan)
-    return trace_table({"rep": np.repeat(np.arange(n_reps), n_queries),
-                        "query": np.tile(np.arange(1, n_queries + 1), n_reps), "point": pts, "response": resp,
-                        "best": best, "exploration": expl,
-                        "exploitation": pa.array(exploit.ravel(), pa.float64(), mask=~final.ravel()),
-                        "stage": stage, "accuracy": acc}, TRACE_SCHEMA)
+    return trace_table(
+        {
+            "rep": np.repeat(np.arange(n_reps), n_queries),
+            "query": np.tile(np.arange(1, n_queries + 1), n_reps),
+            "point": pts,
+            "response": resp,
+            "best": best,
+            "exploration": expl,
+            "exploitation": pa.array(exploit.ravel(), pa.float64(), mask=~final.ravel()),
+            "stage": stage,
+            "accuracy": acc,
+        },
+        TRACE_SCHEMA,
+    )

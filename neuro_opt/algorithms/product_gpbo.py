@@ -12,10 +12,18 @@ from neuro_opt.algorithms.base import ModelOptimizer
 from neuro_opt.gp.product import ProductGP, split_inputs
 
 
-def product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max,
-               fit_steps, lr) -> dict:
-    return dict(rho_space=tuple(rho_space), rho_time=tuple(rho_time), noise=(noise_min, noise_max),
-                noise_units=noise_units, outputscale=(outputscale_min, outputscale_max), fit_steps=fit_steps, lr=lr)
+def product_gp_kwargs(
+    rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+) -> dict:
+    return dict(
+        rho_space=tuple(rho_space),
+        rho_time=tuple(rho_time),
+        noise=(noise_min, noise_max),
+        noise_units=noise_units,
+        outputscale=(outputscale_min, outputscale_max),
+        fit_steps=fit_steps,
+        lr=lr,
+    )
 
 
 class ProductGPBO(ModelOptimizer):
@@ -42,12 +50,28 @@ class ProductGPBO(ModelOptimizer):
 
     name = "gpbo_product"
 
-    def __init__(self, space, n_reps=1, seed=0, prior=None, kappa: float = 3.0, n_random: int = 1,
-                 rho_space: Sequence[float] = (1.0, 2.0), rho_time: Sequence[float] = (5.0, 20.0),
-                 noise_min: float = 1e-3, noise_max: float = 0.05, noise_units: str = "normalized",
-                 outputscale_min: float = 0.05, outputscale_max: float = 1.0, prior_scale: float = 0.75,
-                 weight_sd: float = 0.5, time_unit_ms: float = 1.0, fit_steps: int = 15, lr: float = 0.1,
-                 capacity: int | None = None):
+    def __init__(
+        self,
+        space,
+        n_reps=1,
+        seed=0,
+        prior=None,
+        kappa: float = 3.0,
+        n_random: int = 1,
+        rho_space: Sequence[float] = (1.0, 2.0),
+        rho_time: Sequence[float] = (5.0, 20.0),
+        noise_min: float = 1e-3,
+        noise_max: float = 0.05,
+        noise_units: str = "normalized",
+        outputscale_min: float = 0.05,
+        outputscale_max: float = 1.0,
+        prior_scale: float = 0.75,
+        weight_sd: float = 0.5,
+        time_unit_ms: float = 1.0,
+        fit_steps: int = 15,
+        lr: float = 0.1,
+        capacity: int | None = None,
+    ):
         super().__init__(space, n_reps, seed, prior)
         self.ucb = UCB(kappa)
         if int(n_random) < 0 or (prior is None and int(n_random) < 1):
@@ -55,10 +79,18 @@ class ProductGPBO(ModelOptimizer):
         self.kappa, self.n_random = self.ucb.kappa, int(n_random)
         S, T = split_inputs(space, time_unit_ms)
         J = 0 if self.prior is None else 1
-        self.gp = ProductGP(S, T, self.b, n_basis=J, weight_mean=[prior_scale] * J, weight_sd=weight_sd,
-                            capacity=capacity or 64,
-                            **product_gp_kwargs(rho_space, rho_time, noise_min, noise_max, noise_units,
-                                                outputscale_min, outputscale_max, fit_steps, lr))
+        self.gp = ProductGP(
+            S,
+            T,
+            self.b,
+            n_basis=J,
+            weight_mean=[prior_scale] * J,
+            weight_sd=weight_sd,
+            capacity=capacity or 64,
+            **product_gp_kwargs(
+                rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+            ),
+        )
         if self.prior is not None:
             top = self.prior.max()
             self.gp.set_scale(1.0)

@@ -72,9 +72,12 @@ def parameters(name: str) -> dict[str, inspect.Parameter] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     fixed = _FIXED if isinstance(builder, partial) else set()
-    return {n: p for n, p in params.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            and not (n in fixed and n in builder.keywords)}
+    return {
+        n: p
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and not (n in fixed and n in builder.keywords)
+    }
 
 
 def accepted_keys(name: str) -> list[str] | None:
@@ -106,11 +109,33 @@ def load(name: str, **kwargs) -> Dataset:
         raise ValueError(f"dataset {name!r}: bad arguments {sorted(kwargs)}: {exc}") from None
 
 
-__all__ = ["Dataset", "Problem", "NonStationaryProblem", "sample_responses", "load", "register", "available",
-           "accepted_keys", "parameters", "describe", "array_space", "synthetic_cortical", "synthetic_spinal",
-           "spinal_locomotion4d", "gamma_smoothness", "prior_quality", "synthetic_cortical5d", "load_rat5d",
-           "load_neuromosaics_cortical", "load_neuromosaics_spinal", "load_table", "to_trials",
-           "augment_frequency", "frequency_augmented", "nonstationary"]
+__all__ = [
+    "Dataset",
+    "Problem",
+    "NonStationaryProblem",
+    "sample_responses",
+    "load",
+    "register",
+    "available",
+    "accepted_keys",
+    "parameters",
+    "describe",
+    "array_space",
+    "synthetic_cortical",
+    "synthetic_spinal",
+    "spinal_locomotion4d",
+    "gamma_smoothness",
+    "prior_quality",
+    "synthetic_cortical5d",
+    "load_rat5d",
+    "load_neuromosaics_cortical",
+    "load_neuromosaics_spinal",
+    "load_table",
+    "to_trials",
+    "augment_frequency",
+    "frequency_augmented",
+    "nonstationary",
+]
 
 # hierarchical GP-BO (seed 003): the synthetic two-electrode dataset (pairs of channels x delays)
 from neuro_opt.datasets.two_electrode import TwoElectrodeProblem, pattern_space, two_electrode  # noqa: E402, F401

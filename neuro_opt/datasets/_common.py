@@ -58,13 +58,12 @@ def find_files(path: Path, suffixes: Sequence[str], subfolders: Sequence[str], d
             files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
             if files:
                 return files
-    raise ValueError(
-        f"dataset {dataset!r}: no {'/'.join(suffixes)} file in {', '.join(repr(str(t)) for t in tried)}"
-    )
+    raise ValueError(f"dataset {dataset!r}: no {'/'.join(suffixes)} file in {', '.join(repr(str(t)) for t in tried)}")
 
 
-def select_files(files: list[Path], subjects: Sequence[str] | None, dataset: str,
-                 n_subjects: int | None = None) -> list[Path]:
+def select_files(
+    files: list[Path], subjects: Sequence[str] | None, dataset: str, n_subjects: int | None = None
+) -> list[Path]:
     """Keep the files whose stem is in ``subjects`` (None keeps all), then the first ``n_subjects``."""
     if subjects is not None:
         if isinstance(subjects, str):
@@ -163,8 +162,9 @@ def coords_to_grid(coords: np.ndarray, base: int | str, where: str, field: str =
     return grid
 
 
-def grid_space(grid: np.ndarray, names: Sequence[str], where: str,
-               values: Sequence[Sequence] | None = None) -> tuple[SearchSpace, np.ndarray]:
+def grid_space(
+    grid: np.ndarray, names: Sequence[str], where: str, values: Sequence[Sequence] | None = None
+) -> tuple[SearchSpace, np.ndarray]:
     """The space whose valid points are the rows of ``grid`` (``n x d`` 0-based indices).
 
     Returns the space (grid shape = extent of the coordinates, or the lengths of
@@ -198,8 +198,9 @@ def pad_rows(rows: Iterable[np.ndarray], fill=np.nan, dtype=np.float64) -> np.nd
     return out
 
 
-def ground_truth(reps: np.ndarray, valid: np.ndarray, truth: str, stored: np.ndarray | None,
-                 where: str, label: Callable[[int], str]) -> np.ndarray:
+def ground_truth(
+    reps: np.ndarray, valid: np.ndarray, truth: str, stored: np.ndarray | None, where: str, label: Callable[[int], str]
+) -> np.ndarray:
     """Ground-truth mean per row.
 
     Args:
@@ -265,10 +266,15 @@ def problems_from_channels(
     for m, muscle in enumerate(muscles):
         r = reps[:, m, :]
         v = valid[:, m, :] & np.isfinite(r)
-        mean = ground_truth(r, v, truth, None if stored is None else stored[:, m], f"{where}, muscle {muscle!r}",
-                            label)
-        problems.append(Problem(
-            key=f"{subject}/{muscle}", space=space, truth=mean[order], repetitions=r[order], valid=v[order],
-            meta=dict(meta, muscle_index=m, truth=truth),
-        ))
+        mean = ground_truth(r, v, truth, None if stored is None else stored[:, m], f"{where}, muscle {muscle!r}", label)
+        problems.append(
+            Problem(
+                key=f"{subject}/{muscle}",
+                space=space,
+                truth=mean[order],
+                repetitions=r[order],
+                valid=v[order],
+                meta=dict(meta, muscle_index=m, truth=truth),
+            )
+        )
     return problems

@@ -51,8 +51,15 @@ _DIM_COLUMN = {"x": 5, "y": 6, "duration": 2, "frequency": 1, "pulse_width": 0}
 
 def five_d_space() -> SearchSpace:
     """The full 8 x 4 x 7 x 7 x 7 grid (10,976 points)."""
-    return SearchSpace({"x": range(1, 9), "y": range(1, 5), "duration": DURATIONS_MS,
-                        "frequency": FREQUENCIES_HZ, "pulse_width": PULSE_WIDTHS_US})
+    return SearchSpace(
+        {
+            "x": range(1, 9),
+            "y": range(1, 5),
+            "duration": DURATIONS_MS,
+            "frequency": FREQUENCIES_HZ,
+            "pulse_width": PULSE_WIDTHS_US,
+        }
+    )
 
 
 def read_rat5d_mat(file: Path) -> dict:
@@ -66,16 +73,21 @@ def read_rat5d_mat(file: Path) -> dict:
     mat = read_mat(file, squeeze_me=False, chars_as_strings=True)
     for key in ("emg_response", "stim_combinations"):
         if key not in mat:
-            raise DataFormatError(f"{where}: missing variable {key!r}; variables present: "
-                                  f"{[k for k in mat if not k.startswith('__')]}")
+            raise DataFormatError(
+                f"{where}: missing variable {key!r}; variables present: {[k for k in mat if not k.startswith('__')]}"
+            )
     combos = np.asarray(mat["stim_combinations"], dtype=np.float64)
     if combos.ndim != 2 or combos.shape[1] != 7:
-        raise DataFormatError(f"{where}: stim_combinations has shape {combos.shape}, expected (n_conditions, 7) = "
-                              f"{list(COMBINATION_COLUMNS)}")
+        raise DataFormatError(
+            f"{where}: stim_combinations has shape {combos.shape}, expected (n_conditions, 7) = "
+            f"{list(COMBINATION_COLUMNS)}"
+        )
     resp = np.asarray(mat["emg_response"], dtype=np.float64)
     if resp.ndim != 4 or resp.shape[2] != combos.shape[0]:
-        raise DataFormatError(f"{where}: emg_response has shape {resp.shape}, expected (repetitions, emgs, "
-                              f"{combos.shape[0]} conditions, metrics)")
+        raise DataFormatError(
+            f"{where}: emg_response has shape {resp.shape}, expected (repetitions, emgs, "
+            f"{combos.shape[0]} conditions, metrics)"
+        )
     muscles = None
     if "emgs" in mat:
         muscles = as_name_list(mat["emgs"], where, "emgs")
@@ -94,10 +106,18 @@ class _ConditionLabel:
         return f"condition {k} {dict(zip(COMBINATION_COLUMNS, self.combos[k].tolist()))}"
 
 
-def load_rat5d(path=None, muscles: Sequence[str] | None = None, emg_names: Sequence[str] | None = None,
-               subjects: Sequence[str] | None = None, metric: int = 0, truth: str = "valid_mean",
-               outlier_sd: float | None = None, n_subjects: int | None = None, n_muscles: int | None = None,
-               name: str | None = None) -> Dataset:
+def load_rat5d(
+    path=None,
+    muscles: Sequence[str] | None = None,
+    emg_names: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
+    metric: int = 0,
+    truth: str = "valid_mean",
+    outlier_sd: float | None = None,
+    n_subjects: int | None = None,
+    n_muscles: int | None = None,
+    name: str | None = None,
+) -> Dataset:
     """The 5-D rat cortical recordings: one problem per subject file and EMG channel.
 
     Args:
@@ -132,8 +152,7 @@ def load_rat5d(path=None, muscles: Sequence[str] | None = None, emg_names: Seque
         cols = combos[:, [_DIM_COLUMN[d] for d in DIMS]]
         if not np.all(np.isfinite(cols)):
             row, col = np.argwhere(~np.isfinite(cols))[0]
-            raise DataFormatError(f"{where}: stim_combinations has NaN at row {row} (0-based), column "
-                                  f"{DIMS[col]!r}")
+            raise DataFormatError(f"{where}: stim_combinations has NaN at row {row} (0-based), column {DIMS[col]!r}")
         values, grid = [], []
         for j in range(len(DIMS)):
             v, inv = np.unique(cols[:, j], return_inverse=True)
@@ -156,11 +175,23 @@ def load_rat5d(path=None, muscles: Sequence[str] | None = None, emg_names: Seque
         idx = idx[: first_muscles(n_muscles, len(idx), where)]
         label = _ConditionLabel(combos)
         problems += problems_from_channels(
-            f.stem, where, space, point_of_row, [names[i] for i in idx], reps[:, idx], valid[:, idx], None, truth,
-            label, {"source": "5-D rat cortical", "file": where, "metric": metric, "units": "mV"},
+            f.stem,
+            where,
+            space,
+            point_of_row,
+            [names[i] for i in idx],
+            reps[:, idx],
+            valid[:, idx],
+            None,
+            truth,
+            label,
+            {"source": "5-D rat cortical", "file": where, "metric": metric, "units": "mV"},
         )
-    return Dataset(dataset, problems, meta={"source": "5-D rat cortical (Fig. 8)", "path": str(root),
-                                            "default_response": "repetition_valid"})
+    return Dataset(
+        dataset,
+        problems,
+        meta={"source": "5-D rat cortical (Fig. 8)", "path": str(root), "default_response": "repetition_valid"},
+    )
 
 
 # ----------------------------------------------------------------------------- generator
@@ -172,8 +203,14 @@ def _log_bump(values, center, width_octaves, floor):
     return floor + (1 - floor) * np.exp(-0.5 * z**2)
 
 
-def synthetic_cortical5d(n_subjects: int = 6, n_muscles: int = 1, seed: int = 0, n_repetitions: int = 8,
-                         trial_cv: float = 0.25, name: str | None = None) -> Dataset:
+def synthetic_cortical5d(
+    n_subjects: int = 6,
+    n_muscles: int = 1,
+    seed: int = 0,
+    n_repetitions: int = 8,
+    trial_cv: float = 0.25,
+    name: str | None = None,
+) -> Dataset:
     """Synthetic 5-D cortical problems shaped like Fig. 8.
 
     Truth = a granular rat cortical map (x, y) x a duration profile x a
@@ -221,10 +258,25 @@ def synthetic_cortical5d(n_subjects: int = 6, n_muscles: int = 1, seed: int = 0,
                 reps = truth[:, None] * rng.lognormal(-0.5 * trial_cv**2, trial_cv, size=size)
                 valid = np.ones(reps.shape, dtype=bool)
                 truth = reps.mean(axis=1)
-            problems.append(Problem(
-                key=f"rat5d{s + 1}/{RAT_MUSCLES[m]}", space=space, truth=truth, repetitions=reps, valid=valid,
-                meta={"generator": "synthetic_cortical5d", "seed": seed, "units": "mV", "freq_peak_hz": float(fp),
-                      "duration_peak_ms": dp, "pulse_width_peak_us": pp},
-            ))
-    return Dataset(name or "synthetic_cortical5d", problems,
-                   meta={"seed": seed, "default_response": "repetition_valid" if n_repetitions else "gaussian"})
+            problems.append(
+                Problem(
+                    key=f"rat5d{s + 1}/{RAT_MUSCLES[m]}",
+                    space=space,
+                    truth=truth,
+                    repetitions=reps,
+                    valid=valid,
+                    meta={
+                        "generator": "synthetic_cortical5d",
+                        "seed": seed,
+                        "units": "mV",
+                        "freq_peak_hz": float(fp),
+                        "duration_peak_ms": dp,
+                        "pulse_width_peak_us": pp,
+                    },
+                )
+            )
+    return Dataset(
+        name or "synthetic_cortical5d",
+        problems,
+        meta={"seed": seed, "default_response": "repetition_valid" if n_repetitions else "gaussian"},
+    )

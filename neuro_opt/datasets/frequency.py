@@ -19,8 +19,12 @@ STAR_FREQUENCIES_HZ = (100, 200, 300, 400, 500)
 STAR_FACTORS = (0.52, 0.94, 1.0, 1.05, 1.11)
 
 
-def augment_problem(problem: Problem, frequencies: Sequence[float] = STAR_FREQUENCIES_HZ,
-                    factors: Sequence[float] = STAR_FACTORS, space: SearchSpace | None = None) -> Problem:
+def augment_problem(
+    problem: Problem,
+    frequencies: Sequence[float] = STAR_FREQUENCIES_HZ,
+    factors: Sequence[float] = STAR_FACTORS,
+    space: SearchSpace | None = None,
+) -> Problem:
     """``problem`` with a last ``frequency`` dimension.
 
     Point ``p * F + j`` of the new space is base point ``p`` at frequency
@@ -44,8 +48,12 @@ def augment_problem(problem: Problem, frequencies: Sequence[float] = STAR_FREQUE
     if problem.prior is not None:
         prior = (problem.prior[:, None] * f[None, :]).ravel()
     return Problem(
-        key=problem.key, space=space, truth=(problem.truth[:, None] * f[None, :]).ravel(), repetitions=reps,
-        valid=valid, prior=prior,
+        key=problem.key,
+        space=space,
+        truth=(problem.truth[:, None] * f[None, :]).ravel(),
+        repetitions=reps,
+        valid=valid,
+        prior=prior,
         meta=dict(problem.meta, frequencies_hz=list(frequencies), frequency_factors=f.tolist(), base_frequency_hz=300),
     )
 
@@ -57,8 +65,12 @@ def augmented_space(base: SearchSpace, frequencies: Sequence[float]) -> SearchSp
     return SearchSpace(dims, mask=mask)
 
 
-def augment_frequency(dataset: Dataset, frequencies: Sequence[float] = STAR_FREQUENCIES_HZ,
-                      factors: Sequence[float] = STAR_FACTORS, name: str | None = None) -> Dataset:
+def augment_frequency(
+    dataset: Dataset,
+    frequencies: Sequence[float] = STAR_FREQUENCIES_HZ,
+    factors: Sequence[float] = STAR_FACTORS,
+    name: str | None = None,
+) -> Dataset:
     """Every problem of ``dataset`` augmented by :func:`augment_problem` (spaces shared when the base's are)."""
     spaces: dict[int, SearchSpace] = {}
     problems = []
@@ -69,9 +81,14 @@ def augment_frequency(dataset: Dataset, frequencies: Sequence[float] = STAR_FREQ
     return Dataset(name or f"{dataset.name}_frequency", problems, meta=meta)
 
 
-def frequency_augmented(base: str = "synthetic_rat", path=None, base_kwargs: dict | None = None,
-                        frequencies: Sequence[float] = STAR_FREQUENCIES_HZ, factors: Sequence[float] = STAR_FACTORS,
-                        name: str | None = None) -> Dataset:
+def frequency_augmented(
+    base: str = "synthetic_rat",
+    path=None,
+    base_kwargs: dict | None = None,
+    frequencies: Sequence[float] = STAR_FREQUENCIES_HZ,
+    factors: Sequence[float] = STAR_FACTORS,
+    name: str | None = None,
+) -> Dataset:
     """A registered 2-D dataset (``base``) with the STAR Protocols frequency dimension.
 
     Args:

@@ -29,6 +29,7 @@ PRIOR_QUALITIES = (-1.0, -0.5, 0.0, 0.33, 0.66, 1.0)
 def gamma_profile(n_values: int, beta: float, peak: int, alpha: float = 1.0) -> np.ndarray:
     """One dimension's response profile (``n_values``), 1 at ``peak``."""
     from scipy import stats  # imported here: scipy.stats takes ~0.5 s to import
+
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta!r}")
     if not alpha >= 1:
@@ -81,9 +82,17 @@ def stratified_betas(n_subjects: int, n_dims: int, beta_range: Sequence[float], 
     return out
 
 
-def gamma_smoothness(n_subjects: int = 5, n_dims: int = 4, n_values: int = 7, seed: int = 0,
-                     betas: Sequence | None = None, beta_range: Sequence[float] = BETA_RANGE,
-                     alpha: float = 1.0, beta_sampling: str = "independent", name: str | None = None) -> Dataset:
+def gamma_smoothness(
+    n_subjects: int = 5,
+    n_dims: int = 4,
+    n_values: int = 7,
+    seed: int = 0,
+    betas: Sequence | None = None,
+    beta_range: Sequence[float] = BETA_RANGE,
+    alpha: float = 1.0,
+    beta_sampling: str = "independent",
+    name: str | None = None,
+) -> Dataset:
     """Fig. S5: N-D spaces of controlled smoothness.
 
     Args:
@@ -119,11 +128,22 @@ def gamma_smoothness(n_subjects: int = 5, n_dims: int = 4, n_values: int = 7, se
         truth = np.ones(space.n_points)
         for d in range(n_dims):
             truth *= gamma_profile(n_values, B[s, d], int(peaks[d]), alpha)[space.index[:, d]]
-        problems.append(Problem(
-            key=f"gamma{s + 1}/response", space=space, truth=truth,
-            meta={"generator": "gamma_smoothness", "seed": seed, "alpha": alpha, "betas": B[s].tolist(),
-                  "peaks": peaks.tolist(), "beta_mean": float(B[s].mean()), "beta_var": float(B[s].var())},
-        ))
+        problems.append(
+            Problem(
+                key=f"gamma{s + 1}/response",
+                space=space,
+                truth=truth,
+                meta={
+                    "generator": "gamma_smoothness",
+                    "seed": seed,
+                    "alpha": alpha,
+                    "betas": B[s].tolist(),
+                    "peaks": peaks.tolist(),
+                    "beta_mean": float(B[s].mean()),
+                    "beta_var": float(B[s].var()),
+                },
+            )
+        )
     return Dataset(name or "gamma_smoothness", problems, meta={"seed": seed, "default_response": "gaussian"})
 
 
@@ -179,13 +199,28 @@ def _rat_maps(n_subjects: int, seed: int, rat_path, muscle):
     for p in ds:
         first.setdefault(p.subject, p)
     maps = list(first.values())
-    return [(maps[s % len(maps)].space, maps[s % len(maps)].truth / maps[s % len(maps)].truth.max(),
-             maps[s % len(maps)].key) for s in range(n_subjects)]
+    return [
+        (
+            maps[s % len(maps)].space,
+            maps[s % len(maps)].truth / maps[s % len(maps)].truth.max(),
+            maps[s % len(maps)].key,
+        )
+        for s in range(n_subjects)
+    ]
 
 
-def prior_quality(n_subjects: int = 6, prior_dims: int | Sequence[str] = 6, prior_r: float = 1.0, seed: int = 0,
-                  n_values: int = 7, beta_range: Sequence[float] = BETA_RANGE, alpha: float = 1.0,
-                  rat_path=None, muscle: str | None = None, name: str | None = None) -> Dataset:
+def prior_quality(
+    n_subjects: int = 6,
+    prior_dims: int | Sequence[str] = 6,
+    prior_r: float = 1.0,
+    seed: int = 0,
+    n_values: int = 7,
+    beta_range: Sequence[float] = BETA_RANGE,
+    alpha: float = 1.0,
+    rat_path=None,
+    muscle: str | None = None,
+    name: str | None = None,
+) -> Dataset:
     """Fig. S7: a rat cortical map x 4 gamma dimensions, with a prior of chosen quantity and quality.
 
     Args:
@@ -250,12 +285,26 @@ def prior_quality(n_subjects: int = 6, prior_dims: int | Sequence[str] = 6, prio
             reduced = ref[tuple(slice(None) if d in chosen else slice(0, 1) for d in range(grid.ndim))]
             prior_grid = np.broadcast_to(noisy_prior(reduced, float(prior_r), prior_rng, top=1.0), grid.shape)
             prior = prior_grid[tuple(space.index.T)]
-        problems.append(Problem(
-            key=f"prior{s + 1}/response", space=space, truth=truth / truth.max(), prior=prior,
-            meta={"generator": "prior_quality", "seed": seed, "map_source": source,
-                  "prior_dims": [names[d] for d in chosen], "prior_r": float(prior_r),
-                  "betas": betas.tolist(), "peaks": peaks.tolist(), "alpha": alpha},
-        ))
-    return Dataset(name or "prior_quality", problems,
-                   meta={"seed": seed, "prior_dims": prior_dims, "prior_r": float(prior_r),
-                         "default_response": "gaussian"})
+        problems.append(
+            Problem(
+                key=f"prior{s + 1}/response",
+                space=space,
+                truth=truth / truth.max(),
+                prior=prior,
+                meta={
+                    "generator": "prior_quality",
+                    "seed": seed,
+                    "map_source": source,
+                    "prior_dims": [names[d] for d in chosen],
+                    "prior_r": float(prior_r),
+                    "betas": betas.tolist(),
+                    "peaks": peaks.tolist(),
+                    "alpha": alpha,
+                },
+            )
+        )
+    return Dataset(
+        name or "prior_quality",
+        problems,
+        meta={"seed": seed, "prior_dims": prior_dims, "prior_r": float(prior_r), "default_response": "gaussian"},
+    )

@@ -15,8 +15,9 @@ def read_mat(file: Path, **kwargs) -> dict:
     try:
         return scipy.io.loadmat(str(file), **kwargs)
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5)
-        raise DataFormatError(f"{file}: MATLAB v7.3 files are not supported; "
-                              f"re-save with save(..., '-v7') ({exc})") from None
+        raise DataFormatError(
+            f"{file}: MATLAB v7.3 files are not supported; re-save with save(..., '-v7') ({exc})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a format error of this file
         raise DataFormatError(f"{file}: not a readable MATLAB .mat file ({type(exc).__name__}: {exc})") from None
 
@@ -53,8 +54,9 @@ def scalar_int(value, where: str, field: str) -> int:
     return int(arr[0])
 
 
-def cell_vectors(value, n_chan: int, n_muscles: int, where: str, field: str,
-                 dtype=np.float64) -> list[list[np.ndarray]]:
+def cell_vectors(
+    value, n_chan: int, n_muscles: int, where: str, field: str, dtype=np.float64
+) -> list[list[np.ndarray]]:
     """``C x M`` nested lists of 1-D vectors from a MATLAB cell array or a numeric C x M x R array."""
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
     if arr.dtype == object:
@@ -62,8 +64,10 @@ def cell_vectors(value, n_chan: int, n_muscles: int, where: str, field: str,
             raise DataFormatError(f"{where}: {field} has shape {arr.shape}, expected {n_chan} x {n_muscles} cells")
         if arr.ndim == 2 and arr.shape != (n_chan, n_muscles):
             if arr.shape == (n_muscles, n_chan) and n_muscles != n_chan:
-                raise DataFormatError(f"{where}: {field} has shape {arr.shape} (muscles x channels); "
-                                      f"expected channels x muscles ({n_chan} x {n_muscles})")
+                raise DataFormatError(
+                    f"{where}: {field} has shape {arr.shape} (muscles x channels); "
+                    f"expected channels x muscles ({n_chan} x {n_muscles})"
+                )
             raise DataFormatError(f"{where}: {field} has shape {arr.shape}, expected {n_chan} x {n_muscles} cells")
         arr = arr.reshape(n_chan, n_muscles)
         out = []
@@ -72,13 +76,15 @@ def cell_vectors(value, n_chan: int, n_muscles: int, where: str, field: str,
             for m in range(n_muscles):
                 cell = np.asarray(arr[c, m])
                 if cell.dtype == object or (cell.ndim > 1 and min(cell.shape) > 1):
-                    raise DataFormatError(f"{where}: {field} cell (channel {c + 1}, muscle {m + 1}) is not a "
-                                          f"vector (shape {cell.shape})")
+                    raise DataFormatError(
+                        f"{where}: {field} cell (channel {c + 1}, muscle {m + 1}) is not a vector (shape {cell.shape})"
+                    )
                 try:
                     row.append(cell.astype(dtype).ravel())
                 except (TypeError, ValueError):
-                    raise DataFormatError(f"{where}: {field} cell (channel {c + 1}, muscle {m + 1}) is not "
-                                          f"numeric") from None
+                    raise DataFormatError(
+                        f"{where}: {field} cell (channel {c + 1}, muscle {m + 1}) is not numeric"
+                    ) from None
             out.append(row)
         return out
     try:
@@ -88,8 +94,9 @@ def cell_vectors(value, n_chan: int, n_muscles: int, where: str, field: str,
     if arr.ndim == 2 and n_muscles == 1 and arr.shape[0] == n_chan:
         arr = arr[:, None, :]
     if arr.ndim != 3 or arr.shape[:2] != (n_chan, n_muscles):
-        raise DataFormatError(f"{where}: {field} has shape {arr.shape}, "
-                              f"expected ({n_chan}, {n_muscles}, n_repetitions)")
+        raise DataFormatError(
+            f"{where}: {field} has shape {arr.shape}, expected ({n_chan}, {n_muscles}, n_repetitions)"
+        )
     return [[arr[c, m] for m in range(n_muscles)] for c in range(n_chan)]
 
 
@@ -103,8 +110,10 @@ def channel_arrays(resp_cells, valid_cells, where: str) -> tuple[np.ndarray, np.
         for m in range(n_muscles):
             r, f = resp_cells[c][m], valid_cells[c][m]
             if r.size != f.size:
-                raise DataFormatError(f"{where}: channel {c + 1}, muscle {m + 1}: sorted_resp has {r.size} "
-                                      f"repetitions but sorted_isvalid has {f.size}")
+                raise DataFormatError(
+                    f"{where}: channel {c + 1}, muscle {m + 1}: sorted_resp has {r.size} "
+                    f"repetitions but sorted_isvalid has {f.size}"
+                )
             flagged = np.isfinite(r)
             if np.any(~np.isfinite(f[flagged])):
                 raise DataFormatError(f"{where}: sorted_isvalid has NaN at channel {c + 1}, muscle {m + 1}")
@@ -151,8 +160,9 @@ def evoked_responses(get, n_chan: int, n_muscles: int, where: str, baseline_ms: 
         raise DataFormatError(f"{where}: sampFreqEMG must be one positive number, got {fs.tolist()}")
     width = int(fs[0] * baseline_ms / 1000.0)
     if width < 1 or onset - width < 0:
-        raise DataFormatError(f"{where}: a {baseline_ms} ms baseline needs {width} samples before the onset "
-                              f"(sample {onset})")
+        raise DataFormatError(
+            f"{where}: a {baseline_ms} ms baseline needs {width} samples before the onset (sample {onset})"
+        )
     region = np.asarray(get("resp_region"), dtype=np.float64).ravel()
     if region.size != 2 or not 0 <= region[0] < region[1] <= n_t:
         raise DataFormatError(f"{where}: resp_region must be [start, stop) within {n_t} samples, got {region.tolist()}")
@@ -165,26 +175,32 @@ def evoked_responses(get, n_chan: int, n_muscles: int, where: str, baseline_ms: 
         for m in range(n_muscles):
             if ev.dtype == object:
                 if ev.size != n_chan * n_muscles:
-                    raise DataFormatError(f"{where}: sorted_evoked has shape {ev.shape}, expected {n_chan} x "
-                                          f"{n_muscles} cells")
+                    raise DataFormatError(
+                        f"{where}: sorted_evoked has shape {ev.shape}, expected {n_chan} x {n_muscles} cells"
+                    )
                 trace = np.asarray(ev.reshape(n_chan, n_muscles)[c, m], dtype=np.float64)
             else:
                 if ev.ndim != 4 or ev.shape[:2] != (n_chan, n_muscles):
-                    raise DataFormatError(f"{where}: sorted_evoked has shape {ev.shape}, expected ({n_chan}, "
-                                          f"{n_muscles}, n_repetitions, n_samples)")
+                    raise DataFormatError(
+                        f"{where}: sorted_evoked has shape {ev.shape}, expected ({n_chan}, "
+                        f"{n_muscles}, n_repetitions, n_samples)"
+                    )
                 trace = np.asarray(ev[c, m], dtype=np.float64)
             if trace.ndim == 1 and trace.size == n_t:
                 trace = trace[None, :]
             if trace.ndim != 2 or n_t not in trace.shape:
-                raise DataFormatError(f"{where}: sorted_evoked (channel {c + 1}, muscle {m + 1}) has shape "
-                                      f"{trace.shape}; expected repetitions x {n_t} samples")
+                raise DataFormatError(
+                    f"{where}: sorted_evoked (channel {c + 1}, muscle {m + 1}) has shape "
+                    f"{trace.shape}; expected repetitions x {n_t} samples"
+                )
             if trace.shape[1] != n_t:
                 trace = trace.T
-            base = trace[:, onset - width:onset].mean(axis=1, keepdims=True)
+            base = trace[:, onset - width : onset].mean(axis=1, keepdims=True)
             seg = trace[:, s0:s1] - base
             with np.errstate(all="ignore"):
-                peak = np.where(np.isnan(seg).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(seg), -np.inf, seg),
-                                                                               axis=1))
+                peak = np.where(
+                    np.isnan(seg).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(seg), -np.inf, seg), axis=1)
+                )
             row.append(peak)
         out.append(row)
     return out

@@ -71,8 +71,9 @@ SPINAL_SUBFOLDERS = ("spinal",)
 # ----------------------------------------------------------------------------- Dataset 1
 
 
-def read_cortical_mat(file: Path, truth: str = "valid_mean", response: str = "stored",
-                      baseline_ms: float = 30.0) -> dict:
+def read_cortical_mat(
+    file: Path, truth: str = "valid_mean", response: str = "stored", baseline_ms: float = 30.0
+) -> dict:
     """The channel arrays of one Dataset 1 ``.mat`` file.
 
     ``response="stored"`` reads ``sorted_resp``; ``"baseline_corrected"``
@@ -105,8 +106,7 @@ def read_cortical_mat(file: Path, truth: str = "valid_mean", response: str = "st
     stored = None
     if truth == "stored":
         stored = stored_means(struct_field(s, "sorted_respMean", where), n_chan, len(muscles), where)
-    return {"muscles": muscles, "abbreviations": abbr, "ch2xy": ch2xy, "reps": reps, "valid": valid,
-            "stored": stored}
+    return {"muscles": muscles, "abbreviations": abbr, "ch2xy": ch2xy, "reps": reps, "valid": valid, "stored": stored}
 
 
 class _ChannelLabel:
@@ -119,8 +119,9 @@ class _ChannelLabel:
         return f"channel {int(self.channels[i])}"
 
 
-def _subject_problems(file: Path, arrays: dict, muscles, truth: str, ch2xy_base, meta: dict,
-                      n_muscles: int | None = None):
+def _subject_problems(
+    file: Path, arrays: dict, muscles, truth: str, ch2xy_base, meta: dict, n_muscles: int | None = None
+):
     where = str(file)
     grid = coords_to_grid(arrays["ch2xy"], ch2xy_base, where)
     space, point_of_row = grid_space(grid, ("x", "y"), where)
@@ -134,19 +135,37 @@ def _subject_problems(file: Path, arrays: dict, muscles, truth: str, ch2xy_base,
     stored = None if arrays["stored"] is None else arrays["stored"][:, idx]
     abbr = arrays.get("abbreviations")
     meta = dict(meta, file=where, units="mV", channel_of_point=channel_of_point.tolist())
-    problems = problems_from_channels(file.stem, where, space, point_of_row, names, arrays["reps"][:, idx],
-                                      arrays["valid"][:, idx], stored, truth, label, meta)
+    problems = problems_from_channels(
+        file.stem,
+        where,
+        space,
+        point_of_row,
+        names,
+        arrays["reps"][:, idx],
+        arrays["valid"][:, idx],
+        stored,
+        truth,
+        label,
+        meta,
+    )
     if abbr is not None:
         for p, i in zip(problems, idx):
             p.meta["abbreviation"] = abbr[i]
     return problems
 
 
-def load_neuromosaics_cortical(path=None, species: str = "nhp", muscles: Sequence[str] | None = None,
-                               subjects: Sequence[str] | None = None, truth: str = "valid_mean",
-                               n_subjects: int | None = None, n_muscles: int | None = None,
-                               response: str = "stored", baseline_ms: float = 30.0,
-                               name: str | None = None) -> Dataset:
+def load_neuromosaics_cortical(
+    path=None,
+    species: str = "nhp",
+    muscles: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
+    truth: str = "valid_mean",
+    n_subjects: int | None = None,
+    n_muscles: int | None = None,
+    response: str = "stored",
+    baseline_ms: float = 30.0,
+    name: str | None = None,
+) -> Dataset:
     """NeuroMOSAICS Dataset 1: one problem per subject file and muscle.
 
     Args:
@@ -174,15 +193,25 @@ def load_neuromosaics_cortical(path=None, species: str = "nhp", muscles: Sequenc
         raise ValueError(f"species must be 'nhp' or 'rat', got {species!r}")
     dataset = name or f"neuromosaics_{species}"
     root = require_path(path, dataset)
-    files = select_files(find_files(root, (".mat",), CORTICAL_SUBFOLDERS[species], dataset), subjects, dataset,
-                         n_subjects)
+    files = select_files(
+        find_files(root, (".mat",), CORTICAL_SUBFOLDERS[species], dataset), subjects, dataset, n_subjects
+    )
     problems = []
     for f in files:
         arrays = read_cortical_mat(f, truth=truth, response=response, baseline_ms=baseline_ms)
-        problems += _subject_problems(f, arrays, muscles, truth, 1,
-                                      {"source": "NeuroMOSAICS Dataset 1", "species": species}, n_muscles)
-    return Dataset(dataset, problems, meta={"source": "NeuroMOSAICS Dataset 1", "species": species,
-                                            "path": str(root), "default_response": "repetition_valid"})
+        problems += _subject_problems(
+            f, arrays, muscles, truth, 1, {"source": "NeuroMOSAICS Dataset 1", "species": species}, n_muscles
+        )
+    return Dataset(
+        dataset,
+        problems,
+        meta={
+            "source": "NeuroMOSAICS Dataset 1",
+            "species": species,
+            "path": str(root),
+            "default_response": "repetition_valid",
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- Dataset 2
@@ -194,8 +223,9 @@ def _pickle_key(data: Mapping, key: str, where: str):
     return data[key]
 
 
-def read_spinal_pickle(file: Path, truth: str = "valid_mean", response: str = "stored",
-                       baseline_ms: float = 30.0) -> dict:
+def read_spinal_pickle(
+    file: Path, truth: str = "valid_mean", response: str = "stored", baseline_ms: float = 30.0
+) -> dict:
     """The channel arrays of one Dataset 2 pickle (same layout as :func:`read_cortical_mat`).
 
     Channels without a position (NaN ``ch2xy``) or without any recorded
@@ -235,16 +265,31 @@ def read_spinal_pickle(file: Path, truth: str = "valid_mean", response: str = "s
     if not used.any():
         raise DataFormatError(f"{where}: no channel has both a ch2xy position and a recorded response")
     keep = np.flatnonzero(used)
-    return {"muscles": muscles, "abbreviations": None, "ch2xy": raw_xy[keep], "reps": reps[keep],
-            "valid": valid[keep], "stored": None if stored is None else stored[keep], "channels": keep + 1,
-            "excluded_channels": (np.flatnonzero(~used) + 1).tolist(), "n_chan_parameter": n_chan_param}
+    return {
+        "muscles": muscles,
+        "abbreviations": None,
+        "ch2xy": raw_xy[keep],
+        "reps": reps[keep],
+        "valid": valid[keep],
+        "stored": None if stored is None else stored[keep],
+        "channels": keep + 1,
+        "excluded_channels": (np.flatnonzero(~used) + 1).tolist(),
+        "n_chan_parameter": n_chan_param,
+    }
 
 
-def load_neuromosaics_spinal(path=None, muscles: Sequence[str] | None = None, subjects: Sequence[str] | None = None,
-                             truth: str = "valid_mean", ch2xy_base: int | str = "auto",
-                             n_subjects: int | None = None, n_muscles: int | None = None,
-                             response: str = "stored", baseline_ms: float = 30.0,
-                             name: str | None = None) -> Dataset:
+def load_neuromosaics_spinal(
+    path=None,
+    muscles: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
+    truth: str = "valid_mean",
+    ch2xy_base: int | str = "auto",
+    n_subjects: int | None = None,
+    n_muscles: int | None = None,
+    response: str = "stored",
+    baseline_ms: float = 30.0,
+    name: str | None = None,
+) -> Dataset:
     """NeuroMOSAICS Dataset 2: one problem per array placement (pickle) and muscle.
 
     Args:
@@ -265,13 +310,20 @@ def load_neuromosaics_spinal(path=None, muscles: Sequence[str] | None = None, su
     """
     dataset = name or "neuromosaics_spinal"
     root = require_path(path, dataset)
-    files = select_files(find_files(root, (".pkl", ".pickle"), SPINAL_SUBFOLDERS, dataset), subjects, dataset,
-                         n_subjects)
+    files = select_files(
+        find_files(root, (".pkl", ".pickle"), SPINAL_SUBFOLDERS, dataset), subjects, dataset, n_subjects
+    )
     problems = []
     for f in files:
         arrays = read_spinal_pickle(f, truth=truth, response=response, baseline_ms=baseline_ms)
-        meta = {"source": "NeuroMOSAICS Dataset 2", "excluded_channels": arrays["excluded_channels"],
-                "nChan": arrays["n_chan_parameter"]}
+        meta = {
+            "source": "NeuroMOSAICS Dataset 2",
+            "excluded_channels": arrays["excluded_channels"],
+            "nChan": arrays["n_chan_parameter"],
+        }
         problems += _subject_problems(f, arrays, muscles, truth, ch2xy_base, meta, n_muscles)
-    return Dataset(dataset, problems, meta={"source": "NeuroMOSAICS Dataset 2", "path": str(root),
-                                            "default_response": "repetition_valid"})
+    return Dataset(
+        dataset,
+        problems,
+        meta={"source": "NeuroMOSAICS Dataset 2", "path": str(root), "default_response": "repetition_valid"},
+    )

@@ -99,10 +99,21 @@ class NonStationaryProblem(Problem):
         return out
 
 
-def nonstationary(scenario: str = "drift", kind: str = "rat", n_subjects: int = 4, n_muscles: int = 1,
-                  seed: int = 0, drift_amplitude: float = 0.3, drift_period: tuple = (20.0, 60.0),
-                  n_sessions: int = 6, queries_per_session: int = 8, growth: float = 1.0,
-                  loss_query: int = 24, loss_residual: float = 0.0, name: str | None = None) -> Dataset:
+def nonstationary(
+    scenario: str = "drift",
+    kind: str = "rat",
+    n_subjects: int = 4,
+    n_muscles: int = 1,
+    seed: int = 0,
+    drift_amplitude: float = 0.3,
+    drift_period: tuple = (20.0, 60.0),
+    n_sessions: int = 6,
+    queries_per_session: int = 8,
+    growth: float = 1.0,
+    loss_query: int = 24,
+    loss_residual: float = 0.0,
+    name: str | None = None,
+) -> Dataset:
     """Non-stationary problems over a cortical (``rat``/``nhp``) or ``spinal`` array.
 
     Base maps are the ground truths of :func:`~neuro_opt.datasets.synthetic.synthetic_cortical`
@@ -139,16 +150,26 @@ def nonstationary(scenario: str = "drift", kind: str = "rat", n_subjects: int = 
     problems = []
     for p in base:
         truth = p.truth
-        meta = {"generator": "nonstationary", "scenario": scenario, "kind": kind, "seed": seed,
-                "units": p.meta.get("units")}
+        meta = {
+            "generator": "nonstationary",
+            "scenario": scenario,
+            "kind": kind,
+            "seed": seed,
+            "units": p.meta.get("units"),
+        }
         extra: dict = {}
         if scenario == "drift":
             lo, hi = drift_period
             order = np.argsort(truth)[::-1]
-            extra = dict(drift_amplitude=float(drift_amplitude), drift_period=float(rng.uniform(lo, hi)),
-                         drift_phase=float(rng.uniform(0, 2 * np.pi)), transient_point=int(order[1]),
-                         transient_gain=float(rng.uniform(0.8, 1.5)), transient_center=float(rng.uniform(5, 40)),
-                         transient_width=float(rng.uniform(1.5, 4.0)))
+            extra = dict(
+                drift_amplitude=float(drift_amplitude),
+                drift_period=float(rng.uniform(lo, hi)),
+                drift_phase=float(rng.uniform(0, 2 * np.pi)),
+                transient_point=int(order[1]),
+                transient_gain=float(rng.uniform(0.8, 1.5)),
+                transient_center=float(rng.uniform(5, 40)),
+                transient_width=float(rng.uniform(1.5, 4.0)),
+            )
             meta["transient_point"] = int(order[1])
         elif scenario == "plasticity":
             if n_sessions < 1:
@@ -165,8 +186,11 @@ def nonstationary(scenario: str = "drift", kind: str = "rat", n_subjects: int = 
             extra = dict(lost_points=(best,), loss_query=int(loss_query), loss_residual=float(loss_residual))
             meta.update(lost_point=best, loss_query=int(loss_query))
         problems.append(NonStationaryProblem(key=p.key, space=p.space, truth=truth, meta=meta, **extra))
-    return Dataset(name or f"nonstationary_{scenario}", problems,
-                   meta={"scenario": scenario, "kind": kind, "seed": seed, "default_response": "gaussian"})
+    return Dataset(
+        name or f"nonstationary_{scenario}",
+        problems,
+        meta={"scenario": scenario, "kind": kind, "seed": seed, "default_response": "gaussian"},
+    )
 
 
 def _reorganized(problem: Problem, rng: np.random.Generator) -> np.ndarray:

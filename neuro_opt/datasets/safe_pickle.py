@@ -14,20 +14,27 @@ import pickle
 
 # Hand-written because pickle offers no allow-list of its own: the only hook is
 # Unpickler.find_class, which every global a pickle names (GLOBAL, STACK_GLOBAL, INST, EXT*) goes through.
-ALLOWED = frozenset({
-    # numpy arrays (_reconstruct, protocols 0-4; _frombuffer, protocol 5), numpy scalars and dtypes;
-    # numpy 1.x writes numpy.core.*, numpy 2.x writes numpy._core.* and still resolves numpy.core.*
-    *((f"{core}.{module}", name)
-      for core in ("numpy.core", "numpy._core")
-      for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("_codecs", "encode"),  # raw bytes stored as latin-1 text (protocols < 3)
-    # Python types without an opcode of their own; protocols < 3 spell the module "__builtin__"
-    *((module, name)
-      for module in ("builtins", "__builtin__")
-      for name in ("set", "frozenset", "complex", "bytes", "bytearray", "slice")),
-    ("collections", "OrderedDict"),
-})
+ALLOWED = frozenset(
+    {
+        # numpy arrays (_reconstruct, protocols 0-4; _frombuffer, protocol 5), numpy scalars and dtypes;
+        # numpy 1.x writes numpy.core.*, numpy 2.x writes numpy._core.* and still resolves numpy.core.*
+        *(
+            (f"{core}.{module}", name)
+            for core in ("numpy.core", "numpy._core")
+            for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+        ),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # raw bytes stored as latin-1 text (protocols < 3)
+        # Python types without an opcode of their own; protocols < 3 spell the module "__builtin__"
+        *(
+            (module, name)
+            for module in ("builtins", "__builtin__")
+            for name in ("set", "frozenset", "complex", "bytes", "bytearray", "slice")
+        ),
+        ("collections", "OrderedDict"),
+    }
+)
 
 
 class RefusedGlobalError(pickle.UnpicklingError):
@@ -35,9 +42,11 @@ class RefusedGlobalError(pickle.UnpicklingError):
 
     def __init__(self, where: str, module: str, name: str):
         self.where, self.module, self.name = where, module, name
-        super().__init__(f"{where}: refused: the pickle asks for {module}.{name}, which is not a numpy array or "
-                         f"a plain Python container or scalar (Dataset 2 files hold only those; a crafted file "
-                         f"could run code)")
+        super().__init__(
+            f"{where}: refused: the pickle asks for {module}.{name}, which is not a numpy array or "
+            f"a plain Python container or scalar (Dataset 2 files hold only those; a crafted file "
+            f"could run code)"
+        )
 
 
 class RestrictedUnpickler(pickle.Unpickler):

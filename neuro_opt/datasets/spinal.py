@@ -52,9 +52,17 @@ def _n_reps(n_repetitions, rng, n):
     return rng.integers(lo, hi + 1, size=n)
 
 
-def synthetic_spinal(n_subjects: int = 3, n_muscles: int = 10, seed: int = 0, n_repetitions=(10, 15),
-                     trial_cv: float = 0.12, outlier_rate: float = 0.03, drift: float = 0.25,
-                     contralateral: float = 0.15, name: str | None = None) -> Dataset:
+def synthetic_spinal(
+    n_subjects: int = 3,
+    n_muscles: int = 10,
+    seed: int = 0,
+    n_repetitions=(10, 15),
+    trial_cv: float = 0.12,
+    outlier_rate: float = 0.03,
+    drift: float = 0.25,
+    contralateral: float = 0.15,
+    name: str | None = None,
+) -> Dataset:
     """Synthetic spinal maps shaped like NeuroMOSAICS Dataset 2.
 
     Per placement (subject) and muscle: one or two broad hotspots (2 to 3.5
@@ -116,8 +124,8 @@ def synthetic_spinal(n_subjects: int = 3, n_muscles: int = 10, seed: int = 0, n_
             m_map *= rng.lognormal(0, 0.1, size=P)
             maps.append(scale * rng.uniform(0.3, 1.0) * m_map / m_map.max() + 0.02 * rng.random(P))
         total = np.sum(maps, axis=0)
-        lost = int(rng.choice(np.argsort(total)[-P // 4:]))  # a responsive electrode
-        transient = int(rng.choice(np.setdiff1d(np.argsort(total)[-P // 3:], [lost])))
+        lost = int(rng.choice(np.argsort(total)[-P // 4 :]))  # a responsive electrode
+        transient = int(rng.choice(np.setdiff1d(np.argsort(total)[-P // 3 :], [lost])))
         lost_from = counts // 2
         r_idx = np.arange(R)[None, :]
         contact = np.ones((P, R))
@@ -135,12 +143,25 @@ def synthetic_spinal(n_subjects: int = 3, n_muscles: int = 10, seed: int = 0, n_
             valid = present & ~outlier
             truth = np.where(valid, reps, 0.0).sum(1) / valid.sum(1)
             muscle = SPINAL_MUSCLES[m]
-            problems.append(Problem(
-                key=f"spinal{s + 1}/{muscle}", space=space, truth=truth, repetitions=reps, valid=valid,
-                meta={"generator": "synthetic_spinal", "seed": seed, "units": "mV", "side": muscle_side(muscle),
-                      "lost_point": lost, "lost_from_rep": lost_from.tolist(), "transient_point": transient,
-                      "gain": gain.tolist()},
-            ))
+            problems.append(
+                Problem(
+                    key=f"spinal{s + 1}/{muscle}",
+                    space=space,
+                    truth=truth,
+                    repetitions=reps,
+                    valid=valid,
+                    meta={
+                        "generator": "synthetic_spinal",
+                        "seed": seed,
+                        "units": "mV",
+                        "side": muscle_side(muscle),
+                        "lost_point": lost,
+                        "lost_from_rep": lost_from.tolist(),
+                        "transient_point": transient,
+                        "gain": gain.tolist(),
+                    },
+                )
+            )
     return Dataset(name or "synthetic_spinal", problems, meta={"seed": seed, "default_response": "repetition_valid"})
 
 
@@ -155,12 +176,12 @@ TIMINGS_MS = (140, 170, 200, 230, 260, 290, 320)
 
 def locomotion_space() -> SearchSpace:
     """site x duration x frequency x timing = 2 x 6 x 8 x 7 = 672 points."""
-    return SearchSpace({"site": SITES, "duration": DURATIONS_MS, "frequency": FREQUENCIES_HZ,
-                        "timing": TIMINGS_MS})
+    return SearchSpace({"site": SITES, "duration": DURATIONS_MS, "frequency": FREQUENCIES_HZ, "timing": TIMINGS_MS})
 
 
-def allowed_amplitude(duration_ms, frequency_hz, amplitude_cap_ua: float, charge_cap_nc: float,
-                      pulse_width_us: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def allowed_amplitude(
+    duration_ms, frequency_hz, amplitude_cap_ua: float, charge_cap_nc: float, pulse_width_us: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Amplitude allowed by the caps, the pulse count and the train's charge.
 
     A train of ``n = ceil(duration * frequency)`` pulses may use amplitude
@@ -179,9 +200,14 @@ def allowed_amplitude(duration_ms, frequency_hz, amplitude_cap_ua: float, charge
     return amp, n, charge
 
 
-def spinal_locomotion4d(n_subjects: int = 4, seed: int = 0, amplitude_cap_ua: float = 300.0,
-                        charge_cap_nc: float = 600.0, pulse_width_us: float = 200.0,
-                        name: str | None = None) -> Dataset:
+def spinal_locomotion4d(
+    n_subjects: int = 4,
+    seed: int = 0,
+    amplitude_cap_ua: float = 300.0,
+    charge_cap_nc: float = 600.0,
+    pulse_width_us: float = 200.0,
+    name: str | None = None,
+) -> Dataset:
     """Step height (cm) over the 4-D spinal locomotion space of Fig. 7.
 
     step height = dragging baseline + gain x site x timing x recruitment(A) x
@@ -224,15 +250,33 @@ def spinal_locomotion4d(n_subjects: int = 4, seed: int = 0, amplitude_cap_ua: fl
         site = np.where(ix[:, 0] == 0, 1.0, rng.uniform(0.4, 0.7))
         timing = np.exp(-0.5 * ((t - rng.uniform(190, 240)) / rng.uniform(40, 70)) ** 2)
         height = rng.uniform(0.3, 0.7) + rng.uniform(1.5, 2.5) * site * timing * recruit * summation
-        problems.append(Problem(
-            key=f"loco{s + 1}/step_height", space=space, truth=height,
-            meta={"generator": "spinal_locomotion4d", "seed": seed, "units": "cm",
-                  "amplitude_ua": amp.tolist(), "n_pulses": n.astype(int).tolist(), "charge_nc": charge.tolist(),
-                  "amplitude_cap_ua": amplitude_cap_ua, "charge_cap_nc": charge_cap_nc,
-                  "pulse_width_us": pulse_width_us},
-        ))
+        problems.append(
+            Problem(
+                key=f"loco{s + 1}/step_height",
+                space=space,
+                truth=height,
+                meta={
+                    "generator": "spinal_locomotion4d",
+                    "seed": seed,
+                    "units": "cm",
+                    "amplitude_ua": amp.tolist(),
+                    "n_pulses": n.astype(int).tolist(),
+                    "charge_nc": charge.tolist(),
+                    "amplitude_cap_ua": amplitude_cap_ua,
+                    "charge_cap_nc": charge_cap_nc,
+                    "pulse_width_us": pulse_width_us,
+                },
+            )
+        )
     return Dataset(name or "spinal4d", problems, meta={"seed": seed, "default_response": "gaussian"})
 
 
-__all__ = ["SPINAL_MUSCLES", "spinal_space", "muscle_side", "synthetic_spinal", "locomotion_space",
-           "allowed_amplitude", "spinal_locomotion4d"]
+__all__ = [
+    "SPINAL_MUSCLES",
+    "spinal_space",
+    "muscle_side",
+    "synthetic_spinal",
+    "locomotion_space",
+    "allowed_amplitude",
+    "spinal_locomotion4d",
+]

@@ -32,9 +32,14 @@ def array_space(kind: str) -> SearchSpace:
     raise ValueError(f"unknown array kind {kind!r}; expected 'nhp' or 'rat'")
 
 
-def cortical_map(space: SearchSpace, rng: np.random.Generator, n_hotspots: tuple[int, int] = (1, 3),
-                 width: tuple[float, float] = (0.7, 1.8), granularity: float = 0.45,
-                 baseline: float = 0.03) -> np.ndarray:
+def cortical_map(
+    space: SearchSpace,
+    rng: np.random.Generator,
+    n_hotspots: tuple[int, int] = (1, 3),
+    width: tuple[float, float] = (0.7, 1.8),
+    granularity: float = 0.45,
+    baseline: float = 0.03,
+) -> np.ndarray:
     """One muscle's ground-truth map (``P``), max normalized to 1.
 
     Args:
@@ -72,10 +77,20 @@ def subject_state(kind: str, subject: int, state: str = "auto") -> str:
     return state
 
 
-def synthetic_cortical(kind: str = "nhp", n_subjects: int = 2, n_muscles: int = 4, seed: int = 0,
-                       n_repetitions: int = 20, trial_cv: float = 0.3, outlier_rate: float = 0.03,
-                       name: str | None = None, state: str = "auto", awake_noise: float = 1.8,
-                       n_dead_columns: int | None = None, artefact_rate: float = 0.005) -> Dataset:
+def synthetic_cortical(
+    kind: str = "nhp",
+    n_subjects: int = 2,
+    n_muscles: int = 4,
+    seed: int = 0,
+    n_repetitions: int = 20,
+    trial_cv: float = 0.3,
+    outlier_rate: float = 0.03,
+    name: str | None = None,
+    state: str = "auto",
+    awake_noise: float = 1.8,
+    n_dead_columns: int | None = None,
+    artefact_rate: float = 0.005,
+) -> Dataset:
     """A cortical dataset of ``n_subjects x n_muscles`` problems on a rat or NHP array.
 
     Structure, after NeuroMOSAICS Dataset 1:
@@ -151,10 +166,24 @@ def synthetic_cortical(kind: str = "nhp", n_subjects: int = 2, n_muscles: int = 
             reps = np.where(artefact, reps + amp * rng.uniform(1.0, 3.0, size=size), reps)
             valid = ~invalid
             truth = np.where(valid, reps, 0.0).sum(1) / valid.sum(1)
-            problems.append(Problem(
-                key=f"{kind}{s + 1}/{names[m]}", space=space, truth=truth, repetitions=reps, valid=valid,
-                meta={"units": "mV", "kind": kind, "generator": "synthetic_cortical", "seed": seed, "state": st,
-                      "dead_columns": dead_cols, "artefact": artefact},
-            ))
-    return Dataset(name or f"synthetic_{kind}", problems,
-                   meta={"kind": kind, "seed": seed, "default_response": "repetition_valid"})
+            problems.append(
+                Problem(
+                    key=f"{kind}{s + 1}/{names[m]}",
+                    space=space,
+                    truth=truth,
+                    repetitions=reps,
+                    valid=valid,
+                    meta={
+                        "units": "mV",
+                        "kind": kind,
+                        "generator": "synthetic_cortical",
+                        "seed": seed,
+                        "state": st,
+                        "dead_columns": dead_cols,
+                        "artefact": artefact,
+                    },
+                )
+            )
+    return Dataset(
+        name or f"synthetic_{kind}", problems, meta={"kind": kind, "seed": seed, "default_response": "repetition_valid"}
+    )

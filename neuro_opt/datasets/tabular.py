@@ -98,20 +98,29 @@ def _valid_flags(col: Column, where: str) -> np.ndarray:
     if col.kind == "num":
         ok = np.isin(col.values, (0.0, 1.0))
         if not ok.all():
-            raise DataFormatError(f"{where}: column 'valid' must be 0/1 or true/false; bad rows "
-                                  f"{np.flatnonzero(~ok)[:5].tolist()}")
+            raise DataFormatError(
+                f"{where}: column 'valid' must be 0/1 or true/false; bad rows {np.flatnonzero(~ok)[:5].tolist()}"
+            )
         return col.values == 1.0
     text = np.char.lower(np.char.strip(col.values.astype(str)))
     ok = np.isin(text, ("true", "false", "1", "0"))
     if not ok.all():
-        raise DataFormatError(f"{where}: column 'valid' must be 0/1 or true/false; bad rows "
-                              f"{np.flatnonzero(~ok)[:5].tolist()}")
+        raise DataFormatError(
+            f"{where}: column 'valid' must be 0/1 or true/false; bad rows {np.flatnonzero(~ok)[:5].tolist()}"
+        )
     return np.isin(text, ("true", "1"))
 
 
-def load_table(path=None, params: Sequence[str] | None = None, muscles: Sequence[str] | None = None,
-               subjects: Sequence[str] | None = None, truth: str = "valid_mean", n_subjects: int | None = None,
-               n_muscles: int | None = None, name: str | None = None) -> Dataset:
+def load_table(
+    path=None,
+    params: Sequence[str] | None = None,
+    muscles: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
+    truth: str = "valid_mean",
+    n_subjects: int | None = None,
+    n_muscles: int | None = None,
+    name: str | None = None,
+) -> Dataset:
     """Trials from ``.parquet``/``.csv`` files: one problem per subject and muscle.
 
     Args:
@@ -157,14 +166,16 @@ def load_table(path=None, params: Sequence[str] | None = None, muscles: Sequence
             raise DataFormatError(f"{where}: no parameter column (columns present: {present})")
         for c in pcols + [c for c in ("muscle", "subject", "valid", "trial") if c in cols]:
             if cols[c].missing.any():
-                raise DataFormatError(f"{where}: column {c!r} has NaN/empty at rows "
-                                      f"{np.flatnonzero(cols[c].missing)[:5].tolist()}")
+                raise DataFormatError(
+                    f"{where}: column {c!r} has NaN/empty at rows {np.flatnonzero(cols[c].missing)[:5].tolist()}"
+                )
         if cols["response"].kind != "num":
             raise DataFormatError(f"{where}: column 'response' is not numeric")
         response = cols["response"].values
         if not np.all(np.isfinite(response)):
-            raise DataFormatError(f"{where}: column 'response' has NaN/inf at rows "
-                                  f"{np.flatnonzero(~np.isfinite(response))[:5].tolist()}")
+            raise DataFormatError(
+                f"{where}: column 'response' has NaN/inf at rows {np.flatnonzero(~np.isfinite(response))[:5].tolist()}"
+            )
         n = response.size
         valid = _valid_flags(cols["valid"], where) if "valid" in cols else np.ones(n, dtype=bool)
         subject_col = cols["subject"].values.astype(str) if "subject" in cols else np.full(n, f.stem, dtype=object)
@@ -180,13 +191,16 @@ def load_table(path=None, params: Sequence[str] | None = None, muscles: Sequence
             if n_subjects is not None and len(seen) >= n_subjects:
                 continue
             if subject in seen:
-                raise DataFormatError(f"{where}: subject {subject!r} also appears in an earlier file; "
-                                      f"put each subject's trials in one file")
+                raise DataFormatError(
+                    f"{where}: subject {subject!r} also appears in an earlier file; "
+                    f"put each subject's trials in one file"
+                )
             seen.append(subject)
             rows = order[subject_col[order] == subject]
             table = {c: Column(cols[c].kind, cols[c].values[rows], cols[c].missing[rows]) for c in pcols}
-            problems += _subject_problems(table, muscle_col[rows], response[rows], valid[rows], subject, pcols,
-                                          muscles, truth, where, n_muscles)
+            problems += _subject_problems(
+                table, muscle_col[rows], response[rows], valid[rows], subject, pcols, muscles, truth, where, n_muscles
+            )
     if wanted is not None:
         lost = [s for s in wanted if s not in seen]
         if lost:
@@ -194,12 +208,23 @@ def load_table(path=None, params: Sequence[str] | None = None, muscles: Sequence
     if not problems:
         raise ValueError(f"dataset {dataset!r}: no trial found in {root}")
     check_count(n_subjects, len(seen), f"dataset {dataset!r}", "n_subjects", seen)
-    return Dataset(dataset, problems, meta={"source": "trial table", "path": str(root),
-                                            "default_response": "repetition_valid"})
+    return Dataset(
+        dataset, problems, meta={"source": "trial table", "path": str(root), "default_response": "repetition_valid"}
+    )
 
 
-def _subject_problems(table: dict, muscle_col: np.ndarray, response: np.ndarray, valid: np.ndarray, subject: str,
-                      cols: list[str], muscles, truth: str, where: str, n_muscles: int | None) -> list[Problem]:
+def _subject_problems(
+    table: dict,
+    muscle_col: np.ndarray,
+    response: np.ndarray,
+    valid: np.ndarray,
+    subject: str,
+    cols: list[str],
+    muscles,
+    truth: str,
+    where: str,
+    n_muscles: int | None,
+) -> list[Problem]:
     """Problems of one subject from its rows (``table``: parameter columns; arrays: one entry per row)."""
     axes = [_axis(table[c]) for c in cols]
     values = [a[0] for a in axes]
@@ -222,16 +247,32 @@ def _subject_problems(table: dict, muscle_col: np.ndarray, response: np.ndarray,
         counts = np.bincount(pts, minlength=space.n_points)
         if np.any(counts == 0):
             miss = [space.values_of(p) for p in np.flatnonzero(counts == 0)[:3]]
-            raise DataFormatError(f"{where}: subject {subject!r}, muscle {muscle!r} has no trial at "
-                                  f"{int((counts == 0).sum())} parameter combination(s), e.g. {miss}")
+            raise DataFormatError(
+                f"{where}: subject {subject!r}, muscle {muscle!r} has no trial at "
+                f"{int((counts == 0).sum())} parameter combination(s), e.g. {miss}"
+            )
         by_point = np.argsort(pts, kind="stable")
         splits = np.split(by_point, np.cumsum(counts)[:-1])
         reps = pad_rows([response[rows[s]] for s in splits])
         flags = pad_rows([valid[rows[s]] for s in splits], fill=False, dtype=bool)
-        mean = ground_truth(reps, flags, truth, None, f"{where}, subject {subject!r}, muscle {muscle!r}",
-                            lambda p, sp=space: f"point {sp.values_of(p)}")
-        out.append(Problem(key=f"{subject}/{muscle}", space=space, truth=mean, repetitions=reps, valid=flags,
-                           meta={"source": "trial table", "file": where, "truth": truth}))
+        mean = ground_truth(
+            reps,
+            flags,
+            truth,
+            None,
+            f"{where}, subject {subject!r}, muscle {muscle!r}",
+            lambda p, sp=space: f"point {sp.values_of(p)}",
+        )
+        out.append(
+            Problem(
+                key=f"{subject}/{muscle}",
+                space=space,
+                truth=mean,
+                repetitions=reps,
+                valid=flags,
+                meta={"source": "trial table", "file": where, "truth": truth},
+            )
+        )
     return out
 
 
@@ -254,8 +295,12 @@ def to_trials(dataset: Dataset):
         cols = {"subject": pa.array([p.subject] * pt.size, pa.string())}
         for d, dim in enumerate(p.space.dims):
             cols[dim.name] = pa.array([dim.values[k] for k in p.space.index[pt, d].tolist()])
-        cols.update(muscle=pa.array([p.muscle] * pt.size, pa.string()), response=pa.array(p.repetitions[pt, rep]),
-                    valid=pa.array(p.valid[pt, rep]), trial=pa.array(rep.astype(np.int64)))
+        cols.update(
+            muscle=pa.array([p.muscle] * pt.size, pa.string()),
+            response=pa.array(p.repetitions[pt, rep]),
+            valid=pa.array(p.valid[pt, rep]),
+            trial=pa.array(rep.astype(np.int64)),
+        )
         tables.append(pa.table(cols))
     try:
         return pa.concat_tables(tables)

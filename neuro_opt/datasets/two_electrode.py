@@ -57,8 +57,9 @@ DT_MS = 2.0
 DURATION_MS = 200.0
 
 
-def pattern_space(n_events: int, xs: Sequence = GRID_X, ys: Sequence = GRID_Y,
-                  delays_ms: Sequence = (20, 40, 60)) -> SearchSpace:
+def pattern_space(
+    n_events: int, xs: Sequence = GRID_X, ys: Sequence = GRID_Y, delays_ms: Sequence = (20, 40, 60)
+) -> SearchSpace:
     """The space of ``n_events``-event patterns ``s_k = (c_1 .. c_k, dt_1 .. dt_{k-1})``.
 
     Dimensions, in order: ``x1, y1, .., xk, yk`` (channel coordinates, spatial) then the
@@ -100,10 +101,11 @@ class SynergyObjective:
         shift = int(round(self.delay_ms / DT_MS))
         n = int(np.searchsorted(t_ms, self.window_ms, side="right"))
         if n + shift > r.shape[-1]:
-            raise ValueError(f"objective needs {self.window_ms + self.delay_ms} ms of response, "
-                             f"have {t_ms[-1] + DT_MS} ms")
+            raise ValueError(
+                f"objective needs {self.window_ms + self.delay_ms} ms of response, have {t_ms[-1] + DT_MS} ms"
+            )
         a = r[..., self.first, :n]
-        b = r[..., self.second, shift:shift + n]
+        b = r[..., self.second, shift : shift + n]
         return (a + b).max(axis=-1)
 
 
@@ -145,11 +147,13 @@ class TwoElectrodeProblem(Problem):
             raise ValueError(f"problem {self.key!r}: a two-electrode problem needs channels and single_peaks")
         C, M = self.channels.n_points, len(self.muscles)
         if self.single_peaks.ndim != 3 or self.single_peaks.shape[0] != C or self.single_peaks.shape[2] != M:
-            raise ValueError(f"problem {self.key!r}: single_peaks has shape {self.single_peaks.shape}, "
-                             f"expected ({C}, n_trials, {M})")
+            raise ValueError(
+                f"problem {self.key!r}: single_peaks has shape {self.single_peaks.shape}, expected ({C}, n_trials, {M})"
+            )
         if self.space.n_points != C * C * len(self.space.dims[-1]):
-            raise ValueError(f"problem {self.key!r}: pair space of {self.space.n_points} points does not match "
-                             f"{C} channels")
+            raise ValueError(
+                f"problem {self.key!r}: pair space of {self.space.n_points} points does not match {C} channels"
+            )
 
     @property
     def n_events(self) -> int:
@@ -200,7 +204,7 @@ class TwoElectrodeProblem(Problem):
 def _envelope(u: np.ndarray, peak_ms: float = 14.0, shape: float = 2.5) -> np.ndarray:
     """Gamma-shaped envelope with peak 1 at ``u = peak_ms``, 0 for ``u <= 0``."""
     v = np.clip(u, 0.0, None) / peak_ms
-    return np.where(u > 0, v ** shape * np.exp(shape * (1.0 - v)), 0.0)
+    return np.where(u > 0, v**shape * np.exp(shape * (1.0 - v)), 0.0)
 
 
 def _muscle_map(coords: np.ndarray, rng: np.random.Generator, granularity: float) -> np.ndarray:
@@ -208,15 +212,29 @@ def _muscle_map(coords: np.ndarray, rng: np.random.Generator, granularity: float
     lo, hi = coords.min(0), coords.max(0)
     center = rng.uniform(lo - 0.3, hi + 0.3)
     width = rng.uniform(0.8, 1.8)
-    m = np.exp(-0.5 * np.sum((coords - center) ** 2, axis=1) / width ** 2)
+    m = np.exp(-0.5 * np.sum((coords - center) ** 2, axis=1) / width**2)
     m = m * rng.lognormal(0.0, granularity, size=len(coords)) + 0.05 * rng.random(len(coords))
     return m / m.max()
 
 
-def _subject(rng: np.random.Generator, s: int, seed: int, n_trials: int, trial_cv: float, latency_jitter_ms: float,
-             baseline_noise: float, facilitation: float, connection_rate: float, occlusion: float, granularity: float,
-             advance_ms: float, saturation: float, objective: SynergyObjective, search_delays_ms: tuple,
-             name: str) -> TwoElectrodeProblem:
+def _subject(
+    rng: np.random.Generator,
+    s: int,
+    seed: int,
+    n_trials: int,
+    trial_cv: float,
+    latency_jitter_ms: float,
+    baseline_noise: float,
+    facilitation: float,
+    connection_rate: float,
+    occlusion: float,
+    granularity: float,
+    advance_ms: float,
+    saturation: float,
+    objective: SynergyObjective,
+    search_delays_ms: tuple,
+    name: str,
+) -> TwoElectrodeProblem:
     """One virtual subject, every random choice drawn from ``rng``."""
     channels = pattern_space(1)
     coords = channels.X  # C x 2
@@ -245,7 +263,7 @@ def _subject(rng: np.random.Generator, s: int, seed: int, n_trials: int, trial_c
     advance = advance_ms * rng.uniform(0.5, 1.0, size=(C, C))[None, :, :, None] * fac / (1.0 + fac)
 
     def trials(n):  # per-trial amplitude and latency jitter of one event
-        return rng.lognormal(-0.5 * trial_cv ** 2, trial_cv, size=n), rng.normal(0.0, latency_jitter_ms, size=n)
+        return rng.lognormal(-0.5 * trial_cv**2, trial_cv, size=n), rng.normal(0.0, latency_jitter_ms, size=n)
 
     # single events: C x R x M x T
     ja, jl = trials((C, n_trials, M))
@@ -274,21 +292,51 @@ def _subject(rng: np.random.Generator, s: int, seed: int, n_trials: int, trial_c
     reps = pair_obj[:, :, d_idx, :].reshape(C * C * len(d_idx), n_trials)
     return TwoElectrodeProblem(
         key=f"{name}{s}/{MUSCLES[objective.first]}+{MUSCLES[objective.second]}@{objective.delay_ms:g}ms",
-        space=space, truth=reps.mean(axis=1), repetitions=reps,
-        meta={"units": "V", "source": "synthetic two-electrode generator", "seed": seed, "subject": s,
-              "search_delays_ms": list(search_delays_ms)},
-        channels=channels, muscles=MUSCLES, synergy=(objective.first, objective.second), objective=objective,
-        single_peaks=single.max(axis=-1), single_objective=objective(single, t),
-        single_mean=single.mean(axis=1).astype(np.float32), pair_mean=pair_mean,
-        pair_objective_all=pair_obj, recorded_delays_ms=ALL_DELAYS_MS, t_ms=t, gain=gain)
+        space=space,
+        truth=reps.mean(axis=1),
+        repetitions=reps,
+        meta={
+            "units": "V",
+            "source": "synthetic two-electrode generator",
+            "seed": seed,
+            "subject": s,
+            "search_delays_ms": list(search_delays_ms),
+        },
+        channels=channels,
+        muscles=MUSCLES,
+        synergy=(objective.first, objective.second),
+        objective=objective,
+        single_peaks=single.max(axis=-1),
+        single_objective=objective(single, t),
+        single_mean=single.mean(axis=1).astype(np.float32),
+        pair_mean=pair_mean,
+        pair_objective_all=pair_obj,
+        recorded_delays_ms=ALL_DELAYS_MS,
+        t_ms=t,
+        gain=gain,
+    )
 
 
-def two_electrode(n_subjects: int = 1, seed: int = 0, n_trials: int = 10, search_delays_ms: Sequence = (20, 40, 60),
-                  synergy: Sequence = ("EMG0", "EMG4"), target_delay_ms: float = 40.0, window_ms: float = 150.0,
-                  trial_cv: float = 0.04, latency_jitter_ms: float = 1.0, baseline_noise: float = 2e-4,
-                  facilitation: float = 1.0, connection_rate: float = 0.1, occlusion: float = 0.8,
-                  granularity: float = 0.6, advance_ms: float = 20.0, saturation: float = 3.0,
-                  min_margin: float = 1.1, name: str = "two_electrode") -> Dataset:
+def two_electrode(
+    n_subjects: int = 1,
+    seed: int = 0,
+    n_trials: int = 10,
+    search_delays_ms: Sequence = (20, 40, 60),
+    synergy: Sequence = ("EMG0", "EMG4"),
+    target_delay_ms: float = 40.0,
+    window_ms: float = 150.0,
+    trial_cv: float = 0.04,
+    latency_jitter_ms: float = 1.0,
+    baseline_noise: float = 2e-4,
+    facilitation: float = 1.0,
+    connection_rate: float = 0.1,
+    occlusion: float = 0.8,
+    granularity: float = 0.6,
+    advance_ms: float = 20.0,
+    saturation: float = 3.0,
+    min_margin: float = 1.1,
+    name: str = "two_electrode",
+) -> Dataset:
     """The synthetic two-electrode dataset: one problem per virtual subject.
 
     Args:
@@ -323,8 +371,9 @@ def two_electrode(n_subjects: int = 1, seed: int = 0, n_trials: int = 10, search
     search = tuple(int(d) if float(d).is_integer() else float(d) for d in search_delays_ms)
     bad = [d for d in search if d not in ALL_DELAYS_MS]
     if not search or bad or len(set(search)) != len(search):
-        raise ValueError(f"search_delays_ms must be distinct values among {list(ALL_DELAYS_MS)}, got "
-                         f"{list(search_delays_ms)}")
+        raise ValueError(
+            f"search_delays_ms must be distinct values among {list(ALL_DELAYS_MS)}, got {list(search_delays_ms)}"
+        )
     names = list(synergy)
     unknown = [m for m in names if m not in MUSCLES]
     if len(names) != 2 or unknown:
@@ -332,24 +381,47 @@ def two_electrode(n_subjects: int = 1, seed: int = 0, n_trials: int = 10, search
     if target_delay_ms < 0 or (target_delay_ms / DT_MS) % 1 != 0:
         raise ValueError(f"target_delay_ms must be a multiple of {DT_MS:g} ms >= 0, got {target_delay_ms}")
     if not 0 < window_ms <= DURATION_MS - target_delay_ms:
-        raise ValueError(f"window_ms must be in (0, {DURATION_MS - target_delay_ms:g}] "
-                         f"(the recording is {DURATION_MS:g} ms), got {window_ms}")
-    for key, v in (("trial_cv", trial_cv), ("latency_jitter_ms", latency_jitter_ms),
-                   ("baseline_noise", baseline_noise), ("facilitation", facilitation)):
+        raise ValueError(
+            f"window_ms must be in (0, {DURATION_MS - target_delay_ms:g}] "
+            f"(the recording is {DURATION_MS:g} ms), got {window_ms}"
+        )
+    for key, v in (
+        ("trial_cv", trial_cv),
+        ("latency_jitter_ms", latency_jitter_ms),
+        ("baseline_noise", baseline_noise),
+        ("facilitation", facilitation),
+    ):
         if not (np.isfinite(v) and v >= 0):
             raise ValueError(f"{key} must be >= 0, got {v!r}")
     if not 0 <= connection_rate <= 1 or not 0 <= occlusion <= 1:
         raise ValueError(f"connection_rate and occlusion must be in [0, 1], got {connection_rate}, {occlusion}")
-    objective = SynergyObjective(MUSCLES.index(names[0]), MUSCLES.index(names[1]), float(target_delay_ms),
-                                 float(window_ms))
+    objective = SynergyObjective(
+        MUSCLES.index(names[0]), MUSCLES.index(names[1]), float(target_delay_ms), float(window_ms)
+    )
     if not 0 <= min_margin < 3:
         raise ValueError(f"min_margin must be in [0, 3), got {min_margin!r}")
     problems = []
     for s in range(n_subjects):
         for attempt in range(1000):
             rng = np.random.default_rng(np.random.SeedSequence([seed, s, attempt]))
-            p = _subject(rng, s, seed, n_trials, trial_cv, latency_jitter_ms, baseline_noise, facilitation,
-                         connection_rate, occlusion, granularity, advance_ms, saturation, objective, search, "sim")
+            p = _subject(
+                rng,
+                s,
+                seed,
+                n_trials,
+                trial_cv,
+                latency_jitter_ms,
+                baseline_noise,
+                facilitation,
+                connection_rate,
+                occlusion,
+                granularity,
+                advance_ms,
+                saturation,
+                objective,
+                search,
+                "sim",
+            )
             top2 = np.sort(p.truth)[-2:]
             if top2[1] >= min_margin * top2[0]:
                 p.meta["draws"] = attempt + 1
@@ -357,6 +429,8 @@ def two_electrode(n_subjects: int = 1, seed: int = 0, n_trials: int = 10, search
                 problems.append(p)
                 break
         else:
-            raise ValueError(f"two_electrode: no subject with the best pattern {min_margin}x the runner-up in 1000 "
-                             f"draws; lower min_margin")
+            raise ValueError(
+                f"two_electrode: no subject with the best pattern {min_margin}x the runner-up in 1000 "
+                f"draws; lower min_margin"
+            )
     return Dataset(name, problems, meta={"generator": "two_electrode", "seed": seed})

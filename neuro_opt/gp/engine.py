@@ -58,7 +58,6 @@ def _interior(value: float, lo: float, hi: float) -> float:
     return min(max(value, lo + 0.01 * (hi - lo)), hi - 0.01 * (hi - lo))
 
 
-
 class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
     """Exact GP posterior over all ``P`` points of a discrete space, for ``b`` replicates.
 
@@ -80,11 +79,26 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         max_jitter: Cholesky jitter bound.
     """
 
-    def __init__(self, X, n_reps: int, capacity: int, mode: str = "variable",
-                 rho_bounds=(0.02, 5.0), noise_bounds=(1e-4, 0.05), outputscale_bounds=(0.25, 1.0),
-                 lengthscale=1.0, noise=0.05, outputscale=1.0,
-                 prior_mean=None, fit_steps: int = 10, lr: float = 0.1, fit_tol: float = 0.0,
-                 max_jitter: float = 1e-6, dtype=torch.float64, device="cpu"):
+    def __init__(
+        self,
+        X,
+        n_reps: int,
+        capacity: int,
+        mode: str = "variable",
+        rho_bounds=(0.02, 5.0),
+        noise_bounds=(1e-4, 0.05),
+        outputscale_bounds=(0.25, 1.0),
+        lengthscale=1.0,
+        noise=0.05,
+        outputscale=1.0,
+        prior_mean=None,
+        fit_steps: int = 10,
+        lr: float = 0.1,
+        fit_tol: float = 0.0,
+        max_jitter: float = 1e-6,
+        dtype=torch.float64,
+        device="cpu",
+    ):
         if mode not in ("variable", "fixed"):
             raise ValueError(f"GP mode must be 'variable' or 'fixed', got {mode!r}")
         self.mode = mode
@@ -111,8 +125,10 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
             lo, hi = float(rho_bounds[0]), float(rho_bounds[1])
             nlo, nhi = float(noise_bounds[0]), float(noise_bounds[1])
             if not (0 < lo < hi) or not (0 < nlo < nhi):
-                raise ValueError(f"need 0 < rho_low < rho_high and 0 < noise_min < noise_max, got "
-                                 f"rho {rho_bounds}, noise {noise_bounds}")
+                raise ValueError(
+                    f"need 0 < rho_low < rho_high and 0 < noise_min < noise_max, got "
+                    f"rho {rho_bounds}, noise {noise_bounds}"
+                )
             olo, ohi = float(outputscale_bounds[0]), float(outputscale_bounds[1])
             if not 0 < olo < ohi:
                 raise ValueError(f"need 0 < outputscale_min < outputscale_max, got {outputscale_bounds}")
@@ -184,11 +200,14 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         pts = torch.as_tensor(np.asarray(points), dtype=torch.long, device=self.X.device)
         yy = torch.as_tensor(np.asarray(y, dtype=np.float64), **self.opts)
         if pts.shape != (self.b,) or yy.shape != (self.b,):
-            raise ValueError(f"observe expects ({self.b},) points and responses, "
-                             f"got {tuple(pts.shape)}, {tuple(yy.shape)}")
+            raise ValueError(
+                f"observe expects ({self.b},) points and responses, got {tuple(pts.shape)}, {tuple(yy.shape)}"
+            )
         if not bool(torch.isfinite(yy).all()):
-            raise ValueError(f"responses must be finite, got NaN/inf at replicates "
-                             f"{torch.nonzero(~torch.isfinite(yy)).flatten().tolist()}")
+            raise ValueError(
+                f"responses must be finite, got NaN/inf at replicates "
+                f"{torch.nonzero(~torch.isfinite(yy)).flatten().tolist()}"
+            )
         if bool(((pts < 0) | (pts >= self.P)).any()):
             raise ValueError(f"point index out of range 0..{self.P - 1}: {pts.tolist()}")
         if self.n >= self.capacity:
@@ -233,7 +252,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
                 prev = mll
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
-            step = self.lr * (m / (1 - b1 ** k)) / (torch.sqrt(v / (1 - b2 ** k)) + eps)
+            step = self.lr * (m / (1 - b1**k)) / (torch.sqrt(v / (1 - b2**k)) + eps)
             raw = torch.where(active[:, None], raw + step, raw)
             steps += active.cpu()
         self.last_fit_steps = steps
@@ -265,19 +284,23 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
     # --------------------------------------------------------------- internals
     def _grow(self, capacity: int) -> None:
         """Double the observation buffers (amortized O(1) per observation)."""
+
         def pad(t, dims):
             shape = list(t.shape)
-            out = torch.zeros([capacity if i in dims else n for i, n in enumerate(shape)], dtype=t.dtype,
-                              device=t.device)
+            out = torch.zeros(
+                [capacity if i in dims else n for i, n in enumerate(shape)], dtype=t.dtype, device=t.device
+            )
             out[tuple(slice(0, n) for n in shape)] = t
             return out
+
         if self.mode == "variable":
             self.slot_pt, self.cnt = pad(self.slot_pt, {1}), pad(self.cnt, {1})
             self.sum, self.sumsq = pad(self.sum, {1}), pad(self.sumsq, {1})
             if self.slot_bins is not None:
-                grown = torch.full((self.b, self.P, capacity), self.lattice["n_bins"], dtype=torch.long,
-                                   device=self.X.device)
-                grown[:, :, :self.capacity] = self.slot_bins
+                grown = torch.full(
+                    (self.b, self.P, capacity), self.lattice["n_bins"], dtype=torch.long, device=self.X.device
+                )
+                grown[:, :, : self.capacity] = self.slot_bins
                 self.slot_bins = grown
         else:
             self.obs_pt, self.beta, self.gamma = pad(self.obs_pt, {1}), pad(self.beta, {1}), pad(self.gamma, {1})
@@ -297,7 +320,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         rows = torch.arange(b, device=pts.device)
         ls = self.ls_fixed
         kx = self.os_fixed * matern52(self.X[pts][:, None, :], self.X.expand(b, -1, -1), ls)[:, 0, :]  # b x P
-        s2 = self.noise_fixed ** 2
+        s2 = self.noise_fixed**2
         pm = self.prior[rows, pts] if self.prior is not None else torch.zeros(b, **self.opts)
         if n == 0:
             lk = torch.zeros(b, 0, **self.opts)
@@ -314,7 +337,8 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
                 r = int(torch.nonzero(d2 <= 1e-14)[0])
                 raise GPNumericalError(
                     f"GP covariance is not positive definite even with jitter {self.max_jitter:g}: replicate {r}: "
-                    f"lengthscale={ls[r].tolist()}, noise={self.noise_fixed:.3g}")
+                    f"lengthscale={ls[r].tolist()}, noise={self.noise_fixed:.3g}"
+                )
             d2 = torch.where(d2 <= 1e-14, d2 + jitter, d2)
         d = torch.sqrt(d2)
         self.obs_pt[:, n] = pts

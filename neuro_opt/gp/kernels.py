@@ -21,7 +21,6 @@ def matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor) -> t
     return matern52_of_r(torch.cdist(x1 / ls, x2 / ls, compute_mode="donot_use_mm_for_euclid_dist"))
 
 
-
 def matern52_of_r(r: torch.Tensor, r2: torch.Tensor | None = None, e: torch.Tensor | None = None) -> torch.Tensor:
     """Matérn nu=5/2 (output scale 1) of scaled distances ``r``.
 

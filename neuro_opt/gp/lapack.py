@@ -47,10 +47,17 @@ def available() -> bool:
 
 
 def _args(A: torch.Tensor):
-    if A.dtype != torch.float64 or A.device.type != "cpu" or not A.is_contiguous() or A.ndim != 2 \
-            or A.shape[0] != A.shape[1]:
-        raise ValueError(f"need a C-contiguous square float64 CPU matrix, got {tuple(A.shape)} {A.dtype} "
-                         f"{A.device}, contiguous={A.is_contiguous()}")
+    if (
+        A.dtype != torch.float64
+        or A.device.type != "cpu"
+        or not A.is_contiguous()
+        or A.ndim != 2
+        or A.shape[0] != A.shape[1]
+    ):
+        raise ValueError(
+            f"need a C-contiguous square float64 CPU matrix, got {tuple(A.shape)} {A.dtype} "
+            f"{A.device}, contiguous={A.is_contiguous()}"
+        )
     n = ctypes.c_int(A.shape[0])
     return ctypes.byref(ctypes.c_char(b"U")), ctypes.byref(n), ctypes.c_void_p(A.data_ptr()), ctypes.byref(n)
 

@@ -11,7 +11,6 @@ from neuro_opt.gp.kernels import matern52, matern52_of_r
 class LatticeKernel:
     """Part of :class:`neuro_opt.gp.engine.BatchGP` (a mixin: it uses the engine's buffers and parameters)."""
 
-
     def _lattice_init(self, max_bins: int = 65536) -> None:
         """Spaces on an integer grid (every space here: ``X`` = grid indices) have few distinct
         pairwise offsets: the kernel between two points depends only on ``|dx|`` per dimension.
@@ -31,12 +30,18 @@ class LatticeKernel:
         stride = torch.ones(self.d, dtype=torch.long, device=X.device)
         for k in range(self.d - 2, -1, -1):
             stride[k] = stride[k + 1] * span[k + 1]
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(int(n), device=X.device) for n in span],
-                                             indexing="ij"), -1).reshape(-1, self.d)
+        offsets = torch.stack(
+            torch.meshgrid(*[torch.arange(int(n), device=X.device) for n in span], indexing="ij"), -1
+        ).reshape(-1, self.d)
         Xi0 = (Xi - Xi.min(0).values).long()
-        self.lattice = dict(Xi=Xi0, stride=stride, n_bins=n_bins,
-                            D2=(offsets.to(X.dtype)) ** 2,  # bins x d: squared offset per dimension
-                            span=[int(n) for n in span], box_index=(Xi0 * stride).sum(-1))
+        self.lattice = dict(
+            Xi=Xi0,
+            stride=stride,
+            n_bins=n_bins,
+            D2=(offsets.to(X.dtype)) ** 2,  # bins x d: squared offset per dimension
+            span=[int(n) for n in span],
+            box_index=(Xi0 * stride).sum(-1),
+        )
         # circular layout of every signed offset (-(span-1) .. span-1 per dimension) for the screened
         # argmax's FFT convolution (see screened): cell c holds offset c (c < span) or c - N
         # (length >= 2 span - 1, rounded up to a fast FFT length; cells between the two ends hold
@@ -46,8 +51,9 @@ class LatticeKernel:
         span_t = torch.tensor(self.lattice["span"], device=X.device)
         N = [next_fast_len(2 * n - 1, real=True) for n in self.lattice["span"]]
         if int(np.prod(N)) <= self.SCREEN_MAX_FFT:
-            cells = torch.stack(torch.meshgrid(*[torch.arange(n, device=X.device) for n in N], indexing="ij"),
-                                -1).reshape(-1, self.d)
+            cells = torch.stack(
+                torch.meshgrid(*[torch.arange(n, device=X.device) for n in N], indexing="ij"), -1
+            ).reshape(-1, self.d)
             absoff = torch.minimum(cells, torch.tensor(N, device=X.device) - cells)
             fft_bins = (absoff * stride).sum(-1)
             fft_bins[(absoff >= span_t).any(-1)] = n_bins
@@ -59,14 +65,15 @@ class LatticeKernel:
     # recomputes distances. Point-major, so the bins of a few points against all slots (the
     # pairs of slots, the screened argmax's candidates) are whole contiguous rows.
     # Dropped (recomputed per call) above this many entries.
-    MAX_CACHED_BINS = 2 ** 25
+    MAX_CACHED_BINS = 2**25
 
     def _bins_init(self) -> None:
         self.slot_bins = None
         self._pair_bins_cache = None  # ((n, U), bins): the refit and the next query share it
         if self.lattice is not None and self.b * self.capacity * self.P <= self.MAX_CACHED_BINS:
-            self.slot_bins = torch.full((self.b, self.P, self.capacity), self.lattice["n_bins"], dtype=torch.long,
-                                        device=self.X.device)
+            self.slot_bins = torch.full(
+                (self.b, self.P, self.capacity), self.lattice["n_bins"], dtype=torch.long, device=self.X.device
+            )
 
     def _bins_to_all(self, pts: torch.Tensor) -> torch.Tensor:
         """Offset bin of each point in ``pts`` (``k``) against every point: ``k x P``."""

@@ -66,9 +66,12 @@ class MarginalLikelihood:
             if all(lapack.potrf_(K[q]) == 0 for q in range(self.b)):
                 return K, data["r"]
             K = covariance()  # a factor needs jitter: the torch path below
+
         def info(r):
-            return (f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "
-                    f"outputscale={float(os_[r].detach()):.3g}")
+            return (
+                f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "
+                f"outputscale={float(os_[r].detach()):.3g}"
+            )
 
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
 
@@ -125,6 +128,7 @@ class MarginalLikelihood:
             if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
                 Kn = noisy_covariance()
         if Wb is None:
+
             def info(q):
                 return f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"
 
@@ -139,8 +143,9 @@ class MarginalLikelihood:
             W = Kinv.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # alpha alpha^T - Kn^-1, in place
             dW = torch.diagonal(W, dim1=-2, dim2=-1)
             if "bin" in data:  # sum W over the pairs of each offset bin once; the kernel terms are then per bin
-                Wb = torch.zeros(b, kb_bins.shape[1], **self.opts).scatter_add_(1, data["bin"].reshape(b, -1),
-                                                                              W.reshape(b, -1))
+                Wb = torch.zeros(b, kb_bins.shape[1], **self.opts).scatter_add_(
+                    1, data["bin"].reshape(b, -1), W.reshape(b, -1)
+                )
         g_s2 = 0.5 * (dW * data["inv_cnt"]).sum(-1) + dcorr_ds2
         if "bin" in data:
             g_os = 0.5 * (Wb * kb_bins).sum(-1)
@@ -161,8 +166,15 @@ class MarginalLikelihood:
 
     def _in_place(self, K: torch.Tensor) -> bool:
         """Whether the ``b x U x U`` covariance ``K`` is factored in place with LAPACK."""
-        return K.shape[-1] >= self.INPLACE_MIN_U and not K.requires_grad and K.device.type == "cpu" \
-            and K.dtype == torch.float64 and K.is_contiguous() and lapack.available()
+        return (
+            K.shape[-1] >= self.INPLACE_MIN_U
+            and not K.requires_grad
+            and K.device.type == "cpu"
+            and K.dtype == torch.float64
+            and K.is_contiguous()
+            and lapack.available()
+        )
+
     DISCARD_BINS = 64  # bins the unused triangle's pairs are spread over (see _lower_triangle_w)
 
     def _lower_triangle_w(self, data, Kn, rv):
@@ -193,15 +205,16 @@ class MarginalLikelihood:
         W = Kn.baddbmm_(alpha[:, :, None], alpha[:, None, :], beta=-1.0)  # lower triangle: alpha alpha^T - Kn^-1
         dW = torch.diagonal(W, dim1=-2, dim2=-1)
         S = torch.zeros(b, nb + 1 + self.DISCARD_BINS, **self.opts)
-        S = S.scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, :nb + 1]
+        S = S.scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, : nb + 1]
         return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW, alpha, half_logdet
 
     def _mll(self, data, ls, noise, os_) -> torch.Tensor:
         """Exact log marginal likelihood of all observations (not just the means), ``b``."""
         L, r = self._chol(data, ls, noise, os_)
         a = torch.linalg.solve_triangular(L, r[..., None], upper=False)[..., 0]
-        return self._mll_value(data, (a * a).sum(-1), torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1),
-                               noise * noise)
+        return self._mll_value(
+            data, (a * a).sum(-1), torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1), noise * noise
+        )
 
     @staticmethod
     def _mll_value(data, quad, half_logdet, s2) -> torch.Tensor:
@@ -210,5 +223,10 @@ class MarginalLikelihood:
         scatter of repeated queries (p(y_1..y_c | f) = N(ybar | f, s2/c) x the scatter factor)."""
         mask, cnt = data["mask"], data["cnt"]
         corr = mask * (-0.5 * (cnt - 1) * torch.log(2 * math.pi * s2[:, None]) - 0.5 * torch.log(cnt))
-        return -0.5 * quad - half_logdet - 0.5 * mask.sum(-1) * math.log(2 * math.pi) + corr.sum(-1) \
+        return (
+            -0.5 * quad
+            - half_logdet
+            - 0.5 * mask.sum(-1) * math.log(2 * math.pi)
+            + corr.sum(-1)
             - data["ss"].sum(-1) / (2 * s2)
+        )

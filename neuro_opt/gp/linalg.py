@@ -11,7 +11,6 @@ class GPNumericalError(RuntimeError):
     """A covariance matrix stayed non-positive-definite after the maximum jitter."""
 
 
-
 def safe_cholesky(A: torch.Tensor, max_jitter: float = 1e-6, what: str = "covariance", info=None) -> torch.Tensor:
     """Cholesky of a batch ``b x n x n``; adds diagonal jitter (1e-10 .. max_jitter) where it fails.
 
@@ -56,6 +55,7 @@ def flush_denormals(method):
     space of 10,000 points with long length-scales: exp(-sqrt5 r) near 1e-308) are subnormal,
     and x86 arithmetic on them is about a hundred times slower. Values below 2.2e-308 change no
     result of any tolerance here."""
+
     @functools.wraps(method)
     def wrapped(*args, **kwargs):
         on = torch.set_flush_denormal(True)
@@ -64,4 +64,5 @@ def flush_denormals(method):
         finally:
             if on and not _FLUSH_FOR_PROCESS:
                 torch.set_flush_denormal(False)
+
     return wrapped

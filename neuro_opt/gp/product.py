@@ -32,8 +32,13 @@ def _m52(r2: torch.Tensor) -> torch.Tensor:
 def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``... x n x d`` and ``... x m x d`` -> ``... x n x m`` squared distances (0 when ``d = 0``)."""
     if a.shape[-1] == 0:
-        return torch.zeros(*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-2],
-                           dtype=a.dtype, device=a.device)
+        return torch.zeros(
+            *torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]),
+            a.shape[-2],
+            b.shape[-2],
+            dtype=a.dtype,
+            device=a.device,
+        )
     return ((a.unsqueeze(-2) - b.unsqueeze(-3)) ** 2).sum(-1)
 
 
@@ -44,8 +49,14 @@ def split_inputs(space: SearchSpace, time_unit_ms: float = 20.0) -> tuple[np.nda
     t_dims = [i for i, n in enumerate(space.names) if n.endswith("_ms")]
     s_dims = [i for i in range(space.ndim) if i not in t_dims]
     S = space.X[:, s_dims]
-    T = np.stack([np.asarray(space.dims[i].values, dtype=np.float64)[space.index[:, i]] / time_unit_ms
-                  for i in t_dims], axis=1) if t_dims else np.zeros((space.n_points, 0))
+    T = (
+        np.stack(
+            [np.asarray(space.dims[i].values, dtype=np.float64)[space.index[:, i]] / time_unit_ms for i in t_dims],
+            axis=1,
+        )
+        if t_dims
+        else np.zeros((space.n_points, 0))
+    )
     return S, T
 
 
@@ -72,17 +83,35 @@ class ProductGP:
     value fixed with :meth:`set_scale` (then the basis, given in response units, keeps its meaning).
     """
 
-    def __init__(self, S, T, n_reps: int, n_basis: int = 0, weight_mean=None, weight_sd: float = 0.5,
-                 rho_space=(1.0, 2.0), rho_time=(0.5, 2.0), noise=(5e-4, 1e-3), noise_units: str = "raw",
-                 outputscale=(0.05, 1.0), fit_steps: int = 20, lr: float = 0.1, capacity: int = 32,
-                 max_jitter: float = 1e-6):
+    def __init__(
+        self,
+        S,
+        T,
+        n_reps: int,
+        n_basis: int = 0,
+        weight_mean=None,
+        weight_sd: float = 0.5,
+        rho_space=(1.0, 2.0),
+        rho_time=(0.5, 2.0),
+        noise=(5e-4, 1e-3),
+        noise_units: str = "raw",
+        outputscale=(0.05, 1.0),
+        fit_steps: int = 20,
+        lr: float = 0.1,
+        capacity: int = 32,
+        max_jitter: float = 1e-6,
+    ):
         self.opts = dict(dtype=torch.float64, device="cpu")
         self.S = torch.as_tensor(np.asarray(S, dtype=np.float64))
         self.T = torch.as_tensor(np.asarray(T, dtype=np.float64)).reshape(self.S.shape[0], -1)
         self.P = self.S.shape[0]
         self.b, self.J = int(n_reps), int(n_basis)
-        for name, (lo, hi) in (("rho_space", rho_space), ("rho_time", rho_time), ("noise", noise),
-                               ("outputscale", outputscale)):
+        for name, (lo, hi) in (
+            ("rho_space", rho_space),
+            ("rho_time", rho_time),
+            ("noise", noise),
+            ("outputscale", outputscale),
+        ):
             if not 0 < float(lo) < float(hi):
                 raise ValueError(f"{name} bounds must satisfy 0 < low < high, got {lo!r}, {hi!r}")
         if noise_units not in ("raw", "normalized"):
@@ -92,10 +121,14 @@ class ProductGP:
         self.noise_units = noise_units
         self.lo = torch.tensor([rho_space[0], rho_time[0], noise[0], outputscale[0]], **self.opts)
         self.hi = torch.tensor([rho_space[1], rho_time[1], noise[1], outputscale[1]], **self.opts)
-        init = torch.stack([torch.clamp(torch.tensor(1.0, **self.opts), self.lo[0], self.hi[0]),
-                            torch.clamp(torch.tensor(1.0, **self.opts), self.lo[1], self.hi[1]),
-                            torch.sqrt(self.lo[2] * self.hi[2]),
-                            torch.clamp(torch.tensor(0.25, **self.opts), self.lo[3], self.hi[3])])
+        init = torch.stack(
+            [
+                torch.clamp(torch.tensor(1.0, **self.opts), self.lo[0], self.hi[0]),
+                torch.clamp(torch.tensor(1.0, **self.opts), self.lo[1], self.hi[1]),
+                torch.sqrt(self.lo[2] * self.hi[2]),
+                torch.clamp(torch.tensor(0.25, **self.opts), self.lo[3], self.hi[3]),
+            ]
+        )
         frac = torch.clamp((init - self.lo) / (self.hi - self.lo), 0.01, 0.99)
         self.raw = torch.log(frac / (1 - frac)).expand(self.b, 4).clone()
         self.fit_steps, self.lr, self.max_jitter = int(fit_steps), float(lr), max_jitter
@@ -145,8 +178,9 @@ class ProductGP:
         pts = torch.as_tensor(np.asarray(points, dtype=np.int64))
         yy = torch.as_tensor(np.asarray(y, dtype=np.float64))
         if pts.shape != (self.b,) or yy.shape != (self.b,):
-            raise ValueError(f"observe expects ({self.b},) points and responses, got {tuple(pts.shape)}, "
-                             f"{tuple(yy.shape)}")
+            raise ValueError(
+                f"observe expects ({self.b},) points and responses, got {tuple(pts.shape)}, {tuple(yy.shape)}"
+            )
         if not bool(torch.isfinite(yy[rows]).all()):
             raise ValueError("responses must be finite")
         if bool(((pts[rows] < 0) | (pts[rows] >= self.P)).any()):
@@ -180,8 +214,7 @@ class ProductGP:
         Tx = self.T[pts]
         y = self.y[:, :N] / self.scale[:, None] * mask
         Hx = torch.gather(self.H, 1, pts[..., None].expand(self.b, N, self.J)) * mask[..., None]
-        return dict(N=N, mask=mask, pts=pts, S=Sx, T=Tx, y=y, H=Hx,
-                    ds=_sqdist(Sx, Sx), dt=_sqdist(Tx, Tx))
+        return dict(N=N, mask=mask, pts=pts, S=Sx, T=Tx, y=y, H=Hx, ds=_sqdist(Sx, Sx), dt=_sqdist(Tx, Tx))
 
     def _kn(self, data: dict, h: dict) -> torch.Tensor:
         mask = data["mask"]
@@ -196,14 +229,17 @@ class ProductGP:
         H, y = data["H"], data["y"]
         KiH = torch.cholesky_solve(H, L)  # b x N x J
         Kiy = torch.cholesky_solve(y[..., None], L)[..., 0]
-        A = H.transpose(1, 2) @ KiH + torch.eye(self.J, **self.opts) / self.wsd ** 2
-        rhs = (H * Kiy[..., None]).sum(1) + self.a0 / self.wsd ** 2
+        A = H.transpose(1, 2) @ KiH + torch.eye(self.J, **self.opts) / self.wsd**2
+        rhs = (H * Kiy[..., None]).sum(1) + self.a0 / self.wsd**2
         return torch.linalg.solve(A, rhs[..., None])[..., 0]
 
     def _chol(self, Kn: torch.Tensor, h: dict) -> torch.Tensor:
         def info(r):
-            return (f"rho_space={float(h['rho_space'][r]):.3g}, rho_time={float(h['rho_time'][r]):.3g}, "
-                    f"noise={float(h['noise'][r]):.3g}, outputscale={float(h['outputscale'][r]):.3g}")
+            return (
+                f"rho_space={float(h['rho_space'][r]):.3g}, rho_time={float(h['rho_time'][r]):.3g}, "
+                f"noise={float(h['noise'][r]):.3g}, outputscale={float(h['outputscale'][r]):.3g}"
+            )
+
         return safe_cholesky(Kn, self.max_jitter, "product-kernel GP covariance", info)
 
     def mll(self, data: dict, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

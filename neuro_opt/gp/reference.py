@@ -23,8 +23,16 @@ import warnings
 import torch
 
 
-def reference_model(X: torch.Tensor, y: torch.Tensor, rho_low: float, rho_high: float, noise_min: float,
-                    noise_max: float, outputscale_min: float, outputscale_max: float):
+def reference_model(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    rho_low: float,
+    rho_high: float,
+    noise_min: float,
+    noise_max: float,
+    outputscale_min: float,
+    outputscale_max: float,
+):
     """An unfitted ``SingleTaskGP`` with the published kernel, likelihood and bounds.
 
     Args:
@@ -40,11 +48,14 @@ def reference_model(X: torch.Tensor, y: torch.Tensor, rho_low: float, rho_high: 
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     d = X.shape[-1]
-    covar = ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_constraint=Interval(rho_low, rho_high)),
-                        outputscale_constraint=Interval(outputscale_min, outputscale_max))
-    likelihood = GaussianLikelihood(noise_constraint=Interval(noise_min ** 2, noise_max ** 2))
-    model = SingleTaskGP(X, y.unsqueeze(-1), likelihood=likelihood, covar_module=covar, mean_module=ZeroMean(),
-                         outcome_transform=None)
+    covar = ScaleKernel(
+        MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_constraint=Interval(rho_low, rho_high)),
+        outputscale_constraint=Interval(outputscale_min, outputscale_max),
+    )
+    likelihood = GaussianLikelihood(noise_constraint=Interval(noise_min**2, noise_max**2))
+    model = SingleTaskGP(
+        X, y.unsqueeze(-1), likelihood=likelihood, covar_module=covar, mean_module=ZeroMean(), outcome_transform=None
+    )
     return model, ExactMarginalLogLikelihood(model.likelihood, model)
 
 
@@ -68,6 +79,8 @@ def fit_reference(mll) -> bool:
 
 def fitted_hyperparameters(model) -> dict:
     """``{"lengthscale": d list, "noise": std, "outputscale": float}`` of a reference model."""
-    return {"lengthscale": model.covar_module.base_kernel.lengthscale.detach().flatten().tolist(),
-            "noise": float(model.likelihood.noise.detach().sqrt().item()),
-            "outputscale": float(model.covar_module.outputscale.detach().item())}
+    return {
+        "lengthscale": model.covar_module.base_kernel.lengthscale.detach().flatten().tolist(),
+        "noise": float(model.likelihood.noise.detach().sqrt().item()),
+        "outputscale": float(model.covar_module.outputscale.detach().item()),
+    }

@@ -34,17 +34,23 @@ class ScreenedArgmax:
     # BoTorch screens an acquisition this way, hence by hand. (The 500th query of a 10,000-point
     # 3-D space evaluates ~100-250 points exactly instead of 10,000.)
     SCREEN_MIN_POINTS = 4096
-    SCREEN_MAX_FFT = 2 ** 22
+    SCREEN_MAX_FFT = 2**22
     SCREEN_MAX_CHUNK = 4096  # exact values per round at most (memory: b x U x this)
 
     @property
     def can_screen(self) -> bool:
         """Whether :meth:`screened` applies: variable mode, a large lattice space, data seen."""
         lat = self.lattice
-        return (self.mode == "variable" and lat is not None and "fft_bins" in lat and self.slot_bins is not None
-                and self.P >= self.SCREEN_MIN_POINTS and self.n > 0)
+        return (
+            self.mode == "variable"
+            and lat is not None
+            and "fft_bins" in lat
+            and self.slot_bins is not None
+            and self.P >= self.SCREEN_MIN_POINTS
+            and self.n > 0
+        )
 
-    SCREEN_MIN_WORK = 2 ** 20  # unique points x points below which the full posterior is as fast
+    SCREEN_MIN_WORK = 2**20  # unique points x points below which the full posterior is as fast
 
     @property
     def prefer_screen(self) -> bool:
@@ -56,8 +62,10 @@ class ScreenedArgmax:
         """``mean + kappa * sd`` (kappa 0: the mean) exactly at every point that can hold its
         replicate's maximum, ``-inf`` at every other point: ``b x P`` (see the comment above)."""
         if not self.can_screen:
-            raise RuntimeError("screened() needs variable mode on a lattice of >= "
-                               f"{self.SCREEN_MIN_POINTS} points with at least one observation")
+            raise RuntimeError(
+                "screened() needs variable mode on a lattice of >= "
+                f"{self.SCREEN_MIN_POINTS} points with at least one observation"
+            )
         from scipy.ndimage import distance_transform_edt
 
         lat, b, P, d = self.lattice, self.b, self.P, self.d
@@ -77,8 +85,9 @@ class ScreenedArgmax:
             box = torch.zeros(b, int(np.prod(span)), **self.opts).scatter_add_(1, slots_box, alpha)
             T = torch.gather(kb, 1, lat["fft_bins"].expand(b, -1)).reshape(b, *N)
             dims = tuple(range(1, d + 1))
-            conv = torch.fft.irfftn(torch.fft.rfftn(box.reshape(b, *span), s=N, dim=dims)
-                                    * torch.fft.rfftn(T, dim=dims), s=N, dim=dims)
+            conv = torch.fft.irfftn(
+                torch.fft.rfftn(box.reshape(b, *span), s=N, dim=dims) * torch.fft.rfftn(T, dim=dims), s=N, dim=dims
+            )
             conv = conv[(slice(None),) + tuple(slice(0, n) for n in span)].reshape(b, -1)
             mean_fft = prior_all + conv[:, lat["box_index"]]
             # rounding of the FFT path, far above its actual error (~1e-16 x sum |terms| x log N)
@@ -90,7 +99,7 @@ class ScreenedArgmax:
                 inv_ls = (1.0 / ls).cpu().numpy()
                 for q in range(b):
                     free = np.ones(span, dtype=bool)
-                    free.reshape(-1)[slots_box[q, :int(self.n_slots[q])].cpu().numpy()] = False
+                    free.reshape(-1)[slots_box[q, : int(self.n_slots[q])].cpu().numpy()] = False
                     dist = distance_transform_edt(free, sampling=inv_ls[q].tolist())
                     rmin[q] = torch.as_tensor(dist.reshape(-1), **self.opts)[lat["box_index"]]
                 m = matern52_of_r(rmin)
@@ -133,8 +142,9 @@ class ScreenedArgmax:
                     m = int(open_.sum(1).max())
                     if m == 0:
                         break
-                cand = torch.topk(torch.where(open_, ub, torch.full_like(ub, -math.inf)), min(m, self.SCREEN_MAX_CHUNK),
-                                  dim=1).indices
+                cand = torch.topk(
+                    torch.where(open_, ub, torch.full_like(ub, -math.inf)), min(m, self.SCREEN_MAX_CHUNK), dim=1
+                ).indices
         return vals
 
     SCREEN_KNN = 4  # observed points in the refined variance bound

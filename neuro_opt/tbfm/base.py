@@ -20,9 +20,12 @@ def as_tensors(ts: TrialSet) -> dict[str, torch.Tensor]:
     """Torch views of a trial set: ``runway`` (N x R x C), ``target`` (N x H x C),
     ``stim`` (K x H x 3) and ``stim_index`` (N)."""
     _, table, index = ts.descriptor_table()
-    return {"runway": torch.from_numpy(np.ascontiguousarray(ts.runway, dtype=np.float32)),
-            "target": torch.from_numpy(np.ascontiguousarray(ts.target, dtype=np.float32)),
-            "stim": torch.from_numpy(table), "stim_index": torch.from_numpy(index)}
+    return {
+        "runway": torch.from_numpy(np.ascontiguousarray(ts.runway, dtype=np.float32)),
+        "target": torch.from_numpy(np.ascontiguousarray(ts.target, dtype=np.float32)),
+        "stim": torch.from_numpy(table),
+        "stim_index": torch.from_numpy(index),
+    }
 
 
 class ForecastModel(nn.Module):
@@ -52,8 +55,10 @@ class ForecastModel(nn.Module):
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).reshape(-1)
         std = torch.as_tensor(np.asarray(std), dtype=torch.float32).reshape(-1)
         if mean.shape != (self.n_channels,) or std.shape != (self.n_channels,):
-            raise ValueError(f"mean and std must have {self.n_channels} entries (one per channel), "
-                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(
+                f"mean and std must have {self.n_channels} entries (one per channel), "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std <= 0).any():
             raise ValueError("std must be finite and > 0 and mean finite on every channel")
         self.mean.copy_(mean)
@@ -86,8 +91,10 @@ class ForecastModel(nn.Module):
         if stim.ndim == 2:
             stim = stim.unsqueeze(0)
         if stim.ndim != 3 or stim.shape[1:] != (self.horizon, self.stim_dim):
-            raise ValueError(f"stim must be horizon x {self.stim_dim} or K x horizon x {self.stim_dim} with horizon "
-                             f"{self.horizon}, got shape {tuple(stim.shape)}")
+            raise ValueError(
+                f"stim must be horizon x {self.stim_dim} or K x horizon x {self.stim_dim} with horizon "
+                f"{self.horizon}, got shape {tuple(stim.shape)}"
+            )
         if stim_index is None:
             if stim.shape[0] == 1:
                 stim_index = torch.zeros(n, dtype=torch.long)
@@ -125,10 +132,12 @@ class ForecastModel(nn.Module):
         self.check_trials(ts)
         keys, _, index = ts.descriptor_table()
         stim = torch.from_numpy(np.stack([stim_descriptor(int(k), self.horizon, ts.lead) for k in keys]))
-        runway = torch.from_numpy(np.ascontiguousarray(ts.x[:, ts.runway_len - self.runway: ts.runway_len],
-                                                       dtype=np.float32))
-        target = torch.from_numpy(np.ascontiguousarray(ts.x[:, ts.runway_len: ts.runway_len + self.horizon],
-                                                       dtype=np.float32))
+        runway = torch.from_numpy(
+            np.ascontiguousarray(ts.x[:, ts.runway_len - self.runway : ts.runway_len], dtype=np.float32)
+        )
+        target = torch.from_numpy(
+            np.ascontiguousarray(ts.x[:, ts.runway_len : ts.runway_len + self.horizon], dtype=np.float32)
+        )
         return runway, target, stim, torch.from_numpy(index)
 
     @torch.no_grad()
@@ -137,6 +146,8 @@ class ForecastModel(nn.Module):
         was = self.training
         self.eval()
         runway, _, stim, idx = self.inputs(ts)
-        out = [self(runway[i:i + batch_size], stim, idx[i:i + batch_size]) for i in range(0, ts.n_trials, batch_size)]
+        out = [
+            self(runway[i : i + batch_size], stim, idx[i : i + batch_size]) for i in range(0, ts.n_trials, batch_size)
+        ]
         self.train(was)
         return torch.cat(out).numpy() if out else np.zeros((0, self.horizon, self.n_channels), np.float32)

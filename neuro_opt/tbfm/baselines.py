@@ -46,15 +46,19 @@ class LSSM(ForecastModel):
         latent: latent dimension d (default min(C, 32)).
     """
 
-    def __init__(self, n_channels: int, runway: int = 20, horizon: int = 164, latent: int | None = None,
-                 stim_dim: int = STIM_DIM):
+    def __init__(
+        self, n_channels: int, runway: int = 20, horizon: int = 164, latent: int | None = None, stim_dim: int = STIM_DIM
+    ):
         super().__init__(n_channels, runway, horizon, stim_dim)
         d = min(n_channels, 32) if latent is None else int(latent)
         self.latent = d
         self.A = nn.Parameter(0.95 * torch.eye(d) + 0.01 * torch.randn(d, d))
         self.B = nn.Parameter(0.1 * torch.randn(d, stim_dim))
-        self.C = nn.Parameter(torch.linalg.qr(torch.randn(n_channels, d))[0] if n_channels >= d
-                              else torch.randn(n_channels, d) / np.sqrt(d))
+        self.C = nn.Parameter(
+            torch.linalg.qr(torch.randn(n_channels, d))[0]
+            if n_channels >= d
+            else torch.randn(n_channels, d) / np.sqrt(d)
+        )
         self.float()
 
     def _forward(self, runway, stim, stim_index):
@@ -86,9 +90,18 @@ class AELSTM(ForecastModel):
         window: training sub-window forecast length (40 ms in the paper).
     """
 
-    def __init__(self, n_channels: int, runway: int = 20, horizon: int = 164, latent: int | None = None,
-                 hidden: int = 128, window: int = 40, stim_dim: int = STIM_DIM, nn_weight: float = 0.1,
-                 ae_weight: float = 1.0):
+    def __init__(
+        self,
+        n_channels: int,
+        runway: int = 20,
+        horizon: int = 164,
+        latent: int | None = None,
+        hidden: int = 128,
+        window: int = 40,
+        stim_dim: int = STIM_DIM,
+        nn_weight: float = 0.1,
+        ae_weight: float = 1.0,
+    ):
         super().__init__(n_channels, runway, horizon, stim_dim)
         d = min(n_channels, 64) if latent is None else int(latent)
         self.latent, self.hidden, self.window = d, hidden, min(window, horizon)
@@ -139,8 +152,7 @@ class AELSTM(ForecastModel):
         u_full = torch.cat([stim.new_zeros(stim.shape[0], R, self.stim_dim), stim], 1)[stim_index]
         start = torch.randint(0, self.horizon - W + 1, (n,), generator=rng)
         t = (start[:, None] + torch.arange(R + W)[None])[:, :, None]  # N x (R + W) x 1
-        return (torch.gather(full, 1, t.expand(-1, -1, C)),
-                torch.gather(u_full, 1, t.expand(-1, -1, self.stim_dim)))
+        return (torch.gather(full, 1, t.expand(-1, -1, C)), torch.gather(u_full, 1, t.expand(-1, -1, self.stim_dim)))
 
     def loss_terms(self, win: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three loss terms on sub-windows ``win`` (``N x (R + W) x C``, z units) with inputs ``u``.
@@ -155,9 +167,11 @@ class AELSTM(ForecastModel):
         obs, fut = win[:, :R], win[:, R:]
         hs, y = self._rollout(obs, u[:, :R], u[:, R:])
         lat = self.enc(win)
-        return {"dynamics": ((y - fut) ** 2).mean() + ((hs - lat[:, R:]) ** 2).mean(),
-                "autoencoder": ((self.dec(lat) - win) ** 2).mean(),
-                "centre": lat.mean(dim=(0, 1)).pow(2).mean()}
+        return {
+            "dynamics": ((y - fut) ** 2).mean() + ((hs - lat[:, R:]) ** 2).mean(),
+            "autoencoder": ((self.dec(lat) - win) ** 2).mean(),
+            "centre": lat.mean(dim=(0, 1)).pow(2).mean(),
+        }
 
     def loss(self, runway, target, stim, stim_index, rng: torch.Generator) -> torch.Tensor:
         """Tripartite loss on one random ``runway + window`` sub-window of each trial (own start per trial)."""
@@ -165,10 +179,22 @@ class AELSTM(ForecastModel):
         return terms["dynamics"] + self.ae_weight * terms["autoencoder"] + self.nn_weight * terms["centre"]
 
 
-def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: float = 2e-3,
-                 weight_decay: float = 1e-4, max_epochs: int = 200, patience: int = 15, batch_size: int = 128,
-                 seed: int = 0, max_seconds: float | None = None, clip: float = 1.0,
-                 lr_patience: int | None = 4, verbose: bool = False) -> FitResult:
+def fit_baseline(
+    model: ForecastModel,
+    train: TrialSet,
+    val: TrialSet,
+    *,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    max_epochs: int = 200,
+    patience: int = 15,
+    batch_size: int = 128,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    clip: float = 1.0,
+    lr_patience: int | None = 4,
+    verbose: bool = False,
+) -> FitResult:
     """Train an :class:`LSSM` or :class:`AELSTM` with AdamW and early stopping on validation R2 (full horizon).
 
     The model's normalizer is set from ``train``; the best model is restored in place.
@@ -185,8 +211,11 @@ def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: fl
     t0, c0 = time.perf_counter(), time.process_time()
     runway, target, stim, idx = model.inputs(train)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = None if lr_patience is None else \
-        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=int(lr_patience))
+    sched = (
+        None
+        if lr_patience is None
+        else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=int(lr_patience))
+    )
     g = torch.Generator().manual_seed(seed)
     stopper = _EarlyStopper(model, patience)
     history, it, n = [], 0, train.n_trials
@@ -195,7 +224,7 @@ def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: fl
         perm = torch.randperm(n, generator=g)
         tot = 0.0
         for i in range(0, n, batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             loss = model.loss(runway[b], target[b], stim, idx[b], g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,5 +240,12 @@ def fit_baseline(model: ForecastModel, train: TrialSet, val: TrialSet, *, lr: fl
         if stopper.update(it, score) or over_budget(c0, max_seconds):
             break
     stopper.restore()
-    return FitResult(f"adamw:{type(model).__name__}", time.perf_counter() - t0, it, stopper.best_iter,
-                     stopper.best, history, time.process_time() - c0)
+    return FitResult(
+        f"adamw:{type(model).__name__}",
+        time.perf_counter() - t0,
+        it,
+        stopper.best_iter,
+        stopper.best,
+        history,
+        time.process_time() - c0,
+    )

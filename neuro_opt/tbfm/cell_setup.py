@@ -17,10 +17,27 @@ from neuro_opt.tbfm.simulator import simulate_session
 MODELS = ("tbfm", "tbfm_adamw", "tbfm_sham", "tbfm_fsam", "lssm", "ae_lstm")
 
 #: The parameters every cell takes and their defaults (:mod:`neuro_opt.tbfm.cells` says what they mean).
-DEFAULTS = dict(n_channels=16, n_session=1200, n_test=300, n_train=600, ipi_ms=30, runway_ms=20, lead_ms=20,
-                horizon_ms=164, sim={}, n_bases=12, lam=1e-2, tbfm_method="alternating", max_seconds=60.0,
-                max_epochs=200, threads=1, val_fraction=0.1, lam_adamw=1e-4, ae_window=40,
-                ae_hidden=128)
+DEFAULTS = dict(
+    n_channels=16,
+    n_session=1200,
+    n_test=300,
+    n_train=600,
+    ipi_ms=30,
+    runway_ms=20,
+    lead_ms=20,
+    horizon_ms=164,
+    sim={},
+    n_bases=12,
+    lam=1e-2,
+    tbfm_method="alternating",
+    max_seconds=60.0,
+    max_epochs=200,
+    threads=1,
+    val_fraction=0.1,
+    lam_adamw=1e-4,
+    ae_window=40,
+    ae_hidden=128,
+)
 
 
 def resolve_params(params: dict | None, extra: dict) -> dict:
@@ -45,6 +62,7 @@ def limit_threads(n: int):
     torch.set_num_threads(int(n))
     try:
         from threadpoolctl import threadpool_limits  # installed with botorch
+
         blas = threadpool_limits(limits=int(n))
     except ImportError:  # pragma: no cover - threadpoolctl comes with botorch
         blas = contextlib.nullcontext()
@@ -61,8 +79,14 @@ def derive_seed(seed: int, *salt: int) -> int:
 
 
 def cell_session(p: dict, seed: int, return_components: bool = False):
-    s = simulate_session(n_trials=int(p["n_session"]), n_channels=int(p["n_channels"]), ipi_ms=int(p["ipi_ms"]),
-                         seed=derive_seed(seed, 1), return_components=return_components, **dict(p["sim"]))
+    s = simulate_session(
+        n_trials=int(p["n_session"]),
+        n_channels=int(p["n_channels"]),
+        ipi_ms=int(p["ipi_ms"]),
+        seed=derive_seed(seed, 1),
+        return_components=return_components,
+        **dict(p["sim"]),
+    )
     ts = from_session(s, runway_ms=int(p["runway_ms"]), lead_ms=int(p["lead_ms"]), horizon_ms=int(p["horizon_ms"]))
     return s, ts
 
@@ -70,8 +94,10 @@ def cell_session(p: dict, seed: int, return_components: bool = False):
 def cell_split(p: dict, ts):
     n_train, n_test = int(p["n_train"]), int(p["n_test"])
     if n_train + n_test > ts.n_trials:
-        raise ValueError(f"n_train ({n_train}) + n_test ({n_test}) exceeds the {ts.n_trials} stimulated trials of the "
-                         f"session; raise n_session")
+        raise ValueError(
+            f"n_train ({n_train}) + n_test ({n_test}) exceeds the {ts.n_trials} stimulated trials of the "
+            f"session; raise n_session"
+        )
     return time_ordered_split(ts, n_train, n_test=n_test, val_fraction=float(p["val_fraction"]))
 
 
@@ -89,8 +115,10 @@ def ae_variant(name: str) -> dict | None:
     m = re.fullmatch(r"ae_lstm(?:_w(\d+))?(?:_h(\d+))?", name)
     if not m or name == "ae_lstm":
         return None
-    return {"window": None if m.group(1) is None else int(m.group(1)),
-            "hidden": None if m.group(2) is None else int(m.group(2))}
+    return {
+        "window": None if m.group(1) is None else int(m.group(1)),
+        "hidden": None if m.group(2) is None else int(m.group(2)),
+    }
 
 
 def build_and_fit(name: str, train, val, p: dict, seed: int):
@@ -106,28 +134,65 @@ def build_and_fit(name: str, train, val, p: dict, seed: int):
     C, R, H = train.n_channels, int(p["runway_ms"]), int(p["horizon_ms"])
     ms = float(p["max_seconds"])
     if name in ("tbfm", "tbfm_adamw", "tbfm_sham") or rank:
-        model = (state_agnostic_tbfm(C, R, H, int(p["n_bases"])) if name == "tbfm_sham"
-                 else TBFM(C, R, H, int(p["n_bases"]), rank=rank))
+        model = (
+            state_agnostic_tbfm(C, R, H, int(p["n_bases"]))
+            if name == "tbfm_sham"
+            else TBFM(C, R, H, int(p["n_bases"]), rank=rank)
+        )
         method = "adamw" if name == "tbfm_adamw" else p["tbfm_method"]
         lam = float(p["lam"]) if method == "alternating" else float(p["lam_adamw"])
         r = fit_tbfm(model, train, val, method=method, lam=lam, max_seconds=ms, seed=derive_seed(seed, 3))
-        return model, {"train_s": r.train_s, "train_cpu_s": r.train_cpu_s, "n_iters": r.n_iters,
-                       "best_iter": r.best_iter, "val_r2": r.best_val_r2, "n_bases": model.n_bases}
+        return model, {
+            "train_s": r.train_s,
+            "train_cpu_s": r.train_cpu_s,
+            "n_iters": r.n_iters,
+            "best_iter": r.best_iter,
+            "val_r2": r.best_val_r2,
+            "n_bases": model.n_bases,
+        }
     if name == "tbfm_fsam":
-        fs = fit_fsam(train, val, max_bases=int(p.get("max_bases", p["n_bases"])), lam=float(p["lam"]),
-                      seed=derive_seed(seed, 4))
-        return fs.model, {"train_s": fs.train_s, "train_cpu_s": float("nan"), "n_iters": len(fs.curve),
-                          "best_iter": fs.chosen,
-                          "val_r2": max(c["val_r2"] for c in fs.curve), "n_bases": fs.chosen}
+        fs = fit_fsam(
+            train, val, max_bases=int(p.get("max_bases", p["n_bases"])), lam=float(p["lam"]), seed=derive_seed(seed, 4)
+        )
+        return fs.model, {
+            "train_s": fs.train_s,
+            "train_cpu_s": float("nan"),
+            "n_iters": len(fs.curve),
+            "best_iter": fs.chosen,
+            "val_r2": max(c["val_r2"] for c in fs.curve),
+            "n_bases": fs.chosen,
+        }
     if name in ("lssm", "ae_lstm") or variant:
         v = variant or {}
-        model = LSSM(C, R, H) if name == "lssm" else AELSTM(C, R, H, window=v.get("window") or int(p["ae_window"]),
-                                                            hidden=v.get("hidden") or int(p["ae_hidden"]))
+        model = (
+            LSSM(C, R, H)
+            if name == "lssm"
+            else AELSTM(
+                C, R, H, window=v.get("window") or int(p["ae_window"]), hidden=v.get("hidden") or int(p["ae_hidden"])
+            )
+        )
         # same optimizer (AdamW, lr halved on validation plateaus), budget and early stopping rule for both;
         # the AE-LSTM's noisier full-horizon validation curve gets a longer patience
-        r = fit_baseline(model, train, val, lr=2e-3, max_epochs=int(p["max_epochs"]), lr_patience=4,
-                         patience=15 if name == "lssm" else 30, max_seconds=ms, seed=derive_seed(seed, 3))
-        return model, {"train_s": r.train_s, "train_cpu_s": r.train_cpu_s, "n_iters": r.n_iters,
-                       "best_iter": r.best_iter, "val_r2": r.best_val_r2, "n_bases": 0}
-    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}, tbfm_rank<k>, ae_lstm_w<k>, "
-                     f"ae_lstm_h<k> or ae_lstm_w<k>_h<k>")
+        r = fit_baseline(
+            model,
+            train,
+            val,
+            lr=2e-3,
+            max_epochs=int(p["max_epochs"]),
+            lr_patience=4,
+            patience=15 if name == "lssm" else 30,
+            max_seconds=ms,
+            seed=derive_seed(seed, 3),
+        )
+        return model, {
+            "train_s": r.train_s,
+            "train_cpu_s": r.train_cpu_s,
+            "n_iters": r.n_iters,
+            "best_iter": r.best_iter,
+            "val_r2": r.best_val_r2,
+            "n_bases": 0,
+        }
+    raise ValueError(
+        f"unknown model {name!r}; expected one of {', '.join(MODELS)}, tbfm_rank<k>, ae_lstm_w<k>, "
+        f"ae_lstm_h<k> or ae_lstm_w<k>_h<k>"
+    )

@@ -88,8 +88,10 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
     n_bases, rank (-1 = full), train_s, train_cpu_s, n_iters, best_iter, val_r2, train_r2, test_r2, test_r2_mean,
     state_dependent_r2, r2_h{h}`` per horizon, and with ``latency`` also ``us_per_forecast``.
     """
-    p = resolve_params(params, {"models": ["tbfm"], "horizons": [10, 20, 40, 82, 164], "latency": False,
-                                "latency_calls": 300, "max_bases": 8})
+    p = resolve_params(
+        params,
+        {"models": ["tbfm"], "horizons": [10, 20, 40, 82, 164], "latency": False, "latency_calls": 300, "max_bases": 8},
+    )
     rows = []
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
@@ -97,16 +99,26 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
         for name in p["models"]:
             model, info = build_and_fit(name, train, val, p, seed)
             rep = forecast_report(model.predict(test), test.target, test.runway, horizons=p["horizons"])
-            row = {"model": name, "seed": int(seed), "n_channels": int(p["n_channels"]),
-                   "n_usable": int(ts.n_channels), "n_train": int(p["n_train"]), "n_test": int(p["n_test"]),
-                   "ipi_ms": int(p["ipi_ms"]), "n_bases": int(info["n_bases"]),
-                   "rank": int(model_rank(name) or -1), "train_s": float(info["train_s"]),
-                   "train_cpu_s": float(info["train_cpu_s"]),
-                   "n_iters": int(info["n_iters"]), "best_iter": int(info["best_iter"]),
-                   "val_r2": float(info["val_r2"]),
-                   "train_r2": r2_horizon(model.predict(train), train.target),
-                   "test_r2": rep["r2"], "test_r2_mean": rep["r2_mean"],
-                   "state_dependent_r2": rep["state_dependent_r2"]}
+            row = {
+                "model": name,
+                "seed": int(seed),
+                "n_channels": int(p["n_channels"]),
+                "n_usable": int(ts.n_channels),
+                "n_train": int(p["n_train"]),
+                "n_test": int(p["n_test"]),
+                "ipi_ms": int(p["ipi_ms"]),
+                "n_bases": int(info["n_bases"]),
+                "rank": int(model_rank(name) or -1),
+                "train_s": float(info["train_s"]),
+                "train_cpu_s": float(info["train_cpu_s"]),
+                "n_iters": int(info["n_iters"]),
+                "best_iter": int(info["best_iter"]),
+                "val_r2": float(info["val_r2"]),
+                "train_r2": r2_horizon(model.predict(train), train.target),
+                "test_r2": rep["r2"],
+                "test_r2_mean": rep["r2_mean"],
+                "state_dependent_r2": rep["state_dependent_r2"],
+            }
             row.update({k: v for k, v in rep.items() if k.startswith("r2_h")})
             if p["latency"]:
                 fn = forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), "cpu")
@@ -141,14 +153,34 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
-        r = fit_fsam(train, val, max_bases=int(p["max_bases"]), patience=int(p["patience"]),
-                     min_delta=float(p["min_delta"]), hidden=int(p["hidden"]), lam=float(p["lam"]),
-                     seed=derive_seed(seed, 4), test=test)
-    rows = [{"seed": int(seed), "n_channels": int(p["n_channels"]), "n_usable": int(ts.n_channels),
-             "n_train": int(p["n_train"]), "n_bases": int(c["n_bases"]), "val_r2": float(c["val_r2"]),
-             "train_r2": float(c["train_r2"]), "test_r2": float(c["test_r2"]), "stage_s": float(c["train_s"]),
-             "chosen": int(r.chosen), "is_chosen": bool(c["n_bases"] == r.chosen), "total_s": float(r.train_s)}
-            for c in r.curve]
+        r = fit_fsam(
+            train,
+            val,
+            max_bases=int(p["max_bases"]),
+            patience=int(p["patience"]),
+            min_delta=float(p["min_delta"]),
+            hidden=int(p["hidden"]),
+            lam=float(p["lam"]),
+            seed=derive_seed(seed, 4),
+            test=test,
+        )
+    rows = [
+        {
+            "seed": int(seed),
+            "n_channels": int(p["n_channels"]),
+            "n_usable": int(ts.n_channels),
+            "n_train": int(p["n_train"]),
+            "n_bases": int(c["n_bases"]),
+            "val_r2": float(c["val_r2"]),
+            "train_r2": float(c["train_r2"]),
+            "test_r2": float(c["test_r2"]),
+            "stage_s": float(c["train_s"]),
+            "chosen": int(r.chosen),
+            "is_chosen": bool(c["n_bases"] == r.chosen),
+            "total_s": float(r.train_s),
+        }
+        for c in r.curve
+    ]
     return pa.Table.from_pylist(rows)
 
 
@@ -175,8 +207,21 @@ def run_control(params: dict, seed: int) -> pa.Table:
         d1 = demo_target_ranges(forecast, test.target, rest, stim_ch, step, rng)
         d2 = demo_reference_tracking(forecast, test.target, stim_ch, int(p["lead_ms"]), rng, n_mix=int(p["n_mix"]))
         r2 = r2_horizon(forecast, test.target)
-    rows = [{"demo": name, "seed": int(seed), "n_channels": int(p["n_channels"]), "n_train": int(p["n_train"]),
-             "n_test": int(p["n_test"]), "auc": float(d.auc), "n_pos": d.n_pos, "n_neg": d.n_neg,
-             "test_r2": float(r2), "knob": d.knob.tolist(), "fpr": d.fpr.tolist(), "tpr": d.tpr.tolist()}
-            for name, d in (("target_ranges", d1), ("reference_tracking", d2))]
+    rows = [
+        {
+            "demo": name,
+            "seed": int(seed),
+            "n_channels": int(p["n_channels"]),
+            "n_train": int(p["n_train"]),
+            "n_test": int(p["n_test"]),
+            "auc": float(d.auc),
+            "n_pos": d.n_pos,
+            "n_neg": d.n_neg,
+            "test_r2": float(r2),
+            "knob": d.knob.tolist(),
+            "fpr": d.fpr.tolist(),
+            "tpr": d.tpr.tolist(),
+        }
+        for name, d in (("target_ranges", d1), ("reference_tracking", d2))
+    ]
     return pa.Table.from_pylist(rows)

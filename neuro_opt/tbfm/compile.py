@@ -77,8 +77,10 @@ class CompiledTBFM:
         if single:
             x = x[None]
         if x.ndim != 3 or x.shape[1:] != (self.runway, self.n_channels):
-            raise ValueError(f"runway must be R x C or N x R x C with R={self.runway}, C={self.n_channels}; "
-                             f"got shape {np.shape(runway)}")
+            raise ValueError(
+                f"runway must be R x C or N x R x C with R={self.runway}, C={self.n_channels}; "
+                f"got shape {np.shape(runway)}"
+            )
         if not np.isfinite(x).all():
             raise ValueError("runway contains NaN or inf")
         try:
@@ -180,8 +182,9 @@ class StreamingForecast:
         self.head = (self.head + 1) % self.R
 
 
-def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS,
-                 descriptors: dict | None = None) -> CompiledTBFM:
+def compile_tbfm(
+    model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS, descriptors: dict | None = None
+) -> CompiledTBFM:
     """Compile a trained TBFM for a discrete set of stimulation descriptors.
 
     Args:
@@ -223,5 +226,6 @@ def compile_tbfm(model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS,
             a = out_scale * (bias.reshape(-1) - Uw @ (Vw @ in_shift))
             U = np.ascontiguousarray((out_scale[:, None] * Uw).astype(np.float32))
             V = np.ascontiguousarray((Vw * in_scale[None, :]).astype(np.float32))
-    return CompiledTBFM(n_channels=C, runway=R, horizon=model.horizon, n_bases=B, A=A, U=U, V=V,
-                        a=a.astype(np.float32), bases=bases)
+    return CompiledTBFM(
+        n_channels=C, runway=R, horizon=model.horizon, n_bases=B, A=A, U=U, V=V, a=a.astype(np.float32), bases=bases
+    )

@@ -66,8 +66,9 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def _roc(score: np.ndarray, labels: np.ndarray, knob: np.ndarray, stimulate) -> ControlROC:
     fpr = np.array([stimulate(k)[~labels].mean() for k in knob])
     tpr = np.array([stimulate(k)[labels].mean() for k in knob])
-    return ControlROC(knob=knob, fpr=fpr, tpr=tpr, auc=roc_auc(score, labels), n_pos=int(labels.sum()),
-                      n_neg=int((~labels).sum()))
+    return ControlROC(
+        knob=knob, fpr=fpr, tpr=tpr, auc=roc_auc(score, labels), n_pos=int(labels.sum()), n_neg=int((~labels).sum())
+    )
 
 
 def _check(forecast, actual, stim_channels):
@@ -82,8 +83,9 @@ def _check(forecast, actual, stim_channels):
     return f, a, ch
 
 
-def demo_target_ranges(forecast, actual, rest, stim_channels, step: int, rng: np.random.Generator,
-                       margins=None, p_should: float = 0.5) -> ControlROC:
+def demo_target_ranges(
+    forecast, actual, rest, stim_channels, step: int, rng: np.random.Generator, margins=None, p_should: float = 0.5
+) -> ControlROC:
     """Demonstration 1: stimulate when the forecast enters a target LFP range.
 
     Args:
@@ -125,8 +127,16 @@ def demo_target_ranges(forecast, actual, rest, stim_channels, step: int, rng: np
     return _roc(score, labels, margins, lambda m: outside <= m)
 
 
-def demo_reference_tracking(forecast, actual, stim_channels, start: int, rng: np.random.Generator,
-                            n_mix: int = 3, thresholds=None, p_should: float = 0.5) -> ControlROC:
+def demo_reference_tracking(
+    forecast,
+    actual,
+    stim_channels,
+    start: int,
+    rng: np.random.Generator,
+    n_mix: int = 3,
+    thresholds=None,
+    p_should: float = 0.5,
+) -> ControlROC:
     """Demonstration 2: stimulate when the forecast is close to a reference trajectory.
 
     Each trial's reference (steps ``start`` to the end, on the two stimulated

@@ -77,8 +77,10 @@ class TrialSet:
         if self.channels.shape != (self.x.shape[2],):
             raise ValueError(f"channels must have one index per channel ({self.x.shape[2]}), got {self.channels.shape}")
         if not 1 <= self.runway_len < self.x.shape[1]:
-            raise ValueError(f"runway_len must be in 1..{self.x.shape[1] - 1} (trial length "
-                             f"{self.x.shape[1]}), got {self.runway_len}")
+            raise ValueError(
+                f"runway_len must be in 1..{self.x.shape[1] - 1} (trial length "
+                f"{self.x.shape[1]}), got {self.runway_len}"
+            )
 
     @property
     def n_trials(self) -> int:
@@ -100,7 +102,7 @@ class TrialSet:
     @property
     def target(self) -> np.ndarray:
         """``trials x horizon x channels`` view."""
-        return self.x[:, self.runway_len:]
+        return self.x[:, self.runway_len :]
 
     @property
     def descriptor_key(self) -> np.ndarray:
@@ -115,8 +117,13 @@ class TrialSet:
 
     def subset(self, idx) -> "TrialSet":
         """Trials ``idx`` (an index array, mask or slice), in their order."""
-        return replace(self, x=self.x[idx], ipi_ms=self.ipi_ms[idx], stimulated=self.stimulated[idx],
-                       trial_index=self.trial_index[idx])
+        return replace(
+            self,
+            x=self.x[idx],
+            ipi_ms=self.ipi_ms[idx],
+            stimulated=self.stimulated[idx],
+            trial_index=self.trial_index[idx],
+        )
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:
@@ -125,8 +132,18 @@ def _check_finite(x: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} contains NaN or inf (first at index {bad}); clean or drop those samples/channels")
 
 
-def window_trials(lfp: np.ndarray, onsets, ipi_ms, *, runway_ms: int = RUNWAY_MS, lead_ms: int = LEAD_MS,
-                  horizon_ms: int = HORIZON_MS, fs: int = 1000, channels=None, stimulated=None) -> TrialSet:
+def window_trials(
+    lfp: np.ndarray,
+    onsets,
+    ipi_ms,
+    *,
+    runway_ms: int = RUNWAY_MS,
+    lead_ms: int = LEAD_MS,
+    horizon_ms: int = HORIZON_MS,
+    fs: int = 1000,
+    channels=None,
+    stimulated=None,
+) -> TrialSet:
     """Cut a continuous recording into trials around each first pulse.
 
     Trial ``n`` spans samples ``[onset - lead - runway, onset - lead + horizon)``.
@@ -146,8 +163,9 @@ def window_trials(lfp: np.ndarray, onsets, ipi_ms, *, runway_ms: int = RUNWAY_MS
     if fs != 1000:
         raise ValueError(f"fs must be 1000 Hz (1 ms per sample), got {fs}; resample first")
     if runway_ms < 1 or horizon_ms < 1 or lead_ms < 0:
-        raise ValueError(f"need runway_ms >= 1, horizon_ms >= 1, lead_ms >= 0; "
-                         f"got {runway_ms}, {horizon_ms}, {lead_ms}")
+        raise ValueError(
+            f"need runway_ms >= 1, horizon_ms >= 1, lead_ms >= 0; got {runway_ms}, {horizon_ms}, {lead_ms}"
+        )
     onsets = np.asarray(onsets, dtype=np.int64).reshape(-1)
     n = onsets.size
     ipi = np.full(n, int(ipi_ms), dtype=np.int64) if np.isscalar(ipi_ms) else np.asarray(ipi_ms, dtype=np.int64)
@@ -163,24 +181,43 @@ def window_trials(lfp: np.ndarray, onsets, ipi_ms, *, runway_ms: int = RUNWAY_MS
     stop = onsets - lead_ms + horizon_ms
     if n and (start.min() < 0 or stop.max() > lfp.shape[0]):
         bad = int(np.nonzero((start < 0) | (stop > lfp.shape[0]))[0][0])
-        raise ValueError(f"trial {bad} (onset {onsets[bad]}) needs samples [{start[bad]}, {stop[bad]}) "
-                         f"outside the recording (0..{lfp.shape[0]})")
+        raise ValueError(
+            f"trial {bad} (onset {onsets[bad]}) needs samples [{start[bad]}, {stop[bad]}) "
+            f"outside the recording (0..{lfp.shape[0]})"
+        )
     T = runway_ms + horizon_ms
     x = np.empty((n, T, chans.size), dtype=np.float32)
     steps = np.arange(T)[None, :]
     for i in range(0, n, 512):  # in chunks: never materialize all channels of all windows at once
-        x[i:i + 512] = lfp[start[i:i + 512, None] + steps][:, :, chans]
+        x[i : i + 512] = lfp[start[i : i + 512, None] + steps][:, :, chans]
     _check_finite(x, "the windowed LFP")
-    return TrialSet(x=x, runway_len=runway_ms, lead=lead_ms, ipi_ms=ipi, stimulated=stim,
-                    trial_index=np.arange(n), channels=chans)
+    return TrialSet(
+        x=x, runway_len=runway_ms, lead=lead_ms, ipi_ms=ipi, stimulated=stim, trial_index=np.arange(n), channels=chans
+    )
 
 
-def from_session(session, *, runway_ms: int = RUNWAY_MS, lead_ms: int = LEAD_MS, horizon_ms: int = HORIZON_MS,
-                 usable_only: bool = True, stimulated_only: bool = True) -> TrialSet:
+def from_session(
+    session,
+    *,
+    runway_ms: int = RUNWAY_MS,
+    lead_ms: int = LEAD_MS,
+    horizon_ms: int = HORIZON_MS,
+    usable_only: bool = True,
+    stimulated_only: bool = True,
+) -> TrialSet:
     """Window a simulated :class:`~neuro_opt.tbfm.simulator.LFPSession` (usable channels, stimulated trials)."""
     chans = np.nonzero(session.usable)[0] if usable_only else np.arange(session.n_channels)
-    ts = window_trials(session.lfp, session.onsets, session.ipi_ms, runway_ms=runway_ms, lead_ms=lead_ms,
-                       horizon_ms=horizon_ms, fs=session.fs, channels=chans, stimulated=session.stimulated)
+    ts = window_trials(
+        session.lfp,
+        session.onsets,
+        session.ipi_ms,
+        runway_ms=runway_ms,
+        lead_ms=lead_ms,
+        horizon_ms=horizon_ms,
+        fs=session.fs,
+        channels=chans,
+        stimulated=session.stimulated,
+    )
     if stimulated_only:
         ts = ts.subset(np.nonzero(ts.stimulated)[0])
     return ts
@@ -197,12 +234,13 @@ def crop(ts: TrialSet, runway: int | None = None, horizon: int | None = None) ->
         raise ValueError(f"runway {r} is longer than the trials' runway ({ts.runway_len}) or < 1")
     if not 1 <= h <= ts.horizon:
         raise ValueError(f"horizon {h} is longer than the trials' horizon ({ts.horizon}) or < 1")
-    x = ts.x[:, ts.runway_len - r: ts.runway_len + h]
+    x = ts.x[:, ts.runway_len - r : ts.runway_len + h]
     return replace(ts, x=np.ascontiguousarray(x), runway_len=r)
 
 
-def time_ordered_split(ts: TrialSet, n_train: int, *, n_test: int | None = None,
-                       val_fraction: float = 0.1) -> tuple[TrialSet, TrialSet, TrialSet]:
+def time_ordered_split(
+    ts: TrialSet, n_train: int, *, n_test: int | None = None, val_fraction: float = 0.1
+) -> tuple[TrialSet, TrialSet, TrialSet]:
     """Split by position in the session: early trials train, late trials test.
 
     The first ``n_train`` trials are split into training (the first
@@ -218,14 +256,18 @@ def time_ordered_split(ts: TrialSet, n_train: int, *, n_test: int | None = None,
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_test = n - n_train if n_test is None else int(n_test)
     if n_train < 2 or n_test < 1 or n_train + n_test > n:
-        raise ValueError(f"need n_train >= 2, n_test >= 1 and n_train + n_test <= {n} trials; "
-                         f"got n_train={n_train}, n_test={n_test}")
+        raise ValueError(
+            f"need n_train >= 2, n_test >= 1 and n_train + n_test <= {n} trials; got n_train={n_train}, n_test={n_test}"
+        )
     n_val = max(1, int(round(val_fraction * n_train)))
     if n_val >= n_train:
         raise ValueError(f"val_fraction={val_fraction} leaves no training trials out of {n_train}")
     order = np.argsort(ts.trial_index, kind="stable")
-    return (ts.subset(order[: n_train - n_val]), ts.subset(order[n_train - n_val: n_train]),
-            ts.subset(order[n - n_test:]))
+    return (
+        ts.subset(order[: n_train - n_val]),
+        ts.subset(order[n_train - n_val : n_train]),
+        ts.subset(order[n - n_test :]),
+    )
 
 
 def zscore_stats(ts: TrialSet) -> tuple[np.ndarray, np.ndarray]:
@@ -235,14 +277,15 @@ def zscore_stats(ts: TrialSet) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("no trials to compute z-scoring statistics from")
     s1 = np.zeros(ts.n_channels)
     for i in range(0, ts.n_trials, 1024):
-        s1 += ts.x[i:i + 1024].sum(axis=(0, 1), dtype=np.float64)
+        s1 += ts.x[i : i + 1024].sum(axis=(0, 1), dtype=np.float64)
     mean = s1 / n
     s2 = np.zeros(ts.n_channels)
     for i in range(0, ts.n_trials, 1024):
-        s2 += ((ts.x[i:i + 1024].astype(np.float64) - mean) ** 2).sum(axis=(0, 1))
+        s2 += ((ts.x[i : i + 1024].astype(np.float64) - mean) ** 2).sum(axis=(0, 1))
     std = np.sqrt(s2 / n)
     flat = np.nonzero(std < 1e-8)[0]
     if flat.size:
-        raise ValueError(f"channel(s) {ts.channels[flat].tolist()} are flat (std ~ 0): drop unusable channels "
-                         f"before fitting")
+        raise ValueError(
+            f"channel(s) {ts.channels[flat].tolist()} are flat (std ~ 0): drop unusable channels before fitting"
+        )
     return mean.astype(np.float32), std.astype(np.float32)

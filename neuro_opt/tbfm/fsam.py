@@ -53,11 +53,28 @@ class AdditiveBasisGenerator(nn.Module):
 class AdditiveTBFM(TBFM):
     """A TBFM whose bases come from an :class:`AdditiveBasisGenerator`; starts with zero bases."""
 
-    def __init__(self, n_channels: int, runway: int = 20, horizon: int = 164, *, hidden: int = 8, depth: int = 2,
-                 state_agnostic: bool = False, stim_dim: int = STIM_DIM):
+    def __init__(
+        self,
+        n_channels: int,
+        runway: int = 20,
+        horizon: int = 164,
+        *,
+        hidden: int = 8,
+        depth: int = 2,
+        state_agnostic: bool = False,
+        stim_dim: int = STIM_DIM,
+    ):
         self._sub_hidden, self._sub_depth = hidden, depth
-        super().__init__(n_channels, runway, horizon, n_bases=1, hidden=hidden, depth=depth,
-                         state_agnostic=state_agnostic, stim_dim=stim_dim)
+        super().__init__(
+            n_channels,
+            runway,
+            horizon,
+            n_bases=1,
+            hidden=hidden,
+            depth=depth,
+            state_agnostic=state_agnostic,
+            stim_dim=stim_dim,
+        )
         self.n_bases = 0
         self.estimator = WeightEstimator(n_channels, runway, 0).float()
 
@@ -94,11 +111,25 @@ class FSAMResult:
     train_s: float = 0.0
 
 
-def fit_fsam(train: TrialSet, val: TrialSet, *, max_bases: int = 15, patience: int = 2, min_delta: float = 1e-3,
-             hidden: int = 8, depth: int = 2, method: str = "alternating", lam: float = 1e-2,
-             max_iters: int | None = None,
-             stage_patience: int | None = None, seed: int = 0, keep_all: bool = False, runway: int | None = None,
-             horizon: int | None = None, test: TrialSet | None = None) -> FSAMResult:
+def fit_fsam(
+    train: TrialSet,
+    val: TrialSet,
+    *,
+    max_bases: int = 15,
+    patience: int = 2,
+    min_delta: float = 1e-3,
+    hidden: int = 8,
+    depth: int = 2,
+    method: str = "alternating",
+    lam: float = 1e-2,
+    max_iters: int | None = None,
+    stage_patience: int | None = None,
+    seed: int = 0,
+    keep_all: bool = False,
+    runway: int | None = None,
+    horizon: int | None = None,
+    test: TrialSet | None = None,
+) -> FSAMResult:
     """Grow a TBFM one basis at a time.
 
     Args:
@@ -126,8 +157,18 @@ def fit_fsam(train: TrialSet, val: TrialSet, *, max_bases: int = 15, patience: i
     for k in range(1, max_bases + 1):
         ts = time.perf_counter()
         net = model.add_basis()
-        fit_tbfm(model, train, val, method=method, lam=lam, max_iters=max_iters, patience=stage_patience,
-                 seed=seed + k, trainable=list(net.parameters()), set_normalizer=False)
+        fit_tbfm(
+            model,
+            train,
+            val,
+            method=method,
+            lam=lam,
+            max_iters=max_iters,
+            patience=stage_patience,
+            seed=seed + k,
+            trainable=list(net.parameters()),
+            set_normalizer=False,
+        )
         val_r2 = r2_horizon(model.predict(val), val.target[:, :H])
         train_r2 = r2_horizon(model.predict(train), train.target[:, :H])
         stage = {"n_bases": k, "val_r2": val_r2, "train_r2": train_r2, "train_s": time.perf_counter() - ts}

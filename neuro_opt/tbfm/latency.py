@@ -45,8 +45,13 @@ def time_forecasts(fn, runways: list, n_calls: int = 1000, warmup: int = 100) ->
 def _us_stats(t: np.ndarray) -> dict:
     """The latency columns of timings ``t`` in microseconds: median, p10, p90, IQR and mean."""
     q10, q25, q50, q75, q90 = np.percentile(t, [10, 25, 50, 75, 90])
-    return {"us_per_forecast": float(q50), "us_p10": float(q10), "us_p90": float(q90), "us_iqr": float(q75 - q25),
-            "us_mean": float(t.mean())}
+    return {
+        "us_per_forecast": float(q50),
+        "us_p10": float(q10),
+        "us_p90": float(q90),
+        "us_iqr": float(q75 - q25),
+        "us_mean": float(t.mean()),
+    }
 
 
 def time_streaming(stream, runways: list, n_calls: int = 1000, warmup: int = 100) -> dict:
@@ -75,8 +80,11 @@ def time_streaming(stream, runways: list, n_calls: int = 1000, warmup: int = 100
         if i >= warmup:
             t[i - warmup] = (t1 - t0, t2 - t1)
     t *= 1e6
-    return {**_us_stats(t[:, 0]), "us_advance": float(np.median(t[:, 1])),
-            "us_advance_p90": float(np.percentile(t[:, 1], 90))}
+    return {
+        **_us_stats(t[:, 0]),
+        "us_advance": float(np.median(t[:, 1])),
+        "us_advance_p90": float(np.percentile(t[:, 1], 90)),
+    }
 
 
 def time_map_floor(compiled, n_calls: int = 1000, warmup: int = 100) -> dict:
@@ -95,15 +103,21 @@ def time_map_floor(compiled, n_calls: int = 1000, warmup: int = 100) -> dict:
     ts = [torch.from_numpy(m) for m in mats]
     x = np.ones(compiled.runway * compiled.n_channels, np.float32)
     if compiled.A is not None:
+
         def matvec(_):
             return compiled.A @ x
     else:
+
         def matvec(_):
             return compiled.U @ (compiled.V @ x)
+
     read = time_forecasts(lambda _: [t.sum() for t in ts], [None], n_calls, warmup)
     mv = time_forecasts(matvec, [None], n_calls, warmup)
-    return {"us_read_floor": read["us_per_forecast"], "us_bare_matvec": mv["us_per_forecast"],
-            "map_mb": float(sum(m.nbytes for m in mats) / 1e6)}
+    return {
+        "us_read_floor": read["us_per_forecast"],
+        "us_bare_matvec": mv["us_per_forecast"],
+        "map_mb": float(sum(m.nbytes for m in mats) / 1e6),
+    }
 
 
 def forecast_fn(model, compiled, ipi: int, lead: int, device: str):
@@ -117,6 +131,7 @@ def forecast_fn(model, compiled, ipi: int, lead: int, device: str):
     def fn(x):
         with torch.inference_mode():
             return model(torch.from_numpy(x).to(device).unsqueeze(0), stim, idx)[0].cpu().numpy()
+
     return fn
 
 
@@ -153,21 +168,46 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     (uncompiled median / this row's median for the same model, device and horizon; 1 for
     uncompiled rows) and ``meets_speedup`` (1.0 when ``speedup >= 1.5``).
     """
-    p = resolve_params(params, {"models": ["tbfm"], "compiled": [False, True], "streaming": True, "horizons": [40, 164],
-                                "device": "cpu", "rank": None, "n_calls": 1000, "warmup": 100})
-    for k, v in {"n_channels": 94, "n_session": 500, "n_train": 300, "n_test": 100,
-                 "sim": {"bad_fraction": 0.0}}.items():  # every simulated channel usable: C = n_channels
+    p = resolve_params(
+        params,
+        {
+            "models": ["tbfm"],
+            "compiled": [False, True],
+            "streaming": True,
+            "horizons": [40, 164],
+            "device": "cpu",
+            "rank": None,
+            "n_calls": 1000,
+            "warmup": 100,
+        },
+    )
+    for k, v in {
+        "n_channels": 94,
+        "n_session": 500,
+        "n_train": 300,
+        "n_test": 100,
+        "sim": {"bad_fraction": 0.0},
+    }.items():  # every simulated channel usable: C = n_channels
         if k not in (params or {}):
             p[k] = v
-    devices = ["cpu"] if p["device"] == "cpu" else ["cuda"] if p["device"] == "cuda" else \
-        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = (
+        ["cpu"]
+        if p["device"] == "cpu"
+        else ["cuda"]
+        if p["device"] == "cuda"
+        else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    )
     if "cuda" in devices and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but torch sees no GPU")
     rows = []
     with limit_threads(p["threads"]):
         for horizon in p["horizons"]:
-            ph = {**p, "horizon_ms": int(horizon), "max_seconds": min(float(p["max_seconds"]), 20.0),
-                  "max_epochs": min(int(p["max_epochs"]), 3)}
+            ph = {
+                **p,
+                "horizon_ms": int(horizon),
+                "max_seconds": min(float(p["max_seconds"]), 20.0),
+                "max_epochs": min(int(p["max_epochs"]), 3),
+            }
             s, ts = cell_session(ph, seed)
             train, val, test = cell_split(ph, ts)
             runways = [np.ascontiguousarray(test.runway[i]) for i in range(test.n_trials)]
@@ -176,8 +216,14 @@ def run_latency(params: dict, seed: int) -> pa.Table:
                     continue  # baselines have no weight-map rank: timed in the full-rank cell
                 if name in ("tbfm", "tbfm_adamw", "tbfm_sham") and p["rank"] is not None:
                     torch.manual_seed(derive_seed(seed, 2))
-                    model = TBFM(ts.n_channels, ph["runway_ms"], int(horizon), int(p["n_bases"]), rank=int(p["rank"]),
-                                 state_agnostic=name == "tbfm_sham")
+                    model = TBFM(
+                        ts.n_channels,
+                        ph["runway_ms"],
+                        int(horizon),
+                        int(p["n_bases"]),
+                        rank=int(p["rank"]),
+                        state_agnostic=name == "tbfm_sham",
+                    )
                     fit_tbfm(model, train, val, lam=float(p["lam"]), max_iters=5)
                 else:
                     model, _ = build_and_fit(name, train, val, {**ph, "tbfm_method": "alternating"}, seed)
@@ -190,22 +236,48 @@ def run_latency(params: dict, seed: int) -> pa.Table:
                             continue  # the compiled model is numpy: CPU only
                         comp = compile_tbfm(model, [int(p["ipi_ms"])], lead=int(p["lead_ms"])) if compiled else None
                         fn = forecast_fn(model, comp, int(p["ipi_ms"]), int(p["lead_ms"]), device)
-                        timings = [(False, {**time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])),
-                                            **(time_map_floor(comp, int(p["n_calls"]), int(p["warmup"]))
-                                               if compiled else {})})]
+                        timings = [
+                            (
+                                False,
+                                {
+                                    **time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])),
+                                    **(time_map_floor(comp, int(p["n_calls"]), int(p["warmup"])) if compiled else {}),
+                                },
+                            )
+                        ]
                         if comp is not None and p["streaming"]:
-                            timings.append((True, time_streaming(comp.stream(int(p["ipi_ms"])), runways,
-                                                                 int(p["n_calls"]), int(p["warmup"]))))
+                            timings.append(
+                                (
+                                    True,
+                                    time_streaming(
+                                        comp.stream(int(p["ipi_ms"])), runways, int(p["n_calls"]), int(p["warmup"])
+                                    ),
+                                )
+                            )
                         model.to("cpu")
                         for streaming, t in timings:
-                            rows.append({"model": name, "compiled": bool(compiled), "streaming": streaming,
-                                         "device": device, "n_channels": int(p["n_channels"]),
-                                         "n_usable": int(ts.n_channels), "horizon_ms": int(horizon),
-                                         "runway_ms": int(p["runway_ms"]), "n_bases": int(getattr(model, "n_bases", 0)),
-                                         "rank": -1 if p["rank"] is None else int(p["rank"]),
-                                         "threads": int(p["threads"]), "us_advance": None, "us_advance_p90": None,
-                                         "us_read_floor": None, "us_bare_matvec": None, "map_mb": None,
-                                         **t, "n_calls": int(p["n_calls"])})
+                            rows.append(
+                                {
+                                    "model": name,
+                                    "compiled": bool(compiled),
+                                    "streaming": streaming,
+                                    "device": device,
+                                    "n_channels": int(p["n_channels"]),
+                                    "n_usable": int(ts.n_channels),
+                                    "horizon_ms": int(horizon),
+                                    "runway_ms": int(p["runway_ms"]),
+                                    "n_bases": int(getattr(model, "n_bases", 0)),
+                                    "rank": -1 if p["rank"] is None else int(p["rank"]),
+                                    "threads": int(p["threads"]),
+                                    "us_advance": None,
+                                    "us_advance_p90": None,
+                                    "us_read_floor": None,
+                                    "us_bare_matvec": None,
+                                    "map_mb": None,
+                                    **t,
+                                    "n_calls": int(p["n_calls"]),
+                                }
+                            )
     base = {(r["model"], r["device"], r["horizon_ms"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
     for r in rows:
         ref = base.get((r["model"], "cpu" if r["compiled"] else r["device"], r["horizon_ms"]))

@@ -57,8 +57,10 @@ def _r2_pooled(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     sst = ((t - t.mean(axis=(0, 1), keepdims=True)) ** 2).sum(axis=(0, 1))
     bad = np.nonzero(sst <= 1e-12 * max(float(sst.max()), 1e-300))[0]
     if bad.size:
-        raise ValueError(f"target is constant on channel(s) {bad.tolist()}: R2 is undefined there "
-                         f"(drop unusable channels before scoring)")
+        raise ValueError(
+            f"target is constant on channel(s) {bad.tolist()}: R2 is undefined there "
+            f"(drop unusable channels before scoring)"
+        )
     return 1.0 - sse / sst
 
 
@@ -125,8 +127,11 @@ def forecast_report(pred, target, runway, horizons: Iterable[int] = DEFAULT_HORI
         runway: ``trials x runway x channels`` (its last sample is the initial state).
     """
     r = _as_np(runway, "runway")
-    out = {"r2": r2_horizon(pred, target), "r2_mean": r2_mean_response(pred, target),
-           "state_dependent_r2": state_dependent_r2(pred, target, r[:, -1, :], n_bins=n_bins)}
+    out = {
+        "r2": r2_horizon(pred, target),
+        "r2_mean": r2_mean_response(pred, target),
+        "state_dependent_r2": state_dependent_r2(pred, target, r[:, -1, :], n_bins=n_bins),
+    }
     for h, v in r2_by_horizon(pred, target, horizons).items():
         out[f"r2_h{h}"] = v
     return out

@@ -118,7 +118,7 @@ class WeightEstimator(nn.Module):
     def penalty(self) -> torch.Tensor:
         """Squared Frobenius norm of the weight map (the bias is not penalized)."""
         if self.rank is None:
-            return (self.weight ** 2).sum()
+            return (self.weight**2).sum()
         return torch.trace((self.U.T @ self.U) @ (self.V @ self.V.T))
 
 
@@ -136,9 +136,19 @@ class TBFM(ForecastModel):
         state_agnostic: sham runway (the weights ignore the trial's state).
     """
 
-    def __init__(self, n_channels: int, runway: int = 20, horizon: int = 164, n_bases: int = 12, *,
-                 hidden: int = 16, depth: int = 2, rank: int | None = None, state_agnostic: bool = False,
-                 stim_dim: int = STIM_DIM):
+    def __init__(
+        self,
+        n_channels: int,
+        runway: int = 20,
+        horizon: int = 164,
+        n_bases: int = 12,
+        *,
+        hidden: int = 16,
+        depth: int = 2,
+        rank: int | None = None,
+        state_agnostic: bool = False,
+        stim_dim: int = STIM_DIM,
+    ):
         super().__init__(n_channels, runway, horizon, stim_dim)
         self.n_bases = n_bases
         self.state_agnostic = bool(state_agnostic)
@@ -231,11 +241,25 @@ class _EarlyStopper:
             self.model.load_state_dict(self.state)
 
 
-def fit_tbfm(model: TBFM, train: TrialSet, val: TrialSet, *, method: str = "alternating", lam: float = 1e-2,
-             lr: float | None = None, weight_decay: float = 1e-4, max_iters: int | None = None,
-             patience: int | None = None, batch_size: int = 256, inner_steps: int = 50, seed: int = 0,
-             max_seconds: float | None = None, trainable: list | None = None, set_normalizer: bool = True,
-             verbose: bool = False) -> FitResult:
+def fit_tbfm(
+    model: TBFM,
+    train: TrialSet,
+    val: TrialSet,
+    *,
+    method: str = "alternating",
+    lam: float = 1e-2,
+    lr: float | None = None,
+    weight_decay: float = 1e-4,
+    max_iters: int | None = None,
+    patience: int | None = None,
+    batch_size: int = 256,
+    inner_steps: int = 50,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    trainable: list | None = None,
+    set_normalizer: bool = True,
+    verbose: bool = False,
+) -> FitResult:
     """Train a TBFM with early stopping on validation R2; the best model is restored in place.
 
     Args:
@@ -260,25 +284,52 @@ def fit_tbfm(model: TBFM, train: TrialSet, val: TrialSet, *, method: str = "alte
     if set_normalizer:
         model.set_normalizer(*zscore_stats(train))
     if method == "alternating":
-        return _fit_alternating(model, train, val, lam=lam, lr=1e-2 if lr is None else lr, weight_decay=weight_decay,
-                                max_iters=60 if max_iters is None else max_iters,
-                                patience=8 if patience is None else patience, inner_steps=inner_steps,
-                                max_seconds=max_seconds, trainable=trainable, verbose=verbose)
+        return _fit_alternating(
+            model,
+            train,
+            val,
+            lam=lam,
+            lr=1e-2 if lr is None else lr,
+            weight_decay=weight_decay,
+            max_iters=60 if max_iters is None else max_iters,
+            patience=8 if patience is None else patience,
+            inner_steps=inner_steps,
+            max_seconds=max_seconds,
+            trainable=trainable,
+            verbose=verbose,
+        )
     if method == "adamw":
-        return _fit_adamw(model, train, val, lam=lam, lr=2e-3 if lr is None else lr, weight_decay=weight_decay,
-                          max_iters=300 if max_iters is None else max_iters,
-                          patience=20 if patience is None else patience, batch_size=batch_size, seed=seed,
-                          max_seconds=max_seconds, trainable=trainable, verbose=verbose)
+        return _fit_adamw(
+            model,
+            train,
+            val,
+            lam=lam,
+            lr=2e-3 if lr is None else lr,
+            weight_decay=weight_decay,
+            max_iters=300 if max_iters is None else max_iters,
+            patience=20 if patience is None else patience,
+            batch_size=batch_size,
+            seed=seed,
+            max_seconds=max_seconds,
+            trainable=trainable,
+            verbose=verbose,
+        )
     raise ValueError(f"unknown method {method!r}; expected 'alternating' or 'adamw'")
 
 
-def _fit_adamw(model, train, val, *, lam, lr, weight_decay, max_iters, patience, batch_size, seed, max_seconds,
-               trainable, verbose) -> FitResult:
+def _fit_adamw(
+    model, train, val, *, lam, lr, weight_decay, max_iters, patience, batch_size, seed, max_seconds, trainable, verbose
+) -> FitResult:
     t0, c0 = time.perf_counter(), time.process_time()
     runway, target, stim, idx = model.inputs(train)
     gen_params = list(model.generator.parameters()) if trainable is None else list(trainable)
-    opt = torch.optim.AdamW([{"params": gen_params, "weight_decay": weight_decay},
-                             {"params": list(model.estimator.parameters()), "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": gen_params, "weight_decay": weight_decay},
+            {"params": list(model.estimator.parameters()), "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
     g = torch.Generator().manual_seed(seed)
     stopper = _EarlyStopper(model, patience)
     history = []
@@ -289,7 +340,7 @@ def _fit_adamw(model, train, val, *, lam, lr, weight_decay, max_iters, patience,
         perm = torch.randperm(n, generator=g)
         tot = 0.0
         for i in range(0, n, batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             pred = model(runway[b], stim, idx[b])
             mse = (((pred - target[b]) / model.std) ** 2).mean()
             loss = mse + lam * model.penalty()
@@ -304,17 +355,21 @@ def _fit_adamw(model, train, val, *, lam, lr, weight_decay, max_iters, patience,
         if stopper.update(it, score) or over_budget(c0, max_seconds):
             break
     stopper.restore()
-    return FitResult("adamw", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history,
-                     time.process_time() - c0)
+    return FitResult(
+        "adamw", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history, time.process_time() - c0
+    )
 
 
-def _fit_alternating(model, train, val, *, lam, lr, weight_decay, max_iters, patience, inner_steps, max_seconds,
-                     trainable, verbose) -> FitResult:
+def _fit_alternating(
+    model, train, val, *, lam, lr, weight_decay, max_iters, patience, inner_steps, max_seconds, trainable, verbose
+) -> FitResult:
     t0, c0 = time.perf_counter(), time.process_time()
     runway, target, stim, idx = model.inputs(train)
     if stim.shape[0] != 1:
-        raise ValueError(f"method='alternating' needs one stimulation descriptor in the training set, found "
-                         f"{stim.shape[0]} (mixed inter-pulse intervals); use method='adamw'")
+        raise ValueError(
+            f"method='alternating' needs one stimulation descriptor in the training set, found "
+            f"{stim.shape[0]} (mixed inter-pulse intervals); use method='adamw'"
+        )
     N, H, C = target.shape
     B = model.n_bases
     est = model.estimator
@@ -374,8 +429,9 @@ def _fit_alternating(model, train, val, *, lam, lr, weight_decay, max_iters, pat
         if stopper.update(it, score) or over_budget(c0, max_seconds):
             break
     stopper.restore()  # the exact state that was scored (weights solved, then the bases' inner steps)
-    return FitResult("alternating", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history,
-                     time.process_time() - c0)
+    return FitResult(
+        "alternating", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history, time.process_time() - c0
+    )
 
 
 def _reduced_rank(W: torch.Tensor, g: torch.Tensor, Q: torch.Tensor, k: int) -> torch.Tensor:

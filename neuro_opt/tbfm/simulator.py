@@ -239,7 +239,7 @@ def simulate_session(
     d2 = ((xy[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
     load = np.exp(-0.5 * d2 / widths**2) * rng.uniform(0.6, 1.2, size=n_sources)
     load[:, 0] = 0.5  # source 0 is common to all channels (a volume-conducted component)
-    background = (src.T @ load.T)  # T x C
+    background = src.T @ load.T  # T x C
     background += private_noise * _ar1(rng, C, T, 10.0).T
     background /= background.std(axis=0, keepdims=True)
     background += white_noise * rng.standard_normal((T, C))
@@ -284,10 +284,10 @@ def simulate_session(
             lag = support[:, None] - 2.0 - delays[None, :, p]  # 180 x C
             tau1 = 7.0 * (1.0 + state_shape * s)
             rebound = 0.45 * (1.0 - state_shape * s)
-            evoked[t:t + support.size] += g * spatial[None, :, p] * _kernel(lag, tau1, 35.0, rebound)
+            evoked[t : t + support.size] += g * spatial[None, :, p] * _kernel(lag, tau1, 35.0, rebound)
             if p == 0:  # A-to-B pathway: a delayed, smaller response around site B
                 lag_b = support[:, None] - 8.0 - delays[None, :, 1]
-                evoked[t:t + support.size] += (g * pathway[n]) * spatial[None, :, 1] * _kernel(lag_b, 9.0, 40.0, 0.3)
+                evoked[t : t + support.size] += (g * pathway[n]) * spatial[None, :, 1] * _kernel(lag_b, 9.0, 40.0, 0.3)
 
     lfp = background + evoked
 
@@ -303,15 +303,36 @@ def simulate_session(
             else:  # flat: broken contact, a constant offset with a trace of noise
                 lfp[:, c] = rng.uniform(-2, 2) + 0.01 * rng.standard_normal(T)
 
-    meta = dict(n_trials=n_trials, n_channels=n_channels, ipi_ms=ipis, seed=seed, period_ms=period_ms,
-                jitter_ms=jitter_ms, p_stim=p_stim, amplitude=amplitude, state_gain=state_gain,
-                state_shape=state_shape, drift=drift, bad_fraction=bad_fraction, units="a.u. (background std ~ 1)")
+    meta = dict(
+        n_trials=n_trials,
+        n_channels=n_channels,
+        ipi_ms=ipis,
+        seed=seed,
+        period_ms=period_ms,
+        jitter_ms=jitter_ms,
+        p_stim=p_stim,
+        amplitude=amplitude,
+        state_gain=state_gain,
+        state_shape=state_shape,
+        drift=drift,
+        bad_fraction=bad_fraction,
+        units="a.u. (background std ~ 1)",
+    )
     return LFPSession(
-        lfp=lfp.astype(np.float32), fs=FS_HZ, onsets=onsets.astype(np.int64), ipi_ms=trial_ipi,
-        stimulated=stimulated, stim_sites=sites, ch2xy=xy, usable=usable,
-        state=np.stack([s1, s2], 1), gain=np.stack([g1, g2], 1), plasticity=plast,
+        lfp=lfp.astype(np.float32),
+        fs=FS_HZ,
+        onsets=onsets.astype(np.int64),
+        ipi_ms=trial_ipi,
+        stimulated=stimulated,
+        stim_sites=sites,
+        ch2xy=xy,
+        usable=usable,
+        state=np.stack([s1, s2], 1),
+        gain=np.stack([g1, g2], 1),
+        plasticity=plast,
         background=background.astype(np.float32) if return_components else None,
-        evoked=evoked.astype(np.float32) if return_components else None, meta=meta,
+        evoked=evoked.astype(np.float32) if return_components else None,
+        meta=meta,
     )
 
 

@@ -47,6 +47,7 @@ class Context:
         if option is None:
             return self.dataset()
         from sweeps.grid import load_group_option
+
         return self.kind.dataset(as_dict(load_group_option("dataset", option), f"grid.dataset={option}"))
 
     def group(self, **params) -> dict | None:
@@ -67,8 +68,7 @@ def finding(text: str, published: str, holds, brief: str | None = None, **number
     """One entry of ``findings``; ``holds`` None when the data cannot decide (say why in numbers).
     ``brief``: the numbers behind it in a few words, for the summary's headline."""
     clean = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in numbers.items()}
-    out = {"finding": text, "published": published, "holds": None if holds is None else bool(holds),
-           "numbers": clean}
+    out = {"finding": text, "published": published, "holds": None if holds is None else bool(holds), "numbers": clean}
     if brief:
         out["brief"] = brief
     return out

@@ -13,8 +13,9 @@ from neuro_opt import metrics
 from sweeps.tables import run_curves, select  # noqa: F401 - re-exported for the analyses
 
 
-def per_problem(table: pa.Table, column: str = "exploration", query: int | None = None,
-                reduce: str = "final") -> dict[str, float]:
+def per_problem(
+    table: pa.Table, column: str = "exploration", query: int | None = None, reduce: str = "final"
+) -> dict[str, float]:
     """Mean over replicates, per problem (``muscle``), of a trace column at ``query``
     (None: the last) or, with ``reduce="auc"``, averaged over all queries."""
     out = {}
@@ -39,6 +40,7 @@ def spearman(x, y) -> tuple[float, float]:
         return rho, float(stats.spearmanr(x, y).pvalue)
     # few points: the t approximation is wrong (p = 0 for a perfect rank order); exact permutation p
     import itertools
+
     ry = stats.rankdata(y)
     null = np.array([stats.spearmanr(x, ry[list(perm)]).statistic for perm in itertools.permutations(range(len(x)))])
     return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
@@ -98,12 +100,17 @@ def paired_trend(series, sign: int) -> dict:
         p = 1.0
     else:
         p = float(stats.wilcoxon(sign * rhos, alternative="greater").pvalue)
-    return {"rho_mean": float(rhos.mean()) if rhos.size else float("nan"),
-            "rho_median": float(np.median(rhos)) if rhos.size else float("nan"), "p": p, "n": int(rhos.size)}
+    return {
+        "rho_mean": float(rhos.mean()) if rhos.size else float("nan"),
+        "rho_median": float(np.median(rhos)) if rhos.size else float("nan"),
+        "p": p,
+        "n": int(rhos.size),
+    }
 
 
-def heatmap(ax, matrix, xvals, yvals, title: str, cbar_label: str, diverging: bool = False,
-            fmt: str = "{:.0f}") -> None:
+def heatmap(
+    ax, matrix, xvals, yvals, title: str, cbar_label: str, diverging: bool = False, fmt: str = "{:.0f}"
+) -> None:
     """``len(yvals) x len(xvals)`` values, row 0 at the bottom, each cell annotated (text dark or
     light for contrast; NaN cells blank); ``diverging`` centres a blue-red scale on 0 (differences,
     positive red)."""
@@ -146,8 +153,9 @@ def final_posteriors(table: pa.Table, algorithm: str) -> dict[str, np.ndarray]:
     if "posterior" not in table.column_names:
         return {}
     sub = select(table, {"algorithm": algorithm})
-    sub = sub.filter(pc.is_valid(sub["posterior"])).sort_by([("muscle", "ascending"), ("cell", "ascending"),
-                                                             ("rep", "ascending")])
+    sub = sub.filter(pc.is_valid(sub["posterior"])).sort_by(
+        [("muscle", "ascending"), ("cell", "ascending"), ("rep", "ascending")]
+    )
     out = {}
     for key in dict.fromkeys(sub["muscle"].to_pylist()):
         rows = select(sub, {"muscle": key})["posterior"].combine_chunks()
@@ -233,12 +241,23 @@ def plot_curves(ax, curves: dict[str, np.ndarray], ylabel: str, title: str | Non
     ax.legend(fontsize=7, loc="lower right")
 
 
-def map_panel(ax, arr: np.ndarray, row_labels, col_labels, title: str, row_name: str = "", col_name: str = "",
-              cmap: str = "viridis", colorbar: bool = True, mark_max: bool = True) -> None:
+def map_panel(
+    ax,
+    arr: np.ndarray,
+    row_labels,
+    col_labels,
+    title: str,
+    row_name: str = "",
+    col_name: str = "",
+    cmap: str = "viridis",
+    colorbar: bool = True,
+    mark_max: bool = True,
+) -> None:
     """A ``rows x cols`` map with labelled ticks and its maximum outlined."""
     im = ax.imshow(arr, aspect="auto", origin="lower", cmap=cmap)
-    ax.set_xticks(range(len(col_labels)), [str(v) for v in col_labels], fontsize=6, rotation=90 if
-                  len(col_labels) > 6 else 0)
+    ax.set_xticks(
+        range(len(col_labels)), [str(v) for v in col_labels], fontsize=6, rotation=90 if len(col_labels) > 6 else 0
+    )
     ax.set_yticks(range(len(row_labels)), [str(v) for v in row_labels], fontsize=6)
     ax.set_xlabel(col_name, fontsize=7)
     ax.set_ylabel(row_name, fontsize=7)

@@ -29,8 +29,12 @@ from sweeps.analyses._common import (
     subject_curves,
 )
 
-PARAMS = {"duration": ("duration",), "frequency": ("frequency",), "pulse_width": ("pulse_width",),
-          "spatial": ("x", "y")}
+PARAMS = {
+    "duration": ("duration",),
+    "frequency": ("frequency",),
+    "pulse_width": ("pulse_width",),
+    "spatial": ("x", "y"),
+}
 UNITS = {"duration": "ms", "frequency": "Hz", "pulse_width": "us"}
 PUBLISHED_R = {"frequency": (83.0, 7.2), "pulse_width": (38.4, 17.3)}
 ALPHA = 0.05
@@ -58,8 +62,10 @@ def analyze(ctx) -> dict:
         findings += _curve_findings(ctx.comparison(a, b), a, b, n_q)
     findings += [_stability(stats, len(rats)), _recovery(stats, n_q)]
     _figure(ctx, pairs, rats, space, runs, true, stats)
-    return {"findings": findings, "profiles": rounded({p: {k: v for k, v in s.items() if k != "pair_r"}
-                                                       for p, s in stats.items()}, 4)}
+    return {
+        "findings": findings,
+        "profiles": rounded({p: {k: v for k, v in s.items() if k != "pair_r"} for p, s in stats.items()}, 4),
+    }
 
 
 def _across_subjects(rats, runs: dict, true: dict) -> dict:
@@ -71,8 +77,14 @@ def _across_subjects(rats, runs: dict, true: dict) -> dict:
     m, s = mean_sem(pair_r)
     tm, ts = mean_sem(pairwise_r(np.stack([true[r] for r in rats])))
     rec_m, rec_s = mean_sem([pearson(run, true[r]) for r in rats for run in runs[r]])
-    return {"r_across_subjects": [m, s], "truth_r_across_subjects": [tm, ts], "r_with_own_truth": [rec_m, rec_s],
-            "n_pairs": int(pair_r.size), "n_runs_per_rat": int(n_reps), "pair_r": pair_r}
+    return {
+        "r_across_subjects": [m, s],
+        "truth_r_across_subjects": [tm, ts],
+        "r_with_own_truth": [rec_m, rec_s],
+        "n_pairs": int(pair_r.size),
+        "n_runs_per_rat": int(n_reps),
+        "pair_r": pair_r,
+    }
 
 
 # ----------------------------------------------------------------------------- findings
@@ -85,22 +97,40 @@ _PUBLISHED = {  # benchmark -> (exploration, exploitation) as published after 10
 
 def _curve_findings(cmp, a, b, n_q) -> list[dict]:
     pub = _PUBLISHED.get(b, ("not published", "not published"))
-    texts = (f"GP-BO ahead of {b} search in exploration after {n_q} queries",
-             f"GP-BO ahead of {b} search in exploitation after {n_q} queries")
+    texts = (
+        f"GP-BO ahead of {b} search in exploration after {n_q} queries",
+        f"GP-BO ahead of {b} search in exploitation after {n_q} queries",
+    )
     if cmp is None:
-        return [finding(t, p, None, reason=f"no {a} vs {b} comparison in this run", rule="needs the comparison")
-                for t, p in zip(texts, pub)]
+        return [
+            finding(t, p, None, reason=f"no {a} vs {b} comparison in this run", rule="needs the comparison")
+            for t, p in zip(texts, pub)
+        ]
     p = cmp["exploration_p_value"]
     return [
-        finding(texts[0], pub[0], None if p is None else cmp["exploration_points_final"] > 0 and p < ALPHA,
-                points=round(cmp["exploration_points_final"], 2), p_value=p, n_rats=cmp["n_problems"],
-                points_at={k[len("exploration_points_"):]: round(v, 2) for k, v in cmp.items()
-                           if k.startswith("exploration_points_q")},
-                rule=f"points > 0 and one-sided Wilcoxon over rats (mean of replicates) p < {ALPHA}"),
-        finding(texts[1], pub[1], cmp["exploitation_points_final"] > 0,
-                points=round(cmp["exploitation_points_final"], 2), p_value=cmp["exploitation_p_value"],
-                n_rats=cmp["n_problems"],
-                rule="points > 0 (direction only; the published differences were not significant)"),
+        finding(
+            texts[0],
+            pub[0],
+            None if p is None else cmp["exploration_points_final"] > 0 and p < ALPHA,
+            points=round(cmp["exploration_points_final"], 2),
+            p_value=p,
+            n_rats=cmp["n_problems"],
+            points_at={
+                k[len("exploration_points_") :]: round(v, 2)
+                for k, v in cmp.items()
+                if k.startswith("exploration_points_q")
+            },
+            rule=f"points > 0 and one-sided Wilcoxon over rats (mean of replicates) p < {ALPHA}",
+        ),
+        finding(
+            texts[1],
+            pub[1],
+            cmp["exploitation_points_final"] > 0,
+            points=round(cmp["exploitation_points_final"], 2),
+            p_value=cmp["exploitation_p_value"],
+            n_rats=cmp["n_problems"],
+            rule="points > 0 (direction only; the published differences were not significant)",
+        ),
     ]
 
 
@@ -111,11 +141,14 @@ def _stability(stats, n_rats) -> dict:
         "frequency r = 83.0 % +/- 7.2 %, pulse width r = 38.4 % +/- 17.3 % (Fig. 8D)",
         None if n_rats < 2 or not (np.isfinite(f) and np.isfinite(pw)) else f > pw,
         r_across_subjects_pct={p: rounded([100 * x for x in s["r_across_subjects"]], 1) for p, s in stats.items()},
-        truth_r_across_subjects_pct={p: rounded([100 * x for x in s["truth_r_across_subjects"]], 1)
-                                     for p, s in stats.items()},
-        n_pairs=stats["frequency"]["n_pairs"], n_runs_per_rat=stats["frequency"]["n_runs_per_rat"],
+        truth_r_across_subjects_pct={
+            p: rounded([100 * x for x in s["truth_r_across_subjects"]], 1) for p, s in stats.items()
+        },
+        n_pairs=stats["frequency"]["n_pairs"],
+        n_runs_per_rat=stats["frequency"]["n_runs_per_rat"],
         rule="mean over rat pairs of the single-run GP-BO profile correlation ([mean, SEM] in %): frequency > "
-             "pulse width")
+        "pulse width",
+    )
 
 
 def _recovery(stats, n_q) -> dict:
@@ -124,12 +157,12 @@ def _recovery(stats, n_q) -> dict:
     return finding(
         f"A single {n_q}-query GP-BO run recovers each rat's own profiles (duration, frequency, pulse width, "
         "spatial map)",
-        "the inferred posteriors after a representative single run reliably approximate the session's data "
-        "(Fig. 8E-G)",
+        "the inferred posteriors after a representative single run reliably approximate the session's data (Fig. 8E-G)",
         None if not ok else all(v >= RECOVERY_R for v in r.values()),
         r_with_own_truth={p: rounded(s["r_with_own_truth"], 3) for p, s in stats.items()},
         rule=f"mean over runs of Pearson r (single-run posterior profile vs the rat's true profile) >= {RECOVERY_R} "
-             f"for every parameter")
+        f"for every parameter",
+    )
 
 
 # ----------------------------------------------------------------------------- figure
@@ -145,8 +178,12 @@ def _figure(ctx, pairs, rats, space, runs, true, stats) -> None:
     top, bottom = outer[0].subgridspec(2, 3, hspace=0.45, wspace=0.25), outer[1].subgridspec(2, n, hspace=0.3)
     for j, name in enumerate(("exploration", "exploitation")):
         ax = fig.add_subplot(top[0, j])
-        plot_curves(ax, {a: subject_curves(ctx.table, a, name)[1] for a in algs}, f"{name} (% of max)",
-                    f"Fig. 8{'BC'[j]}: {name}, mean +/- SEM over rats")
+        plot_curves(
+            ax,
+            {a: subject_curves(ctx.table, a, name)[1] for a in algs},
+            f"{name} (% of max)",
+            f"Fig. 8{'BC'[j]}: {name}, mean +/- SEM over rats",
+        )
     ax = fig.add_subplot(top[0, 2])
     _correlation_bars(ax, stats)
 
@@ -163,24 +200,29 @@ def _figure(ctx, pairs, rats, space, runs, true, stats) -> None:
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set(xlabel=f"{p.replace('_', ' ')} ({UNITS[p]})", ylabel="profile, min-max scaled", ylim=(-0.02, 1.05))
         rm, rs = stats[p]["r_across_subjects"]
-        ax.set_title(f"Fig. 8D: {p.replace('_', ' ')} profile per rat (solid GP-BO, dotted truth)\n"
-                     f"GP-BO single runs, r across rats = {100 * rm:.0f} +/- {100 * rs:.0f} %", fontsize=8)
+        ax.set_title(
+            f"Fig. 8D: {p.replace('_', ' ')} profile per rat (solid GP-BO, dotted truth)\n"
+            f"GP-BO single runs, r across rats = {100 * rm:.0f} +/- {100 * rs:.0f} %",
+            fontsize=8,
+        )
         if j == 0:
             ax.legend(fontsize=6, ncol=2, loc="lower right")
 
     xs, ys = (space.dims[space.names.index(d)].values for d in ("x", "y"))
     for i, r in enumerate(rats):
-        for row, (label, maps) in enumerate((("GP-BO", {q: runs["spatial"][q].mean(0) for q in rats}),
-                                             ("truth", true["spatial"]))):
+        for row, (label, maps) in enumerate(
+            (("GP-BO", {q: runs["spatial"][q].mean(0) for q in rats}), ("truth", true["spatial"]))
+        ):
             ax = fig.add_subplot(bottom[row, i])
             grid = maps[r].reshape(len(xs), len(ys))
-            map_panel(ax, _unit(grid), xs, ys, f"{r.split('/')[0]}: {label} spatial map", "x", "y",
-                      colorbar=False)
+            map_panel(ax, _unit(grid), xs, ys, f"{r.split('/')[0]}: {label} spatial map", "x", "y", colorbar=False)
             ax.set_aspect("equal")
-    fig.suptitle(f"cortical_5d (Fig. 8): {n} rats, {int(max(ctx.table['query'].to_pylist()))} queries, "
-                 f"{stats['frequency']['n_runs_per_rat']} GP-BO runs per rat; profiles = final posterior mean "
-                 "marginalized onto each parameter (run average per rat, min-max scaled); red box = maximum",
-                 fontsize=10)
+    fig.suptitle(
+        f"cortical_5d (Fig. 8): {n} rats, {int(max(ctx.table['query'].to_pylist()))} queries, "
+        f"{stats['frequency']['n_runs_per_rat']} GP-BO runs per rat; profiles = final posterior mean "
+        "marginalized onto each parameter (run average per rat, min-max scaled); red box = maximum",
+        fontsize=10,
+    )
     fig.subplots_adjust(left=0.05, right=0.98, top=0.95, bottom=0.04)
     fig.savefig(ctx.figures / "cortical_5d.png", dpi=100)
     plt.close(fig)
@@ -198,13 +240,27 @@ def _correlation_bars(ax, stats) -> None:
     m = [100 * stats[p]["r_across_subjects"][0] for p in names]
     s = [100 * stats[p]["r_across_subjects"][1] for p in names]
     ax.bar(x - 0.2, m, 0.4, yerr=s, capsize=3, color="C0", label="GP-BO single runs")
-    ax.bar(x + 0.2, [100 * stats[p]["truth_r_across_subjects"][0] for p in names], 0.4,
-           yerr=[100 * stats[p]["truth_r_across_subjects"][1] for p in names], capsize=3, color="0.7",
-           label="ground truth")
+    ax.bar(
+        x + 0.2,
+        [100 * stats[p]["truth_r_across_subjects"][0] for p in names],
+        0.4,
+        yerr=[100 * stats[p]["truth_r_across_subjects"][1] for p in names],
+        capsize=3,
+        color="0.7",
+        label="ground truth",
+    )
     for p, (pm, ps) in PUBLISHED_R.items():
         i = names.index(p)
-        ax.errorbar([i - 0.2], [pm], yerr=[ps], fmt="*", ms=11, color="C3", capsize=3,
-                    label="published" if p == "frequency" else None)
+        ax.errorbar(
+            [i - 0.2],
+            [pm],
+            yerr=[ps],
+            fmt="*",
+            ms=11,
+            color="C3",
+            capsize=3,
+            label="published" if p == "frequency" else None,
+        )
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, [p.replace("_", " ") for p in names])
     ax.set_ylabel("r across subjects (%), mean +/- SEM over pairs")

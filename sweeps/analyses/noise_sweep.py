@@ -31,10 +31,13 @@ def _final(ctx, algorithm: str, noise: float, column: str):
 
 
 def _exploitation_finding(ctx, levels: list[float]) -> dict:
-    text = (f"GP-BO's final exploitation exceeds extensive search's at every noise level up to "
-            f"{MAX_NOISE_EXPLOITATION:.0%}")
-    published = ("GP-BO retains robust decision capacity across signal-to-noise ratios and always outperforms "
-                 "the benchmark strategies (Fig. S3)")
+    text = (
+        f"GP-BO's final exploitation exceeds extensive search's at every noise level up to {MAX_NOISE_EXPLOITATION:.0%}"
+    )
+    published = (
+        "GP-BO retains robust decision capacity across signal-to-noise ratios and always outperforms "
+        "the benchmark strategies (Fig. S3)"
+    )
     rule = f"mean final exploitation of gpbo > extensive at every level <= {MAX_NOISE_EXPLOITATION:g}"
     low = [n for n in levels if n <= MAX_NOISE_EXPLOITATION]
     rows = []
@@ -43,8 +46,15 @@ def _exploitation_finding(ctx, levels: list[float]) -> dict:
         if a is None or b is None:
             return finding(text, published, None, rule=rule, reason="needs gpbo and extensive at every level")
         c = ctx.comparison("gpbo", "extensive", noise=n)
-        rows.append({"noise": n, "gpbo": a[0], "extensive": b[0], "points": 100 * (a[0] - b[0]),
-                     "p_greater": None if c is None else c.get("exploitation_p_value")})
+        rows.append(
+            {
+                "noise": n,
+                "gpbo": a[0],
+                "extensive": b[0],
+                "points": 100 * (a[0] - b[0]),
+                "p_greater": None if c is None else c.get("exploitation_p_value"),
+            }
+        )
     if not rows:
         return finding(text, published, None, rule=rule, reason=f"no noise level <= {MAX_NOISE_EXPLOITATION:g}")
     pts = [r["points"] for r in rows]
@@ -60,36 +70,53 @@ def _trend(ctx, algorithm: str, levels: list[float]) -> dict:
     for i in range(1, len(levels)):
         change = float(means[i] - means[i - 1])
         se = float(np.hypot(sems[i], sems[i - 1]))
-        steps.append({"from": levels[i - 1], "to": levels[i], "change": change,
-                      "change_in_sem": change / se if se > 0 else None})
+        steps.append(
+            {"from": levels[i - 1], "to": levels[i], "change": change, "change_in_sem": change / se if se > 0 else None}
+        )
     rho, p_two = spearman(levels, means)  # nan when undefined: summary.json writes it as null
     first = next((i for i, n in enumerate(levels) if n > 0), len(levels))
-    return {"exploration_final": [float(m) for m in means], "sem": [float(s) for s in sems], "steps": steps,
-            "falls": all(s["change"] <= 0 for s in steps),
-            "falls_from_first_nonzero_level": all(s["change"] <= 0 for s in steps[first:]),
-            "no_rise_beyond_2_sem": all(s["change"] <= 0 or (s["change_in_sem"] is not None
-                                                             and s["change_in_sem"] <= RISE_SEM) for s in steps),
-            "spearman_rho": rho, "p_falling": one_sided(rho, p_two, -1)}
+    return {
+        "exploration_final": [float(m) for m in means],
+        "sem": [float(s) for s in sems],
+        "steps": steps,
+        "falls": all(s["change"] <= 0 for s in steps),
+        "falls_from_first_nonzero_level": all(s["change"] <= 0 for s in steps[first:]),
+        "no_rise_beyond_2_sem": all(
+            s["change"] <= 0 or (s["change_in_sem"] is not None and s["change_in_sem"] <= RISE_SEM) for s in steps
+        ),
+        "spearman_rho": rho,
+        "p_falling": one_sided(rho, p_two, -1),
+    }
 
 
 def analyze(ctx) -> dict:
     levels = sorted({float(g["params"]["noise"]) for g in ctx.groups if "noise" in g["params"]})
     algorithms = sorted({g["params"]["algorithm"] for g in ctx.groups if "algorithm" in g["params"]})
-    trends = {a: _trend(ctx, a, levels) for a in algorithms
-              if all(ctx.group(algorithm=a, noise=n) is not None for n in levels)}
+    trends = {
+        a: _trend(ctx, a, levels)
+        for a in algorithms
+        if all(ctx.group(algorithm=a, noise=n) is not None for n in levels)
+    }
     rule = "no step between adjacent noise levels raises an algorithm's mean final exploration"
     text = "The final exploration of every algorithm falls as noise grows"
     published = "Fig. S3: exploration vs noise level, 0 to 100 % of the maximum response"
     if len(levels) < 2 or not trends:
         explore = finding(text, published, None, rule=rule, reason="needs two or more noise levels per algorithm")
     else:
-        brief = "; ".join(f"{display.algorithm(a)} {100 * t['exploration_final'][0]:.0f} -> "
-                          f"{100 * t['exploration_final'][-1]:.0f} %"
-                          + (f" (Spearman rho {t['spearman_rho']:.2f})" if np.isfinite(t["spearman_rho"]) else "")
-                          for a, t in trends.items())
-        explore = finding(text, published, all(t["falls"] for t in trends.values()), brief=brief,
-                          algorithms=trends, rule=rule,
-                          holds_from_first_nonzero_level=all(t["falls_from_first_nonzero_level"]
-                                                             for t in trends.values()),
-                          holds_within_2_sem=all(t["no_rise_beyond_2_sem"] for t in trends.values()))
+        brief = "; ".join(
+            f"{display.algorithm(a)} {100 * t['exploration_final'][0]:.0f} -> "
+            f"{100 * t['exploration_final'][-1]:.0f} %"
+            + (f" (Spearman rho {t['spearman_rho']:.2f})" if np.isfinite(t["spearman_rho"]) else "")
+            for a, t in trends.items()
+        )
+        explore = finding(
+            text,
+            published,
+            all(t["falls"] for t in trends.values()),
+            brief=brief,
+            algorithms=trends,
+            rule=rule,
+            holds_from_first_nonzero_level=all(t["falls_from_first_nonzero_level"] for t in trends.values()),
+            holds_within_2_sem=all(t["no_rise_beyond_2_sem"] for t in trends.values()),
+        )
     return {"findings": [_exploitation_finding(ctx, levels), explore]}

@@ -37,6 +37,7 @@ def _paired(table, column: str) -> tuple[np.ndarray, np.ndarray, list]:
 
 def _two_sided(a, b) -> float:
     from scipy import stats
+
     d = a - b
     return 1.0 if np.all(d == 0) or len(d) < 2 else float(stats.wilcoxon(a, b).pvalue)
 
@@ -48,27 +49,36 @@ def analyze(ctx) -> dict:
     stats_ = {}
     for col in COLUMNS:
         a, b, keys = _paired(table, col)
-        stats_[col] = {"variable": round(float(a.mean()), 4), "fixed": round(float(b.mean()), 4),
-                       "points": round(float(100 * (a - b).mean()), 2), "n_problems": len(keys),
-                       "p_greater": metrics.wilcoxon_greater(a, b) if len(keys) > 1 else None,
-                       "p_two_sided": _two_sided(a, b)}
+        stats_[col] = {
+            "variable": round(float(a.mean()), 4),
+            "fixed": round(float(b.mean()), 4),
+            "points": round(float(100 * (a - b).mean()), 2),
+            "n_problems": len(keys),
+            "p_greater": metrics.wilcoxon_greater(a, b) if len(keys) > 1 else None,
+            "p_two_sided": _two_sided(a, b),
+        }
         for ds in sorted({k[0] for k in keys}, key=str):
             idx = [i for i, k in enumerate(keys) if k[0] == ds]
             stats_[col][f"points_{ds}"] = round(float(100 * (a[idx] - b[idx]).mean()), 2)
     r2 = stats_["map_r2"]
-    findings = [finding(
-        "Variable-rho maps are more accurate than fixed-rho maps (r2 of posterior mean vs truth)",
-        "+11.2 points of explained variance, p = 4e-5 (Fig. S6B)",
-        r2["points"] > 0 and r2["p_greater"] is not None and r2["p_greater"] < ALPHA,
-        **{k: v for k, v in r2.items()},
-        rule=f"final r2 of variable minus fixed > 0 and one-sided Wilcoxon p < {ALPHA}, paired by problem"),
+    findings = [
         finding(
-        "Variable-rho performs equivalently to fixed-rho in exploration and exploitation",
-        "no difference in exploration or exploitation (Fig. S6B-D)",
-        all(abs(stats_[c]["points"]) <= EQUIVALENCE_POINTS for c in ("exploration", "exploitation")),
-        exploration=stats_["exploration"], exploitation=stats_["exploitation"],
-        rule=f"|final difference| <= {EQUIVALENCE_POINTS:g} points in both exploration and exploitation "
-             f"(two-sided Wilcoxon p also given)")]
+            "Variable-rho maps are more accurate than fixed-rho maps (r2 of posterior mean vs truth)",
+            "+11.2 points of explained variance, p = 4e-5 (Fig. S6B)",
+            r2["points"] > 0 and r2["p_greater"] is not None and r2["p_greater"] < ALPHA,
+            **{k: v for k, v in r2.items()},
+            rule=f"final r2 of variable minus fixed > 0 and one-sided Wilcoxon p < {ALPHA}, paired by problem",
+        ),
+        finding(
+            "Variable-rho performs equivalently to fixed-rho in exploration and exploitation",
+            "no difference in exploration or exploitation (Fig. S6B-D)",
+            all(abs(stats_[c]["points"]) <= EQUIVALENCE_POINTS for c in ("exploration", "exploitation")),
+            exploration=stats_["exploration"],
+            exploitation=stats_["exploitation"],
+            rule=f"|final difference| <= {EQUIVALENCE_POINTS:g} points in both exploration and exploitation "
+            f"(two-sided Wilcoxon p also given)",
+        ),
+    ]
     _figure(ctx, table, stats_)
     return {"findings": findings, "rho_comparison": stats_}
 
@@ -84,8 +94,12 @@ def _figure(ctx, table, stats_) -> None:
             sub = select(part, {"algorithm": alg})
             for j, col in enumerate(COLUMNS):
                 band(ax[row, j], run_curves(sub, col), label, display.color(alg))
-                ax[row, j].set(xlabel="query", ylabel=f"{'map accuracy r2' if col == 'map_r2' else col} (%)",
-                               ylim=(0, 105), title=f"{ds}: {col}")
+                ax[row, j].set(
+                    xlabel="query",
+                    ylabel=f"{'map accuracy r2' if col == 'map_r2' else col} (%)",
+                    ylim=(0, 105),
+                    title=f"{ds}: {col}",
+                )
         ax[row, 0].legend(fontsize=8, loc="lower right")
         _example_maps(ctx, part, ax[row, 3], ds)
     fig.tight_layout()
@@ -113,7 +127,10 @@ def _example_maps(ctx, part, ax, ds) -> None:
         img = np.asarray(grid[sl], float)
         rng = np.nanmax(img) - np.nanmin(img)
         images.append((label, (img - np.nanmin(img)) / rng if rng > 0 else img * 0))
-    ax.imshow(np.concatenate([np.pad(im, ((0, 0), (0, 1)), constant_values=np.nan) for _, im in images], axis=1),
-              cmap="viridis", aspect="auto")
+    ax.imshow(
+        np.concatenate([np.pad(im, ((0, 0), (0, 1)), constant_values=np.nan) for _, im in images], axis=1),
+        cmap="viridis",
+        aspect="auto",
+    )
     ax.set_title(f"{muscle}: " + " | ".join(lbl for lbl, _ in images), fontsize=8)
     ax.set(xlabel=f"{space.names[1]} (per panel)", ylabel=space.names[0])

@@ -44,13 +44,16 @@ def _target_rows(rows: list[dict], every_horizon: bool = False, **match) -> list
     """Full-rank TBFM rows in the target setting (at every horizon if asked), with ``match`` (e.g.
     ``streaming=True``)."""
     want = {k: v for k, v in {**TARGET, **match}.items() if not (every_horizon and k == "horizon_ms")}
-    return [r for r in rows if r["model"] == "tbfm" and int(r["rank"]) == -1
-            and all(r[k] == v for k, v in want.items())]
+    return [
+        r for r in rows if r["model"] == "tbfm" and int(r["rank"]) == -1 and all(r[k] == v for k, v in want.items())
+    ]
 
 
 def _batch(rows: list[dict], missing: str | None) -> dict:
-    text = (f"The compiled full-rank forecast (94 channels, runway 20, horizon 164, 12 bases; the whole runway at "
-            f"once) takes <= {LATENCY_TARGET_US:g} us median")
+    text = (
+        f"The compiled full-rank forecast (94 channels, runway 20, horizon 164, 12 bases; the whole runway at "
+        f"once) takes <= {LATENCY_TARGET_US:g} us median"
+    )
     rule = "min over thread counts of the median us_per_forecast, compiled, not streaming, rank full, horizon 164"
     if missing:
         return finding(text, PUBLISHED, None, rule=rule, reason=missing)
@@ -59,16 +62,30 @@ def _batch(rows: list[dict], missing: str | None) -> dict:
     best = min(by_threads.values())
     # The floor measured beside each forecast: reading the weight map once, and its bare matrix-vector product.
     # When even the read is slower than the target, no float32 full-rank implementation meets it on this machine.
-    floor = {int(r["threads"]): {"us_read_floor": r.get("us_read_floor"), "us_bare_matvec": r.get("us_bare_matvec")}
-             for r in rs if r.get("us_read_floor") is not None}
+    floor = {
+        int(r["threads"]): {"us_read_floor": r.get("us_read_floor"), "us_bare_matvec": r.get("us_bare_matvec")}
+        for r in rs
+        if r.get("us_read_floor") is not None
+    }
     extra = {}
     if floor:  # the floor: the faster of the two ways of reading the map, at the best thread count
         best_floor = min(min(v.values()) for v in floor.values())
-        extra = {"floor_by_threads": floor, "best_floor_us": best_floor, "forecast_over_floor": best / best_floor,
-                 "floor_meets_target": best_floor <= LATENCY_TARGET_US}
-    return finding(text, PUBLISHED, best <= LATENCY_TARGET_US, rule=rule, us_by_threads=by_threads, best_us=best,
-                   weight_map_mb=4 * TARGET["n_bases"] * TARGET["runway_ms"] * TARGET["n_usable"] ** 2 / 1e6,
-                   **extra)
+        extra = {
+            "floor_by_threads": floor,
+            "best_floor_us": best_floor,
+            "forecast_over_floor": best / best_floor,
+            "floor_meets_target": best_floor <= LATENCY_TARGET_US,
+        }
+    return finding(
+        text,
+        PUBLISHED,
+        best <= LATENCY_TARGET_US,
+        rule=rule,
+        us_by_threads=by_threads,
+        best_us=best,
+        weight_map_mb=4 * TARGET["n_bases"] * TARGET["runway_ms"] * TARGET["n_usable"] ** 2 / 1e6,
+        **extra,
+    )
 
 
 def _speedup(rows: list[dict], missing: str | None) -> dict:
@@ -78,28 +95,43 @@ def _speedup(rows: list[dict], missing: str | None) -> dict:
     if missing:
         return finding(text, published, None, rule=rule, reason=missing)
     rs = _target_rows(rows, every_horizon=True, compiled=True, streaming=False)
-    sp = [{"threads": int(r["threads"]), "horizon_ms": int(r["horizon_ms"]), "speedup": float(r["speedup"])}
-          for r in rs]
-    return finding(text, published, bool(sp) and all(s["speedup"] >= SPEEDUP_TARGET for s in sp), rule=rule,
-                   speedups=sp)
+    sp = [
+        {"threads": int(r["threads"]), "horizon_ms": int(r["horizon_ms"]), "speedup": float(r["speedup"])} for r in rs
+    ]
+    return finding(
+        text, published, bool(sp) and all(s["speedup"] >= SPEEDUP_TARGET for s in sp), rule=rule, speedups=sp
+    )
 
 
 def _streaming(rows: list[dict], missing: str | None) -> dict:
-    text = (f"Streamed as the runway arrives, the compiled full-rank forecast takes <= {LATENCY_TARGET_US:g} us "
-            f"median from the last runway sample, and the rest of the work fits between samples")
+    text = (
+        f"Streamed as the runway arrives, the compiled full-rank forecast takes <= {LATENCY_TARGET_US:g} us "
+        f"median from the last runway sample, and the rest of the work fits between samples"
+    )
     published = "not in the paper: its latency is the whole runway's forecast (finding 1)"
-    rule = (f"at some thread count of the run, the streaming row at horizon 164 has median us_per_forecast <= "
-            f"{LATENCY_TARGET_US:g} and us_p90 + us_advance_p90 < {SAMPLE_PERIOD_US:g} (the 1 kHz sample period)")
+    rule = (
+        f"at some thread count of the run, the streaming row at horizon 164 has median us_per_forecast <= "
+        f"{LATENCY_TARGET_US:g} and us_p90 + us_advance_p90 < {SAMPLE_PERIOD_US:g} (the 1 kHz sample period)"
+    )
     if missing:
         return finding(text, published, None, rule=rule, reason=missing)
     rs = _target_rows(rows, compiled=True, streaming=True)
     if not rs:
         return finding(text, published, None, rule=rule, reason="no streaming rows (params.streaming=false)")
-    per = {int(r["threads"]): {"us_per_forecast": float(r["us_per_forecast"]), "us_p90": float(r["us_p90"]),
-                               "us_advance": float(r["us_advance"]), "us_advance_p90": float(r["us_advance_p90"])}
-           for r in rs}
-    meeting = sorted(t for t, v in per.items() if v["us_per_forecast"] <= LATENCY_TARGET_US
-                     and v["us_p90"] + v["us_advance_p90"] < SAMPLE_PERIOD_US)
+    per = {
+        int(r["threads"]): {
+            "us_per_forecast": float(r["us_per_forecast"]),
+            "us_p90": float(r["us_p90"]),
+            "us_advance": float(r["us_advance"]),
+            "us_advance_p90": float(r["us_advance_p90"]),
+        }
+        for r in rs
+    }
+    meeting = sorted(
+        t
+        for t, v in per.items()
+        if v["us_per_forecast"] <= LATENCY_TARGET_US and v["us_p90"] + v["us_advance_p90"] < SAMPLE_PERIOD_US
+    )
     return finding(text, published, bool(meeting), rule=rule, by_threads=per, threads_meeting=meeting)
 
 
@@ -111,18 +143,30 @@ def _figure(rows: list[dict], path) -> None:
     horizons = sorted({int(r["horizon_ms"]) for r in tb})
     fig, axes = plt.subplots(1, len(horizons), figsize=(6.5 * len(horizons), 4.2), squeeze=False)
     for ax, h in zip(axes[0], horizons):
-        rs = sorted((r for r in tb if int(r["horizon_ms"]) == h),
-                    key=lambda r: (int(r["rank"]) if int(r["rank"]) > 0 else 10**6, int(r["threads"]),
-                                   r["compiled"], r["streaming"]))
+        rs = sorted(
+            (r for r in tb if int(r["horizon_ms"]) == h),
+            key=lambda r: (
+                int(r["rank"]) if int(r["rank"]) > 0 else 10**6,
+                int(r["threads"]),
+                r["compiled"],
+                r["streaming"],
+            ),
+        )
         labels = [f"{'full' if int(r['rank']) < 0 else 'r' + str(int(r['rank']))} {int(r['threads'])}t" for r in rs]
         colors = ["C0" if not r["compiled"] else "C2" if r["streaming"] else "C1" for r in rs]
         x = np.arange(len(rs))
-        ax.bar(x, [r["us_per_forecast"] for r in rs], color=colors,
-               yerr=[[r["us_per_forecast"] - r["us_p10"] for r in rs],
-                     [r["us_p90"] - r["us_per_forecast"] for r in rs]],
-               capsize=2)
-        floor = [(i, min(r["us_read_floor"], r["us_bare_matvec"])) for i, r in enumerate(rs)
-                 if r.get("us_read_floor") is not None]
+        ax.bar(
+            x,
+            [r["us_per_forecast"] for r in rs],
+            color=colors,
+            yerr=[[r["us_per_forecast"] - r["us_p10"] for r in rs], [r["us_p90"] - r["us_per_forecast"] for r in rs]],
+            capsize=2,
+        )
+        floor = [
+            (i, min(r["us_read_floor"], r["us_bare_matvec"]))
+            for i, r in enumerate(rs)
+            if r.get("us_read_floor") is not None
+        ]
         if floor:  # the compiled forecast's floor, measured beside it: its weight map read once (the faster way)
             ax.scatter(*zip(*floor), marker="_", s=300, color="C3", zorder=3)
         ax.axhline(LATENCY_TARGET_US, color="k", ls="--", lw=1)
@@ -131,10 +175,18 @@ def _figure(rows: list[dict], path) -> None:
         ax.set_ylabel("us per forecast (median, p10-p90)")
         ax.set_title(f"TBFM, horizon {h} ms")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1", "C2")]
-    axes[0, 0].legend(handles + [plt.Line2D([], [], color="k", ls="--"),
-                                 plt.Line2D([], [], color="C3", marker="_", ls="", markersize=12)],
-                      ["uncompiled", "compiled", "compiled, streamed", f"target {LATENCY_TARGET_US:g} us",
-                       "weight map read once (floor)"], fontsize=7)
+    axes[0, 0].legend(
+        handles
+        + [plt.Line2D([], [], color="k", ls="--"), plt.Line2D([], [], color="C3", marker="_", ls="", markersize=12)],
+        [
+            "uncompiled",
+            "compiled",
+            "compiled, streamed",
+            f"target {LATENCY_TARGET_US:g} us",
+            "weight map read once (floor)",
+        ],
+        fontsize=7,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,10 +13,7 @@ from sweeps.experiment import DriveExperiment, Experiment
 from sweeps.schema import ConfigError
 
 #: built-in kinds whose module is not ``sweeps.kinds.<name>``
-KINDS = {
-    "online": "sweeps.online",
-    "calibration": "sweeps.kinds.calibrate",
-}
+KINDS = {"online": "sweeps.online", "calibration": "sweeps.kinds.calibrate"}
 
 _cache: dict[str, Experiment | DriveExperiment] = {}
 
@@ -36,12 +33,16 @@ def _load(name: str) -> Experiment | DriveExperiment:
     except (ImportError, AttributeError, ValueError) as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name and not module_name.startswith(exc.name):
             raise  # the kind's module exists but one of its own imports is missing
-        raise ConfigError(f"kind={name!r} is not a known experiment kind ({exc}); known: {', '.join(known())}, "
-                          f"or package.module:ExperimentClass") from None
+        raise ConfigError(
+            f"kind={name!r} is not a known experiment kind ({exc}); known: {', '.join(known())}, "
+            f"or package.module:ExperimentClass"
+        ) from None
     experiment = obj() if isinstance(obj, type) else obj
     if not isinstance(experiment, (Experiment, DriveExperiment)):
-        raise ConfigError(f"kind={name!r}: {type(experiment).__name__} implements neither sweeps.experiment."
-                          f"Experiment nor DriveExperiment")
+        raise ConfigError(
+            f"kind={name!r}: {type(experiment).__name__} implements neither sweeps.experiment."
+            f"Experiment nor DriveExperiment"
+        )
     return experiment
 
 

@@ -32,13 +32,7 @@ import numpy as np
 from neuro_opt import metrics
 from sweeps.experiment import DriveExperiment
 from sweeps.schema import ConfigError
-from sweeps.tuning.heldout import (
-    chosen_params,
-    dataset_block,
-    heldout_figure,
-    heldout_groups,
-    log_chosen,
-)
+from sweeps.tuning.heldout import chosen_params, dataset_block, heldout_figure, heldout_groups, log_chosen
 from sweeps.tuning.scoring import Scorer, runs_of
 from sweeps.tuning.setup import Setup, check_algorithm, prepare
 from sweeps.tuning.space import COMMON_PARAMS, INT_HPS, NOT_SEARCHABLE, RATIOS
@@ -64,9 +58,11 @@ def _plan(setup: Setup) -> tuple[list, dict, int]:
     for name in order:
         where = f"params.values.{name}"
         if name not in setup.base or name in NOT_SEARCHABLE:
-            raise ConfigError(f"params.calibrate: {name!r} is not a hyperparameter of algorithm "
-                              f"{setup.base.get('name')!r}; known: "
-                              f"{', '.join(k for k in setup.base if k not in NOT_SEARCHABLE)}")
+            raise ConfigError(
+                f"params.calibrate: {name!r} is not a hyperparameter of algorithm "
+                f"{setup.base.get('name')!r}; known: "
+                f"{', '.join(k for k in setup.base if k not in NOT_SEARCHABLE)}"
+            )
         vals = values.get(name)
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"{where} must be a non-empty list of values to try")
@@ -105,8 +101,7 @@ class OneAtATime:
     counts what was simulated; every evaluation is a row (and a nested MLflow run).
     """
 
-    def __init__(self, setup: Setup, order: list, values: dict, max_rounds: int, scorer: Scorer,
-                 tracker, parent: str):
+    def __init__(self, setup: Setup, order: list, values: dict, max_rounds: int, scorer: Scorer, tracker, parent: str):
         self.setup, self.order, self.values, self.max_rounds = setup, order, values, max_rounds
         self.scorer, self.tracker, self.parent = scorer, tracker, parent
         self.cache: dict = {}  # stable hash of the algorithm config -> per-run training objective
@@ -130,11 +125,14 @@ class OneAtATime:
     def step(self, rnd: int, name: str) -> bool:
         """One hyperparameter over its list; returns True if its value changed."""
         cands = [v for v in self.values[name] if _allowed(self.current, name, v)]
-        self.skipped += [{"round": rnd, "hyperparameter": name, "value": v}
-                         for v in self.values[name] if v not in cands]
+        self.skipped += [
+            {"round": rnd, "hyperparameter": name, "value": v} for v in self.values[name] if v not in cands
+        ]
         if not cands:
-            print(f"note: round {rnd}: no value of {name} fits the current bounds; kept {self.current[name]}",
-                  file=sys.stderr)
+            print(
+                f"note: round {rnd}: no value of {name} fits the current bounds; kept {self.current[name]}",
+                file=sys.stderr,
+            )
             return False
         t0 = time.time()
         algs = {v: {**self.current, name: v} for v in cands}
@@ -143,17 +141,36 @@ class OneAtATime:
         tied = [v for v in cands if scores[v][0] == top]
         pick = self.current[name] if self.current[name] in tied else tied[0]
         for v in cands:
-            self.rows.append({"round": rnd, "hyperparameter": name, "value": float(v), "objective": scores[v][0],
-                              "sem": scores[v][1], "chosen": v == pick, "simulated": v in simulated,
-                              "hyperparameters": json.dumps(algs[v], sort_keys=True)})
-            child = self.tracker.start(f"round {rnd} {name}={v}", parent=self.parent,
-                                       params={"round": rnd, "hyperparameter": name, "value": v,
-                                               **{f"hp.{k}": x for k, x in chosen_params(algs[v]).items()}},
-                                       tags={"chosen": str(v == pick), "cached": str(v not in simulated)})
+            self.rows.append(
+                {
+                    "round": rnd,
+                    "hyperparameter": name,
+                    "value": float(v),
+                    "objective": scores[v][0],
+                    "sem": scores[v][1],
+                    "chosen": v == pick,
+                    "simulated": v in simulated,
+                    "hyperparameters": json.dumps(algs[v], sort_keys=True),
+                }
+            )
+            child = self.tracker.start(
+                f"round {rnd} {name}={v}",
+                parent=self.parent,
+                params={
+                    "round": rnd,
+                    "hyperparameter": name,
+                    "value": v,
+                    **{f"hp.{k}": x for k, x in chosen_params(algs[v]).items()},
+                },
+                tags={"chosen": str(v == pick), "cached": str(v not in simulated)},
+            )
             self.tracker.metrics(child, {"objective": scores[v][0], "objective_sem": scores[v][1]})
             self.tracker.end(child)
-        print(f"round {rnd}: {name} over {len(cands)} values ({len(simulated)} simulated, {time.time() - t0:.1f} s): "
-              f"best {pick} ({scores[pick][0]:.4f})", file=sys.stderr)
+        print(
+            f"round {rnd}: {name} over {len(cands)} values ({len(simulated)} simulated, {time.time() - t0:.1f} s): "
+            f"best {pick} ({scores[pick][0]:.4f})",
+            file=sys.stderr,
+        )
         changed = pick != self.current[name]
         self.current[name] = pick
         return changed
@@ -178,11 +195,12 @@ class OneAtATime:
         res = self.scorer.collect(held)
         if pub is not None:
             self.cache[pub_key] = runs_of(self.setup.objective, self.scorer.collect(pub)["p"], self.setup.train)
-        train_values = {"one_at_a_time": metrics.value_sem(self.cache[stable_hash(self.current)]),
-                        "published_defaults": metrics.value_sem(self.cache[pub_key])}
+        train_values = {
+            "one_at_a_time": metrics.value_sem(self.cache[stable_hash(self.current)]),
+            "published_defaults": metrics.value_sem(self.cache[pub_key]),
+        }
         simulated = {"one_at_a_time": self.n_settings * self.setup.train_runs(), "published_defaults": 0}
-        groups, comparison = heldout_groups(self.setup, res, methods, train_values, simulated,
-                                                 extra_keys=self.order)
+        groups, comparison = heldout_groups(self.setup, res, methods, train_values, simulated, extra_keys=self.order)
         return {"res": res, "train_values": train_values, "groups": groups, "comparison": comparison}
 
     def report(self, out: dict, run_dir: Path) -> dict:
@@ -193,17 +211,28 @@ class OneAtATime:
         _write_rows(self.rows, run_dir / "results" / "evaluations.parquet")
         _values_figure(self.rows, self.order, out["train_values"]["published_defaults"][0], figs / "calibration.png")
         heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
-        search = {"kind": "one_at_a_time", "calibrate": self.order, "values": self.values, "rounds": self.rounds,
-                  "converged": self.converged}
+        search = {
+            "kind": "one_at_a_time",
+            "calibrate": self.order,
+            "values": self.values,
+            "rounds": self.rounds,
+            "converged": self.converged,
+        }
         groups = out["groups"]
-        log_chosen(self.tracker, self.parent, "one_at_a_time", self.current, self.setup, groups[0], groups[1],
-                        search)
+        log_chosen(self.tracker, self.parent, "one_at_a_time", self.current, self.setup, groups[0], groups[1], search)
         self.tracker.metrics(self.parent, {"rounds": self.rounds, "distinct_settings": self.n_settings})
         summary = {
-            "calibration": {"calibrate": self.order, "values": self.values, "rounds": self.rounds,
-                            "max_rounds": self.max_rounds, "converged": self.converged,
-                            "evaluations": len(self.rows), "distinct_settings": self.n_settings,
-                            "skipped": self.skipped, "chosen": chosen_params(self.current, self.order)},
+            "calibration": {
+                "calibrate": self.order,
+                "values": self.values,
+                "rounds": self.rounds,
+                "max_rounds": self.max_rounds,
+                "converged": self.converged,
+                "evaluations": len(self.rows),
+                "distinct_settings": self.n_settings,
+                "skipped": self.skipped,
+                "chosen": chosen_params(self.current, self.order),
+            },
             "dataset": dataset_block(self.setup),
             "groups": groups,
             "comparison": out["comparison"],
@@ -232,9 +261,18 @@ def _write_rows(rows: list, path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("round", pa.int64()), ("hyperparameter", pa.string()), ("value", pa.float64()),
-                        ("objective", pa.float64()), ("sem", pa.float64()), ("chosen", pa.bool_()),
-                        ("simulated", pa.bool_()), ("hyperparameters", pa.string())])
+    schema = pa.schema(
+        [
+            ("round", pa.int64()),
+            ("hyperparameter", pa.string()),
+            ("value", pa.float64()),
+            ("objective", pa.float64()),
+            ("sem", pa.float64()),
+            ("chosen", pa.bool_()),
+            ("simulated", pa.bool_()),
+            ("hyperparameters", pa.string()),
+        ]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
@@ -242,6 +280,7 @@ def _write_rows(rows: list, path: Path) -> Path:
 def _values_figure(rows: list, order: list, published: float, path: Path) -> Path:
     """Objective vs value, one panel per hyperparameter, one line per round (the protocol's output graph)."""
     from sweeps.plots import plt
+
     cols = min(3, len(order))
     nrows = math.ceil(len(order) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False, sharey=True)
@@ -257,8 +296,11 @@ def _values_figure(rows: list, order: list, published: float, path: Path) -> Pat
             for r in rr:
                 if r["chosen"]:
                     ax.plot([r["value"]], [r["objective"]], marker="*", ms=11, color=f"C{rnd - 1}")
-        if mine and min(r["value"] for r in mine) > 0 and max(r["value"] for r in mine) / \
-                min(r["value"] for r in mine) > 50:
+        if (
+            mine
+            and min(r["value"] for r in mine) > 0
+            and max(r["value"] for r in mine) / min(r["value"] for r in mine) > 50
+        ):
             ax.set_xscale("log")
         if published == published:
             ax.axhline(published, ls="--", color="0.5", lw=1)

@@ -62,14 +62,16 @@ NAMES = {"extensive": "prior-ranked extensive search", "greedy": "greedy search"
 
 
 def _label(key: str) -> str:
-    return key[len("params."):] if key.startswith("params.") else key
+    return key[len("params.") :] if key.startswith("params.") else key
 
 
 def population_prior(dataset, problem) -> np.ndarray | None:
     """Mean of the other subjects' first-session maps (same muscle if any), each normalized to max 1."""
+
     def first(p):
         m = p.sessions[0] if getattr(p, "sessions", None) is not None else p.truth
         return m / m.max() if m.max() > 0 else m
+
     others = [p for p in dataset if p.subject != problem.subject]
     same = [p for p in others if p.muscle == problem.muscle]
     pool = same or others
@@ -77,8 +79,18 @@ def population_prior(dataset, problem) -> np.ndarray | None:
 
 
 class ContinualKind(DatasetKind):
-    payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "use_prior",
-                    "params", "seed")
+    payload_keys = (
+        "kind",
+        "algorithm",
+        "dataset",
+        "muscle",
+        "noise",
+        "n_reps",
+        "n_queries",
+        "use_prior",
+        "params",
+        "seed",
+    )
 
     def data_for(self, payload: dict):
         """The problem, with the population prior attached when the dataset gives it none."""
@@ -91,26 +103,34 @@ class ContinualKind(DatasetKind):
 
     def validate(self, cfg, cells) -> None:
         if cfg.response_mode != "gaussian":
-            raise ConfigError(f"response_mode={cfg.response_mode!r}: kind=continual draws Gaussian responses "
-                              f"around each session's truth; use response_mode=gaussian (and noise=LEVEL)")
+            raise ConfigError(
+                f"response_mode={cfg.response_mode!r}: kind=continual draws Gaussian responses "
+                f"around each session's truth; use response_mode=gaussian (and noise=LEVEL)"
+            )
         missing = [k for k in ("algorithm", "params.arm") if cells and k not in cells[0].coords]
         if missing:
-            raise ConfigError(f"kind=continual compares methods and arms: grid.{' and grid.'.join(missing)} must be "
-                              f"grid keys (e.g. grid.algorithm=[gpbo,extensive,greedy] "
-                              f"grid.params.arm=[standard,electrode_loss])")
+            raise ConfigError(
+                f"kind=continual compares methods and arms: grid.{' and grid.'.join(missing)} must be "
+                f"grid keys (e.g. grid.algorithm=[gpbo,extensive,greedy] "
+                f"grid.params.arm=[standard,electrode_loss])"
+            )
         for cell in cells:
             p = cell.payload
             where = f"cell {cell.coords}"
             problem = self.data_for(p)
             sessions = getattr(problem, "sessions", None)
             if sessions is None:
-                raise ConfigError(f"dataset={p['dataset'].get('name')!r} ({where}): kind=continual needs a truth "
-                                  f"per session, e.g. dataset=nonstationary_plasticity")
+                raise ConfigError(
+                    f"dataset={p['dataset'].get('name')!r} ({where}): kind=continual needs a truth "
+                    f"per session, e.g. dataset=nonstationary_plasticity"
+                )
             S = sessions.shape[0]
             q = p["n_queries"] if p["n_queries"] is not None else problem.queries_per_session
             if not isinstance(q, int) or q < 1:
-                raise ConfigError(f"n_queries={p['n_queries']!r}: queries per session must be >= 1 "
-                                  f"(null: dataset.queries_per_session)")
+                raise ConfigError(
+                    f"n_queries={p['n_queries']!r}: queries per session must be >= 1 "
+                    f"(null: dataset.queries_per_session)"
+                )
             if not isinstance(p["n_reps"], int) or p["n_reps"] < 1:
                 raise ConfigError(f"n_reps={p['n_reps']!r}: lineages per subject and method must be >= 1")
             noise = p["noise"]
@@ -122,24 +142,29 @@ class ContinualKind(DatasetKind):
                 raise ConfigError(f"params.arm={arm!r} ({where}): expected one of {', '.join(ARMS)}")
             loss = params.get("loss_session")
             if arm == "electrode_loss" and (not isinstance(loss, int) or not 2 <= loss <= S):
-                raise ConfigError(f"params.loss_session={loss!r}: the 1-based session from which the best "
-                                  f"electrode is off must be in 2..{S} (dataset.n_sessions={S}; at least one "
-                                  f"session before the loss)")
+                raise ConfigError(
+                    f"params.loss_session={loss!r}: the 1-based session from which the best "
+                    f"electrode is off must be in 2..{S} (dataset.n_sessions={S}; at least one "
+                    f"session before the loss)"
+                )
             scale, fade = params.get("prior_scale"), params.get("prior_fade")
             if not isinstance(scale, (int, float)) or not 0 <= scale:
                 raise ConfigError(f"params.prior_scale={scale!r}: the prior's weight must be a number >= 0")
             if fade is not None and (not isinstance(fade, int) or fade < 1):
                 raise ConfigError(f"params.prior_fade={fade!r}: queries over which the prior fades, >= 1 or null")
             if p["use_prior"] and problem.prior is None:
-                raise ConfigError(f"use_prior=true: problem {problem.key!r} has no prior and no other subject to "
-                                  f"average into a population prior; use dataset.n_subjects>=2 or use_prior=false")
+                raise ConfigError(
+                    f"use_prior=true: problem {problem.key!r} has no prior and no other subject to "
+                    f"average into a population prior; use dataset.n_subjects>=2 or use_prior=false"
+                )
             alg = dict(p["algorithm"])
             name = alg.pop("name", None)
             if str(name).startswith("gpbo"):
                 alg = {"prior_scale": scale, "prior_fade": fade, **alg}
             try:  # builds the optimizer once: unknown names, unknown or out-of-range hyperparameters
-                algorithms.make(name, problem.space, n_reps=1, seed=0,
-                                prior=problem.prior if p["use_prior"] else None, **alg)
+                algorithms.make(
+                    name, problem.space, n_reps=1, seed=0, prior=problem.prior if p["use_prior"] else None, **alg
+                )
             except ValueError as exc:
                 raise ConfigError(f"algorithm ({where}): {exc}") from None
 
@@ -149,11 +174,19 @@ class ContinualKind(DatasetKind):
         alg = dict(payload["algorithm"])
         name = alg.pop("name")
         params = payload["params"]
-        return continual(problem, name, n_lineages=payload["n_reps"], queries_per_session=payload["n_queries"],
-                         seed=seed_sequence, noise=float(payload["noise"]),
-                         loss_session=params["loss_session"] if params["arm"] == "electrode_loss" else None,
-                         hyperparameters=alg, prior=problem.prior if payload["use_prior"] else None,
-                         prior_scale=params["prior_scale"], prior_fade=params["prior_fade"])
+        return continual(
+            problem,
+            name,
+            n_lineages=payload["n_reps"],
+            queries_per_session=payload["n_queries"],
+            seed=seed_sequence,
+            noise=float(payload["noise"]),
+            loss_session=params["loss_session"] if params["arm"] == "electrode_loss" else None,
+            hyperparameters=alg,
+            prior=problem.prior if payload["use_prior"] else None,
+            prior_scale=params["prior_scale"],
+            prior_fade=params["prior_fade"],
+        )
 
     # --------------------------------------------------------------- report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
@@ -173,8 +206,10 @@ class ContinualKind(DatasetKind):
                 m[f"{n}_sessions_mean"] = metrics.value_sem(end[n].mean(1))
                 m.update({f"{n}_s{s + 1}": metrics.value_sem(end[n][:, s]) for s in range(end[n].shape[1])})
             flat = {n: a.reshape(a.shape[0], -1) for n, a in arr.items()}  # units x global queries
-            per_query = {n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
-                         for n, a in flat.items()}
+            per_query = {
+                n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
+                for n, a in flat.items()
+            }
             groups.append({"params": params, "n": len(units), "metrics": m, "per_query": per_query})
             curves[combo] = flat
         ai = names.index("algorithm") if "algorithm" in names else None
@@ -195,8 +230,14 @@ class ContinualKind(DatasetKind):
             for arm, algs in arms.items():
                 for a, b in pairs:
                     if a in algs and b in algs:
-                        comparisons.append({"params": {"arm": arm, **extra}, "a": a, "b": b,
-                                            **{n: _compare(algs[a], algs[b], n) for n in CURVES}})
+                        comparisons.append(
+                            {
+                                "params": {"arm": arm, **extra},
+                                "a": a,
+                                "b": b,
+                                **{n: _compare(algs[a], algs[b], n) for n in CURVES},
+                            }
+                        )
             for f in _findings(arms, loss["electrode_loss"]):
                 findings.append({**f, "params": extra} if extra else f)
         figs = run_dir / "figures"
@@ -241,11 +282,16 @@ def _compare(run_a, run_b, name: str) -> dict:
     common = sorted(set(ua) & set(ub))
     pa_ = ea[[ua.index(u) for u in common]]
     pb_ = eb[[ub.index(u) for u in common]]
-    return {"points_by_session": np.round(pts, 3).tolist(),
-            "p_value_by_session": [_p(pa_[:, s], pb_[:, s]) for s in range(ea.shape[1])],
-            "n_by_session": len(common), "paired_by_session": "subject x lineage",
-            "points": float(pts.mean()), "p_value": _p(ea.mean(0), eb.mean(0)), "n": int(ea.shape[1]),
-            "paired_by": "session (each session's mean over subjects x lineages), as published"}
+    return {
+        "points_by_session": np.round(pts, 3).tolist(),
+        "p_value_by_session": [_p(pa_[:, s], pb_[:, s]) for s in range(ea.shape[1])],
+        "n_by_session": len(common),
+        "paired_by_session": "subject x lineage",
+        "points": float(pts.mean()),
+        "p_value": _p(ea.mean(0), eb.mean(0)),
+        "n": int(ea.shape[1]),
+        "paired_by": "session (each session's mean over subjects x lineages), as published",
+    }
 
 
 # ------------------------------------------------------------------- findings
@@ -263,12 +309,18 @@ def _ahead(arms: dict, arm: str, bench: str, name: str) -> tuple[bool | None, di
     common = sorted(set(ua) & set(ub))
     per_unit = [v[name][[u.index(k) for k in common], :, -1].mean(1) for u, v in ((ua, aa), (ub, ab))]
     holds = c["points"] > 0 and c["p_value"] is not None and c["p_value"] < ALPHA
-    return holds, {"points": round(c["points"], 2), "p_value": c["p_value"], "n": c["n"],
-                   "paired_by": "session", "sessions_ahead": int(np.sum(np.array(c["points_by_session"]) > 0)),
-                   "points_by_session": c["points_by_session"],
-                   "p_value_by_subject_x_lineage": _p(*per_unit), "n_subject_x_lineage": len(common),
-                   "rule": f"mean over sessions of the end-of-session points > 0 and one-sided Wilcoxon p "
-                           f"(paired by session) < {ALPHA}"}
+    return holds, {
+        "points": round(c["points"], 2),
+        "p_value": c["p_value"],
+        "n": c["n"],
+        "paired_by": "session",
+        "sessions_ahead": int(np.sum(np.array(c["points_by_session"]) > 0)),
+        "points_by_session": c["points_by_session"],
+        "p_value_by_subject_x_lineage": _p(*per_unit),
+        "n_subject_x_lineage": len(common),
+        "rule": f"mean over sessions of the end-of-session points > 0 and one-sided Wilcoxon p "
+        f"(paired by session) < {ALPHA}",
+    }
 
 
 def _findings(arms: dict, loss: int | None) -> list[dict]:
@@ -277,8 +329,14 @@ def _findings(arms: dict, loss: int | None) -> list[dict]:
         for bench in ("extensive", "greedy"):
             holds, nums = _ahead(arms, arm, bench, "exploration")
             where = "" if arm == "standard" else " with the electrode lost"
-            out.append(finding(f"GP-BO ahead of {NAMES[bench]} at the end of each session (exploration{where})",
-                                PUBLISHED[(arm, bench)], holds, **nums))
+            out.append(
+                finding(
+                    f"GP-BO ahead of {NAMES[bench]} at the end of each session (exploration{where})",
+                    PUBLISHED[(arm, bench)],
+                    holds,
+                    **nums,
+                )
+            )
     out.append(_drop(arms, loss))
     out.append(_recovery(arms, loss))
     rows, verdicts = {}, []
@@ -288,16 +346,24 @@ def _findings(arms: dict, loss: int | None) -> list[dict]:
             verdicts.append(holds)
             rows[f"{arm}_vs_{bench}"] = {k: nums.get(k) for k in ("points", "p_value", "n", "note") if k in nums}
     decided = [v for v in verdicts if v is not None]
-    out.append(finding("GP-BO ahead in exploitation at the end of each session", "GP-BO better than all "
-                        "alternative methods (Fig. 5F)", all(decided) if decided else None, **rows,
-                        rule=f"in every arm and against every benchmark run: mean over sessions of the "
-                             f"end-of-session exploitation points > 0 and Wilcoxon p (paired by session) < {ALPHA}"))
+    out.append(
+        finding(
+            "GP-BO ahead in exploitation at the end of each session",
+            "GP-BO better than all alternative methods (Fig. 5F)",
+            all(decided) if decided else None,
+            **rows,
+            rule=f"in every arm and against every benchmark run: mean over sessions of the "
+            f"end-of-session exploitation points > 0 and Wilcoxon p (paired by session) < {ALPHA}",
+        )
+    )
     return out
 
 
 def _drop(arms: dict, loss: int | None) -> dict:
-    text, pub = ("After the electrode loss every method drops at the loss session",
-                 "an immediate drop, identical for all methods (Fig. 5E)")
+    text, pub = (
+        "After the electrode loss every method drops at the loss session",
+        "an immediate drop, identical for all methods (Fig. 5E)",
+    )
     algs, std = arms.get("electrode_loss", {}), arms.get("standard", {})
     if loss is None or not algs:
         return finding(text, pub, None, note="the electrode_loss arm was not run")
@@ -314,40 +380,61 @@ def _drop(arms: dict, loss: int | None) -> dict:
         ok = drop > 0 and p is not None and p < ALPHA and (drift is None or drop > drift)
         verdicts.append(ok)
         at_end = 100 * float(before.mean() - ex[:, loss - 1, -1].mean())  # end of L-1 vs end of L
-        nums[alg] = {"drop_points": round(drop, 2), "p_value": p, "n": len(units),
-                     "drift_only_drop_points": None if drift is None else round(drift, 2),
-                     "end_of_loss_session_drop_points": round(at_end, 2)}
+        nums[alg] = {
+            "drop_points": round(drop, 2),
+            "p_value": p,
+            "n": len(units),
+            "drift_only_drop_points": None if drift is None else round(drift, 2),
+            "end_of_loss_session_drop_points": round(at_end, 2),
+        }
     drops = [v["drop_points"] for v in nums.values()]
-    return finding(text, pub, all(verdicts), loss_session=loss, **nums,
-                    spread_points=round(max(drops) - min(drops), 2),
-                    rule=f"for every method, exploration at query 1 of session {loss} is below the end of session "
-                         f"{loss - 1} (drop > 0, one-sided Wilcoxon paired by subject x lineage p < {ALPHA}) and the "
-                         f"drop exceeds the same method's drift-only drop at that boundary in the standard arm")
+    return finding(
+        text,
+        pub,
+        all(verdicts),
+        loss_session=loss,
+        **nums,
+        spread_points=round(max(drops) - min(drops), 2),
+        rule=f"for every method, exploration at query 1 of session {loss} is below the end of session "
+        f"{loss - 1} (drop > 0, one-sided Wilcoxon paired by subject x lineage p < {ALPHA}) and the "
+        f"drop exceeds the same method's drift-only drop at that boundary in the standard arm",
+    )
 
 
 def _recovery(arms: dict, loss: int | None) -> dict:
-    text, pub = ("GP-BO recovers its pre-loss exploration after the electrode loss; the benchmarks recover less",
-                 "GP-BO alone recovers and maintains baseline performance for all following sessions (Fig. 5E)")
+    text, pub = (
+        "GP-BO recovers its pre-loss exploration after the electrode loss; the benchmarks recover less",
+        "GP-BO alone recovers and maintains baseline performance for all following sessions (Fig. 5E)",
+    )
     algs, std = arms.get("electrode_loss", {}), arms.get("standard", {})
     if loss is None or "gpbo" not in algs:
         return finding(text, pub, None, note="the electrode_loss arm with gpbo was not run")
     nums = {}
     for alg, (units, arr) in sorted(algs.items()):
         end = arr["exploration"][:, :, -1]
-        pre, post = 100 * end[:, :loss - 1].mean(), 100 * end[:, loss - 1:].mean()
-        row = {"pre_loss": round(float(pre), 2), "post_loss": round(float(post), 2),
-               "deficit_points": round(float(pre - post), 2)}
+        pre, post = 100 * end[:, : loss - 1].mean(), 100 * end[:, loss - 1 :].mean()
+        row = {
+            "pre_loss": round(float(pre), 2),
+            "post_loss": round(float(post), 2),
+            "deficit_points": round(float(pre - post), 2),
+        }
         if alg in std:
             se = 100 * std[alg][1]["exploration"][:, :, -1]
-            row["drift_only_deficit_points"] = round(float(se[:, :loss - 1].mean() - se[:, loss - 1:].mean()), 2)
+            row["drift_only_deficit_points"] = round(float(se[:, : loss - 1].mean() - se[:, loss - 1 :].mean()), 2)
         nums[alg] = row
     gp = nums["gpbo"]["deficit_points"]
     benches = {a: v["deficit_points"] for a, v in nums.items() if a != "gpbo"}
     holds = gp <= NEAR and all(gp < d for d in benches.values())
-    return finding(text, pub, holds, loss_session=loss, **nums,
-                    rule=f"deficit = mean end-of-session exploration over sessions 1..{loss - 1} minus over sessions "
-                         f"{loss}..last (points, electrode_loss arm); holds if GP-BO's deficit <= {NEAR} and is "
-                         f"smaller than every benchmark's")
+    return finding(
+        text,
+        pub,
+        holds,
+        loss_session=loss,
+        **nums,
+        rule=f"deficit = mean end-of-session exploration over sessions 1..{loss - 1} minus over sessions "
+        f"{loss}..last (points, electrode_loss arm); holds if GP-BO's deficit <= {NEAR} and is "
+        f"smaller than every benchmark's",
+    )
 
 
 # ------------------------------------------------------------------- figure
@@ -365,8 +452,16 @@ def _figure(by_rest: dict, rest_names: list, loss: int | None, path: Path) -> No
                     continue
                 m, s = metrics.mean_sem(by_rest[rest][arm][alg][1][name][:, :, -1])
                 x = np.arange(1, len(m) + 1)
-                ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, color=display.color(alg),
-                            label=display.algorithm(alg))
+                ax.errorbar(
+                    x,
+                    100 * m,
+                    yerr=100 * s,
+                    marker="o",
+                    ms=4,
+                    capsize=3,
+                    color=display.color(alg),
+                    label=display.algorithm(alg),
+                )
                 ax.fill_between(x, 100 * (m - s), 100 * (m + s), color=display.color(alg), alpha=0.15, lw=0)
             if arm == "electrode_loss" and loss is not None:
                 ax.axvline(loss - 0.5, color="0.3", ls="--", lw=1)

@@ -57,7 +57,7 @@ def hyperparameters(params: dict) -> dict:
 
 
 def _label(key: str) -> str:
-    return key[len("params."):] if key.startswith("params.") else key
+    return key[len("params.") :] if key.startswith("params.") else key
 
 
 class HierarchicalKind(DatasetKind):
@@ -69,12 +69,16 @@ class HierarchicalKind(DatasetKind):
             where = f"cell {cell.coords}"
             problem = self.data_for(p)
             if not hasattr(problem, "pattern_space") or not hasattr(problem, "sample"):
-                raise ConfigError(f"dataset={p['dataset'].get('name')!r} ({where}): kind=hierarchical needs "
-                                  f"multi-electrode patterns (e.g. dataset=two_electrode)")
+                raise ConfigError(
+                    f"dataset={p['dataset'].get('name')!r} ({where}): kind=hierarchical needs "
+                    f"multi-electrode patterns (e.g. dataset=two_electrode)"
+                )
             n_q = p["n_queries"]
             if not isinstance(n_q, int) or n_q < 1:
-                raise ConfigError(f"n_queries={n_q!r}: kind=hierarchical needs a total query budget >= 1 "
-                                  f"(stage 1 included), e.g. n_queries=80")
+                raise ConfigError(
+                    f"n_queries={n_q!r}: kind=hierarchical needs a total query budget >= 1 "
+                    f"(stage 1 included), e.g. n_queries=80"
+                )
             if p["n_reps"] < 1:
                 raise ConfigError(f"n_reps={p['n_reps']}: must be >= 1")
             params = dict(p["params"])
@@ -89,15 +93,23 @@ class HierarchicalKind(DatasetKind):
                 raise ConfigError(f"params.method={method!r} ({where}): {exc}") from None
             budgets = getattr(opt, "budgets", None)
             if budgets is not None and int(budgets[-1]) >= n_q:
-                raise ConfigError(f"params.hierarchical.stage_queries ({where}): the stages before the last "
-                                  f"take {int(budgets[-1])} queries, which leaves none of n_queries={n_q}")
+                raise ConfigError(
+                    f"params.hierarchical.stage_queries ({where}): the stages before the last "
+                    f"take {int(budgets[-1])} queries, which leaves none of n_queries={n_q}"
+                )
 
     # --------------------------------------------------------------- worker side
     @staticmethod
     def run_cell(payload: dict, seed_sequence, problem) -> pa.Table:
         params = dict(payload["params"])
-        return run_patterns(problem, params["method"], n_reps=payload["n_reps"], n_queries=payload["n_queries"],
-                            seed=seed_sequence, hyperparameters=hyperparameters(params))
+        return run_patterns(
+            problem,
+            params["method"],
+            n_reps=payload["n_reps"],
+            n_queries=payload["n_queries"],
+            seed=seed_sequence,
+            hyperparameters=hyperparameters(params),
+        )
 
     # --------------------------------------------------------------- report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
@@ -124,10 +136,11 @@ class HierarchicalKind(DatasetKind):
             mean_acc = cur["accuracy"].mean(0)
             m["queries_to_accuracy_0.9"] = [_first_at(mean_acc, TARGETS["accuracy"]), 0.0]
             m["stage1_queries"] = metrics.value_sem((stage == 1).sum(1).astype(float))
-            per_query = {n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
-                         for n, a in cur.items()}
-            groups.append({"params": params, "n": int(cur["accuracy"].shape[0]), "metrics": m,
-                           "per_query": per_query})
+            per_query = {
+                n: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(a))))
+                for n, a in cur.items()
+            }
+            groups.append({"params": params, "n": int(cur["accuracy"].shape[0]), "metrics": m, "per_query": per_query})
             curves[tuple(combo)] = (cur, stage)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
@@ -138,9 +151,14 @@ class HierarchicalKind(DatasetKind):
 
 def targets(groups: list[dict]) -> dict:
     """The issue's targets, measured per kappa (and per value of any other group key)."""
-    out: dict = {"definition": {"accuracy": TARGETS["accuracy"], "within_queries": TARGETS["within"],
-                                "ahead_of_flat_by_more_than_sem": list(TARGETS["ahead"]),
-                                "sem_of_difference": "sqrt(sem_hierarchical^2 + sem_flat^2)"}}
+    out: dict = {
+        "definition": {
+            "accuracy": TARGETS["accuracy"],
+            "within_queries": TARGETS["within"],
+            "ahead_of_flat_by_more_than_sem": list(TARGETS["ahead"]),
+            "sem_of_difference": "sqrt(sem_hierarchical^2 + sem_flat^2)",
+        }
+    }
     by_method: dict = {}
     for g in groups:
         p = dict(g["params"])
@@ -161,7 +179,7 @@ def targets(groups: list[dict]) -> dict:
             for name, (hm, hs) in h["metrics"].items():
                 if not name.startswith("accuracy_q"):
                     continue
-                q = int(name[len("accuracy_q"):])
+                q = int(name[len("accuracy_q") :])
                 if lo <= q <= hi and name in f["metrics"]:
                     fm, fs = f["metrics"][name]
                     sem = math.sqrt(hs * hs + fs * fs)
@@ -169,8 +187,9 @@ def targets(groups: list[dict]) -> dict:
             row["ahead_of_flat"] = all(v["ahead"] for v in margins.values()) if margins else None
             row["ahead_budgets"] = sorted(q for q, v in margins.items() if v["ahead"])
             row["behind_or_tied_budgets"] = sorted(q for q, v in margins.items() if not v["ahead"])
-            row["difference_by_budget"] = {str(q): [round(v["difference"], 4), round(v["sem"], 4)]
-                                           for q, v in sorted(margins.items())}
+            row["difference_by_budget"] = {
+                str(q): [round(v["difference"], 4), round(v["sem"], 4)] for q, v in sorted(margins.items())
+            }
         rows.append(row)
         if row.get("hierarchical_reaches_target") and row.get("ahead_of_flat"):
             holds_at.append(dict(key))  # the settings (kappa values) at which both targets hold
@@ -181,8 +200,13 @@ def targets(groups: list[dict]) -> dict:
     for method, gs in by_method.items():
         finals = [g["metrics"]["accuracy_final"][0] for g in gs.values()]
         if finals:
-            spread[method] = {"min": min(finals), "max": max(finals), "range": max(finals) - min(finals),
-                              "std": float(np.std(finals)), "over": [dict(k) for k in gs]}
+            spread[method] = {
+                "min": min(finals),
+                "max": max(finals),
+                "range": max(finals) - min(finals),
+                "std": float(np.std(finals)),
+                "over": [dict(k) for k in gs],
+            }
     out["final_accuracy_spread"] = spread
     return out
 

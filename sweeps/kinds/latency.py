@@ -61,13 +61,25 @@ PUBLISHED_MS = {"cpu": 130.0, "cuda": 7.0}
 TARGET_MS = {"variable_rho": 50.0, "fixed_rho": 5.0}  # the targets at 10,000 points, 3-D, history 500, CPU
 TARGET_SETTING = {"n_points": 10000, "n_dims": 3, "history": 500}
 
-SCHEMA = pa.schema([
-    ("mode", pa.string()), ("device", pa.string()), ("axis", pa.string()),
-    ("n_points", pa.int64()), ("n_dims", pa.int64()), ("history", pa.int64()), ("history_from", pa.string()),
-    ("n_unique", pa.int64()), ("sample", pa.int32()),
-    ("ms_query", pa.float64()), ("ms_tell", pa.float64()), ("ms_ask", pa.float64()),
-    ("fit_steps", pa.int32()), ("threads", pa.int32()), ("device_name", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("mode", pa.string()),
+        ("device", pa.string()),
+        ("axis", pa.string()),
+        ("n_points", pa.int64()),
+        ("n_dims", pa.int64()),
+        ("history", pa.int64()),
+        ("history_from", pa.string()),
+        ("n_unique", pa.int64()),
+        ("sample", pa.int32()),
+        ("ms_query", pa.float64()),
+        ("ms_tell", pa.float64()),
+        ("ms_ask", pa.float64()),
+        ("fit_steps", pa.int32()),
+        ("threads", pa.int32()),
+        ("device_name", pa.string()),
+    ]
+)
 
 
 def settings_of(params: dict) -> list[dict]:
@@ -85,16 +97,36 @@ def settings_of(params: dict) -> list[dict]:
 def _time_setting(p: dict, s: dict, seed, dev_name: str, rows: dict) -> None:
     import torch
 
-    r = time_queries(p["algorithms"][p["mode"]], s["n_points"], s["n_dims"], s["history"], p["device"],
-                     int(p["repeats"]), int(p["warmup"]), float(p["max_seconds_per_setting"]), seed,
-                     s["history_from"])
+    r = time_queries(
+        p["algorithms"][p["mode"]],
+        s["n_points"],
+        s["n_dims"],
+        s["history"],
+        p["device"],
+        int(p["repeats"]),
+        int(p["warmup"]),
+        float(p["max_seconds_per_setting"]),
+        seed,
+        s["history_from"],
+    )
     for i, (q, tl, ak, fs) in enumerate(zip(r["ms_query"], r["ms_tell"], r["ms_ask"], r["fit_steps"])):
-        for k, v in (("mode", p["mode"]), ("device", p["device"]), ("axis", p["axis"]),
-                     ("n_points", s["n_points"]), ("n_dims", s["n_dims"]), ("history", s["history"]),
-                     ("history_from", s["history_from"]),
-                     ("n_unique", r["n_unique"]), ("sample", i), ("ms_query", q), ("ms_tell", tl),
-                     ("ms_ask", ak), ("fit_steps", fs), ("threads", torch.get_num_threads()),
-                     ("device_name", dev_name)):
+        for k, v in (
+            ("mode", p["mode"]),
+            ("device", p["device"]),
+            ("axis", p["axis"]),
+            ("n_points", s["n_points"]),
+            ("n_dims", s["n_dims"]),
+            ("history", s["history"]),
+            ("history_from", s["history_from"]),
+            ("n_unique", r["n_unique"]),
+            ("sample", i),
+            ("ms_query", q),
+            ("ms_tell", tl),
+            ("ms_ask", ak),
+            ("fit_steps", fs),
+            ("threads", torch.get_num_threads()),
+            ("device_name", dev_name),
+        ):
             rows[k].append(v)
 
 
@@ -114,8 +146,10 @@ def torch_threads(n):
 
 def check_threads(n) -> None:
     if n is not None and (not isinstance(n, int) or n < 1):
-        raise ConfigError(f"params.threads={n!r}: torch threads per cell must be an integer >= 1, or null "
-                          f"for as many as the cell's CPUs (cluster.cpus_per_cell)")
+        raise ConfigError(
+            f"params.threads={n!r}: torch threads per cell must be an integer >= 1, or null "
+            f"for as many as the cell's CPUs (cluster.cpus_per_cell)"
+        )
 
 
 # ------------------------------------------------------------------ the kind
@@ -127,13 +161,25 @@ class LatencyKind(Experiment):
         from neuro_opt import algorithms
 
         if cfg.n_queries is not None:
-            raise ConfigError(f"n_queries={cfg.n_queries}: the latency experiment has no query budget; the history "
-                              f"lengths are params.values.history and params.anchor.history")
+            raise ConfigError(
+                f"n_queries={cfg.n_queries}: the latency experiment has no query budget; the history "
+                f"lengths are params.values.history and params.anchor.history"
+            )
         for cell in cells:
             p = cell.payload["params"]
             where = f"cell {cell.coords}"
-            for key in ("mode", "device", "axis", "anchor", "values", "algorithms", "repeats", "warmup",
-                        "max_seconds_per_setting", "threads"):
+            for key in (
+                "mode",
+                "device",
+                "axis",
+                "anchor",
+                "values",
+                "algorithms",
+                "repeats",
+                "warmup",
+                "max_seconds_per_setting",
+                "threads",
+            ):
                 if key not in p:
                     raise ConfigError(f"params.{key} is missing ({where}); see conf/exp/latency.yaml")
             if p["mode"] not in MODES:
@@ -166,8 +212,9 @@ class LatencyKind(Experiment):
             except ValueError as exc:
                 raise ConfigError(f"params.algorithms.{p['mode']} ({where}): {exc}") from None
             if getattr(getattr(opt, "gp", None), "mode", None) != MODES[p["mode"]]:
-                raise ConfigError(f"params.algorithms.{p['mode']}: algorithm {name!r} is not a "
-                                  f"{MODES[p['mode']]}-rho GP-BO")
+                raise ConfigError(
+                    f"params.algorithms.{p['mode']}: algorithm {name!r} is not a {MODES[p['mode']]}-rho GP-BO"
+                )
 
     @staticmethod
     def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
@@ -184,7 +231,6 @@ class LatencyKind(Experiment):
                 _time_setting(p, s, child, dev_name, rows)
         return pa.table(rows, schema=SCHEMA)
 
-
     # ------------------------------------------------------------------ report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         keys = ("mode", "n_points", "n_dims", "history", "history_from", "device")
@@ -196,14 +242,21 @@ class LatencyKind(Experiment):
             for k, v in zip(keys, combo):
                 sub = sub.filter(pc.equal(sub[k], v))
             params = dict(zip(keys, combo))
-            m = {name: _median_sem(sub[col].to_numpy()) for name, col in
-                 (("ms_per_query", "ms_query"), ("ms_tell", "ms_tell"), ("ms_ask", "ms_ask"))}
+            m = {
+                name: _median_sem(sub[col].to_numpy())
+                for name, col in (("ms_per_query", "ms_query"), ("ms_tell", "ms_tell"), ("ms_ask", "ms_ask"))
+            }
             m["ms_per_query_min"] = [float(pc.min(sub["ms_query"]).as_py()), 0.0]
             m["ms_per_query_max"] = [float(pc.max(sub["ms_query"]).as_py()), 0.0]
             m["fit_steps"] = _median_sem(sub["fit_steps"].to_numpy())  # Adam steps of the timed refits
-            g = {"params": params, "n": sub.num_rows, "metrics": m,
-                 "threads": int(sub["threads"][0].as_py()), "device_name": sub["device_name"][0].as_py(),
-                 "n_unique": int(sub["n_unique"][0].as_py())}
+            g = {
+                "params": params,
+                "n": sub.num_rows,
+                "metrics": m,
+                "threads": int(sub["threads"][0].as_py()),
+                "device_name": sub["device_name"][0].as_py(),
+                "n_unique": int(sub["n_unique"][0].as_py()),
+            }
             groups.append(g)
         out = {"groups": groups, "anchor": dict(cfg.params.anchor), "targets": _targets(groups)}
         wanted = axes.get("params.device") or [cfg.params.get("device")]
@@ -232,9 +285,16 @@ def _targets(groups: list[dict]) -> list[dict]:
         p = g["params"]
         if p["device"] == "cpu" and all(p[k] == v for k, v in TARGET_SETTING.items()):
             ms = g["metrics"]["ms_per_query"][0]
-            out.append({"params": p, "ms_per_query": ms, "target_ms": TARGET_MS[p["mode"]],
-                        "met": bool(ms <= TARGET_MS[p["mode"]]), "published_ms": PUBLISHED_MS["cpu"],
-                        "n_unique": g["n_unique"]})
+            out.append(
+                {
+                    "params": p,
+                    "ms_per_query": ms,
+                    "target_ms": TARGET_MS[p["mode"]],
+                    "met": bool(ms <= TARGET_MS[p["mode"]]),
+                    "published_ms": PUBLISHED_MS["cpu"],
+                    "n_unique": g["n_unique"],
+                }
+            )
     return out
 
 
@@ -257,9 +317,17 @@ def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
     for ax, axis in zip(axes, AXES):
         others = [k for k in AXES if k != axis]
         for i, (mode, dev) in enumerate(lines):
-            gs = sorted((g for g in groups if g["params"]["mode"] == mode and g["params"]["device"] == dev
-                         and g["params"]["history_from"] == "distinct"
-                         and all(g["params"][k] == anchor[k] for k in others)), key=lambda g: g["params"][axis])
+            gs = sorted(
+                (
+                    g
+                    for g in groups
+                    if g["params"]["mode"] == mode
+                    and g["params"]["device"] == dev
+                    and g["params"]["history_from"] == "distinct"
+                    and all(g["params"][k] == anchor[k] for k in others)
+                ),
+                key=lambda g: g["params"][axis],
+            )
             if not gs:
                 continue
             x = [g["params"][axis] for g in gs]
@@ -268,15 +336,33 @@ def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=f"C{i}", label=f"{mode}, {dev}")
         if axis == "history":
             for i, (mode, dev) in enumerate(lines):
-                run = [g for g in groups if g["params"]["mode"] == mode and g["params"]["device"] == dev
-                       and g["params"]["history_from"] == "run"]
+                run = [
+                    g
+                    for g in groups
+                    if g["params"]["mode"] == mode
+                    and g["params"]["device"] == dev
+                    and g["params"]["history_from"] == "run"
+                ]
                 if run:
-                    ax.plot([g["params"]["history"] for g in run], [g["metrics"]["ms_per_query"][0] for g in run],
-                            marker="s", ls="none", mfc="none", color=f"C{i}",
-                            label=f"{mode}, {dev}: after a GP-BO run")
+                    ax.plot(
+                        [g["params"]["history"] for g in run],
+                        [g["metrics"]["ms_per_query"][0] for g in run],
+                        marker="s",
+                        ls="none",
+                        mfc="none",
+                        color=f"C{i}",
+                        label=f"{mode}, {dev}: after a GP-BO run",
+                    )
             for dev, ms in PUBLISHED_MS.items():
-                ax.plot([TARGET_SETTING["history"]], [ms], marker="*", ms=11, ls="none",
-                        color="k" if dev == "cpu" else "0.5", label=f"published {dev} ({ms:g} ms, 10k pts, 3-D)")
+                ax.plot(
+                    [TARGET_SETTING["history"]],
+                    [ms],
+                    marker="*",
+                    ms=11,
+                    ls="none",
+                    color="k" if dev == "cpu" else "0.5",
+                    label=f"published {dev} ({ms:g} ms, 10k pts, 3-D)",
+                )
         ax.set_xlabel(axis.replace("_", " "))
         ax.set_yscale("log")
         if axis == "n_points":

@@ -39,6 +39,7 @@ class DatasetKind(Experiment):
 
     def dataset(self, ds_cfg: dict) -> Dataset:
         from sweeps.grid import stable_hash
+
         key = stable_hash(ds_cfg)
         if key not in self._datasets:
             name, args = dataset_args(ds_cfg)
@@ -56,8 +57,19 @@ class DatasetKind(Experiment):
 
 
 class OptimizationKind(DatasetKind):
-    payload_keys = ("kind", "algorithm", "dataset", "muscle", "noise", "n_reps", "n_queries", "response_mode",
-                    "use_prior", "record_map", "seed")
+    payload_keys = (
+        "kind",
+        "algorithm",
+        "dataset",
+        "muscle",
+        "noise",
+        "n_reps",
+        "n_queries",
+        "response_mode",
+        "use_prior",
+        "record_map",
+        "seed",
+    )
 
     def validate(self, cfg, cells) -> None:
         for cell in cells:
@@ -66,38 +78,53 @@ class OptimizationKind(DatasetKind):
             where = f"cell {cell.coords}"
             noise = p["noise"]
             if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-                raise ConfigError(f"noise={noise!r} ({where}): a noise level is a std as a fraction of the "
-                                  f"maximum response and must be >= 0")
+                raise ConfigError(
+                    f"noise={noise!r} ({where}): a noise level is a std as a fraction of the "
+                    f"maximum response and must be >= 0"
+                )
             n_q, P = p["n_queries"], problem.space.n_points
             if n_q is not None and (n_q < 1 or n_q > P):
-                raise ConfigError(f"n_queries={n_q} ({where}): must be between 1 and the size of the search "
-                                  f"space of {problem.key!r} ({P} points)")
+                raise ConfigError(
+                    f"n_queries={n_q} ({where}): must be between 1 and the size of the search "
+                    f"space of {problem.key!r} ({P} points)"
+                )
             if p["n_reps"] < 1:
                 raise ConfigError(f"n_reps={p['n_reps']}: must be >= 1")
             if p["response_mode"] not in ("gaussian", "repetition_valid", "repetition_all"):
-                raise ConfigError(f"response_mode={p['response_mode']!r}: expected gaussian, repetition_valid "
-                                  f"or repetition_all")
+                raise ConfigError(
+                    f"response_mode={p['response_mode']!r}: expected gaussian, repetition_valid or repetition_all"
+                )
             alg = dict(p["algorithm"])
             name = alg.pop("name", None)
             try:  # builds the optimizer once: catches unknown names, unknown or out-of-range hyperparameters
-                algorithms.make(name, problem.space, n_reps=1, seed=0,
-                                prior=problem.prior if p["use_prior"] else None, **alg)
+                algorithms.make(
+                    name, problem.space, n_reps=1, seed=0, prior=problem.prior if p["use_prior"] else None, **alg
+                )
             except ValueError as exc:
                 raise ConfigError(f"algorithm ({where}): {exc}") from None
             if p["use_prior"] and problem.prior is None and problem.meta.get("prior_dims") != []:
                 # a generator that records prior_dims == [] made a no-prior condition on purpose (Fig. S7's 0 dims)
-                raise ConfigError(f"use_prior=true but problem {problem.key!r} of dataset "
-                                  f"{p['dataset']['name']!r} has no prior map")
+                raise ConfigError(
+                    f"use_prior=true but problem {problem.key!r} of dataset {p['dataset']['name']!r} has no prior map"
+                )
 
     # --------------------------------------------------------------- worker side
     @staticmethod
     def run_cell(payload: dict, seed_sequence, problem) -> pa.Table:
         alg = dict(payload["algorithm"])
         name = alg.pop("name")
-        return simulate(problem, name, n_reps=payload["n_reps"], n_queries=payload["n_queries"],
-                        seed=seed_sequence, noise=float(payload["noise"]), response_mode=payload["response_mode"],
-                        use_prior=payload["use_prior"], hyperparameters=alg,
-                        record_map=bool(payload.get("record_map", False)))
+        return simulate(
+            problem,
+            name,
+            n_reps=payload["n_reps"],
+            n_queries=payload["n_queries"],
+            seed=seed_sequence,
+            noise=float(payload["noise"]),
+            response_mode=payload["response_mode"],
+            use_prior=payload["use_prior"],
+            hyperparameters=alg,
+            record_map=bool(payload.get("record_map", False)),
+        )
 
     # --------------------------------------------------------------- report
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
@@ -127,26 +154,40 @@ class OptimizationKind(DatasetKind):
                         m[f"{name}_q{q}"] = metrics.value_sem(arr[:, q - 1])
             conv = metrics.queries_to_convergence(run_curves(sub, "point"))
             m["converged_fraction"] = metrics.value_sem(np.isfinite(conv).astype(float))
-            per_query = {name: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(arr))))
-                         for name, arr in cur.items()}
-            groups.append({"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m,
-                           "per_query": per_query})
+            per_query = {
+                name: dict(zip(("mean", "sem"), (np.round(v, 5).tolist() for v in metrics.mean_sem(arr))))
+                for name, arr in cur.items()
+            }
+            groups.append(
+                {"params": params, "n": int(cur["exploration"].shape[0]), "metrics": m, "per_query": per_query}
+            )
             curves_by_group[tuple(combo)] = cur
         comparisons = self._compare(cfg, table, group_keys, combos)
         figs = run_dir / "figures"
         figs.mkdir(exist_ok=True)
         n_problems = len(set(table["muscle"].to_pylist())) if "muscle" in table.column_names else None
         plots.curves_figure(group_keys, curves_by_group, figs / "curves.png", cfg.experiment, n_problems)
-        numeric = [k for k in group_keys if k != "algorithm" and all(isinstance(c[group_keys.index(k)], (int, float))
-                                                                      for c in combos)]
+        numeric = [
+            k
+            for k in group_keys
+            if k != "algorithm" and all(isinstance(c[group_keys.index(k)], (int, float)) for c in combos)
+        ]
         if "algorithm" in group_keys and len(numeric) == 1:
-            plots.final_vs_param(groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png",
-                                 cfg.experiment, n_problems)
+            plots.final_vs_param(
+                groups, numeric[0], figs / f"final_vs_{numeric[0].replace('.', '_')}.png", cfg.experiment, n_problems
+            )
         out = {"groups": groups, "comparisons": comparisons}
         if cfg.report.analysis:
             from sweeps import analyses
-            out.update(analyses.run(cfg.report.analysis, analyses.Context(
-                cfg=cfg, table=table, figures=figs, groups=groups, comparisons=comparisons, kind=self)))
+
+            out.update(
+                analyses.run(
+                    cfg.report.analysis,
+                    analyses.Context(
+                        cfg=cfg, table=table, figures=figs, groups=groups, comparisons=comparisons, kind=self
+                    ),
+                )
+            )
         return out
 
     def _compare(self, cfg, table, group_keys, combos):
@@ -162,8 +203,10 @@ class OptimizationKind(DatasetKind):
             return []
         ai = group_keys.index("algorithm")
         rest_keys = [g for g in group_keys if g != "algorithm"]
-        others = sorted({tuple(v for i, v in enumerate(c) if i != ai) for c in combos},
-                        key=lambda r: tuple((str(type(v)), v) for v in r))
+        others = sorted(
+            {tuple(v for i, v in enumerate(c) if i != ai) for c in combos},
+            key=lambda r: tuple((str(type(v)), v) for v in r),
+        )
         out = []
         for a, b in pairs:
             for rest in others:
@@ -171,8 +214,11 @@ class OptimizationKind(DatasetKind):
                 per = {}
                 for alg in (a, b):
                     sub = select(table, {"algorithm": alg})
-                    wanted = {k.replace(".", "_"): v for k, v in params.items()
-                              if sub.num_rows and sub[k.replace(".", "_")].null_count < sub.num_rows}
+                    wanted = {
+                        k.replace(".", "_"): v
+                        for k, v in params.items()
+                        if sub.num_rows and sub[k.replace(".", "_")].null_count < sub.num_rows
+                    }
                     per[alg] = select(sub, wanted) if None not in wanted.values() else sub.slice(0, 0)
                 if per[a].num_rows == 0 or per[b].num_rows == 0:
                     continue
@@ -182,8 +228,11 @@ class OptimizationKind(DatasetKind):
                     pts = metrics.performance_points(ca, cb)
                     pa_, pb_ = per_problem_final(per[a], name), per_problem_final(per[b], name)
                     common = sorted(set(pa_) & set(pb_))
-                    p = metrics.wilcoxon_greater(np.array([pa_[k] for k in common]),
-                                                 np.array([pb_[k] for k in common])) if len(common) > 1 else None
+                    p = (
+                        metrics.wilcoxon_greater(np.array([pa_[k] for k in common]), np.array([pb_[k] for k in common]))
+                        if len(common) > 1
+                        else None
+                    )
                     entry[f"{name}_points_final"] = float(pts[-1])
                     for q in cfg.report.at:
                         if q <= len(pts):

@@ -38,7 +38,7 @@ from sweeps.grid import stable_hash
 from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
 
-CELLS = {name[len("run_"):]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
+CELLS = {name[len("run_") :]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
 
 
 #: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed).
@@ -77,8 +77,10 @@ class TBFMKind(Experiment):
             models = {m for c in cell_list for m in (c.payload["params"].get("models") or [])}
             for chain in cfg.report.order:
                 if isinstance(chain, str) or len(chain) < 2 or (models and not set(chain) <= models):
-                    raise ConfigError(f"report.order: each entry is a list of two or more of params.models "
-                                      f"{sorted(models)}, got {chain!r}")
+                    raise ConfigError(
+                        f"report.order: each entry is a list of two or more of params.models "
+                        f"{sorted(models)}, got {chain!r}"
+                    )
 
     @staticmethod
     def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
@@ -92,8 +94,11 @@ class TBFMKind(Experiment):
         for name, value in (("cell_wall_s", time.perf_counter() - t0), ("cell_cpu_s", time.process_time() - c0)):
             if name not in table.column_names:
                 table = table.append_column(name, pa.array([float(value)] * table.num_rows, pa.float64()))
-        return table.append_column("rep", pa.array([int(rep)] * table.num_rows, pa.int64())) \
-            if "rep" not in table.column_names else table
+        return (
+            table.append_column("rep", pa.array([int(rep)] * table.num_rows, pa.int64()))
+            if "rep" not in table.column_names
+            else table
+        )
 
     def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
         pool = set(cfg.report.pool) | {"params.rep"}
@@ -101,8 +106,9 @@ class TBFMKind(Experiment):
         by = [b for b in cfg.report.by if b in table.column_names]
         cols = [k.replace(".", "_") for k in keys] + by
         names = keys + by
-        wanted = [m for m in cfg.report.metrics if m in table.column_names] or \
-            [c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type)]
+        wanted = [m for m in cfg.report.metrics if m in table.column_names] or [
+            c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type)
+        ]
         rows = table.to_pylist()
         groups_rows: dict = {}
         for r in rows:
@@ -122,15 +128,25 @@ class TBFMKind(Experiment):
         figs.mkdir(exist_ok=True)
         x = cfg.report.x
         if x and x in keys:
-            _figure(groups, x, [n for n in names if n != x], wanted, figs / f"{wanted[0] if wanted else 'metric'}_vs_"
-                    f"{x.replace('.', '_')}.png")
+            _figure(
+                groups,
+                x,
+                [n for n in names if n != x],
+                wanted,
+                figs / f"{wanted[0] if wanted else 'metric'}_vs_{x.replace('.', '_')}.png",
+            )
         out = {"groups": groups}
         if cfg.report.order:
             out["orderings"] = orderings(rows, cols, by, [list(c) for c in cfg.report.order], wanted)
         if cfg.report.analysis:  # the experiment's own findings (sweeps/analyses/<name>.py)
             from sweeps import analyses
-            out.update(analyses.run(cfg.report.analysis, analyses.Context(
-                cfg=cfg, table=table, figures=figs, groups=groups, comparisons=[], kind=self)))
+
+            out.update(
+                analyses.run(
+                    cfg.report.analysis,
+                    analyses.Context(cfg=cfg, table=table, figures=figs, groups=groups, comparisons=[], kind=self),
+                )
+            )
         return out
 
 
@@ -159,18 +175,33 @@ def orderings(rows: list[dict], cols: list[str], by: list[str], chains: list[lis
                 if a not in models or b not in models:
                     raise ConfigError(f"report.order: {a!r} or {b!r} has no {metric} rows; models: {sorted(models)}")
                 va, vb = np.array(models[a]), np.array(models[b])
-                sd = max(float(np.std(va, ddof=1)) if va.size > 1 else 0.0,
-                         float(np.std(vb, ddof=1)) if vb.size > 1 else 0.0)
+                sd = max(
+                    float(np.std(va, ddof=1)) if va.size > 1 else 0.0, float(np.std(vb, ddof=1)) if vb.size > 1 else 0.0
+                )
                 rng = max(float(np.ptp(va)), float(np.ptp(vb)))
                 gap = float(va.mean() - vb.mean())
-                pairs.append({"better": a, "worse": b, "gap": gap, "spread_sd": sd, "spread_range": rng,
-                              "n_seeds": [int(va.size), int(vb.size)], "holds": gap > sd, "holds_by_range": gap > rng,
-                              "paired": _paired(by_seed.get(combo, {}).get(a, {}), by_seed.get(combo, {}).get(b, {}))})
-        blocks.append({**dict(zip(others, combo)), "metric": metric, "pairs": pairs,
-                       "holds": all(p["holds"] for p in pairs)})
-    return {"rule": "mean(A) - mean(B) > max(sd_A, sd_B) over the seeds (holds_by_range: > max(range_A, range_B)); "
-                    "paired: A - B on each seed's session, holds when mean(A - B) > sd(A - B) and A > B on every seed",
-            "blocks": blocks, "holds": all(b["holds"] for b in blocks)}
+                pairs.append(
+                    {
+                        "better": a,
+                        "worse": b,
+                        "gap": gap,
+                        "spread_sd": sd,
+                        "spread_range": rng,
+                        "n_seeds": [int(va.size), int(vb.size)],
+                        "holds": gap > sd,
+                        "holds_by_range": gap > rng,
+                        "paired": _paired(by_seed.get(combo, {}).get(a, {}), by_seed.get(combo, {}).get(b, {})),
+                    }
+                )
+        blocks.append(
+            {**dict(zip(others, combo)), "metric": metric, "pairs": pairs, "holds": all(p["holds"] for p in pairs)}
+        )
+    return {
+        "rule": "mean(A) - mean(B) > max(sd_A, sd_B) over the seeds (holds_by_range: > max(range_A, range_B)); "
+        "paired: A - B on each seed's session, holds when mean(A - B) > sd(A - B) and A > B on every seed",
+        "blocks": blocks,
+        "holds": all(b["holds"] for b in blocks),
+    }
 
 
 def _paired(a: dict, b: dict) -> dict:
@@ -180,16 +211,30 @@ def _paired(a: dict, b: dict) -> dict:
     d = np.array([a[s] - b[s] for s in seeds])
     sd = float(np.std(d, ddof=1)) if d.size > 1 else None  # undefined for fewer than two seeds
     mean = float(d.mean()) if d.size else None
-    return {"n": int(d.size), "gaps": [float(x) for x in d], "mean": mean, "sd": sd,
-            "n_better": int((d > 0).sum()), "holds": bool(sd is not None and mean > sd and (d > 0).all())}
+    return {
+        "n": int(d.size),
+        "gaps": [float(x) for x in d],
+        "mean": mean,
+        "sd": sd,
+        "n_better": int((d > 0).sum()),
+        "holds": bool(sd is not None and mean > sd and (d > 0).all()),
+    }
 
 
 _EXTRA = {
     "sample_efficiency": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
     "compare": {"models": None, "horizons": None, "latency": None, "latency_calls": None, "max_bases": None},
     "fsam": {"max_bases": None, "patience": None, "min_delta": None, "hidden": None},
-    "latency": {"models": None, "compiled": None, "streaming": None, "horizons": None, "device": None, "rank": None,
-                "n_calls": None, "warmup": None},
+    "latency": {
+        "models": None,
+        "compiled": None,
+        "streaming": None,
+        "horizons": None,
+        "device": None,
+        "rank": None,
+        "n_calls": None,
+        "warmup": None,
+    },
     "control": {"target_step": None, "n_mix": None},
 }
 
@@ -208,8 +253,15 @@ def _figure(groups, x, series_keys, wanted, path):
             if not pts:
                 continue
             xs, ms, ss = zip(*pts)
-            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
-                        label=", ".join(f"{k}={v}" for k, v in zip(series_keys, label)))
+            ax.errorbar(
+                xs,
+                ms,
+                yerr=ss,
+                marker="o",
+                capsize=3,
+                color=f"C{i}",
+                label=", ".join(f"{k}={v}" for k, v in zip(series_keys, label)),
+            )
             ax.set_xlabel(x)
             ax.set_ylabel(m)
     axes[0, 0].legend(fontsize=7)

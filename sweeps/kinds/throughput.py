@@ -44,8 +44,16 @@ from sweeps.schema import ConfigError
 
 ENGINES = ("batched", "botorch_reference")
 # GP-BO hyperparameters the reference loop takes (the rest are the engine's own knobs)
-REFERENCE_KEYS = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max",
-                  "outputscale_min", "outputscale_max")
+REFERENCE_KEYS = (
+    "kappa",
+    "n_random",
+    "rho_low",
+    "rho_high",
+    "noise_min",
+    "noise_max",
+    "outputscale_min",
+    "outputscale_max",
+)
 ENGINE_ONLY_KEYS = ("name", "mode", "fit_steps", "lr", "fit_tol", "capacity", "device")
 
 
@@ -53,8 +61,10 @@ def reference_hyperparameters(alg: dict) -> dict:
     """The reference loop's arguments from a ``gpbo`` config; raises on keys it has no equivalent for."""
     extra = sorted(set(alg) - set(REFERENCE_KEYS) - set(ENGINE_ONLY_KEYS))
     if extra:
-        raise ConfigError(f"algorithm keys {extra} have no equivalent in the BoTorch reference loop "
-                          f"(neuro_opt/reference_loop.py); the comparison would not be like for like")
+        raise ConfigError(
+            f"algorithm keys {extra} have no equivalent in the BoTorch reference loop "
+            f"(neuro_opt/reference_loop.py); the comparison would not be like for like"
+        )
     return {k: alg[k] for k in REFERENCE_KEYS if k in alg}
 
 
@@ -83,8 +93,9 @@ class ThroughputKind(Experiment):
                 raise ConfigError(f"dataset={name}: {exc}") from None
         ds = self._datasets[key]
         if n_problems > len(ds):
-            raise ConfigError(f"params.n_problems={n_problems} but dataset {ds_cfg.get('name')!r} has only "
-                              f"{len(ds)} problems")
+            raise ConfigError(
+                f"params.n_problems={n_problems} but dataset {ds_cfg.get('name')!r} has only {len(ds)} problems"
+            )
         return [ds[k] for k in ds.keys()[:n_problems]]
 
     def data_for(self, payload: dict) -> dict:
@@ -106,8 +117,10 @@ class ThroughputKind(Experiment):
             if p["engine"] not in ENGINES:
                 raise ConfigError(f"params.engine={p['engine']!r} ({where}): expected one of {', '.join(ENGINES)}")
             if p["workload"] not in p["workload_specs"]:
-                raise ConfigError(f"params.workload={p['workload']!r} ({where}): not in params.workload_specs "
-                                  f"({', '.join(p['workload_specs'])})")
+                raise ConfigError(
+                    f"params.workload={p['workload']!r} ({where}): not in params.workload_specs "
+                    f"({', '.join(p['workload_specs'])})"
+                )
             check_threads(p["threads"])
             if not isinstance(p["n_problems"], int) or p["n_problems"] < 1:
                 raise ConfigError(f"params.n_problems={p['n_problems']!r}: must be an integer >= 1")
@@ -118,21 +131,26 @@ class ThroughputKind(Experiment):
                 if key not in spec:
                     raise ConfigError(f"params.workload_specs.{p['workload']}.{key} is missing")
             if not isinstance(spec["runs_reference"], int) or spec["runs_reference"] < 1:
-                raise ConfigError(f"params.workload_specs.{p['workload']}.runs_reference={spec['runs_reference']!r}: "
-                                  f"must be an integer >= 1")
+                raise ConfigError(
+                    f"params.workload_specs.{p['workload']}.runs_reference={spec['runs_reference']!r}: "
+                    f"must be an integer >= 1"
+                )
             problems = self.problems(spec["dataset"], int(p["n_problems"]))
             P = min(pr.space.n_points for pr in problems)
             n_q = _n_queries(pl, spec)
             if n_q < 1 or n_q > P:
-                raise ConfigError(f"n_queries={n_q} ({where}): must be between 1 and the size of the search space "
-                                  f"({P} points)")
+                raise ConfigError(
+                    f"n_queries={n_q} ({where}): must be between 1 and the size of the search space ({P} points)"
+                )
             if not (isinstance(pl["noise"], (int, float)) and math.isfinite(pl["noise"]) and pl["noise"] >= 0):
                 raise ConfigError(f"noise={pl['noise']!r}: must be >= 0")
             alg = dict(pl["algorithm"])
             name = alg.pop("name", None)
             if name != "gpbo" or alg.get("mode", "variable") != "variable":
-                raise ConfigError(f"algorithm={name!r} (mode {alg.get('mode')!r}): throughput compares variable-rho "
-                                  f"GP-BO (algorithm=gpbo) with the BoTorch reference loop")
+                raise ConfigError(
+                    f"algorithm={name!r} (mode {alg.get('mode')!r}): throughput compares variable-rho "
+                    f"GP-BO (algorithm=gpbo) with the BoTorch reference loop"
+                )
             try:
                 algorithms.make(name, problems[0].space, n_reps=1, seed=0, **alg)
             except ValueError as exc:
@@ -162,8 +180,11 @@ class ThroughputKind(Experiment):
             _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables)
         out = pa.concat_tables(tables)
         n = out.num_rows
-        for k, v, typ in (("workload", w, pa.string()), ("engine", engine, pa.string()),
-                          ("threads", threads, pa.int32())):
+        for k, v, typ in (
+            ("workload", w, pa.string()),
+            ("engine", engine, pa.string()),
+            ("threads", threads, pa.int32()),
+        ):
             out = out.append_column(k, pa.array([v] * n, typ))
         return out
 
@@ -176,14 +197,21 @@ class ThroughputKind(Experiment):
             sub = last.filter(pc.and_(pc.equal(last["workload"], w), pc.equal(last["engine"], e)))
             runs_per_s = _rate(sub)
             params = {"workload": w, "engine": e}
-            m = {"runs_per_s": runs_per_s,
-                 "exploration_final": _mean_sem(sub["exploration"].to_numpy()),
-                 "exploitation_final": _mean_sem(sub["exploitation"].to_numpy())}
+            m = {
+                "runs_per_s": runs_per_s,
+                "exploration_final": _mean_sem(sub["exploration"].to_numpy()),
+                "exploitation_final": _mean_sem(sub["exploitation"].to_numpy()),
+            }
             batches = _batches(sub)
-            g = {"params": params, "n": sub.num_rows, "metrics": m,
-                 "n_queries": int(pc.max(sub["query"]).as_py()),
-                 "n_problems": len(set(sub["problem"].to_pylist())),
-                 "wall_s": float(sum(b[1] for b in batches)), "threads": int(sub["threads"][0].as_py())}
+            g = {
+                "params": params,
+                "n": sub.num_rows,
+                "metrics": m,
+                "n_queries": int(pc.max(sub["query"]).as_py()),
+                "n_problems": len(set(sub["problem"].to_pylist())),
+                "wall_s": float(sum(b[1] for b in batches)),
+                "threads": int(sub["threads"][0].as_py()),
+            }
             groups.append(g)
             per_problem[(w, e)] = _per_problem(sub)
         ratios, comparisons = {}, []
@@ -196,8 +224,13 @@ class ThroughputKind(Experiment):
             ratios[w] = ratio
             pb, pr = per_problem[(w, "batched")], per_problem[(w, "botorch_reference")]
             common = sorted(set(pb) & set(pr))
-            entry = {"workload": w, "runs_per_s_ratio": ratio, "n_batched": b["n"], "n_reference": r["n"],
-                     "problems": common}
+            entry = {
+                "workload": w,
+                "runs_per_s_ratio": ratio,
+                "n_batched": b["n"],
+                "n_reference": r["n"],
+                "problems": common,
+            }
             for name in ("exploration", "exploitation"):
                 # performance points: per-problem mean final values, batched minus reference, averaged over
                 # the problems both engines ran; the SEM is over those problems (0 with one problem)
@@ -212,30 +245,50 @@ class ThroughputKind(Experiment):
         figs.mkdir(exist_ok=True)
         if groups:
             throughput_figure(groups, ratios, figs / "throughput.png")
-        return {"groups": groups, "ratios": ratios, "comparisons": comparisons,
-                "targets": _targets(cfg, groups, comparisons)}
+        return {
+            "groups": groups,
+            "ratios": ratios,
+            "comparisons": comparisons,
+            "targets": _targets(cfg, groups, comparisons),
+        }
 
 
 def _targets(cfg, groups: list[dict], comparisons: list[dict]) -> list[dict]:
     """Issue 3's throughput targets, as measured (and, for the 2-core figure, how it is derived)."""
     out = []
     for c in comparisons:
-        out.append({"target": f"batched >= 100x the reference, {c['workload']}", "value": c["runs_per_s_ratio"],
-                    "met": bool(c["runs_per_s_ratio"] >= 100)})
+        out.append(
+            {
+                "target": f"batched >= 100x the reference, {c['workload']}",
+                "value": c["runs_per_s_ratio"],
+                "met": bool(c["runs_per_s_ratio"] >= 100),
+            }
+        )
         pts = [c[f"{n}_points_final"] for n in ("exploration", "exploitation")]
         if None not in pts:
-            out.append({"target": f"final exploration and exploitation within 2 points of the reference, "
-                                  f"{c['workload']}", "value": pts, "met": bool(max(abs(v) for v in pts) <= 2),
-                        "n_reference": c["n_reference"], "problems": len(c["problems"])})
+            out.append(
+                {
+                    "target": f"final exploration and exploitation within 2 points of the reference, {c['workload']}",
+                    "value": pts,
+                    "met": bool(max(abs(v) for v in pts) <= 2),
+                    "n_reference": c["n_reference"],
+                    "problems": len(c["problems"]),
+                }
+            )
     cores = cfg.cluster.num_cpus or os.cpu_count() or 1
     cells = max(1, int(cores // cfg.cluster.cpus_per_cell))
     for g in groups:
         if g["params"] == {"workload": "nhp", "engine": "batched"}:
             rate = g["metrics"]["runs_per_s"][0] * cells
-            out.append({"target": ">= 20 complete NHP runs per second on 2 cores", "value": rate,
-                        "met": bool(rate >= 20) if cores == 2 else None,
-                        "basis": f"runs_per_s of one cell ({cfg.cluster.cpus_per_cell} CPU, {g['threads']} "
-                                 f"thread(s)) x {cells} cells side by side on {cores} CPUs"})
+            out.append(
+                {
+                    "target": ">= 20 complete NHP runs per second on 2 cores",
+                    "value": rate,
+                    "met": bool(rate >= 20) if cores == 2 else None,
+                    "basis": f"runs_per_s of one cell ({cfg.cluster.cpus_per_cell} CPU, {g['threads']} "
+                    f"thread(s)) x {cells} cells side by side on {cores} CPUs",
+                }
+            )
     return out
 
 
@@ -266,8 +319,12 @@ def _annotate(tab: pa.Table, problem: str, rep0: int, batch: int, seconds: float
     """Number the runs of a cell consecutively and record which timed batch each belongs to."""
     n = tab.num_rows
     tab = tab.set_column(0, "rep", pa.array(tab["rep"].to_numpy() + rep0, pa.int32()))
-    for k, v, typ in (("problem", problem, pa.string()), ("batch", batch, pa.int32()),
-                      ("batch_s", seconds, pa.float64()), ("batch_size", batch_size, pa.int32())):
+    for k, v, typ in (
+        ("problem", problem, pa.string()),
+        ("batch", batch, pa.int32()),
+        ("batch_s", seconds, pa.float64()),
+        ("batch_size", batch_size, pa.int32()),
+    ):
         tab = tab.append_column(k, pa.array([v] * n, typ))
     return tab
 
@@ -286,8 +343,9 @@ def _final_rows(table: pa.Table) -> pa.Table:
 def _batches(sub: pa.Table) -> list[tuple[int, float]]:
     """``(runs, seconds)`` of every timed unit (a batch of replicates, or one reference run)."""
     seen = {}
-    for cell, b, s, n in zip(sub["cell"].to_pylist(), sub["batch"].to_pylist(), sub["batch_s"].to_pylist(),
-                             sub["batch_size"].to_pylist()):
+    for cell, b, s, n in zip(
+        sub["cell"].to_pylist(), sub["batch"].to_pylist(), sub["batch_s"].to_pylist(), sub["batch_size"].to_pylist()
+    ):
         seen[(cell, b)] = (n, s)
     return list(seen.values())
 
@@ -309,8 +367,14 @@ def _per_problem(sub: pa.Table) -> dict:
     acc: dict = {}
     for k, ex, ei in zip(sub["problem"].to_pylist(), sub["exploration"].to_pylist(), sub["exploitation"].to_pylist()):
         acc.setdefault(k, []).append((ex, ei))
-    return {k: {"exploration": float(np.mean([v[0] for v in vals])),
-                "exploitation": float(np.mean([v[1] for v in vals])), "n": len(vals)} for k, vals in acc.items()}
+    return {
+        k: {
+            "exploration": float(np.mean([v[0] for v in vals])),
+            "exploitation": float(np.mean([v[1] for v in vals])),
+            "n": len(vals),
+        }
+        for k, vals in acc.items()
+    }
 
 
 def throughput_figure(groups: list[dict], ratios: dict, path: Path) -> Path:
@@ -337,14 +401,19 @@ def throughput_figure(groups: list[dict], ratios: dict, path: Path) -> Path:
             for x, m, n in zip(xs, ms, ns):
                 ax.annotate(f"n={n}", (x, m), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(workloads)))
-        ax.set_xticklabels([f"{w}\n{by[(w, engines[0])]['n_queries']} queries" if (w, engines[0]) in by else w
-                            for w in workloads])
+        ax.set_xticklabels(
+            [f"{w}\n{by[(w, engines[0])]['n_queries']} queries" if (w, engines[0]) in by else w for w in workloads]
+        )
         ax.set_ylabel(metric.replace("_", " ") + (" (% of max)" if scale == 100 else ""))
         if metric == "runs_per_s":
             ax.set_yscale("log")
             threads = sorted({g["threads"] for g in groups})
-            ax.set_title("batched / reference: " + ("; ".join(f"{w} x{r:.0f}" for w, r in ratios.items()) or "-")
-                         + f"\n(per cell, {'/'.join(map(str, threads))} torch thread(s))", fontsize=9)
+            ax.set_title(
+                "batched / reference: "
+                + ("; ".join(f"{w} x{r:.0f}" for w, r in ratios.items()) or "-")
+                + f"\n(per cell, {'/'.join(map(str, threads))} torch thread(s))",
+                fontsize=9,
+            )
         else:
             ax.set_ylim(0, 110)
     axes[0].legend(fontsize=8)

@@ -67,6 +67,7 @@ from sweeps.tuning.study import StudyLaunch, confirm_spec
 if TYPE_CHECKING:
     from sweeps.run import Run
 
+
 def drive(run: Run) -> dict:
     """kind=tune: validate everything, open the study, run trials, re-score, report."""
     import optuna
@@ -75,8 +76,11 @@ def drive(run: Run) -> dict:
     cfg, run_dir = run.cfg, run.dir
     setup = prepare(cfg, run.overrides, "tune", TUNE_PARAMS)
     n_trials = int_param(setup.params, "n_trials", 0, 20)
-    spec = SearchSpec(setup.params.get("space"), setup.base, setup.run["n_queries"] or
-                      min(setup.dataset[k].space.n_points for k in setup.train))
+    spec = SearchSpec(
+        setup.params.get("space"),
+        setup.base,
+        setup.run["n_queries"] or min(setup.dataset[k].space.n_points for k in setup.train),
+    )
     start_points(setup, spec)  # validated before any work
     confirm = confirm_spec(setup.params, setup.run["n_reps"])
     pruner = make_pruner(setup.params.get("pruner"))
@@ -89,29 +93,42 @@ def drive(run: Run) -> dict:
         return make_sampler(setup.params.get("sampler"), seed)
 
     if cfg.resume and cfg.study.storage is None and not (run_dir / "optuna.db").is_file():
-        raise ConfigError(f"resume={cfg.resume}: no optuna.db in that folder; a study is resumed with "
-                          f"study.name=NAME (and study.storage=URL when it is not in a run folder)")
+        raise ConfigError(
+            f"resume={cfg.resume}: no optuna.db in that folder; a study is resumed with "
+            f"study.name=NAME (and study.storage=URL when it is not in a run folder)"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
     study, storage, created = open_study(cfg, setup, spec, run_dir, sampler(0), pruner)
     if n_trials == 0 and not any(t.state == TrialState.COMPLETE for t in study.trials):
-        raise ConfigError(f"params.n_trials=0 and study {study.study_name!r} has no finished trial: nothing to "
-                          f"re-score")
+        raise ConfigError(
+            f"params.n_trials=0 and study {study.study_name!r} has no finished trial: nothing to re-score"
+        )
     if study.trials:
         study.sampler = sampler(len(study.trials))
     with run.ray():
-        run.open_parent(f"{cfg.experiment} {study.study_name}",
-                        tags={"optuna.study_name": study.study_name, "optuna.storage": storage,
-                              "neuro_opt.kind": "tune", "git_commit": setup.git, "optuna.resumed": str(not created)})
-        launch = StudyLaunch(cfg, setup, spec, study, storage, created, run.tracker, run.require_parent(), run_dir,
-                             confirm)
+        run.open_parent(
+            f"{cfg.experiment} {study.study_name}",
+            tags={
+                "optuna.study_name": study.study_name,
+                "optuna.storage": storage,
+                "neuro_opt.kind": "tune",
+                "git_commit": setup.git,
+                "optuna.resumed": str(not created),
+            },
+        )
+        launch = StudyLaunch(
+            cfg, setup, spec, study, storage, created, run.tracker, run.require_parent(), run_dir, confirm
+        )
         try:
             launch.run_trials(n_trials)
             out = launch.rescore()
         except KeyboardInterrupt:
             launch.abandon()
-            raise Interrupted(f"interrupted; finished trials are in study {study.study_name!r} ({storage}); relaunch "
-                              f"with study.name={study.study_name} study.storage={storage} to continue") from None
+            raise Interrupted(
+                f"interrupted; finished trials are in study {study.study_name!r} ({storage}); relaunch "
+                f"with study.name={study.study_name} study.storage={storage} to continue"
+            ) from None
         except BaseException:
             launch.abandon()
             raise

@@ -19,12 +19,18 @@ def write_trials_table(study, spec: SearchSpec, path: Path) -> Path:
     rows = []
     for t in study.trials:
         hp = t.user_attrs.get("hyperparameters", {})
-        row = {"number": t.number, "state": t.state.name, "value": t.value,
-               "launch": t.user_attrs.get("launch"), "start_point": bool(t.user_attrs.get("start_point", False)),
-               "simulated_runs": t.user_attrs.get("simulated_runs"), "duration_s": t.user_attrs.get("duration_s"),
-               "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
-               "intermediate": [float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)],
-               "error": t.user_attrs.get("error")}
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "launch": t.user_attrs.get("launch"),
+            "start_point": bool(t.user_attrs.get("start_point", False)),
+            "simulated_runs": t.user_attrs.get("simulated_runs"),
+            "duration_s": t.user_attrs.get("duration_s"),
+            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "intermediate": [float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)],
+            "error": t.user_attrs.get("error"),
+        }
         for k in spec.ranges:
             v = t.params.get(k)
             row[f"param_{k}"] = None if v is None else float(v) if isinstance(v, (int, float)) else str(v)
@@ -32,20 +38,38 @@ def write_trials_table(study, spec: SearchSpec, path: Path) -> Path:
             v = hp.get(k)
             row[f"hp_{k}"] = None if v is None else float(v)
         rows.append(row)
-    schema = pa.schema([("number", pa.int64()), ("state", pa.string()), ("value", pa.float64()),
-                        ("launch", pa.string()), ("start_point", pa.bool_()), ("simulated_runs", pa.int64()),
-                        ("duration_s", pa.float64()), ("datetime_start", pa.string()),
-                        ("intermediate", pa.list_(pa.float64())), ("error", pa.string())]
-                       + [(f"param_{k}", pa.string() if spec.ranges[k].choices is not None
-                           and not all(isinstance(c, (int, float)) for c in spec.ranges[k].choices)
-                           else pa.float64()) for k in spec.ranges]
-                       + [(f"hp_{k}", pa.float64()) for k in HP_NAMES])
+    schema = pa.schema(
+        [
+            ("number", pa.int64()),
+            ("state", pa.string()),
+            ("value", pa.float64()),
+            ("launch", pa.string()),
+            ("start_point", pa.bool_()),
+            ("simulated_runs", pa.int64()),
+            ("duration_s", pa.float64()),
+            ("datetime_start", pa.string()),
+            ("intermediate", pa.list_(pa.float64())),
+            ("error", pa.string()),
+        ]
+        + [
+            (
+                f"param_{k}",
+                pa.string()
+                if spec.ranges[k].choices is not None
+                and not all(isinstance(c, (int, float)) for c in spec.ranges[k].choices)
+                else pa.float64(),
+            )
+            for k in spec.ranges
+        ]
+        + [(f"hp_{k}", pa.float64()) for k in HP_NAMES]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
 
 def pyplot():
     from sweeps.plots import plt
+
     return plt
 
 
@@ -57,8 +81,15 @@ def history_figure(study, published_train: float, path: Path, selected: int | No
     comp = [t for t in study.trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
     ax.scatter([t.number for t in comp], [t.value for t in comp], s=18, color="C0", label="complete", zorder=3)
-    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               s=18, marker="x", color="0.55", label="pruned (last report)", zorder=3)
+    ax.scatter(
+        [t.number for t in pruned],
+        [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+        s=18,
+        marker="x",
+        color="0.55",
+        label="pruned (last report)",
+        zorder=3,
+    )
     best, xs, ys = -math.inf, [], []
     for t in sorted(comp, key=lambda t: t.number):
         best = max(best, t.value)
@@ -70,8 +101,7 @@ def history_figure(study, published_train: float, path: Path, selected: int | No
         ax.axhline(published_train, ls="--", color="C2", label="published defaults")
     if selected is not None:
         t = study.trials[selected]
-        ax.plot([t.number], [t.value], marker="*", ms=14, color="C1", ls="none", label="selected (confirmed)",
-                zorder=4)
+        ax.plot([t.number], [t.value], marker="*", ms=14, color="C1", ls="none", label="selected (confirmed)", zorder=4)
     ax.set_xlabel("trial")
     ax.set_ylabel("training objective")
     ax.set_title(f"study {study.study_name}", fontsize=9)
@@ -92,6 +122,7 @@ def importance_figure(study, path: Path) -> dict:
     try:
         try:
             import sklearn  # noqa: F401
+
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         except ImportError:
             evaluator = optuna.importance.PedAnovaImportanceEvaluator()
@@ -122,8 +153,9 @@ def slice_figure(study, spec: SearchSpec, path: Path) -> Path:
     names = list(spec.ranges)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 0.8, 2.8 * rows), squeeze=False, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols + 0.8, 2.8 * rows), squeeze=False, sharey=True, layout="constrained"
+    )
     sc = None
     for i, name in enumerate(names):
         ax = axes[i // cols, i % cols]

@@ -21,8 +21,9 @@ def chosen_params(alg: dict, extra_keys=()) -> dict:
     return {k: alg[k] for k in keys}
 
 
-def heldout_groups(setup: Setup, res: dict, methods: dict, train_values: dict, simulated: dict,
-                   extra_keys=()) -> tuple[list, dict]:
+def heldout_groups(
+    setup: Setup, res: dict, methods: dict, train_values: dict, simulated: dict, extra_keys=()
+) -> tuple[list, dict]:
     """Summary groups of ``{method: alg}`` from their held-out results ``res`` (``Scorer.evaluate(methods,
     "heldout")``: the same runs, seeds included, for every method). Returns ``(groups, comparison)``:
     the paired difference of the first method and ``published_defaults`` over held-out runs and by problem."""
@@ -33,25 +34,39 @@ def heldout_groups(setup: Setup, res: dict, methods: dict, train_values: dict, s
         per_run[method] = vals
         expl = np.concatenate([res[method][k]["exploration"][:, -1] for k in setup.heldout])
         expt = np.concatenate([res[method][k]["exploitation"][:, -1] for k in setup.heldout])
-        groups.append({
-            "params": {"method": method, **chosen_params(alg, extra_keys)},
-            "n": int(vals.size),
-            "metrics": {"heldout_objective": metrics.value_sem(vals), "train_objective": train_values[method],
-                        "simulated_runs": [float(simulated[method]), 0.0],
-                        "heldout_exploration_final": metrics.value_sem(expl),
-                        "heldout_exploitation_final": metrics.value_sem(expt)},
-        })
+        groups.append(
+            {
+                "params": {"method": method, **chosen_params(alg, extra_keys)},
+                "n": int(vals.size),
+                "metrics": {
+                    "heldout_objective": metrics.value_sem(vals),
+                    "train_objective": train_values[method],
+                    "simulated_runs": [float(simulated[method]), 0.0],
+                    "heldout_exploration_final": metrics.value_sem(expl),
+                    "heldout_exploitation_final": metrics.value_sem(expt),
+                },
+            }
+        )
     comparison = {}
     names = list(methods)
     if "published_defaults" in per_run and len(names) > 1:
         other = [n for n in names if n != "published_defaults"][0]
         d = per_run[other] - per_run["published_defaults"]
-        by_problem = [float(np.mean(setup.objective.per_run(res[other][k]))
-                            - np.mean(setup.objective.per_run(res["published_defaults"][k]))) for k in setup.heldout]
-        comparison = {"a": other, "b": "published_defaults", "heldout_objective_difference": metrics.value_sem(d),
-                      "heldout_objective_difference_by_problem": metrics.value_sem(by_problem),
-                      "heldout_problems_a_at_least_b": int(sum(x >= 0 for x in by_problem)),
-                      "heldout_problems": len(by_problem)}
+        by_problem = [
+            float(
+                np.mean(setup.objective.per_run(res[other][k]))
+                - np.mean(setup.objective.per_run(res["published_defaults"][k]))
+            )
+            for k in setup.heldout
+        ]
+        comparison = {
+            "a": other,
+            "b": "published_defaults",
+            "heldout_objective_difference": metrics.value_sem(d),
+            "heldout_objective_difference_by_problem": metrics.value_sem(by_problem),
+            "heldout_problems_a_at_least_b": int(sum(x >= 0 for x in by_problem)),
+            "heldout_problems": len(by_problem),
+        }
     return groups, comparison
 
 
@@ -81,8 +96,17 @@ def mean_sem_rows(a: np.ndarray):
     return metrics.mean_sem(a, axis=0)
 
 
-def log_chosen(tracker, run_id: str, method: str, alg: dict, setup: Setup, group: dict, published_group: dict,
-               search: dict, extra: dict | None = None) -> None:
+def log_chosen(
+    tracker,
+    run_id: str,
+    method: str,
+    alg: dict,
+    setup: Setup,
+    group: dict,
+    published_group: dict,
+    search: dict,
+    extra: dict | None = None,
+) -> None:
     """What ``sweeps.promote`` reads from a run: ``chosen.*`` params and held-out metrics."""
     import mlflow
 
@@ -102,22 +126,33 @@ def log_chosen(tracker, run_id: str, method: str, alg: dict, setup: Setup, group
     }
     items = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in prov.items()]
     for i in range(0, len(items), 100):
-        tracker.client.log_batch(run_id, params=items[i:i + 100])
+        tracker.client.log_batch(run_id, params=items[i : i + 100])
     m = group["metrics"]
-    tracker.metrics(run_id, {
-        "heldout_objective": m["heldout_objective"][0], "heldout_objective_sem": m["heldout_objective"][1],
-        "train_objective": m["train_objective"][0], "simulated_runs": m["simulated_runs"][0],
-        "published_heldout_objective": published_group["metrics"]["heldout_objective"][0],
-        "published_train_objective": published_group["metrics"]["train_objective"][0],
-    })
+    tracker.metrics(
+        run_id,
+        {
+            "heldout_objective": m["heldout_objective"][0],
+            "heldout_objective_sem": m["heldout_objective"][1],
+            "train_objective": m["train_objective"][0],
+            "simulated_runs": m["simulated_runs"][0],
+            "published_heldout_objective": published_group["metrics"]["heldout_objective"][0],
+            "published_train_objective": published_group["metrics"]["train_objective"][0],
+        },
+    )
 
 
 def dataset_block(setup: Setup) -> dict:
-    return {"config": setup.dataset_cfg, "train_subjects": setup.train_subjects,
-            "heldout_subjects": setup.heldout_subjects, "train_problems": len(setup.train),
-            "heldout_problems": len(setup.heldout), "n_reps": setup.run["n_reps"],
-            "heldout_reps": setup.heldout_reps, "n_queries": setup.run["n_queries"],
-            "objective": setup.objective.to_dict()}
+    return {
+        "config": setup.dataset_cfg,
+        "train_subjects": setup.train_subjects,
+        "heldout_subjects": setup.heldout_subjects,
+        "train_problems": len(setup.train),
+        "heldout_problems": len(setup.heldout),
+        "n_reps": setup.run["n_reps"],
+        "heldout_reps": setup.heldout_reps,
+        "n_queries": setup.run["n_queries"],
+        "objective": setup.objective.to_dict(),
+    }
 
 
 def json_default(o):

@@ -65,8 +65,9 @@ def make_pruner(spec):
 def start_points(setup: Setup, spec: SearchSpec) -> list[dict]:
     starts = setup.params.get("start", [])
     if not isinstance(starts, list):
-        raise ConfigError(f"params.start must be a list of points (mappings of hyperparameters, or 'published'), "
-                          f"got {starts!r}")
+        raise ConfigError(
+            f"params.start must be a list of points (mappings of hyperparameters, or 'published'), got {starts!r}"
+        )
     out = []
     for i, s in enumerate(starts):
         where = f"params.start[{i}]"
@@ -117,8 +118,11 @@ def open_study(cfg, setup: Setup, spec: SearchSpec, run_dir: Path, sampler, prun
         optuna.storages.fail_stale_trials(study)
         stale = running - sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
         if stale:
-            print(f"note: {stale} trial(s) of study {name!r} were left RUNNING by a launch that died (no heartbeat "
-                  f"for {2 * beat} s): marked FAIL", file=sys.stderr)
+            print(
+                f"note: {stale} trial(s) of study {name!r} were left RUNNING by a launch that died (no heartbeat "
+                f"for {2 * beat} s): marked FAIL",
+                file=sys.stderr,
+            )
         before = study.user_attrs.get("settings")
         space_before = study.user_attrs.get("space")
         diffs = [k for k in settings if before is not None and before.get(k) != settings[k]]
@@ -126,14 +130,15 @@ def open_study(cfg, setup: Setup, spec: SearchSpec, run_dir: Path, sampler, prun
             diffs.append("space")
         if diffs:
             was = {k: (space_before if k == "space" else before.get(k)) for k in diffs}
-            raise ConfigError(f"study {name!r} in {storage} was created with other {', '.join(diffs)} "
-                              f"(then: {json.dumps(was)[:600]}); its trials' scores would not compare with this "
-                              f"launch's: use another study.name, or the same settings")
+            raise ConfigError(
+                f"study {name!r} in {storage} was created with other {', '.join(diffs)} "
+                f"(then: {json.dumps(was)[:600]}); its trials' scores would not compare with this "
+                f"launch's: use another study.name, or the same settings"
+            )
         if note:
             print(f"note: {note}", file=sys.stderr)
         return study, storage, False
-    study = optuna.create_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner,
-                                direction="maximize")
+    study = optuna.create_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner, direction="maximize")
     study.set_user_attr("settings", settings)
     study.set_user_attr("space", spec.describe())
     study.set_user_attr("published", json.loads(json.dumps(setup.published)))

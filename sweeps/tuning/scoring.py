@@ -19,6 +19,7 @@ def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
 
     try:
         import ray
+
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
     except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
@@ -27,11 +28,24 @@ def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
     name = alg.pop("name")
     out = []
     for problem, ss in zip(problems, seeds):
-        trace = simulate(problem, name, n_reps=run["n_reps"], n_queries=run["n_queries"], seed=ss,
-                         noise=run["noise"], response_mode=run["response_mode"], use_prior=run["use_prior"],
-                         hyperparameters=alg)
-        out.append({"key": problem.key, "exploration": curves(trace, "exploration"),
-                    "exploitation": curves(trace, "exploitation")})
+        trace = simulate(
+            problem,
+            name,
+            n_reps=run["n_reps"],
+            n_queries=run["n_queries"],
+            seed=ss,
+            noise=run["noise"],
+            response_mode=run["response_mode"],
+            use_prior=run["use_prior"],
+            hyperparameters=alg,
+        )
+        out.append(
+            {
+                "key": problem.key,
+                "exploration": curves(trace, "exploration"),
+                "exploitation": curves(trace, "exploitation"),
+            }
+        )
     return out
 
 
@@ -73,15 +87,18 @@ class Scorer:
         return np.random.SeedSequence([self.setup.seed, int(h[:15], 16)])
 
     def submit(self, alg: dict, keys: list, role: str = "train"):
-        return self.task.remote(alg, self.run_settings(role), [self.seed(k, role) for k in keys],
-                                *[self.refs[k] for k in keys])
+        return self.task.remote(
+            alg, self.run_settings(role), [self.seed(k, role) for k in keys], *[self.refs[k] for k in keys]
+        )
 
     def submit_all(self, algs: dict, role: str) -> dict:
         """``{label: alg}`` -> ``{label: [refs]}`` covering every problem of ``role``."""
         keys = self.setup.heldout if role == "heldout" else self.setup.train
         bp = max(len(b) for b in self.setup.batches)
-        return {label: [self.submit(alg, keys[i:i + bp], role) for i in range(0, len(keys), bp)]
-                for label, alg in algs.items()}
+        return {
+            label: [self.submit(alg, keys[i : i + bp], role) for i in range(0, len(keys), bp)]
+            for label, alg in algs.items()
+        }
 
     @staticmethod
     def collect(refs: dict) -> dict:
@@ -104,5 +121,3 @@ def per_problem(objective: Objective, results: dict, keys: list) -> np.ndarray:
     """Mean objective per problem over its replicates: ``len(keys)`` values (the unit that transfers to new
     subjects; runs of one problem share its map)."""
     return np.array([objective.per_run(results[k]).mean() for k in keys])
-
-

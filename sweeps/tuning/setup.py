@@ -45,9 +45,16 @@ class Setup:
 
     def settings(self) -> dict:
         """What a study's scores depend on: a resumed study must match it."""
-        return {"dataset": self.dataset_cfg, "train": self.train, "heldout": self.heldout,
-                "batches": self.batches, "run": self.run, "seed": self.seed, "objective": self.objective.to_dict(),
-                "base_algorithm": self.base}
+        return {
+            "dataset": self.dataset_cfg,
+            "train": self.train,
+            "heldout": self.heldout,
+            "batches": self.batches,
+            "run": self.run,
+            "seed": self.seed,
+            "objective": self.objective.to_dict(),
+            "base_algorithm": self.base,
+        }
 
 
 def check_params(params: dict, allowed: tuple, kind: str) -> None:
@@ -83,21 +90,26 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     held = params.get("heldout", 1)
     if isinstance(held, int) and not isinstance(held, bool):
         if not 1 <= held < len(subjects):
-            raise ConfigError(f"params.heldout={held}: dataset {ds_cfg.get('name')!r} has {len(subjects)} subject(s) "
-                              f"({', '.join(subjects)}); hold out between 1 and {len(subjects) - 1} "
-                              f"(more subjects: dataset.n_subjects=N for the generators)")
+            raise ConfigError(
+                f"params.heldout={held}: dataset {ds_cfg.get('name')!r} has {len(subjects)} subject(s) "
+                f"({', '.join(subjects)}); hold out between 1 and {len(subjects) - 1} "
+                f"(more subjects: dataset.n_subjects=N for the generators)"
+            )
         held_subjects = subjects[-held:]
     elif isinstance(held, list) and held:
         unknown = [s for s in held if s not in subjects]
         if unknown:
-            raise ConfigError(f"params.heldout: subject(s) {unknown} not in dataset {ds_cfg.get('name')!r}; "
-                              f"it has {', '.join(subjects)}")
+            raise ConfigError(
+                f"params.heldout: subject(s) {unknown} not in dataset {ds_cfg.get('name')!r}; "
+                f"it has {', '.join(subjects)}"
+            )
         if len(set(held)) == len(subjects):
             raise ConfigError("params.heldout holds out every subject; at least one must be left for training")
         held_subjects = list(held)
     else:
-        raise ConfigError(f"params.heldout={held!r}: expected a number of subjects (the last N) or a list of "
-                          f"subject names")
+        raise ConfigError(
+            f"params.heldout={held!r}: expected a number of subjects (the last N) or a list of subject names"
+        )
     train = [p.key for p in dataset if p.subject not in held_subjects]
     heldout = [p.key for p in dataset if p.subject in held_subjects]
 
@@ -107,8 +119,9 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     min_p = min(dataset[k].space.n_points for k in train + heldout)
     n_q = cfg.n_queries
     if n_q is not None and not 1 <= n_q <= min_p:
-        raise ConfigError(f"n_queries={n_q}: must be between 1 and the size of the smallest search space "
-                          f"({min_p} points)")
+        raise ConfigError(
+            f"n_queries={n_q}: must be between 1 and the size of the smallest search space ({min_p} points)"
+        )
     if cfg.response_mode not in RESPONSE_MODES:
         raise ConfigError(f"response_mode={cfg.response_mode!r}: expected one of {', '.join(RESPONSE_MODES)}")
     if not (math.isfinite(cfg.noise) and cfg.noise >= 0):
@@ -116,17 +129,24 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     if cfg.response_mode != "gaussian":
         missing = [k for k in train + heldout if dataset[k].repetitions is None]
         if missing:
-            raise ConfigError(f"response_mode={cfg.response_mode}: problem {missing[0]!r} has no recorded "
-                              f"repetitions; use response_mode=gaussian")
+            raise ConfigError(
+                f"response_mode={cfg.response_mode}: problem {missing[0]!r} has no recorded "
+                f"repetitions; use response_mode=gaussian"
+            )
     if cfg.use_prior:
         missing = [k for k in train + heldout if dataset[k].prior is None]
         if missing:
             raise ConfigError(f"use_prior=true but problem {missing[0]!r} has no prior map")
-    run = {"n_reps": int(cfg.n_reps), "n_queries": None if n_q is None else int(n_q), "noise": float(cfg.noise),
-           "response_mode": str(cfg.response_mode), "use_prior": bool(cfg.use_prior)}
+    run = {
+        "n_reps": int(cfg.n_reps),
+        "n_queries": None if n_q is None else int(n_q),
+        "noise": float(cfg.noise),
+        "response_mode": str(cfg.response_mode),
+        "use_prior": bool(cfg.use_prior),
+    }
     heldout_reps = int_param(params, "heldout_reps", 1, cfg.n_reps)
     bp = int_param(params, "batch_problems", 1, len(train))
-    batches = [train[i:i + bp] for i in range(0, len(train), bp)]
+    batches = [train[i : i + bp] for i in range(0, len(train), bp)]
     if params.get("parallel") is not None:
         int_param(params, "parallel", 1)
 
@@ -147,9 +167,23 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
 
     objective = Objective.from_config(params.get("objective", "exploration_final"), n_q or min_p)
     space_dims = {d.name: [v.item() if hasattr(v, "item") else v for v in d.values] for d in space0.dims}
-    return Setup(experiment=cfg.experiment, seed=int(cfg.seed), dataset_cfg=ds_cfg, dataset=dataset, train=train,
-                 heldout=heldout, batches=batches, run=run, heldout_reps=heldout_reps, objective=objective,
-                 base=base, published=published, params=params, space_dims=space_dims, git=git_version())
+    return Setup(
+        experiment=cfg.experiment,
+        seed=int(cfg.seed),
+        dataset_cfg=ds_cfg,
+        dataset=dataset,
+        train=train,
+        heldout=heldout,
+        batches=batches,
+        run=run,
+        heldout_reps=heldout_reps,
+        objective=objective,
+        base=base,
+        published=published,
+        params=params,
+        space_dims=space_dims,
+        git=git_version(),
+    )
 
 
 def check_algorithm(alg: dict, space, where: str, n_queries: int) -> None:
@@ -171,10 +205,15 @@ def check_algorithm(alg: dict, space, where: str, n_queries: int) -> None:
 def git_version() -> str:
     """The commit the code runs from (read-only git), with ``-dirty`` when tracked files changed."""
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit or "unknown") + ("-dirty" if dirty else "")

@@ -20,8 +20,14 @@ HP_NAMES = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max"
 RATIOS = {"rho_ratio": ("rho_low", "rho_high"), "noise_ratio": ("noise_min", "noise_max")}
 INT_HPS = ("n_random", "fit_steps")
 NOT_SEARCHABLE = ("name", "mode", "device", "capacity")
-TERMS = ("exploration_final", "exploitation_final", "exploration_auc", "exploitation_auc",
-         "exploration_at", "exploitation_at")
+TERMS = (
+    "exploration_final",
+    "exploitation_final",
+    "exploration_auc",
+    "exploitation_auc",
+    "exploration_at",
+    "exploitation_at",
+)
 OBJECTIVES = TERMS + ("mix",)
 RESPONSE_MODES = ("gaussian", "repetition_valid", "repetition_all")
 COMMON_PARAMS = ("parallel", "heldout", "heldout_reps", "batch_problems", "objective", "published")
@@ -55,12 +61,15 @@ class Objective:
             raise ConfigError(f"params.objective: unknown key(s) {unknown}; expected name, query, weights")
         name, query, weights = d.get("name", "exploration_final"), d.get("query"), dict(d.get("weights") or {})
         if name not in OBJECTIVES:
-            raise ConfigError(f"params.objective.name={name!r} is not a known objective; expected one of "
-                              f"{', '.join(OBJECTIVES)}")
+            raise ConfigError(
+                f"params.objective.name={name!r} is not a known objective; expected one of {', '.join(OBJECTIVES)}"
+            )
         if name == "mix":
             if not weights:
-                raise ConfigError("params.objective.name=mix needs params.objective.weights, e.g. "
-                                  "{exploration_final: 0.5, exploitation_auc: 0.5}")
+                raise ConfigError(
+                    "params.objective.name=mix needs params.objective.weights, e.g. "
+                    "{exploration_final: 0.5, exploitation_auc: 0.5}"
+                )
             bad = sorted(set(weights) - set(TERMS))
             if bad:
                 raise ConfigError(f"params.objective.weights: unknown term(s) {bad}; terms are {', '.join(TERMS)}")
@@ -75,11 +84,14 @@ class Objective:
         needs_query = any(t.endswith("_at") for t in terms)
         if needs_query:
             if not isinstance(query, int) or isinstance(query, bool) or not 1 <= query <= n_queries:
-                raise ConfigError(f"params.objective.query={query!r}: objective {name!r} needs the 1-based query "
-                                  f"k at which performance is read, between 1 and n_queries={n_queries}")
+                raise ConfigError(
+                    f"params.objective.query={query!r}: objective {name!r} needs the 1-based query "
+                    f"k at which performance is read, between 1 and n_queries={n_queries}"
+                )
         elif query is not None:
-            raise ConfigError(f"params.objective.query={query!r} is only read by the *_at objectives "
-                              f"(name is {name!r})")
+            raise ConfigError(
+                f"params.objective.query={query!r} is only read by the *_at objectives (name is {name!r})"
+            )
         return cls(name=name, query=query, weights=weights)
 
     def term(self, term: str, curves: dict) -> np.ndarray:
@@ -143,21 +155,26 @@ class SearchSpec:
 
     def __init__(self, space: dict, base: dict, n_queries: int):
         if not isinstance(space, dict) or not space:
-            raise ConfigError("params.space must map hyperparameters to ranges, e.g. "
-                              "kappa: {low: 0.5, high: 20.0, log: true}")
+            raise ConfigError(
+                "params.space must map hyperparameters to ranges, e.g. kappa: {low: 0.5, high: 20.0, log: true}"
+            )
         self.base = dict(base)
         searchable = [k for k in base if k not in NOT_SEARCHABLE] + list(RATIOS)
         self.ranges: dict[str, Range] = {}
         for name, spec in space.items():
             if name not in searchable:
-                raise ConfigError(f"params.space.{name}: not a hyperparameter of algorithm {base.get('name')!r}; "
-                                  f"searchable: {', '.join(searchable)}")
+                raise ConfigError(
+                    f"params.space.{name}: not a hyperparameter of algorithm {base.get('name')!r}; "
+                    f"searchable: {', '.join(searchable)}"
+                )
             self.ranges[name] = self._range(name, spec)
         for ratio, (lo, hi) in RATIOS.items():
             where = "params.space"
             if lo in self.ranges and hi in self.ranges:
-                raise ConfigError(f"{where}: {lo} and {hi} are both searched, which can give {lo} >= {hi}; search "
-                                  f"{hi} and {ratio} ({lo} = {hi} / {ratio}) instead")
+                raise ConfigError(
+                    f"{where}: {lo} and {hi} are both searched, which can give {lo} >= {hi}; search "
+                    f"{hi} and {ratio} ({lo} = {hi} / {ratio}) instead"
+                )
             if ratio in self.ranges:
                 r = self.ranges[ratio]
                 if hi not in self.ranges:
@@ -168,15 +185,20 @@ class SearchSpec:
                     raise ConfigError(f"{where}.{ratio} must be > 1 ({hi} / {lo}), got {r.describe()}")
             elif hi in self.ranges and lo in base:
                 if self._min(hi) <= base[lo]:
-                    raise ConfigError(f"{where}.{hi} goes down to {self._min(hi)}, not above the fixed "
-                                      f"algorithm.{lo}={base[lo]}; raise its low bound or search {ratio}")
+                    raise ConfigError(
+                        f"{where}.{hi} goes down to {self._min(hi)}, not above the fixed "
+                        f"algorithm.{lo}={base[lo]}; raise its low bound or search {ratio}"
+                    )
             elif lo in self.ranges and hi in base:
                 if self._max(lo) >= base[hi]:
-                    raise ConfigError(f"{where}.{lo} goes up to {self._max(lo)}, not below the fixed "
-                                      f"algorithm.{hi}={base[hi]}; lower its high bound")
+                    raise ConfigError(
+                        f"{where}.{lo} goes up to {self._max(lo)}, not below the fixed "
+                        f"algorithm.{hi}={base[hi]}; lower its high bound"
+                    )
         if "n_random" in self.ranges and self._max("n_random") > n_queries:
-            raise ConfigError(f"params.space.n_random goes up to {self._max('n_random')}, more than "
-                              f"n_queries={n_queries}")
+            raise ConfigError(
+                f"params.space.n_random goes up to {self._max('n_random')}, more than n_queries={n_queries}"
+            )
 
     @staticmethod
     def _range(name: str, spec) -> Range:
@@ -258,8 +280,10 @@ class SearchSpec:
             elif k not in self.base:
                 raise ConfigError(f"{where}: {k!r} is not a hyperparameter of algorithm {self.base.get('name')!r}")
             elif v != self.base[k]:
-                raise ConfigError(f"{where}.{k}={v!r}: {k} is not searched (fixed at algorithm.{k}="
-                                  f"{self.base[k]!r}); add it to params.space or drop it here")
+                raise ConfigError(
+                    f"{where}.{k}={v!r}: {k} is not searched (fixed at algorithm.{k}="
+                    f"{self.base[k]!r}); add it to params.space or drop it here"
+                )
         for ratio, (lo, hi) in RATIOS.items():
             if ratio in self.ranges and lo in hp:
                 top = hp.get(hi, self.base.get(hi))

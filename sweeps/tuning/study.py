@@ -13,12 +13,7 @@ import numpy as np
 
 from neuro_opt import metrics
 from sweeps.schema import ConfigError
-from sweeps.tuning.figures import (
-    history_figure,
-    importance_figure,
-    slice_figure,
-    write_trials_table,
-)
+from sweeps.tuning.figures import history_figure, importance_figure, slice_figure, write_trials_table
 from sweeps.tuning.heldout import (
     chosen_params,
     dataset_block,
@@ -49,8 +44,12 @@ def confirm_spec(params: dict, n_reps: int) -> dict:
     unknown = sorted(set(c) - set(keys))
     if unknown:
         raise ConfigError(f"params.confirm: unknown key(s) {unknown}; expected {', '.join(keys)}")
-    out = {"top_k": c.get("top_k", 5), "reps": c.get("reps", 2 * n_reps), "z": c.get("z", 1.645),
-           "keep_published": c.get("keep_published", True)}
+    out = {
+        "top_k": c.get("top_k", 5),
+        "reps": c.get("reps", 2 * n_reps),
+        "z": c.get("z", 1.645),
+        "keep_published": c.get("keep_published", True),
+    }
     z = out["z"]
     if not isinstance(z, (int, float)) or isinstance(z, bool) or not math.isfinite(z) or z < 0:
         raise ConfigError(f"params.confirm.z={z!r}: expected a number >= 0 (standard errors of the paired gain)")
@@ -79,8 +78,19 @@ class _Running:
 class StudyLaunch:
     """One launch of a study: adds trials (ask, simulate on Ray, report, prune, tell), then re-scores."""
 
-    def __init__(self, cfg, setup: Setup, spec: SearchSpec, study, storage: str, created: bool, tracker,
-                 parent: str, run_dir: Path, confirm: dict):
+    def __init__(
+        self,
+        cfg,
+        setup: Setup,
+        spec: SearchSpec,
+        study,
+        storage: str,
+        created: bool,
+        tracker,
+        parent: str,
+        run_dir: Path,
+        confirm: dict,
+    ):
         self.cfg, self.setup, self.spec, self.study, self.confirm = cfg, setup, spec, study, confirm
         self.storage, self.created, self.tracker, self.parent, self.run_dir = storage, created, tracker, parent, run_dir
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
@@ -97,8 +107,14 @@ class StudyLaunch:
 
         self._scorer()
         slots = parallel_slots(self.setup, self.cfg)
-        self.bar = tqdm(total=n_trials, desc=f"{self.cfg.experiment} {self.study.study_name}", unit="trial",
-                        disable=not self.cfg.progress, dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=n_trials,
+            desc=f"{self.cfg.experiment} {self.study.study_name}",
+            unit="trial",
+            disable=not self.cfg.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         while self.asked < n_trials and len(self.inflight) < slots:
             self._ask()
         while self.inflight:
@@ -119,8 +135,9 @@ class StudyLaunch:
 
     def _scorer(self) -> "Scorer":
         if self.scorer is None:
-            self.scorer = Scorer(self.setup, self.cfg.cluster.cpus_per_cell, self.cfg.cluster.max_retries,
-                                 self.confirm["reps"])
+            self.scorer = Scorer(
+                self.setup, self.cfg.cluster.cpus_per_cell, self.cfg.cluster.max_retries, self.confirm["reps"]
+            )
         return self.scorer
 
     def _ask(self) -> None:
@@ -169,10 +186,17 @@ class StudyLaunch:
         self.study.tell(r.trial, value, state=state)
         self.counts["failed" if outcome == "fail" else outcome] += 1
         tr = self.tracker
-        child = tr.start(f"trial {r.trial.number}", parent=self.parent,
-                         params={**r.sampled, **{f"hp.{k}": v for k, v in chosen_params(r.alg).items()},
-                                 "trial": r.trial.number, "launch": self.run_dir.name},
-                         tags={"optuna.state": state.name, "optuna.study_name": self.study.study_name})
+        child = tr.start(
+            f"trial {r.trial.number}",
+            parent=self.parent,
+            params={
+                **r.sampled,
+                **{f"hp.{k}": v for k, v in chosen_params(r.alg).items()},
+                "trial": r.trial.number,
+                "launch": self.run_dir.name,
+            },
+            tags={"optuna.state": state.name, "optuna.study_name": self.study.study_name},
+        )
         if r.intermediate:
             tr.curves(child, {"intermediate_objective": r.intermediate})
         tr.metrics(child, {"simulated_runs": runs, **({"objective": value} if value is not None else {})})
@@ -180,8 +204,11 @@ class StudyLaunch:
         if self.bar is not None:
             best = best_value(self.study)
             self.bar.update(1)
-            self.bar.set_postfix(best=f"{best:.3f}" if best is not None else "-", pruned=self.counts["pruned"],
-                                 failed=self.counts["failed"])
+            self.bar.set_postfix(
+                best=f"{best:.3f}" if best is not None else "-",
+                pruned=self.counts["pruned"],
+                failed=self.counts["failed"],
+            )
 
     def abandon(self) -> None:
         """Interrupted: the trials in flight are told FAIL, so the study holds no trial stuck RUNNING."""
@@ -214,8 +241,10 @@ class StudyLaunch:
         setup, pub_alg = self.setup, self.setup.published
         complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
         if not complete:
-            raise RuntimeError(f"study {self.study.study_name!r} has no completed trial ({self.counts['failed']} "
-                               f"failed, {self.counts['pruned']} pruned in this launch)")
+            raise RuntimeError(
+                f"study {self.study.study_name!r} has no completed trial ({self.counts['failed']} "
+                f"failed, {self.counts['pruned']} pruned in this launch)"
+            )
         best = self.study.best_trial
         pub_train_refs = scorer.submit_all({"p": pub_alg}, "train")
         confirmation, confirm_runs = [], 0
@@ -238,33 +267,60 @@ class StudyLaunch:
             winner = max(eligible, key=lambda lb: scores[lb][0]) if eligible else "published_defaults"
             chosen_trial = cands.get(winner)
             chosen_alg = algs[winner]
-            confirmation = [{"label": label, "trial": cands[label].number if label in cands else None,
-                             "train_objective": cands[label].value if label in cands else None,
-                             "confirm_objective": scores[label], "gain_over_published": gains.get(label),
-                             "chosen": label == winner} for label in algs]
+            confirmation = [
+                {
+                    "label": label,
+                    "trial": cands[label].number if label in cands else None,
+                    "train_objective": cands[label].value if label in cands else None,
+                    "confirm_objective": scores[label],
+                    "gain_over_published": gains.get(label),
+                    "chosen": label == winner,
+                }
+                for label in algs
+            ]
         methods = {"optuna": chosen_alg, "published_defaults": pub_alg}
         res = scorer.evaluate(methods, "heldout")
         pub_train = metrics.value_sem(runs_of(setup.objective, Scorer.collect(pub_train_refs)["p"], setup.train))
         simulated = sum(t.user_attrs.get("simulated_runs", 0) for t in self.study.trials) + confirm_runs
-        train_values = {"optuna": pub_train if chosen_trial is None else
-                        [float(chosen_trial.value), float(chosen_trial.user_attrs.get("train_sem", 0.0))],
-                        "published_defaults": pub_train}
+        train_values = {
+            "optuna": pub_train
+            if chosen_trial is None
+            else [float(chosen_trial.value), float(chosen_trial.user_attrs.get("train_sem", 0.0))],
+            "published_defaults": pub_train,
+        }
         extra = [k for k in self.spec.ranges if k not in RATIOS]
-        groups, comparison = heldout_groups(setup, res, methods, train_values,
-                                            {"optuna": simulated, "published_defaults": 0}, extra)
+        groups, comparison = heldout_groups(
+            setup, res, methods, train_values, {"optuna": simulated, "published_defaults": 0}, extra
+        )
         if confirmation:  # groups[0] is the choice, groups[1] the published defaults
             groups[0]["metrics"]["confirm_objective"] = scores[winner]
             groups[1]["metrics"]["confirm_objective"] = scores["published_defaults"]
-        selected = {"trial": None if chosen_trial is None else chosen_trial.number,
-                    "label": "published_defaults" if chosen_trial is None else f"trial {chosen_trial.number}",
-                    "hyperparameters": chosen_alg, "launch": self.run_dir.name, "mlflow_run_id": self.parent,
-                    "n_trials": len(self.study.trials), "heldout_objective": groups[0]["metrics"]["heldout_objective"],
-                    "published_heldout_objective": groups[1]["metrics"]["heldout_objective"],
-                    "train_objective": train_values["optuna"][0], "code_version": setup.git}
+        selected = {
+            "trial": None if chosen_trial is None else chosen_trial.number,
+            "label": "published_defaults" if chosen_trial is None else f"trial {chosen_trial.number}",
+            "hyperparameters": chosen_alg,
+            "launch": self.run_dir.name,
+            "mlflow_run_id": self.parent,
+            "n_trials": len(self.study.trials),
+            "heldout_objective": groups[0]["metrics"]["heldout_objective"],
+            "published_heldout_objective": groups[1]["metrics"]["heldout_objective"],
+            "train_objective": train_values["optuna"][0],
+            "code_version": setup.git,
+        }
         self.study.set_user_attr("selected", json.loads(json.dumps(selected, default=json_default)))
-        return {"best": best, "selected": selected, "confirmation": confirmation, "methods": methods, "res": res,
-                "train_values": train_values, "groups": groups, "comparison": comparison, "simulated": simulated,
-                "confirm_runs": confirm_runs, "n_complete": len(complete)}
+        return {
+            "best": best,
+            "selected": selected,
+            "confirmation": confirmation,
+            "methods": methods,
+            "res": res,
+            "train_values": train_values,
+            "groups": groups,
+            "comparison": comparison,
+            "simulated": simulated,
+            "confirm_runs": confirm_runs,
+            "n_complete": len(complete),
+        }
 
     def report(self, out: dict) -> dict:
         """Figures, the trials table and the chosen hyperparameters; returns the summary body."""
@@ -275,36 +331,77 @@ class StudyLaunch:
         figs.mkdir(exist_ok=True)
         (self.run_dir / "results").mkdir(exist_ok=True)
         write_trials_table(study, spec, self.run_dir / "results" / "trials.parquet")
-        history_figure(study, out["train_values"]["published_defaults"][0], figs / "optimization_history.png",
-                       out["selected"]["trial"])
+        history_figure(
+            study,
+            out["train_values"]["published_defaults"][0],
+            figs / "optimization_history.png",
+            out["selected"]["trial"],
+        )
         importances = importance_figure(study, figs / "param_importances.png")
         slice_figure(study, spec, figs / "slices.png")
         heldout_figure(self.setup, out["res"], figs / "heldout_curves.png")
         sel = out["selected"]
-        search = {"kind": "optuna", "study_name": study.study_name, "storage": self.storage, "trial": sel["trial"],
-                  "selected": sel["label"], "best_trial": best.number, "n_trials": len(study.trials),
-                  "confirm": self.confirm, "space": spec.describe()}
+        search = {
+            "kind": "optuna",
+            "study_name": study.study_name,
+            "storage": self.storage,
+            "trial": sel["trial"],
+            "selected": sel["label"],
+            "best_trial": best.number,
+            "n_trials": len(study.trials),
+            "confirm": self.confirm,
+            "space": spec.describe(),
+        }
         groups = out["groups"]
-        log_chosen(self.tracker, self.parent, "optuna", out["methods"]["optuna"], self.setup, groups[0], groups[1],
-                   search, extra={"trial": sel["trial"], "study_name": study.study_name, "storage": self.storage})
-        self.tracker.metrics(self.parent, {"best_value": best.value, "n_trials": len(study.trials),
-                                           "n_complete": out["n_complete"],
-                                           **{f"launch_{k}": v for k, v in self.counts.items()}})
+        log_chosen(
+            self.tracker,
+            self.parent,
+            "optuna",
+            out["methods"]["optuna"],
+            self.setup,
+            groups[0],
+            groups[1],
+            search,
+            extra={"trial": sel["trial"], "study_name": study.study_name, "storage": self.storage},
+        )
+        self.tracker.metrics(
+            self.parent,
+            {
+                "best_value": best.value,
+                "n_trials": len(study.trials),
+                "n_complete": out["n_complete"],
+                **{f"launch_{k}": v for k, v in self.counts.items()},
+            },
+        )
         states = [t.state for t in study.trials]
         summary = {
-            "study": {"name": study.study_name, "storage": self.storage, "resumed": not self.created,
-                      "n_trials": len(study.trials), "n_complete": states.count(TrialState.COMPLETE),
-                      "n_pruned": states.count(TrialState.PRUNED), "n_failed": states.count(TrialState.FAIL),
-                      "launch_trials": self.asked, "launch_counts": self.counts, "best_trial": best.number,
-                      "best_value": best.value, "best_params": best.params, "space": spec.describe(),
-                      "simulated_runs": out["simulated"], "confirm": self.confirm,
-                      "confirm_runs": out["confirm_runs"], "confirmation": out["confirmation"],
-                      "selected": {k: sel[k] for k in ("label", "trial")}, "importances": importances},
+            "study": {
+                "name": study.study_name,
+                "storage": self.storage,
+                "resumed": not self.created,
+                "n_trials": len(study.trials),
+                "n_complete": states.count(TrialState.COMPLETE),
+                "n_pruned": states.count(TrialState.PRUNED),
+                "n_failed": states.count(TrialState.FAIL),
+                "launch_trials": self.asked,
+                "launch_counts": self.counts,
+                "best_trial": best.number,
+                "best_value": best.value,
+                "best_params": best.params,
+                "space": spec.describe(),
+                "simulated_runs": out["simulated"],
+                "confirm": self.confirm,
+                "confirm_runs": out["confirm_runs"],
+                "confirmation": out["confirmation"],
+                "selected": {k: sel[k] for k in ("label", "trial")},
+                "importances": importances,
+            },
             "dataset": dataset_block(self.setup),
             "groups": groups,
             "comparison": out["comparison"],
         }
         return summary
+
 
 def best_value(study):
     try:
