@@ -15,7 +15,7 @@ import pytest
 
 from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate
-from tests.test_launch import ROOT, launch, results
+from tests.launching import ROOT, launch, results
 
 SMALL = {"n_subjects": 3, "n_values": 3, "seed": 5}
 

@@ -15,7 +15,7 @@ import pytest
 from neuro_opt.datasets import load
 from neuro_opt.space import SearchSpace
 from sweeps.analyses._common import pairwise_r, pearson, project
-from tests.test_launch import ROOT, launch
+from tests.launching import ROOT, launch
 
 TINY = {
     "spinal_4d": ["n_reps=2", "n_queries=8", "dataset.n_subjects=2"],

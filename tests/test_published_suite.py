@@ -18,7 +18,7 @@ from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate, squared_correlation
 from sweeps.analyses._common import spearman
 from sweeps.results import read_curves
-from tests.test_launch import ROOT, launch, results
+from tests.launching import ROOT, launch, results
 
 
 def report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
