@@ -37,7 +37,7 @@ def launch(tmp: Path, *overrides: str, check: bool = True, stdin=None,
         proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=600, stdin=stdin)
     else:
-        proc = _in_process(tmp, list(overrides))
+        proc = run_module(tmp, "sweeps.launch", *overrides)
     if check and proc.returncode != 0:
         raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     last = proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else []
@@ -59,23 +59,28 @@ def ensure_local_ray() -> None:
         init_local(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
 
-def _in_process(tmp: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    """Run the launcher here, as ``python -m sweeps.launch`` would in folder ``tmp`` (runpy does what ``-m`` does)."""
+def run_module(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module *args`` in folder ``cwd``, run here (runpy does what ``-m`` does).
+
+    Each run gets a fresh interpreter's torch default dtype, not the test session's, and
+    Hydra's global state is cleared after it.
+    """
     import runpy
 
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
-    ensure_local_ray()
+    if module == "sweeps.launch":
+        ensure_local_ray()
     out, err = io.StringIO(), io.StringIO()
     saved = (sys.argv, os.getcwd(), torch.get_default_dtype(), signal.getsignal(signal.SIGTERM))
-    sys.argv = ["sweeps.launch", *overrides]
-    os.chdir(tmp)
-    torch.set_default_dtype(torch.float32)  # a fresh interpreter's defaults, not the test session's
+    sys.argv = [module, *args]
+    os.chdir(cwd)
+    torch.set_default_dtype(torch.float32)
     code: int | str | None = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_module("sweeps.launch", run_name="__main__", alter_sys=True)
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code
     finally:
@@ -87,7 +92,7 @@ def _in_process(tmp: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
         err.write(code + "\n")
         code = 1
-    return subprocess.CompletedProcess(["sweeps.launch", *overrides], int(code or 0), out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([module, *args], int(code or 0), out.getvalue(), err.getvalue())
 
 
 def _seed_store(overrides: tuple[str, ...], tmp: Path) -> None:
