@@ -8,9 +8,7 @@ launches through the real launcher (local Ray, MLflow sqlite) produce the promis
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +22,14 @@ from neuro_opt.gp import BatchGP
 from neuro_opt.gp.reference import fitted_hyperparameters
 from neuro_opt.reference_loop import botorch_reference_run
 from neuro_opt.simulate import TRACE_SCHEMA, simulate
+from tests import launching
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides, "progress=false",
-                           f"tracking.uri=sqlite:///{tmp}/mlflow.db"], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return launching.launch(tmp, *overrides, "progress=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                            check=check)
 
 
 def test_reference_loop_is_the_published_model_and_matches_the_engine():

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from neuro_opt.continual import continual, session_truths
 from neuro_opt.datasets import load
 from sweeps.results import read_curves
-from tests.test_launch import launch
+from tests.launching import launch
 
 S, Q, L = 3, 5, 3
 

@@ -31,6 +31,7 @@ SAFE = dict(channel=5, amplitude_uA=30.0, frequency_hz=333.333, pulse_width_us=2
 def cluster():
     emu = build(ch2xy="conf/rig/ch2xy_rat32.json", latency_s=0.02)
     server, _ = serve(emu, 0)
+    ray.shutdown()  # this module needs a Ray with the rig's resource, not the in-process launches' shared one
     init_local(num_cpus=2, resources={"tdt_rig": 1}, include_dashboard=False, log_to_driver=False,
                namespace="test_hardware")
     yield {"emu": emu, "port": server.server_address[1]}

@@ -4,9 +4,6 @@ hierarchical against flat GP-BO, and a tiny experiment through the real launcher
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +12,10 @@ import pytest
 
 from neuro_opt.algorithms import make
 from neuro_opt.algorithms.hierarchical import HierarchicalGPBO, make_method, run_patterns
-from neuro_opt.gp.product import ProductGP
 from neuro_opt.datasets import load
 from neuro_opt.datasets.two_electrode import SynergyObjective, pattern_space
+from neuro_opt.gp.product import ProductGP
+from tests.launching import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,13 +307,10 @@ def test_config_errors_name_the_key():
 def test_tiny_hierarchical_experiment_through_ray_and_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
     args = ["+exp=hierarchical", "n_reps=2", "n_queries=20", "grid.params.kappa=[1.0,3.0]",
             "params.hierarchical.stage_queries=10", "params.gp.fit_steps=5", "progress=false",
             "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
-    proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(tmp_path, *args)
     summary_path = Path(proc.stdout.strip().splitlines()[-1])
     summary = json.loads(summary_path.read_text())
     run_dir = Path(summary["run_dir"])

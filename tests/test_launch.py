@@ -8,69 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.launching import ROOT, launch, results
+
 TINY = ["+exp=noise_sweep", "n_reps=2", "n_queries=12", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1",
         "dataset.n_muscles=2", "progress=false"]
-
-
-def _seed_store(overrides: tuple[str, ...], tmp: Path) -> None:
-    """Give a launch's new sqlite MLflow store a copy of an empty, already migrated one: creating the
-    tables takes seconds per store, and every launch here starts its own (the launch then uses it as is)."""
-    import shutil
-
-    for o in overrides:
-        if o.startswith("tracking.uri=sqlite:///"):
-            db = Path(o[len("tracking.uri=sqlite:///"):])
-            db = db if db.is_absolute() else tmp / db
-            if not db.exists():
-                db.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(_empty_store(), db)
-
-
-_EMPTY_STORE: list[Path] = []
-
-
-def _empty_store() -> Path:
-    if not _EMPTY_STORE:
-        import tempfile
-
-        path = Path(tempfile.mkdtemp(prefix="mlflow_empty_")) / "mlflow.db"
-        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()  # creates and migrates the tables
-        _EMPTY_STORE.append(path)
-    return _EMPTY_STORE[0]
-
-
-def launch(tmp: Path, *overrides: str, check: bool = True, stdin=None) -> subprocess.CompletedProcess:
-    _seed_store(overrides, tmp)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=600, stdin=stdin)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    last = proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else []
-    if last and last[0].endswith("summary.json"):  # every experiment's summary opens with its headline
-        summary = json.loads(Path(last[0]).read_text())
-        assert list(summary)[:5] == ["experiment", "run_dir", "mlflow_run_id", "wall_s", "headline"], list(summary)
-        assert isinstance(summary["headline"], list) and all(isinstance(x, str) for x in summary["headline"])
-    return proc
-
-
-def results(run_dir: Path) -> pa.Table:
-    files = sorted((run_dir / "results").glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    return table.sort_by([("cell", "ascending"), ("rep", "ascending"), ("query", "ascending")])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("launch")
-    proc = launch(tmp, *TINY, "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp}/store/mlflow.db")
+    proc = launch(tmp, *TINY, "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp}/store/mlflow.db", process=True)
     summary_path = Path(proc.stdout.strip().splitlines()[-1])
     return tmp, proc, summary_path
 
@@ -191,7 +142,8 @@ def test_results_read_as_a_person_reads_them(tiny_run):
 def test_same_seed_same_results_with_one_and_two_workers(tiny_run, tmp_path):
     _, _, summary_path = tiny_run
     two = results(Path(json.loads(summary_path.read_text())["run_dir"]))
-    proc = launch(tmp_path, *TINY, "cluster.num_cpus=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    proc = launch(tmp_path, *TINY, "cluster.num_cpus=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                  process=True)  # a Ray of its own, with one worker
     one = results(Path(json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())["run_dir"]))
     assert one.equals(two)
     other = launch(tmp_path, *TINY, "seed=1", "cluster.num_cpus=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
@@ -227,7 +179,7 @@ def test_resume_skips_finished_cells_and_completes_identically(tiny_run, tmp_pat
     (["+exp=noise_sweep", "resume=no_such_run"], "resume='no_such_run': not a run folder"),
 ])
 def test_bad_input_stops_the_cli_before_any_work(tmp_path, overrides, message):
-    proc = launch(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    proc = launch(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False, process=True)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr

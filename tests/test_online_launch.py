@@ -5,12 +5,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.test_launch import launch
+from tests.launching import launch
 
 
 def test_online_session_through_the_launcher(tmp_path):
     proc = launch(tmp_path, "+exp=online", "n_queries=5", "rig.latency_s=0.01",
-                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", process=True)  # the rig actor's own Ray
     summary_path = Path(proc.stdout.strip().splitlines()[-1])
     summary = json.loads(summary_path.read_text())
     run_dir = Path(summary["run_dir"])
@@ -31,7 +31,7 @@ def test_online_session_against_the_emulator_over_http(tmp_path):
     import time
     import urllib.request
 
-    from tests.test_launch import ROOT
+    from tests.launching import ROOT
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +48,8 @@ def test_online_session_against_the_emulator_over_http(tmp_path):
             except OSError:
                 time.sleep(0.2)
         proc = launch(tmp_path, "+exp=online", "rig=synapse", "rig.host=127.0.0.1", f"rig.port={port}",
-                      f"rig.ch2xy={ch2xy}", "n_queries=4", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+                      f"rig.ch2xy={ch2xy}", "n_queries=4", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                      process=True)
         summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
         run_dir = Path(summary["run_dir"])
         trials = [json.loads(x) for x in (run_dir / "journal.jsonl").read_text().splitlines() if x.strip()]

@@ -4,10 +4,7 @@ condition by design, and +exp=prior_study end to end with its findings and sweep
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 
 from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate
-from tests.test_launch import ROOT, launch, results
+from tests.launching import launch, results, run_module
 
 SMALL = {"n_subjects": 3, "n_values": 3, "seed": 5}
 
@@ -93,8 +90,7 @@ def test_tiny_prior_study_states_findings_draws_the_figure_and_reports_again(tmp
     assert fig.stat().st_size > 20_000
 
     shutil.rmtree(path.parent / "figures")
-    again = subprocess.run([sys.executable, "-m", "sweeps.report", f"run={path.parent}"], cwd=tmp_path,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    again = run_module(tmp_path, "sweeps.report", f"run={path.parent}")
     assert again.returncode == 0, again.stderr
     assert fig.is_file()
     assert json.loads(path.read_text())["findings"] == summary["findings"]

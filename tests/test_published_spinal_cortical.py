@@ -4,9 +4,6 @@ figures, ``python -m sweeps.report`` remaking them; and the map projections on h
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 from neuro_opt.datasets import load
 from neuro_opt.space import SearchSpace
 from sweeps.analyses._common import pairwise_r, pearson, project
-from tests.test_launch import ROOT, launch
+from tests.launching import launch, run_module
 
 TINY = {
     "spinal_4d": ["n_reps=2", "n_queries=8", "dataset.n_subjects=2"],
@@ -52,9 +49,7 @@ def test_report_remakes_figure_and_findings(tiny):
     run_dir = Path(summary["run_dir"])
     fig = run_dir / "figures" / f"{exp}.png"
     fig.unlink()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.report", f"run={run_dir}"], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_module(tmp, "sweeps.report", f"run={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert fig.stat().st_size > 50_000
     again = json.loads((run_dir / "summary.json").read_text())

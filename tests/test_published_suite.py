@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +16,11 @@ from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate, squared_correlation
 from sweeps.analyses._common import spearman
 from sweeps.results import read_curves
-from tests.test_launch import ROOT, launch, results
+from tests.launching import launch, results, run_module
 
 
 def report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "sweeps.report", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_module(cwd, "sweeps.report", *args)
 
 
 def _check_findings(summary: dict, n: int) -> None:

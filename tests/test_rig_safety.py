@@ -23,8 +23,8 @@ import yaml
 from hardware.journal import Journal
 from hardware.online import SessionStopped, confirmation, run_online
 from hardware.rig import NOT_SENT, ReadbackMismatch, delivery_of
+from tests.launching import launch
 from tests.test_hardware_emulator import ROOT, SAFE, _start_emulator, emu, make, rig_cfg
-from tests.test_launch import launch
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.test_launch import launch
+from tests.launching import launch
 
 # ++ adds a params key the experiment file does not list, or overrides it
 TINY = ["++params.n_channels=6", "++params.n_session=320", "++params.n_test=60", "++params.max_seconds=2",
         "++params.max_epochs=1", "progress=false"]
 CASES = {
     "tbfm_sample_efficiency": (["grid.params.n_train=[100,200]", "grid.params.rep=[0]"], "test_r2", 4),
-    "tbfm_compare": (["++params.n_train=200", "grid.params.rep=[0,1]"], "state_dependent_r2", 4),
+    "tbfm_compare": (["++params.n_train=200", "++params.latency_calls=20", "grid.params.rep=[0,1]"], "state_dependent_r2", 4),
     "tbfm_fsam": (["++params.n_train=200", "++params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
     "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]",
                       "grid.params.threads=[1]"], "us_per_forecast", 6),

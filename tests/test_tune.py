@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps.schema import ConfigError
-from tests.test_launch import ROOT, launch
+from tests.launching import ROOT, ensure_local_ray, launch
 
 # 2 virtual rats x 2 muscles: rat1 trains, rat2 is held out; one problem per pruning step
 TINY = ["dataset.n_subjects=2", "dataset.n_muscles=2", "n_reps=3", "n_queries=10", "params.heldout=1",
@@ -42,22 +42,10 @@ def compose(*overrides):
         return hydra_compose("config", overrides=list(overrides))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
-    """One local Ray for the in-process launches of this module (the launcher connects to it)."""
-    import logging
-
-    import ray
-
-    from hardware.local_ray import init_local
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    started = not ray.is_initialized()
-    if started:
-        init_local(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield
-    if started:
-        ray.shutdown()
+    """The test process's local Ray, which the in-process launches of this module connect to."""
+    ensure_local_ray()
 
 
 def run_in_process(run_dir: Path, *overrides: str) -> dict:
