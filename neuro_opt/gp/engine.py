@@ -41,6 +41,7 @@ An optional prior mean map is given on the same normalized scale.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +52,57 @@ from neuro_opt.gp.lattice import LatticeKernel
 from neuro_opt.gp.likelihood import MarginalLikelihood
 from neuro_opt.gp.linalg import GPNumericalError, flush_denormals
 from neuro_opt.gp.screen import ScreenedArgmax
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    class EngineState:
+        """What the mixins (LatticeKernel, MarginalLikelihood, ScreenedArgmax) use of :class:`BatchGP`
+        and of each other: their base for the type checker only (at run time they derive from ``object``)."""
+
+        # set by BatchGP.__init__
+        mode: str
+        opts: dict[str, Any]
+        X: torch.Tensor
+        b: int
+        P: int
+        d: int
+        capacity: int
+        max_jitter: float
+        prior: torch.Tensor | None
+        n: int
+        _raw_lo: torch.Tensor
+        _raw_span: torch.Tensor
+        slot_of: torch.Tensor
+        slot_pt: torch.Tensor
+        cnt: torch.Tensor
+        sum: torch.Tensor
+        sumsq: torch.Tensor
+        n_slots: torch.Tensor
+        # set by LatticeKernel
+        lattice: dict[str, Any] | None
+        slot_bins: torch.Tensor | None
+        # a constant of ScreenedArgmax
+        SCREEN_MAX_FFT: int
+
+        @property
+        def lengthscale(self) -> torch.Tensor: ...
+        @property
+        def outputscale(self) -> torch.Tensor: ...
+        @property
+        def noise(self) -> torch.Tensor: ...
+        def _scale(self) -> torch.Tensor: ...
+        def _prior_all(self) -> torch.Tensor: ...
+        def _bins_to_all(self, pts: torch.Tensor) -> torch.Tensor: ...
+        def _pair_bins(self, data: dict[str, torch.Tensor]) -> torch.Tensor: ...
+        def _slot_rows(self, pts: torch.Tensor) -> torch.Tensor: ...
+        @staticmethod
+        def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
+        def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor: ...
+        def _collapsed(self) -> dict[str, torch.Tensor]: ...
+        def _chol(
+            self, data: dict[str, torch.Tensor], ls: torch.Tensor, noise: torch.Tensor, os_: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _interior(value: float, lo: float, hi: float) -> float:
@@ -81,24 +133,24 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
 
     def __init__(
         self,
-        X,
+        X: ArrayLike,
         n_reps: int,
         capacity: int,
         mode: str = "variable",
-        rho_bounds=(0.02, 5.0),
-        noise_bounds=(1e-4, 0.05),
-        outputscale_bounds=(0.25, 1.0),
-        lengthscale=1.0,
-        noise=0.05,
-        outputscale=1.0,
-        prior_mean=None,
+        rho_bounds: tuple[float, float] = (0.02, 5.0),
+        noise_bounds: tuple[float, float] = (1e-4, 0.05),
+        outputscale_bounds: tuple[float, float] = (0.25, 1.0),
+        lengthscale: ArrayLike = 1.0,
+        noise: float = 0.05,
+        outputscale: float = 1.0,
+        prior_mean: ArrayLike | None = None,
         fit_steps: int = 10,
         lr: float = 0.1,
         fit_tol: float = 0.0,
         max_jitter: float = 1e-6,
-        dtype=torch.float64,
-        device="cpu",
-    ):
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if mode not in ("variable", "fixed"):
             raise ValueError(f"GP mode must be 'variable' or 'fixed', got {mode!r}")
         self.mode = mode
@@ -191,11 +243,11 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
             return self.noise_con.transform(self.raw_noise)
         return torch.full((self.b,), self.noise_fixed, **self.opts)
 
-    def set_prior_weight(self, w) -> None:
+    def set_prior_weight(self, w: ArrayLike) -> None:
         """Multiply the prior mean by ``w`` (scalar or ``b``), e.g. to fade it out."""
         self.prior_weight = torch.as_tensor(w, **self.opts).expand(self.b).clone()
 
-    def observe(self, points, y) -> None:
+    def observe(self, points: ArrayLike, y: ArrayLike) -> None:
         """Add one observation per replicate: ``points`` (b,) point indices, ``y`` (b,) raw responses."""
         pts = torch.as_tensor(np.asarray(points), dtype=torch.long, device=self.X.device)
         yy = torch.as_tensor(np.asarray(y, dtype=np.float64), **self.opts)
@@ -285,7 +337,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
     def _grow(self, capacity: int) -> None:
         """Double the observation buffers (amortized O(1) per observation)."""
 
-        def pad(t, dims):
+        def pad(t: torch.Tensor, dims: set[int]) -> torch.Tensor:
             shape = list(t.shape)
             out = torch.zeros(
                 [capacity if i in dims else n for i, n in enumerate(shape)], dtype=t.dtype, device=t.device
@@ -297,6 +349,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
             self.slot_pt, self.cnt = pad(self.slot_pt, {1}), pad(self.cnt, {1})
             self.sum, self.sumsq = pad(self.sum, {1}), pad(self.sumsq, {1})
             if self.slot_bins is not None:
+                assert self.lattice is not None  # slot_bins is made only on a lattice
                 grown = torch.full(
                     (self.b, self.P, capacity), self.lattice["n_bins"], dtype=torch.long, device=self.X.device
                 )
@@ -315,7 +368,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
             return torch.zeros(self.b, self.P, **self.opts)
         return self.prior_weight[:, None] * self.prior
 
-    def _append_fixed(self, pts, yy):
+    def _append_fixed(self, pts: torch.Tensor, yy: torch.Tensor) -> None:
         n, b = self.n, self.b
         rows = torch.arange(b, device=pts.device)
         ls = self.ls_fixed

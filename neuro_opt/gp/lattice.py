@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from neuro_opt.gp.kernels import matern52, matern52_of_r
 
+if TYPE_CHECKING:
+    from neuro_opt.gp.engine import EngineState as _Engine
+else:
+    _Engine = object
 
-class LatticeKernel:
+
+class LatticeKernel(_Engine):
     """Part of :class:`neuro_opt.gp.engine.BatchGP` (a mixin: it uses the engine's buffers and parameters)."""
 
     def _lattice_init(self, max_bins: int = 65536) -> None:
@@ -69,7 +76,8 @@ class LatticeKernel:
 
     def _bins_init(self) -> None:
         self.slot_bins = None
-        self._pair_bins_cache = None  # ((n, U), bins): the refit and the next query share it
+        # ((n, U), bins): the refit and the next query share it
+        self._pair_bins_cache: tuple[tuple[int, int], torch.Tensor] | None = None
         if self.lattice is not None and self.b * self.capacity * self.P <= self.MAX_CACHED_BINS:
             self.slot_bins = torch.full(
                 (self.b, self.P, self.capacity), self.lattice["n_bins"], dtype=torch.long, device=self.X.device
@@ -78,13 +86,15 @@ class LatticeKernel:
     def _bins_to_all(self, pts: torch.Tensor) -> torch.Tensor:
         """Offset bin of each point in ``pts`` (``k``) against every point: ``k x P``."""
         lat = self.lattice
+        assert lat is not None  # called only on a lattice (slot_bins is set)
         xi = lat["Xi"]
         return ((xi[pts].unsqueeze(-2) - xi.unsqueeze(0)).abs() * lat["stride"]).sum(-1)
 
-    def _pair_bins(self, data) -> torch.Tensor:
+    def _pair_bins(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """Offset bin of every pair of unique slots (``b x U x U``); pairs with a padding slot
         get the extra bin ``n_bins``, whose kernel value and derivative are 0."""
         lat = self.lattice
+        assert lat is not None  # called only on a lattice
         mask = data["mask"]
         U = mask.shape[1]
         cached = self._pair_bins_cache
@@ -107,6 +117,7 @@ class LatticeKernel:
     def _slot_rows(self, pts: torch.Tensor) -> torch.Tensor:
         """Cached offset bins of points ``pts`` (``b x m``) against the unique slots: ``b x m x U``."""
         U = int(self.n_slots.max())
+        assert self.slot_bins is not None  # called only with the cache
         if self.b == 1:
             return self.slot_bins[0].index_select(0, pts[0])[None, :, :U]
         return self.slot_bins[torch.arange(self.b, device=pts.device)[:, None], pts][:, :, :U]
@@ -121,11 +132,12 @@ class LatticeKernel:
 
     def _kernel_bins(self, ls: torch.Tensor) -> torch.Tensor:
         """Matérn-5/2 (output scale 1) per lattice offset bin, plus a trailing 0 for padding: ``b x (bins+1)``."""
+        assert self.lattice is not None  # called only on a lattice
         r2 = (1.0 / (ls * ls)) @ self.lattice["D2"].T
         kb = matern52_of_r(torch.sqrt(torch.clamp(r2, min=1e-30)))  # finite gradient at offset 0 (autograd)
         return torch.cat([kb, torch.zeros_like(kb[:, :1])], 1)
 
-    def _cross(self, data, ls) -> torch.Tensor:
+    def _cross(self, data: dict[str, torch.Tensor], ls: torch.Tensor) -> torch.Tensor:
         """Kernel (output scale 1) between the unique slots and every point, 0 on padding slots: ``b x U x P``."""
         U = data["mask"].shape[1]
         if self.slot_bins is not None:  # point-major cache: the transpose of a P x U lookup (a view)

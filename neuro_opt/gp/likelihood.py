@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,11 +11,16 @@ from neuro_opt.gp import lapack
 from neuro_opt.gp.kernels import SQRT5, matern52, matern52_of_r
 from neuro_opt.gp.linalg import safe_cholesky
 
+if TYPE_CHECKING:
+    from neuro_opt.gp.engine import EngineState as _Engine
+else:
+    _Engine = object
 
-class MarginalLikelihood:
+
+class MarginalLikelihood(_Engine):
     """Part of :class:`neuro_opt.gp.engine.BatchGP` (a mixin: it uses the engine's buffers and parameters)."""
 
-    def _observe_collapsed(self, pts, yy):
+    def _observe_collapsed(self, pts: torch.Tensor, yy: torch.Tensor) -> None:
         rows = torch.arange(self.b, device=pts.device)
         slot = self.slot_of[rows, pts]
         new = slot < 0
@@ -28,7 +34,7 @@ class MarginalLikelihood:
         self.sum[rows, slot] += yy
         self.sumsq[rows, slot] += yy * yy
 
-    def _collapsed(self) -> dict:
+    def _collapsed(self) -> dict[str, torch.Tensor]:
         U = int(self.n_slots.max())
         mask = (torch.arange(U, device=self.X.device)[None, :] < self.n_slots[:, None]).to(self.X.dtype)
         pts = self.slot_pt[:, :U]
@@ -43,14 +49,16 @@ class MarginalLikelihood:
         Xu = torch.where(mask[..., None] > 0, self.X[pts], far.expand(self.b, U, self.d))
         return dict(Xu=Xu, mask=mask, cnt=cnt, r=(ybar - prior_u) * mask, ss=ss)
 
-    def _chol(self, data, ls, noise, os_):
+    def _chol(
+        self, data: dict[str, torch.Tensor], ls: torch.Tensor, noise: torch.Tensor, os_: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor of the noisy covariance of the unique slots and the centred responses.
         Every caller solves with the factor (torch.linalg.solve_triangular reads only the lower
         triangle): above INPLACE_MIN_U unique points it is LAPACK's in-place factor, whose strict
         upper triangle still holds the covariance."""
         mask, cnt = data["mask"], data["cnt"]
 
-        def covariance():
+        def covariance() -> torch.Tensor:
             if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
                 bins = data["bin"] if "bin" in data else self._pair_bins(data)
                 K = self._lookup(self._kernel_bins(ls) * os_[:, None], bins)
@@ -67,7 +75,7 @@ class MarginalLikelihood:
                 return K, data["r"]
             K = covariance()  # a factor needs jitter: the torch path below
 
-        def info(r):
+        def info(r: int) -> str:
             return (
                 f"lengthscale={ls[r].detach().tolist()}, noise={float(noise[r].detach()):.3g}, "
                 f"outputscale={float(os_[r].detach()):.3g}"
@@ -75,7 +83,9 @@ class MarginalLikelihood:
 
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
 
-    def mll_and_grad(self, data, raw, with_mll: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def mll_and_grad(
+        self, data: dict[str, torch.Tensor], raw: torch.Tensor, with_mll: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Exact log marginal likelihood (``b``) and its gradient with respect to the packed raw
         parameters ``raw`` = [raw length-scales (d), raw noise std, raw output scale] (``b x (d+2)``).
 
@@ -97,6 +107,7 @@ class MarginalLikelihood:
         b, U = mask.shape
         inv_ls2 = 1.0 / (ls * ls)
         if "bin" in data:  # integer grid: kernel per offset bin, gathered (see _lattice_init)
+            assert self.lattice is not None  # data["bin"] is made only on a lattice
             D2 = self.lattice["D2"]
             r2 = inv_ls2 @ D2.T  # b x bins
         else:
@@ -111,7 +122,7 @@ class MarginalLikelihood:
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
 
-        def noisy_covariance():
+        def noisy_covariance() -> torch.Tensor:
             if "bin" in data:
                 Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
             else:
@@ -129,7 +140,7 @@ class MarginalLikelihood:
                 Kn = noisy_covariance()
         if Wb is None:
 
-            def info(q):
+            def info(q: int) -> str:
                 return f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"
 
             L = safe_cholesky(Kn, self.max_jitter, "GP covariance", info)
@@ -148,6 +159,7 @@ class MarginalLikelihood:
                 )
         g_s2 = 0.5 * (dW * data["inv_cnt"]).sum(-1) + dcorr_ds2
         if "bin" in data:
+            assert Wb is not None  # set by either path above when data has "bin"
             g_os = 0.5 * (Wb * kb_bins).sum(-1)
             dk_dr2 = (-5.0 / 6.0) * (1.0 + SQRT5 * r) * e * os_[:, None]  # b x bins
             g_ls = -((Wb[:, :-1] * dk_dr2) @ D2) / (ls * ls * ls)
@@ -177,7 +189,9 @@ class MarginalLikelihood:
 
     DISCARD_BINS = 64  # bins the unused triangle's pairs are spread over (see _lower_triangle_w)
 
-    def _lower_triangle_w(self, data, Kn, rv):
+    def _lower_triangle_w(
+        self, data: dict[str, torch.Tensor], Kn: torch.Tensor, rv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | tuple[None, None, None, None]:
         """The refit's ``Wb`` (``alpha alpha^T - Kn^-1`` summed over the pairs of each offset bin,
         ``b x (bins+1)``) and the diagonal of that matrix (``b x U``), from ``Kn``'s lower triangle
         factored and inverted in place. ``(None, None)`` when a factor is not positive definite.
@@ -188,6 +202,7 @@ class MarginalLikelihood:
         ``Wb = 2 * (lower-triangle sums) - (diagonal sums)``. Also returns ``alpha = Kn^-1 r`` and the
         sum of the log of the factor's diagonal (half the log-determinant), for the MLL's value."""
         b, U = rv.shape
+        assert self.lattice is not None  # called only with data["bin"], made only on a lattice
         nb = self.lattice["n_bins"]
         if "bin_lower" not in data:
             upper = torch.ones(U, U, dtype=torch.bool, device=Kn.device).triu_(1)
@@ -208,7 +223,9 @@ class MarginalLikelihood:
         S = S.scatter_add_(1, data["bin_lower"], W.reshape(b, -1))[:, : nb + 1]
         return 2.0 * S - torch.zeros_like(S).scatter_add_(1, data["bin_diag"], dW), dW, alpha, half_logdet
 
-    def _mll(self, data, ls, noise, os_) -> torch.Tensor:
+    def _mll(
+        self, data: dict[str, torch.Tensor], ls: torch.Tensor, noise: torch.Tensor, os_: torch.Tensor
+    ) -> torch.Tensor:
         """Exact log marginal likelihood of all observations (not just the means), ``b``."""
         L, r = self._chol(data, ls, noise, os_)
         a = torch.linalg.solve_triangular(L, r[..., None], upper=False)[..., 0]
@@ -217,7 +234,9 @@ class MarginalLikelihood:
         )
 
     @staticmethod
-    def _mll_value(data, quad, half_logdet, s2) -> torch.Tensor:
+    def _mll_value(
+        data: dict[str, torch.Tensor], quad: torch.Tensor, half_logdet: torch.Tensor, s2: torch.Tensor
+    ) -> torch.Tensor:
         """The log marginal likelihood (``b``) from ``r^T Kn^-1 r`` (``quad``), half the log-determinant
         of ``Kn`` and the noise variance ``s2``: the Gaussian of the point means, plus the within-point
         scatter of repeated queries (p(y_1..y_c | f) = N(ybar | f, s2/c) x the scatter factor)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,8 +11,13 @@ import torch
 from neuro_opt.gp.kernels import matern52_of_r
 from neuro_opt.gp.linalg import flush_denormals
 
+if TYPE_CHECKING:
+    from neuro_opt.gp.engine import EngineState as _Engine
+else:
+    _Engine = object
 
-class ScreenedArgmax:
+
+class ScreenedArgmax(_Engine):
     """Part of :class:`neuro_opt.gp.engine.BatchGP` (a mixin: it uses the engine's buffers and parameters)."""
 
     # ---------------------------------------------------------- screened argmax
@@ -69,6 +75,7 @@ class ScreenedArgmax:
         from scipy.ndimage import distance_transform_edt
 
         lat, b, P, d = self.lattice, self.b, self.P, self.d
+        assert lat is not None  # can_screen
         with torch.no_grad():
             data = self._collapsed()
             mask = data["mask"]
@@ -149,7 +156,9 @@ class ScreenedArgmax:
 
     SCREEN_KNN = 4  # observed points in the refined variance bound
 
-    def _knn_var_bound(self, q: int, idx: torch.Tensor, ls, noise, os_) -> torch.Tensor:
+    def _knn_var_bound(
+        self, q: int, idx: torch.Tensor, ls: torch.Tensor, noise: torch.Tensor, os_: torch.Tensor
+    ) -> torch.Tensor:
         """An upper bound on replicate ``q``'s posterior variance at points ``idx``: the variance given
         only the ``SCREEN_KNN`` observed points nearest each (length-scale units; scipy's KD-tree),
         with their own noise ``s^2 / count``, plus a rounding margin that grows with the weights'
