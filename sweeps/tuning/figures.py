@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sweeps.tuning.space import HP_NAMES, SearchSpec
+from sweeps.tuning.space import HP_NAMES, Range, SearchSpec
+
+if TYPE_CHECKING:
+    import optuna
 
 
 # =============================================================================================
 # study report: trials table and figures
 # =============================================================================================
-def write_trials_table(study, spec: SearchSpec, path: Path) -> Path:
+def _text_choices(r: Range) -> bool:
+    """A choice parameter with a non-number among its choices (its trials-table column is text)."""
+    return r.choices is not None and not all(isinstance(c, (int, float)) for c in r.choices)
+
+
+def write_trials_table(study: optuna.Study, spec: SearchSpec, path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -51,16 +61,7 @@ def write_trials_table(study, spec: SearchSpec, path: Path) -> Path:
             ("intermediate", pa.list_(pa.float64())),
             ("error", pa.string()),
         ]
-        + [
-            (
-                f"param_{k}",
-                pa.string()
-                if spec.ranges[k].choices is not None
-                and not all(isinstance(c, (int, float)) for c in spec.ranges[k].choices)
-                else pa.float64(),
-            )
-            for k in spec.ranges
-        ]
+        + [(f"param_{k}", pa.string() if _text_choices(spec.ranges[k]) else pa.float64()) for k in spec.ranges]
         + [(f"hp_{k}", pa.float64()) for k in HP_NAMES]
     )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
@@ -142,7 +143,7 @@ def importance_figure(study, path: Path) -> dict:
     return {k: float(v) for k, v in imp.items()}
 
 
-def slice_figure(study, spec: SearchSpec, path: Path) -> Path:
+def slice_figure(study: optuna.Study, spec: SearchSpec, path: Path) -> Path:
     """Objective vs each searched parameter over the whole range, completed trials coloured by number."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     from optuna.trial import TrialState
@@ -161,6 +162,7 @@ def slice_figure(study, spec: SearchSpec, path: Path) -> Path:
         ax = axes[i // cols, i % cols]
         pts = [(t.params[name], t.value, t.number) for t in comp if name in t.params]
         if pts:
+            x: Sequence[Any]  # the parameter values, as text for a choice parameter
             x, y, n = zip(*pts)
             if spec.ranges[name].choices is not None:
                 x = [str(v) for v in x]
@@ -170,12 +172,13 @@ def slice_figure(study, spec: SearchSpec, path: Path) -> Path:
             ax.plot([bx], [best.value], marker="*", ms=12, color="C3", ls="none")
         r = spec.ranges[name]
         if r.choices is None:
-            pad = (r.high / r.low) ** 0.03 if r.log else 0.03 * (r.high - r.low)
-            ax.set_xlim(*((r.low / pad, r.high * pad) if r.log else (r.low - pad, r.high + pad)))
+            low, high = r.bounds()
+            pad = (high / low) ** 0.03 if r.log else 0.03 * (high - low)
+            ax.set_xlim(*((low / pad, high * pad) if r.log else (low - pad, high + pad)))
             if r.log:
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
-                if r.high / r.low < 100:
+                if high / low < 100:
                     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(name)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import math
 import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from neuro_opt.datasets import Dataset
 from sweeps.schema import ConfigError
 from sweeps.tuning.space import RATIOS, RESPONSE_MODES, ROOT, Objective
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from neuro_opt.space import SearchSpace
 
 
 # =============================================================================================
@@ -20,9 +26,9 @@ class Setup:
     seed: int
     dataset_cfg: dict
     dataset: Dataset
-    train: list
-    heldout: list
-    batches: list  # training problem keys per pruning step
+    train: list[str]
+    heldout: list[str]
+    batches: list[list[str]]  # training problem keys per pruning step
     run: dict  # n_reps, n_queries, noise, response_mode, use_prior
     heldout_reps: int
     objective: Objective
@@ -33,11 +39,11 @@ class Setup:
     git: str = ""
 
     @property
-    def train_subjects(self) -> list:
+    def train_subjects(self) -> list[str]:
         return list(dict.fromkeys(k.split("/", 1)[0] for k in self.train))
 
     @property
-    def heldout_subjects(self) -> list:
+    def heldout_subjects(self) -> list[str]:
         return list(dict.fromkeys(k.split("/", 1)[0] for k in self.heldout))
 
     def train_runs(self) -> int:
@@ -57,20 +63,20 @@ class Setup:
         }
 
 
-def check_params(params: dict, allowed: tuple, kind: str) -> None:
+def check_params(params: dict, allowed: tuple[str, ...], kind: str) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(f"params: unknown key(s) {unknown} for kind={kind}; known: {', '.join(allowed)}")
 
 
-def int_param(params: dict, key: str, minimum: int, default=None) -> int:
+def int_param(params: dict, key: str, minimum: int, default: int | None = None) -> int:
     v = params.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
         raise ConfigError(f"params.{key}={v!r}: expected an integer >= {minimum}")
     return v
 
 
-def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
+def prepare(cfg: DictConfig, overrides: list[str], kind: str, allowed: tuple[str, ...]) -> Setup:
     """Validate the composed config and load the dataset; raises ConfigError before any work."""
     from omegaconf import OmegaConf
 
@@ -80,9 +86,10 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     grid.apply_scale(cfg, overrides)
     if OmegaConf.to_container(cfg.grid, resolve=True):
         raise ConfigError(f"kind={kind} takes no grid: (got grid keys {list(cfg.grid)}); it searches params.space")
-    params = OmegaConf.to_container(cfg.params, resolve=True) or {}
+    # containers of mapping nodes: params is a Dict in sweeps.schema.Config, dataset and algorithm are config groups
+    params = cast(dict[str, Any], OmegaConf.to_container(cfg.params, resolve=True) or {})
     check_params(params, allowed, kind)
-    ds_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    ds_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.dataset, resolve=True))
     dataset = OPT.dataset(ds_cfg)
 
     # ---- split by subject
@@ -151,7 +158,7 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
         int_param(params, "parallel", 1)
 
     # ---- algorithm
-    base = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    base = cast(dict[str, Any], OmegaConf.to_container(cfg.algorithm, resolve=True))
     if not str(base.get("name", "")).startswith("gpbo"):
         raise ConfigError(f"algorithm={base.get('name')!r}: kind={kind} calibrates GP-BO (algorithm=gpbo)")
     pub = params.get("published", {})
@@ -186,7 +193,7 @@ def prepare(cfg, overrides: list, kind: str, allowed: tuple) -> Setup:
     )
 
 
-def check_algorithm(alg: dict, space, where: str, n_queries: int) -> None:
+def check_algorithm(alg: dict, space: SearchSpace, where: str, n_queries: int) -> None:
     from neuro_opt import algorithms
 
     a = dict(alg)

@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -101,6 +101,7 @@ class Objective:
             return c[:, -1]
         if how == "auc":
             return c.mean(axis=1)
+        assert self.query is not None  # from_config requires a query for the *_at terms
         return c[:, self.query - 1]
 
     def per_run(self, curves: dict) -> np.ndarray:
@@ -130,14 +131,20 @@ class Range:
     int: bool = False
     choices: tuple | None = None
 
-    def contains(self, v) -> bool:
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a numeric range (one without ``choices``)."""
+        assert self.low is not None and self.high is not None  # SearchSpec._range sets both when no choices
+        return self.low, self.high
+
+    def contains(self, v: object) -> bool:
         if self.choices is not None:
             return v in self.choices
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return False
         if self.int and float(v) != int(v):
             return False
-        return self.low * (1 - 1e-9) <= v <= self.high * (1 + 1e-9)
+        low, high = self.bounds()
+        return low * (1 - 1e-9) <= v <= high * (1 + 1e-9)
 
     def describe(self) -> dict:
         if self.choices is not None:
@@ -153,7 +160,7 @@ def _sig(x: float) -> float:
 class SearchSpec:
     """``params.space`` validated against the base algorithm; turns trial parameters into hyperparameters."""
 
-    def __init__(self, space: dict, base: dict, n_queries: int):
+    def __init__(self, space: object, base: dict, n_queries: int) -> None:
         if not isinstance(space, dict) or not space:
             raise ConfigError(
                 "params.space must map hyperparameters to ranges, e.g. kappa: {low: 0.5, high: 20.0, log: true}"
@@ -181,7 +188,7 @@ class SearchSpec:
                     raise ConfigError(f"{where}.{ratio} needs {hi} in params.space too ({lo} = {hi} / {ratio})")
                 if lo in self.ranges:
                     raise ConfigError(f"{where}: {lo} is derived from {hi} / {ratio}; drop {where}.{lo}")
-                if r.choices is not None and any(c <= 1 for c in r.choices) or r.choices is None and r.low <= 1:
+                if r.choices is not None and any(c <= 1 for c in r.choices) or r.choices is None and r.bounds()[0] <= 1:
                     raise ConfigError(f"{where}.{ratio} must be > 1 ({hi} / {lo}), got {r.describe()}")
             elif hi in self.ranges and lo in base:
                 if self._min(hi) <= base[lo]:
@@ -201,7 +208,7 @@ class SearchSpec:
             )
 
     @staticmethod
-    def _range(name: str, spec) -> Range:
+    def _range(name: str, spec: object) -> Range:
         where = f"params.space.{name}"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be {{low, high[, log, int]}} or {{choices: [...]}}, got {spec!r}")
@@ -221,6 +228,7 @@ class SearchSpec:
         for k, v in (("low", lo), ("high", hi)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ConfigError(f"{where}.{k} must be a finite number, got {v!r}")
+        lo, hi = cast(float, lo), cast(float, hi)  # the loop just checked both are finite numbers
         if lo >= hi:
             raise ConfigError(f"{where}: low={lo} >= high={hi}; a range needs low < high")
         log, is_int = spec.get("log", False), spec.get("int", name in INT_HPS)

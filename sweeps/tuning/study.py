@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,13 @@ from sweeps.tuning.heldout import (
 from sweeps.tuning.scoring import Scorer, per_problem, runs_of
 from sweeps.tuning.setup import Setup
 from sweeps.tuning.space import RATIOS, SearchSpec
+
+if TYPE_CHECKING:
+    import optuna
+    from omegaconf import DictConfig
+    from tqdm import tqdm
+
+    from sweeps.tracking import Tracker
 
 
 # =============================================================================================
@@ -66,7 +74,7 @@ def confirm_spec(params: dict, n_reps: int) -> dict:
 class _Running:
     """A trial in flight: its hyperparameters and the per-run objective of the batches done."""
 
-    trial: object
+    trial: optuna.Trial
     alg: dict
     sampled: dict
     step: int = 0
@@ -80,24 +88,24 @@ class StudyLaunch:
 
     def __init__(
         self,
-        cfg,
+        cfg: DictConfig,
         setup: Setup,
         spec: SearchSpec,
-        study,
+        study: optuna.Study,
         storage: str,
         created: bool,
-        tracker,
+        tracker: Tracker,
         parent: str,
         run_dir: Path,
         confirm: dict,
-    ):
+    ) -> None:
         self.cfg, self.setup, self.spec, self.study, self.confirm = cfg, setup, spec, study, confirm
         self.storage, self.created, self.tracker, self.parent, self.run_dir = storage, created, tracker, parent, run_dir
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
         self.asked = 0
         self.inflight: dict = {}
-        self.scorer = None
-        self.bar = None
+        self.scorer: Scorer | None = None
+        self.bar: tqdm | None = None
         self.heartbeat_s = int(cfg.study.heartbeat_s)
 
     # ---- trials
@@ -148,6 +156,7 @@ class StudyLaunch:
         trial.set_user_attr("launch", self.run_dir.name)
         self.asked += 1
         r = _Running(trial, alg, sampled)
+        assert self.scorer is not None  # run_trials made it before asking
         self.inflight[self.scorer.submit(alg, self.setup.batches[0])] = r
         self._beat(r)
 
@@ -170,9 +179,10 @@ class StudyLaunch:
         elif r.trial.should_prune():
             self._close(r, "pruned")
         else:
+            assert self.scorer is not None  # run_trials made it before the first batch went out
             self.inflight[self.scorer.submit(r.alg, self.setup.batches[r.step])] = r
 
-    def _close(self, r: _Running, outcome: str, value=None, error=None) -> None:
+    def _close(self, r: _Running, outcome: str, value: float | None = None, error: str | None = None) -> None:
         from optuna.trial import TrialState
 
         state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}[outcome]
