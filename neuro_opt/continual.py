@@ -28,10 +28,13 @@ every lineage has its own prior.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
 from neuro_opt import algorithms
+from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.datasets.base import Problem, sample_responses
 from neuro_opt.trace import trace_schema, trace_table
 
@@ -76,7 +79,7 @@ def session_truths(problem: Problem, n_sessions: int, loss_session: int | None =
     return truths, lost
 
 
-def handoff(opt, prior: np.ndarray | None) -> np.ndarray:
+def handoff(opt: Optimizer, prior: np.ndarray | None) -> np.ndarray:
     """What a finished session knows, to become the next session's prior (``b x P``).
 
     GP-BO (any optimizer with ``posterior()``): the posterior mean. Others: mean
@@ -101,10 +104,10 @@ def continual(
     n_lineages: int,
     n_sessions: int | None = None,
     queries_per_session: int | None = None,
-    seed=0,
+    seed: int | np.random.SeedSequence = 0,
     noise: float = 0.0,
     loss_session: int | None = None,
-    hyperparameters: dict | None = None,
+    hyperparameters: dict[str, Any] | None = None,
     prior: np.ndarray | None = None,
     prior_scale: float = 0.75,
     prior_fade: int | None = 3,
@@ -141,6 +144,7 @@ def continual(
     for name, v in (("n_lineages", n_lineages), ("n_sessions", S), ("queries_per_session", Q)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    assert S is not None and Q is not None  # checked just above
     if not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise level must be >= 0, got {noise!r}")
     truths, lost = session_truths(problem, S, loss_session)

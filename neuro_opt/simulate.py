@@ -7,6 +7,8 @@ boundaries (Ray) and lands in Parquet without any live object.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import pyarrow as pa
 
@@ -22,12 +24,12 @@ def simulate(
     algorithm: str,
     n_reps: int,
     n_queries: int | None = None,
-    seed=0,
+    seed: int | np.random.SeedSequence = 0,
     noise: float = 0.0,
     response_mode: str = "gaussian",
     use_prior: bool = False,
-    hyperparameters: dict | None = None,
-    progress=None,
+    hyperparameters: dict[str, Any] | None = None,
+    progress: Callable[[int], object] | None = None,
     record_map: bool = False,
 ) -> pa.Table:
     """Run ``n_reps`` replicates of ``algorithm`` on ``problem``.
@@ -76,7 +78,7 @@ def simulate(
     best = np.empty((n_reps, n_queries), dtype=np.int64)
     explore = np.empty((n_reps, n_queries))
     exploit = np.empty((n_reps, n_queries))
-    has_model = record_map and hasattr(opt, "posterior")
+    model = opt if record_map and hasattr(opt, "posterior") else None  # None: no map to record
     map_r2 = np.full((n_reps, n_queries), np.nan)
     for t in range(n_queries):
         truth = problem.truth_at(t)
@@ -90,8 +92,8 @@ def simulate(
         pts[:, t], resp[:, t], best[:, t] = x, y, b
         explore[:, t] = truth[b] / top if top > 0 else 0.0
         exploit[:, t] = truth[x] / top if top > 0 else 0.0
-        if has_model:
-            map_r2[:, t] = squared_correlation(opt.posterior()[0], truth)
+        if model is not None:
+            map_r2[:, t] = squared_correlation(model.posterior()[0], truth)
         if progress is not None:
             progress(t + 1)
     reps = np.repeat(np.arange(n_reps), n_queries)
@@ -109,9 +111,9 @@ def simulate(
     )
     if not record_map:
         return table
-    maps: list = [None] * (n_reps * n_queries)
-    if has_model:
-        final = np.asarray(opt.posterior()[0], dtype=np.float32)
+    maps: list[np.ndarray | None] = [None] * (n_reps * n_queries)
+    if model is not None:
+        final = np.asarray(model.posterior()[0], dtype=np.float32)
         for r in range(n_reps):
             maps[(r + 1) * n_queries - 1] = final[r]
     table = table.append_column("map_r2", pa.array(map_r2.ravel(), pa.float64(), mask=np.isnan(map_r2.ravel())))

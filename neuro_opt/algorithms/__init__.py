@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from typing import Any, Callable, cast
+
+import numpy as np
 
 from neuro_opt.acquisition import argmax_random_ties
 from neuro_opt.algorithms.base import Optimizer
@@ -17,8 +20,9 @@ from neuro_opt.algorithms.botorch_reference import BotorchGPBO
 from neuro_opt.algorithms.extensive import ExtensiveSearch
 from neuro_opt.algorithms.gpbo import GPBO
 from neuro_opt.algorithms.greedy import GreedySearch
+from neuro_opt.space import SearchSpace
 
-_REGISTRY = {
+_REGISTRY: dict[str, Callable[..., Optimizer]] = {
     "gpbo": GPBO,
     "gpbo_fixed_rho": lambda *a, **kw: GPBO(*a, **{"mode": "fixed", **kw}),
     "extensive": ExtensiveSearch,
@@ -31,7 +35,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make(name: str, space, n_reps: int = 1, seed=0, prior=None, **hyperparameters) -> Optimizer:
+def make(
+    name: str,
+    space: SearchSpace,
+    n_reps: int = 1,
+    seed: int | np.random.SeedSequence | np.random.Generator = 0,
+    prior: np.ndarray | None = None,
+    **hyperparameters: Any,
+) -> Optimizer:
     """Build optimizer ``name`` for ``space`` with ``n_reps`` replicates."""
     try:
         cls = _REGISTRY[name]
@@ -54,14 +65,13 @@ def parameters(name: str) -> dict[str, inspect.Parameter] | None:
     sweep configs' typed schema (``sweeps.config``) both read it."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
-    target = _REGISTRY[name]
-    if name == "gpbo_fixed_rho":
-        target = GPBO
+    # every entry but gpbo_fixed_rho (a lambda) is an Optimizer class
+    target = GPBO if name == "gpbo_fixed_rho" else cast(type[Optimizer], _REGISTRY[name])
     params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
     return None if any(p.kind == p.VAR_KEYWORD for p in params.values()) else params
 
 
-def check_hyperparameters(name: str, hyperparameters: dict) -> None:
+def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the key, the value and what is expected for a hyperparameter that
     optimizer ``name`` does not take, or a number of the wrong type (read from its signature)."""
     params = parameters(name)

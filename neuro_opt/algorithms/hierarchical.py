@@ -41,10 +41,11 @@ The GP of both (a product kernel, shared length-scales per group, a refit basis 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Protocol, Sequence, cast
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import ArrayLike
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
 from neuro_opt.algorithms.base import Optimizer, make_rng
@@ -54,7 +55,7 @@ from neuro_opt.space import SearchSpace
 from neuro_opt.trace import trace_schema, trace_table
 
 
-class PatternProblem:
+class PatternProblem(Protocol):
     """What the pattern searches need from a problem (see ``TwoElectrodeProblem``):
 
     ``n_events`` (of the final space), ``pattern_space(k)`` (``k = 1`` the channels),
@@ -62,10 +63,23 @@ class PatternProblem:
     and ``sample(n_events, points, rng) -> (objective b, peaks b x M)``.
     """
 
+    @property
+    def n_events(self) -> int: ...
+    @property
+    def muscles(self) -> Sequence[str]: ...
+    @property
+    def synergy(self) -> Sequence[int]: ...
+    @property
+    def truth(self) -> np.ndarray: ...
+    def pattern_space(self, n_events: int) -> SearchSpace: ...
+    def sample(
+        self, n_events: np.ndarray, points: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 def _projections(spaces: list[SearchSpace]) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """For each stage ``j >= 2``: (prefix point in stage ``j - 1``, last channel) of every pattern."""
-    out: list = [None]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None]
     channels = spaces[0]
     for j in range(2, len(spaces) + 1):
         sp, prev = spaces[j - 1], spaces[j - 2]
@@ -109,11 +123,11 @@ class HierarchicalGPBO:
 
     def __init__(
         self,
-        problem,
+        problem: PatternProblem,
         n_reps: int = 1,
-        seed=0,
+        seed: int | np.random.SeedSequence | np.random.Generator = 0,
         kappa: float = 3.0,
-        stage_queries=25,
+        stage_queries: int | Sequence[int] = 25,
         stage1_kappa: float | None = None,
         stage1_rule: str = "budget",
         stage1_min: int = 10,
@@ -134,7 +148,7 @@ class HierarchicalGPBO:
         fit_steps: int = 15,
         lr: float = 0.1,
         n_events: int | None = None,
-    ):
+    ) -> None:
         self.k = int(n_events or problem.n_events)
         if self.k < 2:
             raise ValueError(f"a hierarchical search needs at least 2 events, got n_events={self.k}")
@@ -144,7 +158,8 @@ class HierarchicalGPBO:
             raise ValueError(f"n_reps must be >= 1, got {n_reps}")
         self.rng = make_rng(seed)
         self.kappa, self.kappa1 = self.ucb.kappa, self.ucb1.kappa
-        sq = [stage_queries] if np.isscalar(stage_queries) else list(stage_queries)
+        # casts: np.isscalar is a TypeGuard, which narrows neither branch to int | Sequence[int]
+        sq = [cast(int, stage_queries)] if np.isscalar(stage_queries) else list(cast(Sequence[int], stage_queries))
         if len(sq) != self.k - 1 or any(int(q) < 1 for q in sq):
             raise ValueError(f"stage_queries needs {self.k - 1} budget(s) >= 1 (stages 1..{self.k - 1}), got {sq}")
         self.budgets = np.cumsum([int(q) for q in sq])  # stage j ends after budgets[j-1] queries
@@ -154,6 +169,7 @@ class HierarchicalGPBO:
         self.spaces = [problem.pattern_space(j) for j in range(1, self.k + 1)]
         self.C = self.spaces[0].n_points
         self.proj = _projections(self.spaces)
+        self.outputs: list[int | None]
         if stage1_model == "muscles":
             self.outputs = list(problem.synergy)  # muscle indices read from the peaks
         elif stage1_model == "objective":
@@ -181,7 +197,7 @@ class HierarchicalGPBO:
             **{**gp, "rho_space": tuple(stage1_rho)},
             capacity=int(self.budgets[0]),
         )
-        self.gps = [None]
+        self.gps: list[ProductGP | None] = [None]  # stage j's GP is gps[j - 1]; stage 1's is gp1
         for j in range(2, self.k + 1):
             S, T = split_inputs(self.spaces[j - 1], time_unit_ms)
             self.gps.append(ProductGP(S, T, self.b, n_basis=2, weight_mean=wm, weight_sd=weight_sd, **gp, capacity=64))
@@ -190,14 +206,20 @@ class HierarchicalGPBO:
         self.t_stage = np.zeros(self.b, dtype=np.int64)  # queries spent in the current stage
         self._best1 = np.full((self.b, self.J1), -1)
         self._streak = np.zeros(self.b, dtype=np.int64)
-        self._post: dict = {}
+        self._post: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._tie_keys = self.rng.random((self.b, self.spaces[-1].n_points))
 
     # ------------------------------------------------------------- posteriors
+    def _gp(self, j: int) -> ProductGP:
+        """Stage ``j >= 2``'s GP."""
+        gp = self.gps[j - 1]
+        assert gp is not None
+        return gp
+
     def _posterior(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Stage ``j`` posterior mean and variance, normalized (stage 1: ``b x J1 x C``; else ``b x P_j``)."""
         if j not in self._post:
-            gp = self.gp1 if j == 1 else self.gps[j - 1]
+            gp = self.gp1 if j == 1 else self._gp(j)
             m, v = gp.posterior()
             m, v = m.numpy(), v.numpy()
             if j == 1:
@@ -212,7 +234,7 @@ class HierarchicalGPBO:
 
     def stage_mean(self, j: int) -> np.ndarray:
         """``b x P_j`` posterior mean of stage ``j >= 2`` in response units."""
-        return self._posterior(j)[0] * self.gps[j - 1].scale.numpy()[:, None]
+        return self._posterior(j)[0] * self._gp(j).scale.numpy()[:, None]
 
     def prior_basis(self, j: int, prev_mean: np.ndarray | None = None) -> np.ndarray:
         """Stage ``j``'s basis maps ``b x P_j x 2`` in response units: the previous stage's mean of
@@ -221,7 +243,9 @@ class HierarchicalGPBO:
         ``prev_mean`` (``b x P_{j-1}``) replaces stage ``j - 1``'s posterior mean (for ``j > 2``).
         """
         mu1 = self.stage1_means()
-        prefix, last = self.proj[j - 1]
+        proj = self.proj[j - 1]
+        assert proj is not None  # None only for stage 1
+        prefix, last = proj
         if j == 2:
             first = mu1[:, self.events[0], :][:, prefix]
         else:
@@ -235,7 +259,7 @@ class HierarchicalGPBO:
         H = self.prior_basis(j)
         top = (H @ self.a0).max(axis=1)
         scale = np.where(top > 0, top, 1.0)
-        gp = self.gps[j - 1]
+        gp = self._gp(j)
         gp.set_scale(scale, rows)
         gp.set_basis(H, rows)
         self.stage[rows] = j
@@ -260,7 +284,7 @@ class HierarchicalGPBO:
                 points[rows] = argmax_random_ties(self.ucb(m, v)[rows], self.rng)
         return self.stage.copy(), points
 
-    def tell(self, events, points, objective, peaks) -> None:
+    def tell(self, events: ArrayLike, points: ArrayLike, objective: ArrayLike, peaks: ArrayLike) -> None:
         events = np.asarray(events, dtype=np.int64)
         points = np.asarray(points, dtype=np.int64)
         objective = np.asarray(objective, dtype=np.float64)
@@ -271,15 +295,15 @@ class HierarchicalGPBO:
             if self.outputs == [None]:
                 y = objective[:, None]
             else:
-                y = np.asarray(peaks, dtype=np.float64)[:, self.outputs]
+                y = np.asarray(peaks, dtype=np.float64)[:, cast(list[int], self.outputs)]  # muscles: no None
             rows = np.repeat(one, self.J1)
             self.gp1.observe(np.repeat(points, self.J1), np.where(rows, y.reshape(-1), 0.0), rows)
             self.gp1.fit()
         for j in range(2, self.k + 1):
             rows = self.stage == j
             if rows.any():
-                self.gps[j - 1].observe(points, np.where(rows, objective, 0.0), rows)
-                self.gps[j - 1].fit()
+                self._gp(j).observe(points, np.where(rows, objective, 0.0), rows)
+                self._gp(j).fit()
         self._post = {}
         self.t += 1
         self.t_stage += 1
@@ -305,11 +329,12 @@ class HierarchicalGPBO:
     def best(self) -> np.ndarray:
         """``b`` believed-best points of the final space: the argmax of the last stage's posterior
         mean, or for rows not there yet, of the prior it would start from (weights ``weight_mean``)."""
-        mean = None
+        mean: np.ndarray | None = None
         for j in range(2, self.k + 1):
             prior = self.prior_basis(j, prev_mean=mean) @ self.a0
             reached = self.stage >= j
             mean = np.where(reached[:, None], self.stage_mean(j), prior) if reached.any() else prior
+        assert mean is not None  # k >= 2 (checked in __init__)
         final = self.stage == self.k
         out = np.empty(self.b, dtype=np.int64)
         if final.any():
@@ -326,15 +351,15 @@ class FlatPatternSearch:
     """A standard optimizer over the final pattern space behind the pattern protocol
     (``ask() -> (events, points)``, ``tell(events, points, objective, peaks)``, ``best()``)."""
 
-    def __init__(self, problem, optimizer: Optimizer):
+    def __init__(self, problem: PatternProblem, optimizer: Optimizer) -> None:
         self.k = int(problem.n_events)
         self.opt = optimizer
         self.b = optimizer.b
 
-    def ask(self):
+    def ask(self) -> tuple[np.ndarray, np.ndarray]:
         return np.full(self.b, self.k), self.opt.ask()
 
-    def tell(self, events, points, objective, peaks=None) -> None:
+    def tell(self, events: ArrayLike, points: ArrayLike, objective: ArrayLike, peaks: ArrayLike | None = None) -> None:
         self.opt.tell(points, objective)
 
     def best(self) -> np.ndarray:
@@ -344,7 +369,13 @@ class FlatPatternSearch:
 METHODS = ("hierarchical", "flat")
 
 
-def make_method(name: str, problem, n_reps: int = 1, seed=0, **hyperparameters):
+def make_method(
+    name: str,
+    problem: PatternProblem,
+    n_reps: int = 1,
+    seed: int | np.random.SeedSequence | np.random.Generator = 0,
+    **hyperparameters: Any,
+) -> HierarchicalGPBO | FlatPatternSearch:
     """``hierarchical``, ``flat`` (:class:`ProductGPBO` on the final space, no prior) or any name of
     :func:`neuro_opt.algorithms.make` run flat on the final space."""
     from neuro_opt import algorithms
@@ -369,7 +400,13 @@ TRACE_SCHEMA = trace_schema(
 
 
 def run_patterns(
-    problem, method: str, n_reps: int, n_queries: int, seed=0, hyperparameters: dict | None = None, progress=None
+    problem: PatternProblem,
+    method: str,
+    n_reps: int,
+    n_queries: int,
+    seed: int | np.random.SeedSequence = 0,
+    hyperparameters: dict[str, Any] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> pa.Table:
     """Run ``n_reps`` replicates of a pattern search on ``problem`` for ``n_queries`` total queries.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import Callable
+from typing import Any, Callable, cast
 
 from neuro_opt.datasets.base import Dataset, Problem, sample_responses
 from neuro_opt.datasets.describe import describe
@@ -76,7 +76,7 @@ def parameters(name: str) -> dict[str, inspect.Parameter] | None:
         n: p
         for n, p in params.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        and not (n in fixed and n in builder.keywords)
+        and not (n in fixed and n in cast(partial[Dataset], builder).keywords)  # fixed is empty unless a partial
     }
 
 
@@ -86,7 +86,7 @@ def accepted_keys(name: str) -> list[str] | None:
     return None if params is None else list(params)
 
 
-def load(name: str, **kwargs) -> Dataset:
+def load(name: str, **kwargs: Any) -> Dataset:
     """Build the dataset ``name`` with keyword arguments from its config.
 
     Raises:

@@ -43,6 +43,7 @@ def augment_problem(
     F = f.size
     reps = valid = prior = None
     if problem.repetitions is not None:
+        assert problem.valid is not None  # Problem sets valid whenever it has repetitions
         reps = (problem.repetitions[:, None, :] * f[None, :, None]).reshape(-1, problem.repetitions.shape[1])
         valid = np.repeat(problem.valid, F, axis=0)
     if problem.prior is not None:

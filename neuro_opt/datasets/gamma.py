@@ -195,7 +195,7 @@ def _rat_maps(n_subjects: int, seed: int, rat_path, muscle):
     from neuro_opt.datasets.neuromosaics import load_neuromosaics_cortical
 
     ds = load_neuromosaics_cortical(path=rat_path, species="rat", muscles=None if muscle is None else [muscle])
-    first = {}
+    first: dict[str, Problem] = {}
     for p in ds:
         first.setdefault(p.subject, p)
     maps = list(first.values())

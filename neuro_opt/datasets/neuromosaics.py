@@ -92,7 +92,7 @@ def read_cortical_mat(
     check_unique(muscles, where, "emgs")
     abbr = None
     if "emgsabr" in getattr(s, "_fieldnames", []):
-        abbr = as_name_list(s.emgsabr, where, "emgsabr")
+        abbr = as_name_list(struct_field(s, "emgsabr", where), where, "emgsabr")
         if len(abbr) != len(muscles):
             abbr = None
     ch2xy = ch2xy_array(struct_field(s, "ch2xy", where), n_chan, where)

@@ -147,7 +147,7 @@ def nonstationary(
     else:
         raise ValueError(f"kind must be 'rat', 'nhp' or 'spinal', got {kind!r}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 99]))
-    problems = []
+    problems: list[Problem] = []
     for p in base:
         truth = p.truth
         meta = {

@@ -24,7 +24,7 @@ Table: ``pyarrow.parquet.write_table(to_trials(ds), path)``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from neuro_opt.datasets._common import (
 )
 from neuro_opt.datasets.base import Dataset, Problem
 from neuro_opt.space import SearchSpace
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 RESERVED = ("subject", "muscle", "response", "valid", "trial")
 SUFFIXES = (".parquet", ".pq", ".csv")
@@ -261,7 +264,7 @@ def _subject_problems(
             truth,
             None,
             f"{where}, subject {subject!r}, muscle {muscle!r}",
-            lambda p, sp=space: f"point {sp.values_of(p)}",
+            lambda p, sp=space: f"point {sp.values_of(p)}",  # type: ignore[misc]  # mypy cannot infer a lambda with a default
         )
         out.append(
             Problem(
@@ -276,7 +279,7 @@ def _subject_problems(
     return out
 
 
-def to_trials(dataset: Dataset):
+def to_trials(dataset: Dataset) -> pa.Table:
     """One row per recorded repetition of every problem (the format :func:`load_table` reads).
 
     Returns:
@@ -291,6 +294,7 @@ def to_trials(dataset: Dataset):
     for p in dataset:
         if p.repetitions is None:
             raise ValueError(f"problem {p.key!r} has no recorded repetitions to write as trials")
+        assert p.valid is not None  # Problem sets valid whenever it has repetitions
         pt, rep = np.nonzero(np.isfinite(p.repetitions))
         cols = {"subject": pa.array([p.subject] * pt.size, pa.string())}
         for d, dim in enumerate(p.space.dims):

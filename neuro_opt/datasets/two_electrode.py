@@ -42,7 +42,7 @@ data that a hierarchical search uses in its first stage ride along on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 
@@ -162,12 +162,15 @@ class TwoElectrodeProblem(Problem):
     def pattern_space(self, n_events: int) -> SearchSpace:
         """The space of stage ``n_events`` (1: the channels, 2: the problem's pair space)."""
         if n_events == 1:
+            assert self.channels is not None  # checked in __post_init__
             return self.channels
         if n_events == 2:
             return self.space
         raise ValueError(f"problem {self.key!r} holds patterns of 1 and 2 events, not {n_events}")
 
-    def sample(self, n_events: np.ndarray, points: np.ndarray, rng: np.random.Generator):
+    def sample(
+        self, n_events: np.ndarray, points: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One recorded trial, drawn uniformly, of each pattern.
 
         Args:
@@ -177,9 +180,10 @@ class TwoElectrodeProblem(Problem):
             ``objective`` (``b``) and ``peaks`` (``b x M``; NaN for pairs: a pair's
             per-muscle peaks are not used by any stage).
         """
+        assert self.single_peaks is not None  # checked in __post_init__
         n_events = np.asarray(n_events, dtype=np.int64)
         points = np.asarray(points, dtype=np.int64)
-        b = points.shape[0]
+        b: int = points.shape[0]
         R = self.single_peaks.shape[1]
         trial = rng.integers(0, R, size=b)
         objective = np.empty(b)
@@ -188,16 +192,18 @@ class TwoElectrodeProblem(Problem):
         if np.any(~np.isin(n_events, (1, 2))):
             raise ValueError(f"problem {self.key!r}: patterns have 1 or 2 events, got {sorted(set(n_events.tolist()))}")
         if one.any():
-            objective[one] = self.single_objective[points[one], trial[one]]
+            # casts: the generator sets single_objective and repetitions (not checked, as before)
+            objective[one] = cast(np.ndarray, self.single_objective)[points[one], trial[one]]
             peaks[one] = self.single_peaks[points[one], trial[one]]
         two = ~one
         if two.any():
-            reps = self.repetitions
+            reps = cast(np.ndarray, self.repetitions)
             objective[two] = reps[points[two], trial[two] % reps.shape[1]]
         return objective, peaks
 
     def single_truth(self) -> np.ndarray:
         """``C x M`` mean single-event peak per muscle."""
+        assert self.single_peaks is not None  # checked in __post_init__
         return self.single_peaks.mean(axis=1)
 
 
@@ -400,7 +406,7 @@ def two_electrode(
     )
     if not 0 <= min_margin < 3:
         raise ValueError(f"min_margin must be in [0, 3), got {min_margin!r}")
-    problems = []
+    problems: list[Problem] = []
     for s in range(n_subjects):
         for attempt in range(1000):
             rng = np.random.default_rng(np.random.SeedSequence([seed, s, attempt]))

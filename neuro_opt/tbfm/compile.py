@@ -23,6 +23,7 @@ last sample costs one ``(B*C) x C`` block (a twentieth of the map) and the bases
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Hashable, cast
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class CompiledTBFM:
         if self.A is not None:
             w = xf @ self.A.T + self.a
         elif self.U is not None:
-            w = (xf @ self.V.T) @ self.U.T + self.a
+            w = (xf @ cast(np.ndarray, self.V).T) @ self.U.T + self.a  # V comes with U (compile_tbfm)
         else:
             w = np.broadcast_to(self.a, (x.shape[0], self.a.size))
         return w.reshape(x.shape[0], self.n_bases, self.n_channels).transpose(0, 2, 1)
@@ -129,7 +130,7 @@ class StreamingForecast:
     the ring of partial sums below is that split.
     """
 
-    def __init__(self, compiled: CompiledTBFM, key):
+    def __init__(self, compiled: CompiledTBFM, key: Hashable) -> None:
         c = compiled
         self.compiled, self.key = c, key
         self.R, self.C = c.runway, c.n_channels
@@ -145,7 +146,7 @@ class StreamingForecast:
             self.acc = np.zeros((self.R, M.shape[0]), np.float32)  # partial sums of the next R forecasts
         self.head = 0  # acc[head]: the forecast due at the next pushed sample
         self.n = 0  # samples pushed
-        self._x = None
+        self._x: np.ndarray | None = None
 
     def push(self, sample: np.ndarray) -> np.ndarray | None:
         """Add the newest ``C`` sample; the ``H x C`` forecast over the last ``R`` samples (None before ``R``)."""

@@ -14,8 +14,10 @@ samples long (184 by default).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import SupportsInt, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 RUNWAY_MS = 20
 LEAD_MS = 20
@@ -134,15 +136,15 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 
 def window_trials(
     lfp: np.ndarray,
-    onsets,
-    ipi_ms,
+    onsets: ArrayLike,
+    ipi_ms: ArrayLike,
     *,
     runway_ms: int = RUNWAY_MS,
     lead_ms: int = LEAD_MS,
     horizon_ms: int = HORIZON_MS,
     fs: int = 1000,
-    channels=None,
-    stimulated=None,
+    channels: ArrayLike | None = None,
+    stimulated: ArrayLike | None = None,
 ) -> TrialSet:
     """Cut a continuous recording into trials around each first pulse.
 
@@ -168,7 +170,12 @@ def window_trials(
         )
     onsets = np.asarray(onsets, dtype=np.int64).reshape(-1)
     n = onsets.size
-    ipi = np.full(n, int(ipi_ms), dtype=np.int64) if np.isscalar(ipi_ms) else np.asarray(ipi_ms, dtype=np.int64)
+    # cast: np.isscalar is a TypeGuard for any scalar (complex, str, ...); an interval is int-like
+    ipi = (
+        np.full(n, int(cast(SupportsInt, ipi_ms)), dtype=np.int64)
+        if np.isscalar(ipi_ms)
+        else np.asarray(ipi_ms, dtype=np.int64)
+    )
     if ipi.shape != (n,):
         raise ValueError(f"ipi_ms must be an int or one value per onset ({n}), got shape {ipi.shape}")
     stim = np.ones(n, dtype=bool) if stimulated is None else np.asarray(stimulated, dtype=bool)

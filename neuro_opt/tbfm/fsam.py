@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,8 @@ def fit_fsam(
     model = AdditiveTBFM(train.n_channels, R, H, hidden=hidden, depth=depth)
     model.check_trials(train)
     model.set_normalizer(*zscore_stats(train))
+    curve: list[dict[str, Any]]  # per stage: n_bases (an int), the R2s and the time (floats)
+    states: dict[int, dict[str, torch.Tensor]]
     curve, best, bad, states = [], -np.inf, 0, {}
     for k in range(1, max_bases + 1):
         ts = time.perf_counter()

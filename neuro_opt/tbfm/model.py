@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -208,7 +209,7 @@ def over_budget(c0: float, max_seconds: float | None) -> bool:
     Training budgets count CPU time, not wall time, so that models compared under the same
     ``max_seconds`` get the same compute whatever else runs on a shared machine.
     """
-    return bool(max_seconds) and time.process_time() - c0 > max_seconds
+    return bool(max_seconds) and time.process_time() - c0 > cast(float, max_seconds)  # not None: truthy
 
 
 def _val_r2(model: ForecastModel, val: TrialSet) -> float:
@@ -219,6 +220,8 @@ def _val_r2(model: ForecastModel, val: TrialSet) -> float:
 
 
 class _EarlyStopper:
+    state: dict[str, torch.Tensor] | None  # the best iteration's parameters
+
     def __init__(self, model: nn.Module, patience: int, min_delta: float = 1e-4):
         self.model, self.patience, self.min_delta = model, patience, min_delta
         self.best, self.best_iter, self.state, self.bad = -np.inf, -1, None, 0

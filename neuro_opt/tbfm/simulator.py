@@ -36,6 +36,7 @@ Everything is a deterministic function of the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy.signal import butter, lfilter
@@ -199,7 +200,8 @@ def simulate_session(
     Returns:
         An :class:`LFPSession`.
     """
-    ipis = [ipi_ms] if np.isscalar(ipi_ms) else list(ipi_ms)
+    # casts: np.isscalar is a TypeGuard, which narrows neither branch to int | list[int]
+    ipis = [cast(int, ipi_ms)] if np.isscalar(ipi_ms) else list(cast(list[int], ipi_ms))
     for v in ipis:
         if int(v) not in PAIRED_PULSE_FACTOR:
             raise ValueError(f"ipi_ms must be one of {IPI_CHOICES_MS}, got {v}")
