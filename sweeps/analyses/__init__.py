@@ -64,11 +64,18 @@ class Context:
         return None
 
 
-def finding(text: str, published: str, holds, brief: str | None = None, **numbers) -> dict:
+# brief is typed object, not str | None: mypy checks a caller's ``**numbers`` dict against every keyword
+# parameter, brief included, so any narrower type rejects the analyses' dicts of numbers
+def finding(text: str, published: str, holds: object, brief: object = None, **numbers: object) -> dict:
     """One entry of ``findings``; ``holds`` None when the data cannot decide (say why in numbers).
     ``brief``: the numbers behind it in a few words, for the summary's headline."""
     clean = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in numbers.items()}
-    out = {"finding": text, "published": published, "holds": None if holds is None else bool(holds), "numbers": clean}
+    out: dict[str, object] = {
+        "finding": text,
+        "published": published,
+        "holds": None if holds is None else bool(holds),
+        "numbers": clean,
+    }
     if brief:
         out["brief"] = brief
     return out

@@ -86,14 +86,14 @@ def paired_trend(series, sign: int) -> dict:
     """
     from scipy import stats
 
-    rhos = []
+    rho_list: list[float] = []
     for x, y in series:
         x, y = np.asarray(x, float), np.asarray(y, float)
         ok = np.isfinite(x) & np.isfinite(y)
         x, y = x[ok], y[ok]
         if len(x) >= 3:
-            rhos.append(0.0 if np.ptp(x) == 0 or np.ptp(y) == 0 else float(stats.spearmanr(x, y).statistic))
-    rhos = np.asarray(rhos)
+            rho_list.append(0.0 if np.ptp(x) == 0 or np.ptp(y) == 0 else float(stats.spearmanr(x, y).statistic))
+    rhos = np.asarray(rho_list)
     if rhos.size < 2:
         p = float("nan")
     elif np.all(rhos == 0):
@@ -209,7 +209,8 @@ def mean_sem(x) -> tuple[float, float]:
     x = x[np.isfinite(x)]
     if not x.size:
         return float("nan"), float("nan")
-    return tuple(metrics.value_sem(x))
+    m, s = metrics.value_sem(x)
+    return m, s
 
 
 def rounded(x, nd: int = 4):

@@ -15,6 +15,8 @@ reads the summary groups and comparisons.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from sweeps import display
@@ -23,6 +25,9 @@ from sweeps.analyses._common import one_sided, spearman
 
 MAX_NOISE_EXPLOITATION = 0.5  # "at every noise level up to 50 %"
 RISE_SEM = 2.0  # a rise within this many SEMs of the difference is within the spread of the runs
+
+# one step between adjacent noise levels ("from" is a keyword, hence the functional form)
+_Step = TypedDict("_Step", {"from": float, "to": float, "change": float, "change_in_sem": float | None})
 
 
 def _final(ctx, algorithm: str, noise: float, column: str):
@@ -66,7 +71,7 @@ def _trend(ctx, algorithm: str, levels: list[float]) -> dict:
     stats = [_final(ctx, algorithm, n, "exploration_final") for n in levels]
     means = np.array([s[0] for s in stats])
     sems = np.array([s[1] for s in stats])
-    steps = []
+    steps: list[_Step] = []
     for i in range(1, len(levels)):
         change = float(means[i] - means[i - 1])
         se = float(np.hypot(sems[i], sems[i - 1]))

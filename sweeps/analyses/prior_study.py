@@ -192,7 +192,7 @@ def _recovery(fin, runs, gp, k0, informed, R, Q, mean, fade) -> dict:
         cur = run_curves(_condition(runs[gp, k0], *c), "exploration")
         if cur.shape[1] >= fade:
             at_fade[_label(c)] = round(100 * float(np.nanmean(cur[:, fade - 1])), 1)
-    worst = min(ratio, key=ratio.get)
+    worst = min(ratio, key=ratio.__getitem__)
     return finding(
         text,
         published,
@@ -212,7 +212,7 @@ def _ahead(auc, fin, gp, k0, benches, conds, mean) -> dict:
     for b in benches:
         d = {c: mean(auc, gp, k0, c) - mean(auc, b, None, c) for c in conds}
         df = {c: mean(fin, gp, k0, c) - mean(fin, b, None, c) for c in conds}
-        worst = min(d, key=d.get)
+        worst = min(d, key=d.__getitem__)
         numbers[b] = {
             "n_conditions": len(d),
             "n_ahead_auc": sum(v > 0 for v in d.values()),

@@ -7,6 +7,8 @@ reported on its own.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from neuro_opt import metrics
@@ -46,7 +48,7 @@ def analyze(ctx) -> dict:
     table = ctx.table
     if "map_r2" not in table.column_names:
         raise ValueError("rho_comparison needs record_map: true (no map_r2 column in the results)")
-    stats_ = {}
+    stats_: dict[str, dict[str, Any]] = {}  # means, points, n, p-values (None: one problem)
     for col in COLUMNS:
         a, b, keys = _paired(table, col)
         stats_[col] = {

@@ -18,6 +18,8 @@ against the 100 us target. Reads the Parquet table only (``python -m sweeps.repo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from neuro_opt.tbfm.latency import LATENCY_TARGET_US, SPEEDUP_TARGET
@@ -62,7 +64,7 @@ def _batch(rows: list[dict], missing: str | None) -> dict:
     best = min(by_threads.values())
     # The floor measured beside each forecast: reading the weight map once, and its bare matrix-vector product.
     # When even the read is slower than the target, no float32 full-rank implementation meets it on this machine.
-    floor = {
+    floor: dict[int, dict[str, Any]] = {  # a row has both floors or neither (time_map_floor)
         int(r["threads"]): {"us_read_floor": r.get("us_read_floor"), "us_bare_matvec": r.get("us_bare_matvec")}
         for r in rs
         if r.get("us_read_floor") is not None

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -367,7 +368,8 @@ def _drop(arms: dict, loss: int | None) -> dict:
     algs, std = arms.get("electrode_loss", {}), arms.get("standard", {})
     if loss is None or not algs:
         return finding(text, pub, None, note="the electrode_loss arm was not run")
-    nums, verdicts = {}, []
+    nums: dict[str, dict[str, Any]] = {}  # per method: points (float), p (None: too few units), n (int)
+    verdicts = []
     for alg, (units, arr) in sorted(algs.items()):
         ex = arr["exploration"]
         before, after = ex[:, loss - 2, -1], ex[:, loss - 1, 0]  # end of session L-1, query 1 of session L

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -39,9 +40,16 @@ from sweeps.plots import plt  # the one place that picks the Agg backend
 from sweeps.schema import ConfigError
 from sweeps.tables import run_curves, unique_rows
 
+
+class _Targets(TypedDict):
+    accuracy: float
+    within: int
+    ahead: tuple[int, int]
+
+
 #: the issue's targets: hierarchical reaches ``accuracy`` within ``within`` total queries and
 #: leads flat GP-BO by more than the SEM at every budget in ``ahead``
-TARGETS = {"accuracy": 0.9, "within": 45, "ahead": (30, 80)}
+TARGETS: _Targets = {"accuracy": 0.9, "within": 45, "ahead": (30, 80)}
 CURVES = ("accuracy", "exploration")
 GP_METHODS = ("hierarchical", "flat")
 
@@ -82,7 +90,7 @@ class HierarchicalKind(DatasetKind):
             if p["n_reps"] < 1:
                 raise ConfigError(f"n_reps={p['n_reps']}: must be >= 1")
             params = dict(p["params"])
-            method = params.get("method")
+            method: Any = params.get("method")  # any config value: make_method's ValueError names a bad one
             kappa = params.get("kappa")
             if not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or kappa < 0:
                 raise ConfigError(f"params.kappa={kappa!r} ({where}): the UCB weight must be a number >= 0")

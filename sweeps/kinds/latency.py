@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -155,7 +156,7 @@ def check_threads(n) -> None:
 # ------------------------------------------------------------------ the kind
 class LatencyKind(Experiment):
     payload_keys = ("kind", "params", "seed")
-    problem_keys = None
+    problem_keys = None  # type: ignore[assignment]  # None: no problems (grid.expand); Experiment types a method
 
     def validate(self, cfg, cells) -> None:
         from neuro_opt import algorithms
@@ -221,7 +222,7 @@ class LatencyKind(Experiment):
         import torch
 
         p = payload["params"]
-        rows = {f.name: [] for f in SCHEMA}
+        rows: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
         if p["device"] == "cuda" and not torch.cuda.is_available():
             return pa.table(rows, schema=SCHEMA)  # skipped: no GPU visible to this worker
         dev_name = torch.cuda.get_device_name(0) if p["device"] == "cuda" else (_cpu_name() or "cpu")
@@ -370,7 +371,7 @@ def latency_figure(groups: list[dict], anchor: dict, path: Path) -> Path:
         ax.set_title(", ".join(f"{k}={anchor[k]}" for k in others), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms per query (median +/- SEM)")
-    handles = {}
+    handles: dict[str, Any] = {}  # legend label -> matplotlib artist
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

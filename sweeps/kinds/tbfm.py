@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -135,7 +136,7 @@ class TBFMKind(Experiment):
                 wanted,
                 figs / f"{wanted[0] if wanted else 'metric'}_vs_{x.replace('.', '_')}.png",
             )
-        out = {"groups": groups}
+        out: dict[str, Any] = {"groups": groups}
         if cfg.report.order:
             out["orderings"] = orderings(rows, cols, by, [list(c) for c in cfg.report.order], wanted)
         if cfg.report.analysis:  # the experiment's own findings (sweeps/analyses/<name>.py)
@@ -217,7 +218,7 @@ def _paired(a: dict, b: dict) -> dict:
         "mean": mean,
         "sd": sd,
         "n_better": int((d > 0).sum()),
-        "holds": bool(sd is not None and mean > sd and (d > 0).all()),
+        "holds": bool(sd is not None and mean is not None and mean > sd and (d > 0).all()),  # sd set: mean set
     }
 
 
@@ -239,7 +240,7 @@ _EXTRA = {
 }
 
 
-def _figure(groups, x, series_keys, wanted, path):
+def _figure(groups: list[dict], x: str, series_keys: list[str], wanted: list[str], path: Path) -> None:
     """Each metric vs the x grid key, one line per combination of the other keys."""
     mets = wanted[:4]
     fig, axes = plt.subplots(1, len(mets), figsize=(4.2 * len(mets), 3.6), squeeze=False)
