@@ -10,7 +10,7 @@ import torch
 from neuro_opt.gp.kernels import matern52, matern52_of_r
 
 if TYPE_CHECKING:
-    from neuro_opt.gp.engine import EngineState as _Engine
+    from neuro_opt.gp.state import EngineState as _Engine
 else:
     _Engine = object
 

@@ -12,7 +12,7 @@ from neuro_opt.gp.kernels import matern52_of_r
 from neuro_opt.gp.linalg import flush_denormals
 
 if TYPE_CHECKING:
-    from neuro_opt.gp.engine import EngineState as _Engine
+    from neuro_opt.gp.state import EngineState as _Engine
 else:
     _Engine = object
 
