@@ -24,6 +24,7 @@ import torch
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
 from neuro_opt.datasets.base import Problem, sample_responses
+from neuro_opt.gp import defaults
 from neuro_opt.gp.reference import fit_reference, reference_model
 from neuro_opt.trace import trace_table
 
@@ -33,14 +34,14 @@ def botorch_reference_run(
     n_queries: int | None = None,
     seed=0,
     noise: float = 0.0,
-    kappa: float = 3.0,
-    n_random: int = 1,
-    rho_low: float = 0.02,
-    rho_high: float = 5.0,
-    noise_min: float = 1e-4,
-    noise_max: float = 0.05,
-    outputscale_min: float = 0.25,
-    outputscale_max: float = 1.0,
+    kappa: float = defaults.KAPPA,
+    n_random: int = defaults.N_RANDOM,
+    rho_low: float = defaults.RHO_LOW,
+    rho_high: float = defaults.RHO_HIGH,
+    noise_min: float = defaults.NOISE_MIN,
+    noise_max: float = defaults.NOISE_MAX,
+    outputscale_low: float = defaults.OUTPUTSCALE_LOW,
+    outputscale_high: float = defaults.OUTPUTSCALE_HIGH,
     response_mode: str = "gaussian",
     on_query: Callable | None = None,
 ) -> pa.Table:
@@ -51,8 +52,8 @@ def botorch_reference_run(
         n_queries: queries in the run; None = the size of the space.
         seed: int or SeedSequence (spawned exactly as :func:`neuro_opt.simulate.simulate` does).
         noise, response_mode: response sampling, as in :func:`neuro_opt.simulate.simulate`.
-        kappa, n_random, rho_low, rho_high, noise_min, noise_max, outputscale_min,
-            outputscale_max: GP-BO hyperparameters, as in :class:`neuro_opt.algorithms.GPBO`
+        kappa, n_random, rho_low, rho_high, noise_min, noise_max, outputscale_low,
+            outputscale_high: GP-BO hyperparameters, as in :class:`neuro_opt.algorithms.GPBO`
             (variable-rho; the noise bounds are on the std).
         on_query: optional ``on_query(t, model, mean, var, points, responses)`` after the
             fit of 1-based query ``t``: the fitted model, the ``P`` posterior mean and
@@ -69,16 +70,16 @@ def botorch_reference_run(
     ucb = UCB(kappa)
     if int(n_random) < 1:
         raise ValueError(f"n_random must be >= 1 (the reference loop takes no prior), got {n_random!r}")
-    if not (0 < rho_low < rho_high and 0 < noise_min < noise_max and 0 < outputscale_min < outputscale_max):
+    if not (0 < rho_low < rho_high and 0 < noise_min < noise_max and 0 < outputscale_low < outputscale_high):
         raise ValueError(
             f"need 0 < low < high for every bound, got rho ({rho_low}, {rho_high}), noise "
-            f"({noise_min}, {noise_max}), outputscale ({outputscale_min}, {outputscale_max})"
+            f"({noise_min}, {noise_max}), outputscale ({outputscale_low}, {outputscale_high})"
         )
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     s_alg, s_resp = ss.spawn(2)
     rng_alg, rng_resp = np.random.default_rng(s_alg), np.random.default_rng(s_resp)
     X_all = torch.tensor(problem.space.X, dtype=torch.float64)
-    bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_min, outputscale_max)
+    bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_low, outputscale_high)
 
     pts = np.empty(n_queries, dtype=np.int64)
     resp = np.empty(n_queries)

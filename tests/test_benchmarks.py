@@ -38,8 +38,8 @@ def test_reference_loop_is_the_published_model_and_matches_the_engine():
     their bounds, and the random start and responses match simulate(gpbo) with the same seed."""
     d = load("synthetic_rat", n_subjects=1, n_muscles=1)
     problem = d[d.keys()[0]]
-    bounds = dict(rho_low=0.1, rho_high=4.0, noise_min=1e-3, noise_max=0.2, outputscale_min=0.25,
-                  outputscale_max=1.0)
+    bounds = dict(rho_low=0.1, rho_high=4.0, noise_min=1e-3, noise_max=0.2, outputscale_low=0.25,
+                  outputscale_high=1.0)
     seen = []
 
     def record(t, model, mean, var, points, responses):
@@ -51,7 +51,7 @@ def test_reference_loop_is_the_published_model_and_matches_the_engine():
     for t, hp, mean, var, points, responses in seen:
         assert all(bounds["rho_low"] <= ls <= bounds["rho_high"] for ls in hp["lengthscale"])
         assert bounds["noise_min"] - 1e-9 <= hp["noise"] <= bounds["noise_max"] + 1e-9
-        assert bounds["outputscale_min"] <= hp["outputscale"] <= bounds["outputscale_max"]
+        assert bounds["outputscale_low"] <= hp["outputscale"] <= bounds["outputscale_high"]
         gp = BatchGP(problem.space.X, 1, 8, mode="fixed", lengthscale=hp["lengthscale"], noise=hp["noise"],
                      outputscale=hp["outputscale"])
         for x, y in zip(points, responses):

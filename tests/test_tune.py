@@ -242,7 +242,7 @@ def test_calibration_one_at_a_time_from_a_bad_kappa(local_ray, tmp_path):
     (["params.objective.name=best_ever"], "best_ever"),
     (["params.objective.name=exploration_at"], "params.objective.query"),
     (["params.objective.name=exploitation_at", "params.objective.query=99"], "params.objective.query=99"),
-    (["params.objective.name=mix"], "params.objective.weights"),
+    (["params.objective.weights.exploitation_auc=-1"], "params.objective.weights.exploitation_auc=-1"),
     (["+params.space.rho_low={low: 0.01, high: 0.1}"], "rho_low and rho_high are both searched"),
     (["params.space.rho_ratio.low=0.5"], "params.space.rho_ratio must be > 1"),
     (["+params.space.bogus={low: 1, high: 2}"], "params.space.bogus"),

@@ -8,6 +8,7 @@ import torch
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
 from neuro_opt.algorithms.base import Optimizer
+from neuro_opt.gp import defaults
 from neuro_opt.gp.reference import fit_reference, reference_model
 
 
@@ -28,14 +29,14 @@ class BotorchGPBO(Optimizer):
         n_reps=1,
         seed=0,
         prior=None,
-        kappa: float = 3.0,
-        n_random: int = 1,
-        rho_low: float = 0.02,
-        rho_high: float = 5.0,
-        noise_min: float = 1e-4,
-        noise_max: float = 0.05,
-        outputscale_min: float = 0.25,
-        outputscale_max: float = 1.0,
+        kappa: float = defaults.KAPPA,
+        n_random: int = defaults.N_RANDOM,
+        rho_low: float = defaults.RHO_LOW,
+        rho_high: float = defaults.RHO_HIGH,
+        noise_min: float = defaults.NOISE_MIN,
+        noise_max: float = defaults.NOISE_MAX,
+        outputscale_low: float = defaults.OUTPUTSCALE_LOW,
+        outputscale_high: float = defaults.OUTPUTSCALE_HIGH,
         capacity=None,
         device: str = "cpu",
     ):
@@ -46,7 +47,7 @@ class BotorchGPBO(Optimizer):
         if int(n_random) < 1:
             raise ValueError(f"n_random must be >= 1, got {n_random!r}")
         self.kappa, self.n_random = self.ucb.kappa, int(n_random)
-        self.bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_min, outputscale_max)
+        self.bounds = (rho_low, rho_high, noise_min, noise_max, outputscale_low, outputscale_high)
         self.X_all = torch.tensor(space.X, dtype=torch.float64)
         self.pts: list[list[int]] = [[] for _ in range(self.b)]
         self.resp: list[list[float]] = [[] for _ in range(self.b)]

@@ -16,7 +16,7 @@ import torch
 
 from neuro_opt.acquisition import UCB, argmax_random_ties
 from neuro_opt.algorithms.base import ModelOptimizer
-from neuro_opt.gp import BatchGP
+from neuro_opt.gp import BatchGP, defaults
 
 
 class GPBO(ModelOptimizer):
@@ -31,7 +31,7 @@ class GPBO(ModelOptimizer):
         mode: ``"variable"`` (variable-rho) or ``"fixed"`` (fixed-rho).
         rho_low, rho_high: length-scale bounds, in grid steps (variable-rho).
         noise_min, noise_max: likelihood noise std bounds (variable-rho).
-        outputscale_min, outputscale_max: bounds of the kernel output scale, the prior
+        outputscale_low, outputscale_high: bounds of the kernel output scale, the prior
             variance of the normalized response (variable-rho).
         rho, noise, outputscale: fixed length-scale, noise std and output scale (fixed-rho).
         prior: optional ``P`` prior map, any positive scale; normalized to max 1
@@ -53,15 +53,15 @@ class GPBO(ModelOptimizer):
         n_reps=1,
         seed=0,
         prior=None,
-        kappa: float = 3.0,
-        n_random: int = 1,
+        kappa: float = defaults.KAPPA,
+        n_random: int = defaults.N_RANDOM,
         mode: str = "variable",
-        rho_low: float = 0.02,
-        rho_high: float = 5.0,
-        noise_min: float = 1e-4,
-        noise_max: float = 0.05,
-        outputscale_min: float = 0.25,
-        outputscale_max: float = 1.0,
+        rho_low: float = defaults.RHO_LOW,
+        rho_high: float = defaults.RHO_HIGH,
+        noise_min: float = defaults.NOISE_MIN,
+        noise_max: float = defaults.NOISE_MAX,
+        outputscale_low: float = defaults.OUTPUTSCALE_LOW,
+        outputscale_high: float = defaults.OUTPUTSCALE_HIGH,
         rho=1.0,
         noise: float = 0.05,
         outputscale: float = 1.0,
@@ -90,7 +90,7 @@ class GPBO(ModelOptimizer):
             mode=mode,
             rho_bounds=(rho_low, rho_high),
             noise_bounds=(noise_min, noise_max),
-            outputscale_bounds=(outputscale_min, outputscale_max),
+            outputscale_bounds=(outputscale_low, outputscale_high),
             lengthscale=rho,
             noise=noise,
             outputscale=outputscale,

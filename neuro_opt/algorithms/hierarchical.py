@@ -114,8 +114,8 @@ class HierarchicalGPBO:
         event_components: the stage-1 component of each event (default: event 1 -> the
             first muscle, every later event -> the second).
         stage1_rho: ``[low, high]`` length-scale bounds of the stage-1 (channel) GP.
-        rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min,
-            outputscale_max, fit_steps, lr: the GP of every stage (see :class:`ProductGP`).
+        rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_low,
+            outputscale_high, fit_steps, lr: the GP of every stage (see :class:`ProductGP`).
         weight_mean, weight_sd: prior of the weights ``a1, a2`` (MAP refit each query).
         time_unit_ms: unit of the temporal inputs.
         n_events: events of the final stage (default: the problem's).
@@ -140,8 +140,8 @@ class HierarchicalGPBO:
         noise_min: float = 5e-4,
         noise_max: float = 1e-3,
         noise_units: str = "raw",
-        outputscale_min: float = 0.05,
-        outputscale_max: float = 1.0,
+        outputscale_low: float = 0.05,
+        outputscale_high: float = 1.0,
         weight_mean: Sequence[float] = (1.0, 1.0),
         weight_sd: float = 0.5,
         time_unit_ms: float = 1.0,
@@ -187,7 +187,7 @@ class HierarchicalGPBO:
             raise ValueError(f"weight_mean needs 2 values (a1, a2), got {weight_mean}")
         self.a0 = np.asarray(wm)
         gp = product_gp_kwargs(
-            rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+            rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_low, outputscale_high, fit_steps, lr
         )
         S1, _ = split_inputs(self.spaces[0], time_unit_ms)
         self.gp1 = ProductGP(

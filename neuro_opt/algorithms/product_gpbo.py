@@ -13,14 +13,14 @@ from neuro_opt.gp.product import ProductGP, split_inputs
 
 
 def product_gp_kwargs(
-    rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+    rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_low, outputscale_high, fit_steps, lr
 ) -> dict:
     return dict(
         rho_space=tuple(rho_space),
         rho_time=tuple(rho_time),
         noise=(noise_min, noise_max),
         noise_units=noise_units,
-        outputscale=(outputscale_min, outputscale_max),
+        outputscale=(outputscale_low, outputscale_high),
         fit_steps=fit_steps,
         lr=lr,
     )
@@ -43,7 +43,7 @@ class ProductGPBO(ModelOptimizer):
             (20 ms) smooths that peak away, so stage 2 wastes queries on the wrong delays.
         noise_min, noise_max, noise_units: noise std bounds, ``raw`` (response units) or
             ``normalized`` (divided by the largest response seen).
-        outputscale_min, outputscale_max: kernel output scale bounds (normalized scale).
+        outputscale_low, outputscale_high: kernel output scale bounds (normalized scale).
         weight_sd: prior std of the prior map's weight.
         fit_steps, lr: refit effort per query.
     """
@@ -63,8 +63,8 @@ class ProductGPBO(ModelOptimizer):
         noise_min: float = 1e-3,
         noise_max: float = 0.05,
         noise_units: str = "normalized",
-        outputscale_min: float = 0.05,
-        outputscale_max: float = 1.0,
+        outputscale_low: float = 0.05,
+        outputscale_high: float = 1.0,
         prior_scale: float = 0.75,
         weight_sd: float = 0.5,
         time_unit_ms: float = 1.0,
@@ -88,7 +88,7 @@ class ProductGPBO(ModelOptimizer):
             weight_sd=weight_sd,
             capacity=capacity or 64,
             **product_gp_kwargs(
-                rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_min, outputscale_max, fit_steps, lr
+                rho_space, rho_time, noise_min, noise_max, noise_units, outputscale_low, outputscale_high, fit_steps, lr
             ),
         )
         if self.prior is not None:

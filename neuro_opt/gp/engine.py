@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from gpytorch.constraints import Interval
 
+from neuro_opt.gp import defaults
 from neuro_opt.gp.kernels import matern52
 from neuro_opt.gp.lattice import LatticeKernel
 from neuro_opt.gp.likelihood import MarginalLikelihood
@@ -89,9 +90,9 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         n_reps: int,
         capacity: int,
         mode: str = "variable",
-        rho_bounds: tuple[float, float] = (0.02, 5.0),
-        noise_bounds: tuple[float, float] = (1e-4, 0.05),
-        outputscale_bounds: tuple[float, float] = (0.25, 1.0),
+        rho_bounds: tuple[float, float] = (defaults.RHO_LOW, defaults.RHO_HIGH),
+        noise_bounds: tuple[float, float] = (defaults.NOISE_MIN, defaults.NOISE_MAX),
+        outputscale_bounds: tuple[float, float] = (defaults.OUTPUTSCALE_LOW, defaults.OUTPUTSCALE_HIGH),
         lengthscale: ArrayLike = 1.0,
         noise: float = 0.05,
         outputscale: float = 1.0,
@@ -135,7 +136,7 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
                 )
             olo, ohi = float(outputscale_bounds[0]), float(outputscale_bounds[1])
             if not 0 < olo < ohi:
-                raise ValueError(f"need 0 < outputscale_min < outputscale_max, got {outputscale_bounds}")
+                raise ValueError(f"need 0 < outputscale_low < outputscale_high, got {outputscale_bounds}")
             self.ls_con, self.noise_con, self.os_con = Interval(lo, hi), Interval(nlo, nhi), Interval(olo, ohi)
             # the packed [length-scales, noise, output scale] bounds, for the refit's inner loop: there the
             # Interval transform lo + (hi - lo) * sigmoid(raw) is applied once to all d + 2 parameters

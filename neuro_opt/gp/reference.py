@@ -4,7 +4,7 @@
   the largest response seen so far (the published normalization), no outcome transform;
 * kernel ``ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=d))``: one length-scale per
   dimension constrained to ``Interval(rho_low, rho_high)`` and an output scale constrained
-  to ``Interval(outputscale_min, outputscale_max)``; Gaussian likelihood with noise
+  to ``Interval(outputscale_low, outputscale_high)``; Gaussian likelihood with noise
   *variance* in ``Interval(noise_min**2, noise_max**2)`` (the bounds are on the noise std);
   zero mean (0 is the no-response level of the normalized scale). These are the same
   model and bounds as the engine's variable-rho mode (:class:`neuro_opt.gp.BatchGP`), so
@@ -30,8 +30,8 @@ def reference_model(
     rho_high: float,
     noise_min: float,
     noise_max: float,
-    outputscale_min: float,
-    outputscale_max: float,
+    outputscale_low: float,
+    outputscale_high: float,
 ):
     """An unfitted ``SingleTaskGP`` with the published kernel, likelihood and bounds.
 
@@ -50,7 +50,7 @@ def reference_model(
     d = X.shape[-1]
     covar = ScaleKernel(
         MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_constraint=Interval(rho_low, rho_high)),
-        outputscale_constraint=Interval(outputscale_min, outputscale_max),
+        outputscale_constraint=Interval(outputscale_low, outputscale_high),
     )
     likelihood = GaussianLikelihood(noise_constraint=Interval(noise_min**2, noise_max**2))
     model = SingleTaskGP(

@@ -51,8 +51,8 @@ REFERENCE_KEYS = (
     "rho_high",
     "noise_min",
     "noise_max",
-    "outputscale_min",
-    "outputscale_max",
+    "outputscale_low",
+    "outputscale_high",
 )
 ENGINE_ONLY_KEYS = ("name", "mode", "fit_steps", "lr", "fit_tol", "capacity", "device")
 

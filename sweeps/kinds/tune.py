@@ -7,8 +7,9 @@ over value lists, one hyperparameter at a time (``+exp=kappa_calibration``,
 * The search space is ``params.space``: ``{hyperparameter: {low, high, log, int} | {choices}}``
   over the keys of the ``algorithm`` config (anything not searched stays at its value
   there). The bound pairs are searched as their upper bound and a ratio, so that
-  ``rho_low < rho_high`` and ``noise_min < noise_max`` hold in every trial:
-  ``rho_low = rho_high / rho_ratio`` and ``noise_min = noise_max / noise_ratio`` (ratios > 1).
+  ``rho_low < rho_high``, ``noise_min < noise_max`` and ``outputscale_low < outputscale_high``
+  hold in every trial: ``rho_low = rho_high / rho_ratio``, ``noise_min = noise_max / noise_ratio``
+  and ``outputscale_low = outputscale_high / outputscale_ratio`` (ratios > 1).
 * A trial is scored by simulated GP-BO runs on the dataset's *training* subjects: every
   training problem (``subject/muscle``) x ``n_reps`` replicates, one batched
   :func:`neuro_opt.simulate.simulate` call per problem. The objective

@@ -16,8 +16,12 @@ if TYPE_CHECKING:
     pass
 
 ROOT = Path(__file__).resolve().parents[2]
-HP_NAMES = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")
-RATIOS = {"rho_ratio": ("rho_low", "rho_high"), "noise_ratio": ("noise_min", "noise_max")}
+HP_NAMES = ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max", "outputscale_low", "outputscale_high")
+RATIOS = {
+    "rho_ratio": ("rho_low", "rho_high"),
+    "noise_ratio": ("noise_min", "noise_max"),
+    "outputscale_ratio": ("outputscale_low", "outputscale_high"),
+}
 INT_HPS = ("n_random", "fit_steps")
 NOT_SEARCHABLE = ("name", "mode", "device", "capacity")
 TERMS = (
@@ -43,7 +47,7 @@ class Objective:
 
     ``name``: one of ``TERMS`` (``*_final``: value at the last query; ``*_auc``: mean over
     queries; ``*_at``: value at 1-based query ``query``) or ``mix`` (``sum weights[t] * t``
-    over terms ``t``).
+    over terms ``t``; ``weights`` is read by ``mix`` only).
     """
 
     name: str = "exploration_final"
@@ -78,8 +82,8 @@ class Objective:
                     raise ConfigError(f"params.objective.weights.{k}={w!r}: weights must be numbers >= 0")
             if sum(weights.values()) <= 0:
                 raise ConfigError("params.objective.weights: at least one weight must be > 0")
-        elif weights:
-            raise ConfigError(f"params.objective.weights is only read by objective.name=mix (name is {name!r})")
+        else:
+            weights = {}  # read by mix only: the default objective is a mix, a single term drops its weights
         terms = list(weights) if name == "mix" else [name]
         needs_query = any(t.endswith("_at") for t in terms)
         if needs_query:
