@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from sweeps.schema import ConfigError
+from sweeps.tuning.space import HP_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("source", "name", "overwrite", "tracking.uri", "study.storage", "base", "rig", "out_dir")
@@ -351,7 +352,7 @@ def build(rec: dict, args: dict) -> dict:
     d = dict(base)
     d["name"] = args["name"]
     alg = rec["algorithm"]
-    first = ["name", "kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max"]
+    first = ["name", *HP_NAMES]
     d["algorithm"] = {**{k: alg[k] for k in first if k in alg}, **{k: v for k, v in alg.items() if k not in first}}
     ds_space = rec.get("dataset_space")
     if ds_space and set(ds_space) == set(base.get("space", {})):
@@ -469,7 +470,7 @@ def promote(argv: list[str]) -> Path:
     hp = ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in rec["algorithm"].items()
-        if k in ("kappa", "n_random", "rho_low", "rho_high", "noise_min", "noise_max")
+        if k in HP_NAMES
     )
     print(
         f"promoted {rec['source_type']} {rec['source']} ({rec['method']}): {hp}; held-out "

@@ -17,4 +17,4 @@ KAPPA = 3.0
 N_RANDOM = 1
 RHO_LOW, RHO_HIGH = 0.02, 5.0  # length-scale bounds, in grid steps
 NOISE_MIN, NOISE_MAX = 1e-4, 0.05  # likelihood noise std bounds, on the normalized response
-OUTPUTSCALE_LOW, OUTPUTSCALE_HIGH = 0.25, 1.0  # kernel output scale bounds (prior variance, normalized)
+OUTPUTSCALE_LOW, OUTPUTSCALE_HIGH = 0.01, 2.0  # kernel output scale bounds (prior variance, normalized)

@@ -26,15 +26,10 @@ batching and incremental algebra below. The bound transforms are GPyTorch's
 ``ExactGP`` with a ``MaternKernel(nu=2.5)``.
 
 Responses are divided by the largest response seen so far in each replicate
-(the published normalization); the kernel's output scale is fixed at 1 on that
-normalized scale. The kernel's output scale (the prior variance of that normalized
-response) is refit with the length-scales within ``outputscale_bounds`` (default
-0.25 to 1; the papers do not state one). Pinned at 1 it biases the fitted
-length-scales long on sparse maps where most responses are near zero, and the GP
-grows overconfident; left free it shrinks to ~0.1, and then an unexplored
-point's UCB (0 + kappa * 0.3) can never beat a normalized local maximum of 1, so
-exploration stops for good. On synthetic rat maps (9 problems x 6 replicates)
-the bounds 0.25 to 1 gave the best final exploration at every noise level tried.
+(the published normalization). The kernel's output scale (the prior variance of that
+normalized response) is refit with the length-scales and noise within ``outputscale_bounds``.
+The papers do not state these bounds; the defaults (``neuro_opt.gp.defaults``) are the choice
+of ``+exp=outputscale_calibration`` on training subjects (docs/calibration.md).
 An optional prior mean map is given on the same normalized scale.
 """
 
