@@ -35,7 +35,9 @@ from neuro_opt.tbfm.data import (
 )
 from neuro_opt.tbfm.fsam import AdditiveTBFM, fit_fsam
 from neuro_opt.tbfm.metrics import (
+    evoked_baseline,
     forecast_report,
+    r2_beyond_evoked,
     r2_by_horizon,
     r2_horizon,
     r2_mean_response,
@@ -65,7 +67,9 @@ __all__ = [
     "zscore_stats",
     "AdditiveTBFM",
     "fit_fsam",
+    "evoked_baseline",
     "forecast_report",
+    "r2_beyond_evoked",
     "r2_by_horizon",
     "r2_horizon",
     "r2_mean_response",

@@ -74,7 +74,7 @@ from neuro_opt.tbfm.latency import (
     run_latency,  # noqa: F401 - a cell: sweeps.kinds.tbfm finds every run_<cell> here
     time_forecasts,
 )
-from neuro_opt.tbfm.metrics import forecast_report, r2_horizon
+from neuro_opt.tbfm.metrics import evoked_baseline, forecast_report, r2_horizon
 
 
 def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
@@ -85,8 +85,16 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
     batch-1 forecasts, ``latency_calls`` calls).
 
     Returns one row per model with columns: ``model, seed, n_channels, n_train, n_test, ipi_ms,
-    n_bases, rank (-1 = full), train_s, train_cpu_s, n_iters, best_iter, val_r2, train_r2, test_r2, test_r2_mean,
-    state_dependent_r2, r2_h{h}`` per horizon, and with ``latency`` also ``us_per_forecast``.
+    n_bases, rank (-1 = full), train_s, train_cpu_s, n_iters, best_iter, val_r2, train_r2, test_r2,
+    test_r2_beyond_evoked, test_r2_mean, state_dependent_r2, r2_h{h}`` per horizon, ``evoked_r2,
+    evoked_r2_beyond_evoked``, and with ``latency`` also ``us_per_forecast``.
+
+    ``test_r2`` is R2 over the horizon (SST around each channel's mean over trials and time), so it
+    includes the average evoked response; ``test_r2_beyond_evoked`` takes SST around the test trials'
+    mean at each time step instead (:func:`~neuro_opt.tbfm.metrics.r2_beyond_evoked`). ``evoked_r2`` and
+    ``evoked_r2_beyond_evoked`` score the evoked-response predictor (the mean training response forecast
+    for every test trial, :func:`~neuro_opt.tbfm.metrics.evoked_baseline`) the two ways: the same on every
+    row of a cell, the context for the models' absolute R2.
     """
     p = resolve_params(
         params,
@@ -96,6 +104,7 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
+        evoked = evoked_baseline(train.target, test.target)
         for name in p["models"]:
             model, info = build_and_fit(name, train, val, p, seed)
             rep = forecast_report(model.predict(test), test.target, test.runway, horizons=p["horizons"])
@@ -116,8 +125,11 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
                 "val_r2": float(info["val_r2"]),
                 "train_r2": r2_horizon(model.predict(train), train.target),
                 "test_r2": rep["r2"],
+                "test_r2_beyond_evoked": rep["r2_beyond_evoked"],
                 "test_r2_mean": rep["r2_mean"],
                 "state_dependent_r2": rep["state_dependent_r2"],
+                "evoked_r2": evoked["r2"],
+                "evoked_r2_beyond_evoked": evoked["r2_beyond_evoked"],
             }
             row.update({k: v for k, v in rep.items() if k.startswith("r2_h")})
             if p["latency"]:
