@@ -95,6 +95,14 @@ def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
     assert not list(tmp_path.glob("**/*.parquet"))
 
 
+def test_a_params_device_that_names_no_torch_device_stops_the_launch(tmp_path):
+    proc = launch(tmp_path, "+exp=tbfm_compare", "progress=false", "++params.device=gpu",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode != 0
+    assert "params.device='gpu'" in proc.stderr and "cuda" in proc.stderr
+    assert not list(tmp_path.glob("**/*.parquet"))
+
+
 def test_an_unknown_analysis_stops_the_launch_before_any_work(tmp_path):
     proc = launch(tmp_path, "+exp=tbfm_sample_efficiency", "progress=false", "report.analysis=tbfm_nonesuch",
                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)

@@ -25,6 +25,8 @@ max_epochs        200        epoch cap per baseline
 ae_window         40         AE-LSTM training sub-window (forecast ms; the paper's 40)
 ae_hidden         128        AE-LSTM hidden units (the paper does not give its size)
 threads           1          torch threads inside the cell
+device            cpu        torch device the models train and forecast on (``cuda``, ``cuda:1``, ``mps``;
+                             not ``latency``, whose ``device`` picks the devices it times)
 ================  =========  ==========================================================
 
 Model names: ``tbfm``, ``tbfm_adamw`` (TBFM trained by joint AdamW), ``tbfm_sham``
@@ -58,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from neuro_opt.tbfm.base import resolve_device
 from neuro_opt.tbfm.cell_setup import (
     build_and_fit,
     cell_session,
@@ -100,6 +103,7 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
         params,
         {"models": ["tbfm"], "horizons": [10, 20, 40, 82, 164], "latency": False, "latency_calls": 300, "max_bases": 8},
     )
+    resolve_device(p["device"])  # an unavailable device stops the cell before any work
     rows = []
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
@@ -133,7 +137,7 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
             }
             row.update({k: v for k, v in rep.items() if k.startswith("r2_h")})
             if p["latency"]:
-                fn = forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), "cpu")
+                fn = forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), model.device)
                 runways = [np.ascontiguousarray(test.runway[i]) for i in range(min(64, test.n_trials))]
                 row["us_per_forecast"] = time_forecasts(fn, runways, int(p["latency_calls"]), 30)["us_per_forecast"]
             rows.append(row)
@@ -162,6 +166,7 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
     stage_s, chosen`` (the chosen count, the same on every row), ``is_chosen``, ``total_s``.
     """
     p = resolve_params(params, {"max_bases": 8, "patience": 2, "min_delta": 1e-3, "hidden": 8})
+    dev = resolve_device(p["device"])
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
@@ -175,6 +180,7 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
             lam=float(p["lam"]),
             seed=derive_seed(seed, 4),
             test=test,
+            device=dev,
         )
     rows = [
         {
@@ -207,6 +213,7 @@ def run_control(params: dict, seed: int) -> pa.Table:
     lists: the swept margin or threshold and the ROC points).
     """
     p = resolve_params(params, {"target_step": None, "n_mix": 3})
+    resolve_device(p["device"])
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
