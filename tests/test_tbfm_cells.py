@@ -24,8 +24,13 @@ def test_sample_efficiency_and_compare():
     assert set(rows) == {"tbfm", "tbfm_sham", "tbfm_adamw", "tbfm_fsam", "lssm", "ae_lstm", "tbfm_rank4",
                          "ae_lstm_w20_h8"}
     assert rows["tbfm_rank4"]["rank"] == 4 and rows["tbfm"]["rank"] == -1
-    for col in ("test_r2", "state_dependent_r2", "test_r2_mean", "train_s", "us_per_forecast", "r2_h10", "r2_h40"):
+    for col in ("test_r2", "test_r2_beyond_evoked", "evoked_r2", "evoked_r2_beyond_evoked", "state_dependent_r2",
+                "test_r2_mean", "train_s", "us_per_forecast", "r2_h10", "r2_h40"):
         assert col in t.column_names
+    # the evoked-response predictor is scored once per session: the same on every model's row, <= 0 beyond itself
+    assert len({(r["evoked_r2"], r["evoked_r2_beyond_evoked"]) for r in rows.values()}) == 1
+    assert rows["tbfm"]["evoked_r2_beyond_evoked"] <= 0 < rows["tbfm"]["test_r2_beyond_evoked"]
+    assert rows["tbfm"]["test_r2_beyond_evoked"] < rows["tbfm"]["test_r2"]
     assert rows["tbfm"]["test_r2"] > rows["tbfm_sham"]["test_r2"]
     assert all(r["us_per_forecast"] > 0 and r["n_train"] == 150 for r in rows.values())
     again = cells.run_sample_efficiency({**TINY, "models": ["tbfm"]}, seed=0).to_pylist()[0]

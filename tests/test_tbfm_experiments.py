@@ -21,6 +21,8 @@ CASES = {
     "tbfm_control": (["++params.n_train=200", "grid.params.rep=[0]"], "auc", 2),
 }
 
+R2_CONTEXT = ("test_r2", "test_r2_beyond_evoked", "evoked_r2", "evoked_r2_beyond_evoked")
+
 
 @pytest.mark.parametrize("exp", sorted(CASES))
 def test_tbfm_experiment_tiny(tmp_path, exp):
@@ -34,10 +36,19 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     assert groups and all(metric in g["metrics"] for g in groups)
     if n_groups is not None:
         assert len(groups) == n_groups
+    if exp in ("tbfm_sample_efficiency", "tbfm_compare"):  # both R2s, and the evoked-response predictor's
+        assert all(set(R2_CONTEXT) <= set(g["metrics"]) for g in groups)
+        context = summary["findings"][-1]
+        assert "evoked response" in context["finding"] and context["holds"] in (True, False)
+        rows = pq.read_table(Path(summary["run_dir"]) / "results").to_pylist()
+        assert context["holds"] == all(r["test_r2_beyond_evoked"] > 0 for r in rows if r["model"] == "tbfm")
+        assert all(r["evoked_r2_beyond_evoked"] <= 1e-12 and r["evoked_r2"] > r["evoked_r2_beyond_evoked"]
+                   for r in rows)
+        assert any("evoked-response predictor" in line for line in summary["headline"])
     if exp == "tbfm_sample_efficiency":  # both training-set sizes of rep 0 ran on one session (one seed)
         rows = pq.read_table(Path(summary["run_dir"]) / "results").to_pylist()
         assert {r["n_train"] for r in rows} == {100, 200} and len({r["seed"] for r in rows}) == 1
-        timing, state, curve = summary["findings"]
+        timing, state, curve, _ = summary["findings"]
         # 200 trials of 6 channels cannot decide the 5k-trial training target, and says so
         assert timing["holds"] is None and "5000" in timing["numbers"]["reason"]
         r2 = {(r["model"], r["n_train"]): r["test_r2"] for r in rows}
@@ -81,6 +92,14 @@ def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
     assert proc.returncode != 0
     assert "report.order" in proc.stderr and "gru" in proc.stderr
+    assert not list(tmp_path.glob("**/*.parquet"))
+
+
+def test_a_params_device_that_names_no_torch_device_stops_the_launch(tmp_path):
+    proc = launch(tmp_path, "+exp=tbfm_compare", "progress=false", "++params.device=gpu",
+                  f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", check=False)
+    assert proc.returncode != 0
+    assert "params.device='gpu'" in proc.stderr and "cuda" in proc.stderr
     assert not list(tmp_path.glob("**/*.parquet"))
 
 
@@ -150,3 +169,34 @@ def test_tbfm_latency_findings_rules(tmp_path, batch_us, advance_us, expect):
     assert set(findings[0]["numbers"]["floor_by_threads"]) == {1, 2}
     assert findings[2]["numbers"]["threads_meeting"] == ([1, 2] if expect[2] else [])
     assert (tmp_path / "latency.png").exists()
+
+
+def _r2_row(model, seed, n_train, r2, beyond, evoked=0.4, evoked_beyond=-0.01):
+    return {"model": model, "seed": seed, "n_train": n_train, "test_r2": r2, "test_r2_beyond_evoked": beyond,
+            "evoked_r2": evoked, "evoked_r2_beyond_evoked": evoked_beyond}
+
+
+def test_r2_context_finding_rules():
+    """Both R2s beside the evoked-response predictor's, per training size; holds when TBFM's R2 beyond the evoked
+    response is above 0 on every seed at every size."""
+    from sweeps.analyses._tbfm_r2 import r2_context
+
+    rows = [_r2_row("tbfm", s, n, 0.5 + 0.1 * s, 0.1 + 0.1 * s) for s in (0, 1) for n in (100, 200)]
+    rows += [_r2_row("tbfm_sham", s, n, 0.3, -0.2) for s in (0, 1) for n in (100, 200)]
+    f = r2_context(rows, by="n_train")
+    assert f["holds"] is True and [g["n_train"] for g in f["numbers"]["groups"]] == [100, 200]
+    g = f["numbers"]["groups"][-1]
+    assert g["evoked_r2"] == 0.4 and g["evoked_r2_beyond_evoked"] == -0.01
+    assert g["models"]["tbfm"] == {"test_r2": pytest.approx(0.55), "test_r2_beyond_evoked": pytest.approx(0.15),
+                                   "n_seeds": 2, "beats_evoked": 2}
+    assert g["models"]["tbfm_sham"]["beats_evoked"] == 0  # 0.3 < 0.4 on both seeds
+    assert f["brief"] == "at n_train=200: tbfm test R2 0.55, 0.15 beyond the evoked response; " \
+                         "evoked-response predictor 0.40"
+    rows[0]["test_r2_beyond_evoked"] = -0.05  # one seed at one size: no better than the evoked response
+    assert r2_context(rows, by="n_train")["holds"] is False
+    pooled = r2_context(rows)  # no by column: all rows together
+    assert pooled["holds"] is False and len(pooled["numbers"]["groups"]) == 1
+    # results from before the columns were logged cannot decide, and say why
+    old = r2_context([{k: v for k, v in r.items() if k != "evoked_r2"} for r in rows])
+    assert old["holds"] is None and "evoked_r2" in old["numbers"]["reason"]
+    assert r2_context(rows, model="lssm")["holds"] is None

@@ -5,7 +5,7 @@ A notebook-friendly library (no ray, mlflow, hydra or optuna here)::
     from neuro_opt.tbfm import simulate_session, from_session, time_ordered_split, TBFM, fit_tbfm
     s = simulate_session(n_trials=3000, n_channels=32, ipi_ms=30, seed=0)
     train, val, test = time_ordered_split(from_session(s), n_train=2000)
-    model = TBFM(train.n_channels)               # runway 20, horizon 164, 12 bases
+    model = TBFM(train.n_channels)               # runway 20, horizon 164, 12 bases; device="cuda" for a GPU
     fit_tbfm(model, train, val)                   # closed-form ridge weights + AdamW bases
     pred = model.predict(test)                    # trials x horizon x channels
     compiled = compile_tbfm(model, ipis=[30])     # numpy linear model, no MLP
@@ -35,7 +35,9 @@ from neuro_opt.tbfm.data import (
 )
 from neuro_opt.tbfm.fsam import AdditiveTBFM, fit_fsam
 from neuro_opt.tbfm.metrics import (
+    evoked_baseline,
     forecast_report,
+    r2_beyond_evoked,
     r2_by_horizon,
     r2_horizon,
     r2_mean_response,
@@ -65,7 +67,9 @@ __all__ = [
     "zscore_stats",
     "AdditiveTBFM",
     "fit_fsam",
+    "evoked_baseline",
     "forecast_report",
+    "r2_beyond_evoked",
     "r2_by_horizon",
     "r2_horizon",
     "r2_mean_response",

@@ -44,12 +44,19 @@ class LSSM(ForecastModel):
     Args:
         n_channels: C. runway: R. horizon: H.
         latent: latent dimension d (default min(C, 32)).
+        device: where it trains and forecasts (default CPU; :func:`~neuro_opt.tbfm.base.resolve_device`).
     """
 
     def __init__(
-        self, n_channels: int, runway: int = 20, horizon: int = 164, latent: int | None = None, stim_dim: int = STIM_DIM
+        self,
+        n_channels: int,
+        runway: int = 20,
+        horizon: int = 164,
+        latent: int | None = None,
+        stim_dim: int = STIM_DIM,
+        device: str | torch.device = "cpu",
     ):
-        super().__init__(n_channels, runway, horizon, stim_dim)
+        super().__init__(n_channels, runway, horizon, stim_dim, device)
         d = min(n_channels, 32) if latent is None else int(latent)
         self.latent = d
         self.A = nn.Parameter(0.95 * torch.eye(d) + 0.01 * torch.randn(d, d))
@@ -59,7 +66,7 @@ class LSSM(ForecastModel):
             if n_channels >= d
             else torch.randn(n_channels, d) / np.sqrt(d)
         )
-        self.float()
+        self.float().to(self.device)
 
     def _forward(self, runway, stim, stim_index):
         y0 = (runway[:, -1, :] - self.mean) / self.std  # N x C
@@ -88,6 +95,7 @@ class AELSTM(ForecastModel):
             ``tbfm_compare`` sessions validation R2 prefers 128 to 64, and 128 reaches its
             validation plateau inside the experiment's 300 CPU-s budget while 256 is cut by it.
         window: training sub-window forecast length (40 ms in the paper).
+        device: where it trains and forecasts (default CPU; :func:`~neuro_opt.tbfm.base.resolve_device`).
     """
 
     def __init__(
@@ -101,8 +109,9 @@ class AELSTM(ForecastModel):
         stim_dim: int = STIM_DIM,
         nn_weight: float = 0.1,
         ae_weight: float = 1.0,
+        device: str | torch.device = "cpu",
     ):
-        super().__init__(n_channels, runway, horizon, stim_dim)
+        super().__init__(n_channels, runway, horizon, stim_dim, device)
         d = min(n_channels, 64) if latent is None else int(latent)
         self.latent, self.hidden, self.window = d, hidden, min(window, horizon)
         self.nn_weight, self.ae_weight = nn_weight, ae_weight
@@ -112,7 +121,7 @@ class AELSTM(ForecastModel):
         self.head = nn.Linear(hidden, d)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        self.float()
+        self.float().to(self.device)
 
     def _rollout(self, y_obs: torch.Tensor, u_obs: torch.Tensor, u_pred: torch.Tensor):
         """Read ``y_obs`` (``N x R x C``, z units) then predict ``u_pred.shape[1]`` steps.
@@ -150,8 +159,8 @@ class AELSTM(ForecastModel):
         W = self.window
         full = (torch.cat([runway, target], 1) - self.mean) / self.std  # N x (R + H) x C
         u_full = torch.cat([stim.new_zeros(stim.shape[0], R, self.stim_dim), stim], 1)[stim_index]
-        start = torch.randint(0, self.horizon - W + 1, (n,), generator=rng)
-        t = (start[:, None] + torch.arange(R + W)[None])[:, :, None]  # N x (R + W) x 1
+        start = torch.randint(0, self.horizon - W + 1, (n,), generator=rng)  # rng: a CPU generator
+        t = (start[:, None] + torch.arange(R + W)[None])[:, :, None].to(full.device)  # N x (R + W) x 1
         return (torch.gather(full, 1, t.expand(-1, -1, C)), torch.gather(u_full, 1, t.expand(-1, -1, self.stim_dim)))
 
     def loss_terms(self, win: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -197,7 +206,8 @@ def fit_baseline(
 ) -> FitResult:
     """Train an :class:`LSSM` or :class:`AELSTM` with AdamW and early stopping on validation R2 (full horizon).
 
-    The model's normalizer is set from ``train``; the best model is restored in place.
+    The model's normalizer is set from ``train``; the best model is restored in place. Trains on the
+    model's device (the data are moved there; minibatch order and sub-windows are drawn on the CPU).
 
     Args:
         lr_patience: halve the learning rate after this many epochs without a better
@@ -221,7 +231,7 @@ def fit_baseline(
     history, it, n = [], 0, train.n_trials
     for it in range(1, max_epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(runway.device)
         tot = 0.0
         for i in range(0, n, batch_size):
             b = perm[i : i + batch_size]

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import torch
 
+from neuro_opt.tbfm.base import resolve_device
 from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm
 from neuro_opt.tbfm.data import from_session, time_ordered_split
 from neuro_opt.tbfm.fsam import fit_fsam
@@ -37,6 +38,7 @@ DEFAULTS = dict(
     lam_adamw=1e-4,
     ae_window=40,
     ae_hidden=128,
+    device="cpu",
 )
 
 
@@ -123,7 +125,7 @@ def ae_variant(name: str) -> dict | None:
 
 def build_and_fit(name: str, train, val, p: dict, seed: int):
     """Build model ``name`` (see :data:`MODELS`, ``tbfm_rank<k>`` or :func:`ae_variant`) with cell parameters
-    ``p`` and train it.
+    ``p`` and train it on ``p["device"]`` (an unavailable device is a one-line ValueError before any work).
 
     Returns ``(model, info)`` with ``info`` holding ``train_s, train_cpu_s, n_iters, best_iter, val_r2, n_bases``.
     """
@@ -132,12 +134,12 @@ def build_and_fit(name: str, train, val, p: dict, seed: int):
     base = "tbfm" if rank else "ae_lstm" if variant else name
     torch.manual_seed(derive_seed(seed, 2, MODELS.index(base) if base in MODELS else 99))
     C, R, H = train.n_channels, int(p["runway_ms"]), int(p["horizon_ms"])
-    ms = float(p["max_seconds"])
+    ms, dev = float(p["max_seconds"]), resolve_device(p["device"])
     if name in ("tbfm", "tbfm_adamw", "tbfm_sham") or rank:
         model = (
-            state_agnostic_tbfm(C, R, H, int(p["n_bases"]))
+            state_agnostic_tbfm(C, R, H, int(p["n_bases"]), device=dev)
             if name == "tbfm_sham"
-            else TBFM(C, R, H, int(p["n_bases"]), rank=rank)
+            else TBFM(C, R, H, int(p["n_bases"]), rank=rank, device=dev)
         )
         method = "adamw" if name == "tbfm_adamw" else p["tbfm_method"]
         lam = float(p["lam"]) if method == "alternating" else float(p["lam_adamw"])
@@ -152,7 +154,12 @@ def build_and_fit(name: str, train, val, p: dict, seed: int):
         }
     if name == "tbfm_fsam":
         fs = fit_fsam(
-            train, val, max_bases=int(p.get("max_bases", p["n_bases"])), lam=float(p["lam"]), seed=derive_seed(seed, 4)
+            train,
+            val,
+            max_bases=int(p.get("max_bases", p["n_bases"])),
+            lam=float(p["lam"]),
+            seed=derive_seed(seed, 4),
+            device=dev,
         )
         return fs.model, {
             "train_s": fs.train_s,
@@ -165,10 +172,15 @@ def build_and_fit(name: str, train, val, p: dict, seed: int):
     if name in ("lssm", "ae_lstm") or variant:
         v = variant or {}
         model = (
-            LSSM(C, R, H)
+            LSSM(C, R, H, device=dev)
             if name == "lssm"
             else AELSTM(
-                C, R, H, window=v.get("window") or int(p["ae_window"]), hidden=v.get("hidden") or int(p["ae_hidden"])
+                C,
+                R,
+                H,
+                window=v.get("window") or int(p["ae_window"]),
+                hidden=v.get("hidden") or int(p["ae_hidden"]),
+                device=dev,
             )
         )
         # same optimizer (AdamW, lr halved on validation plateaus), budget and early stopping rule for both;

@@ -25,6 +25,8 @@ max_epochs        200        epoch cap per baseline
 ae_window         40         AE-LSTM training sub-window (forecast ms; the paper's 40)
 ae_hidden         128        AE-LSTM hidden units (the paper does not give its size)
 threads           1          torch threads inside the cell
+device            cpu        torch device the models train and forecast on (``cuda``, ``cuda:1``, ``mps``;
+                             not ``latency``, whose ``device`` picks the devices it times)
 ================  =========  ==========================================================
 
 Model names: ``tbfm``, ``tbfm_adamw`` (TBFM trained by joint AdamW), ``tbfm_sham``
@@ -58,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from neuro_opt.tbfm.base import resolve_device
 from neuro_opt.tbfm.cell_setup import (
     build_and_fit,
     cell_session,
@@ -74,7 +77,7 @@ from neuro_opt.tbfm.latency import (
     run_latency,  # noqa: F401 - a cell: sweeps.kinds.tbfm finds every run_<cell> here
     time_forecasts,
 )
-from neuro_opt.tbfm.metrics import forecast_report, r2_horizon
+from neuro_opt.tbfm.metrics import evoked_baseline, forecast_report, r2_horizon
 
 
 def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
@@ -85,17 +88,27 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
     batch-1 forecasts, ``latency_calls`` calls).
 
     Returns one row per model with columns: ``model, seed, n_channels, n_train, n_test, ipi_ms,
-    n_bases, rank (-1 = full), train_s, train_cpu_s, n_iters, best_iter, val_r2, train_r2, test_r2, test_r2_mean,
-    state_dependent_r2, r2_h{h}`` per horizon, and with ``latency`` also ``us_per_forecast``.
+    n_bases, rank (-1 = full), train_s, train_cpu_s, n_iters, best_iter, val_r2, train_r2, test_r2,
+    test_r2_beyond_evoked, test_r2_mean, state_dependent_r2, r2_h{h}`` per horizon, ``evoked_r2,
+    evoked_r2_beyond_evoked``, and with ``latency`` also ``us_per_forecast``.
+
+    ``test_r2`` is R2 over the horizon (SST around each channel's mean over trials and time), so it
+    includes the average evoked response; ``test_r2_beyond_evoked`` takes SST around the test trials'
+    mean at each time step instead (:func:`~neuro_opt.tbfm.metrics.r2_beyond_evoked`). ``evoked_r2`` and
+    ``evoked_r2_beyond_evoked`` score the evoked-response predictor (the mean training response forecast
+    for every test trial, :func:`~neuro_opt.tbfm.metrics.evoked_baseline`) the two ways: the same on every
+    row of a cell, the context for the models' absolute R2.
     """
     p = resolve_params(
         params,
         {"models": ["tbfm"], "horizons": [10, 20, 40, 82, 164], "latency": False, "latency_calls": 300, "max_bases": 8},
     )
+    resolve_device(p["device"])  # an unavailable device stops the cell before any work
     rows = []
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
+        evoked = evoked_baseline(train.target, test.target)
         for name in p["models"]:
             model, info = build_and_fit(name, train, val, p, seed)
             rep = forecast_report(model.predict(test), test.target, test.runway, horizons=p["horizons"])
@@ -116,12 +129,15 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
                 "val_r2": float(info["val_r2"]),
                 "train_r2": r2_horizon(model.predict(train), train.target),
                 "test_r2": rep["r2"],
+                "test_r2_beyond_evoked": rep["r2_beyond_evoked"],
                 "test_r2_mean": rep["r2_mean"],
                 "state_dependent_r2": rep["state_dependent_r2"],
+                "evoked_r2": evoked["r2"],
+                "evoked_r2_beyond_evoked": evoked["r2_beyond_evoked"],
             }
             row.update({k: v for k, v in rep.items() if k.startswith("r2_h")})
             if p["latency"]:
-                fn = forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), "cpu")
+                fn = forecast_fn(model, None, int(p["ipi_ms"]), int(p["lead_ms"]), model.device)
                 runways = [np.ascontiguousarray(test.runway[i]) for i in range(min(64, test.n_trials))]
                 row["us_per_forecast"] = time_forecasts(fn, runways, int(p["latency_calls"]), 30)["us_per_forecast"]
             rows.append(row)
@@ -150,6 +166,7 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
     stage_s, chosen`` (the chosen count, the same on every row), ``is_chosen``, ``total_s``.
     """
     p = resolve_params(params, {"max_bases": 8, "patience": 2, "min_delta": 1e-3, "hidden": 8})
+    dev = resolve_device(p["device"])
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
@@ -163,6 +180,7 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
             lam=float(p["lam"]),
             seed=derive_seed(seed, 4),
             test=test,
+            device=dev,
         )
     rows = [
         {
@@ -195,6 +213,7 @@ def run_control(params: dict, seed: int) -> pa.Table:
     lists: the swept margin or threshold and the ROC points).
     """
     p = resolve_params(params, {"target_step": None, "n_mix": 3})
+    resolve_device(p["device"])
     with limit_threads(p["threads"]):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)

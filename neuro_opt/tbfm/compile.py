@@ -183,10 +183,18 @@ class StreamingForecast:
         self.head = (self.head + 1) % self.R
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a float64 numpy array on the CPU (moved first: some devices have no float64)."""
+    return t.detach().cpu().double().numpy()
+
+
 def compile_tbfm(
     model: TBFM, ipis=(10, 30, 100), *, lead: int = LEAD_MS, descriptors: dict | None = None
 ) -> CompiledTBFM:
     """Compile a trained TBFM for a discrete set of stimulation descriptors.
+
+    The model may live on any device: the bases are computed there and everything is brought to the
+    CPU, where the compiled (numpy) forecast runs.
 
     Args:
         model: a trained :class:`~neuro_opt.tbfm.model.TBFM` (any subclass whose
@@ -203,14 +211,13 @@ def compile_tbfm(
     with torch.no_grad():
         bases = {}
         for k, d in descriptors.items():
-            d = torch.as_tensor(np.asarray(d, dtype=np.float32))
+            d = torch.as_tensor(np.asarray(d, dtype=np.float32), device=model.device)
             if d.shape != (model.horizon, model.stim_dim):
                 raise ValueError(f"descriptor {k!r} must be {model.horizon} x {model.stim_dim}, got {tuple(d.shape)}")
-            bases[k] = np.ascontiguousarray(model.bases(d[None])[0].double().numpy().T.astype(np.float32))  # H x B
-        mean = model.mean.double().numpy()
-        std = model.std.double().numpy()
+            bases[k] = np.ascontiguousarray(_np(model.bases(d[None])[0]).T.astype(np.float32))  # H x B
+        mean, std = _np(model.mean), _np(model.std)
         est = model.estimator
-        bias = est.bias.detach().double().numpy()  # B x C
+        bias = _np(est.bias)  # B x C
         in_scale = np.tile(1.0 / std, R)  # R*C: 1/std[c'] for flattened (r, c')
         in_shift = np.tile(mean / std, R)
         out_scale = np.tile(std, B)  # B*C: std[c] for flattened (b, c)
@@ -218,12 +225,11 @@ def compile_tbfm(
         if model.state_agnostic:
             a = out_scale * bias.reshape(-1)
         elif est.rank is None:
-            W = est.weight.detach().double().numpy().reshape(B * C, R * C)
+            W = _np(est.weight).reshape(B * C, R * C)
             a = out_scale * (bias.reshape(-1) - W @ in_shift)
             A = np.ascontiguousarray((out_scale[:, None] * W * in_scale[None, :]).astype(np.float32))
         else:
-            Uw = est.U.detach().double().numpy()
-            Vw = est.V.detach().double().numpy()
+            Uw, Vw = _np(est.U), _np(est.V)
             a = out_scale * (bias.reshape(-1) - Uw @ (Vw @ in_shift))
             U = np.ascontiguousarray((out_scale[:, None] * Uw).astype(np.float32))
             V = np.ascontiguousarray((Vw * in_scale[None, :]).astype(np.float32))

@@ -64,6 +64,7 @@ class AdditiveTBFM(TBFM):
         depth: int = 2,
         state_agnostic: bool = False,
         stim_dim: int = STIM_DIM,
+        device: str | torch.device = "cpu",
     ):
         self._sub_hidden, self._sub_depth = hidden, depth
         super().__init__(
@@ -75,18 +76,19 @@ class AdditiveTBFM(TBFM):
             depth=depth,
             state_agnostic=state_agnostic,
             stim_dim=stim_dim,
+            device=device,
         )
         self.n_bases = 0
-        self.estimator = WeightEstimator(n_channels, runway, 0).float()
+        self.estimator = WeightEstimator(n_channels, runway, 0).float().to(self.device)
 
     def _make_generator(self, horizon, n_bases, stim_dim, hidden, depth) -> nn.Module:
         return AdditiveBasisGenerator(horizon, stim_dim, hidden, depth)
 
     def add_basis(self) -> BasisGenerator:
         """Add one basis: a new sub-network and a zero-initialized weight slice (earlier weights kept)."""
-        net = self.generator.add_basis().float()
+        net = self.generator.add_basis().float().to(self.device)
         old = self.estimator
-        new = WeightEstimator(self.n_channels, self.runway, old.n_bases + 1).float()
+        new = WeightEstimator(self.n_channels, self.runway, old.n_bases + 1).float().to(self.device)
         with torch.no_grad():
             new.weight[: old.n_bases] = old.weight
             new.bias[: old.n_bases] = old.bias
@@ -130,6 +132,7 @@ def fit_fsam(
     runway: int | None = None,
     horizon: int | None = None,
     test: TrialSet | None = None,
+    device: str | torch.device = "cpu",
 ) -> FSAMResult:
     """Grow a TBFM one basis at a time.
 
@@ -144,6 +147,7 @@ def fit_fsam(
         keep_all: keep every stage in the returned model instead of truncating to ``chosen``.
         runway, horizon: the model's (default: the trials').
         test: optional held-out trials; adds ``test_r2`` to each stage of the curve (never used for choosing).
+        device: where the model trains and forecasts (default CPU; see :class:`~neuro_opt.tbfm.model.TBFM`).
     """
     if max_bases < 1:
         raise ValueError(f"max_bases must be >= 1, got {max_bases}")
@@ -151,7 +155,7 @@ def fit_fsam(
     torch.manual_seed(seed)
     R = train.runway_len if runway is None else runway
     H = train.horizon if horizon is None else horizon
-    model = AdditiveTBFM(train.n_channels, R, H, hidden=hidden, depth=depth)
+    model = AdditiveTBFM(train.n_channels, R, H, hidden=hidden, depth=depth, device=device)
     model.check_trials(train)
     model.set_normalizer(*zscore_stats(train))
     curve: list[dict[str, Any]]  # per stage: n_bases (an int), the R2s and the time (floats)
@@ -187,7 +191,7 @@ def fit_fsam(
     best_k = min(c["n_bases"] for c in curve if c["val_r2"] >= best - min_delta)
     best_state = states[best_k]
     if not keep_all and best_k < model.n_bases:
-        chosen = AdditiveTBFM(train.n_channels, R, H, hidden=hidden, depth=depth)
+        chosen = AdditiveTBFM(train.n_channels, R, H, hidden=hidden, depth=depth, device=device)
         for _ in range(best_k):
             chosen.add_basis()
         chosen.load_state_dict(best_state)

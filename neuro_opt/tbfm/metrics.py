@@ -8,6 +8,17 @@ Conventions (as in the TBFM paper):
 * **R2 over the horizon** (:func:`r2_horizon`): per channel,
   ``1 - SSE / SST`` pooled over trials and time steps, with SST taken around the
   channel's mean over trials and time; then averaged over channels.
+* **R2 beyond the evoked response** (:func:`r2_beyond_evoked`): per channel,
+  ``1 - SSE / SST`` with SST taken around the target's mean over trials at each
+  time step (the average evoked response, ``horizon x channels``), not around
+  one mean over trials and time; then averaged over channels. R2 over the horizon
+  credits a forecast for the variance the average evoked response already explains;
+  this one does not: forecasting the test trials' own evoked response for every
+  trial scores 0, and only trial-to-trial (state-dependent) variation scores above 0.
+* **The evoked-response predictor** (:func:`evoked_baseline`): the mean training
+  response (per time step and channel) forecast for every test trial, with both R2s.
+  Its R2 over the horizon is what the average evoked response alone scores; its R2
+  beyond the evoked response is <= 0 (0 when the training and test evoked responses agree).
 * **R2 by horizon length** (:func:`r2_by_horizon`): the same on the first ``h``
   steps of the forecast, for several ``h``.
 * **R2 of the mean prediction vs the mean response** (:func:`r2_mean_response`):
@@ -51,15 +62,21 @@ def _check(pred, target) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _r2_pooled(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Per-channel R2 of ``a x b x channels`` arrays pooled over the first two axes -> ``channels``."""
+def _r2_pooled(p: np.ndarray, t: np.ndarray, around: str = "channel") -> np.ndarray:
+    """Per-channel R2 of ``a x b x channels`` arrays pooled over the first two axes -> ``channels``.
+
+    ``around``: ``"channel"`` takes SST around each channel's mean over both axes; ``"step"`` around
+    its mean over the first axis (trials) at each step of the second (time).
+    """
     sse = ((p - t) ** 2).sum(axis=(0, 1))
-    sst = ((t - t.mean(axis=(0, 1), keepdims=True)) ** 2).sum(axis=(0, 1))
+    centre = t.mean(axis=(0, 1) if around == "channel" else 0, keepdims=True)
+    sst = ((t - centre) ** 2).sum(axis=(0, 1))
     bad = np.nonzero(sst <= 1e-12 * max(float(sst.max()), 1e-300))[0]
     if bad.size:
+        what = "constant" if around == "channel" else "the same on every trial at each time step"
         raise ValueError(
-            f"target is constant on channel(s) {bad.tolist()}: R2 is undefined there "
-            f"(drop unusable channels before scoring)"
+            f"target is {what} on channel(s) {bad.tolist()}: R2 is undefined there "
+            f"(drop unusable channels before scoring{'' if around == 'channel' else '; it needs two or more trials'})"
         )
     return 1.0 - sse / sst
 
@@ -73,6 +90,40 @@ def r2_per_channel(pred, target) -> np.ndarray:
 def r2_horizon(pred, target) -> float:
     """R2 over the whole horizon, averaged over channels."""
     return float(r2_per_channel(pred, target).mean())
+
+
+def r2_beyond_evoked(pred, target) -> float:
+    """R2 around the per-time-step trial mean of ``target`` (its average evoked response), averaged over channels.
+
+    Per channel ``1 - SSE / SST`` with ``SST = sum over trials and steps of (target - target.mean(trials))^2``:
+    the share of the variance the average evoked response leaves unexplained that the forecast explains.
+    A forecast equal to the target's own evoked response for every trial scores 0.
+    """
+    p, t = _check(pred, target)
+    return float(_r2_pooled(p, t, around="step").mean())
+
+
+def evoked_baseline(train_target, test_target) -> dict[str, float]:
+    """The evoked-response predictor: the mean training response forecast for every test trial.
+
+    Args:
+        train_target: ``trials x horizon x channels`` training responses (raw units); at least
+            as long a horizon as ``test_target`` (cropped to it).
+        test_target: ``trials x horizon x channels`` responses to forecast.
+
+    Returns ``{"r2": R2 over the horizon, "r2_beyond_evoked": R2 beyond the evoked response}``
+    of that constant forecast on ``test_target``.
+    """
+    tr, te = _as_np(train_target, "train_target"), _as_np(test_target, "test_target")
+    if tr.ndim != 3 or te.ndim != 3 or tr.shape[0] < 1 or tr.shape[2] != te.shape[2] or tr.shape[1] < te.shape[1]:
+        raise ValueError(
+            f"train_target and test_target must be trials x horizon x channels with the same channels and a "
+            f"training horizon >= the test horizon, got shapes {tr.shape} and {te.shape}"
+        )
+    if not np.isfinite(tr).all():
+        raise ValueError("train_target contains NaN or inf")
+    pred = np.broadcast_to(tr[:, : te.shape[1]].mean(0, keepdims=True), te.shape)
+    return {"r2": r2_horizon(pred, te), "r2_beyond_evoked": r2_beyond_evoked(pred, te)}
 
 
 def r2_by_horizon(pred, target, horizons: Iterable[int] = DEFAULT_HORIZONS) -> dict[int, float]:
@@ -121,7 +172,8 @@ def state_dependent_r2(pred, target, initial_state, n_bins: int = 9) -> float:
 
 
 def forecast_report(pred, target, runway, horizons: Iterable[int] = DEFAULT_HORIZONS, n_bins: int = 9) -> dict:
-    """All metrics at once: ``r2``, ``r2_mean``, ``state_dependent_r2`` and ``r2_h{h}`` per horizon.
+    """All metrics at once: ``r2``, ``r2_beyond_evoked``, ``r2_mean``, ``state_dependent_r2`` and ``r2_h{h}``
+    per horizon.
 
     Args:
         runway: ``trials x runway x channels`` (its last sample is the initial state).
@@ -129,6 +181,7 @@ def forecast_report(pred, target, runway, horizons: Iterable[int] = DEFAULT_HORI
     r = _as_np(runway, "runway")
     out = {
         "r2": r2_horizon(pred, target),
+        "r2_beyond_evoked": r2_beyond_evoked(pred, target),
         "r2_mean": r2_mean_response(pred, target),
         "state_dependent_r2": state_dependent_r2(pred, target, r[:, -1, :], n_bins=n_bins),
     }

@@ -135,6 +135,8 @@ class TBFM(ForecastModel):
         hidden, depth: basis generator MLP width and hidden layers.
         rank: None for the full affine weight map, or k for a rank-k factorization.
         state_agnostic: sham runway (the weights ignore the trial's state).
+        device: where it trains and forecasts (``"cpu"`` default, ``"cuda"``, ...; see
+            :func:`~neuro_opt.tbfm.base.resolve_device`); :func:`fit_tbfm` trains it there.
     """
 
     def __init__(
@@ -149,13 +151,14 @@ class TBFM(ForecastModel):
         rank: int | None = None,
         state_agnostic: bool = False,
         stim_dim: int = STIM_DIM,
+        device: str | torch.device = "cpu",
     ):
-        super().__init__(n_channels, runway, horizon, stim_dim)
+        super().__init__(n_channels, runway, horizon, stim_dim, device)
         self.n_bases = n_bases
         self.state_agnostic = bool(state_agnostic)
         self.generator = self._make_generator(horizon, n_bases, stim_dim, hidden, depth)
         self.estimator = WeightEstimator(n_channels, runway, n_bases, rank)
-        self.float()
+        self.float().to(self.device)
 
     def _make_generator(self, horizon, n_bases, stim_dim, hidden, depth) -> nn.Module:
         return BasisGenerator(horizon, n_bases, stim_dim, hidden, depth)
@@ -265,6 +268,8 @@ def fit_tbfm(
 ) -> FitResult:
     """Train a TBFM with early stopping on validation R2; the best model is restored in place.
 
+    Trains on the model's device (``model.device``: the data are moved there).
+
     Args:
         model: the model (its normalizer is set from ``train`` unless ``set_normalizer=False``).
         train, val: time-ordered trial sets (see :func:`~neuro_opt.tbfm.data.time_ordered_split`).
@@ -287,6 +292,8 @@ def fit_tbfm(
     if set_normalizer:
         model.set_normalizer(*zscore_stats(train))
     if method == "alternating":
+        if model.device.type == "mps":  # its small solves run in float64
+            raise ValueError("method='alternating' needs float64, which the mps device lacks; use method='adamw'")
         return _fit_alternating(
             model,
             train,
@@ -340,7 +347,7 @@ def _fit_adamw(
     it = 0
     for it in range(1, max_iters + 1):
         model.train()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(runway.device)  # drawn on the CPU: the same order on any device
         tot = 0.0
         for i in range(0, n, batch_size):
             b = perm[i : i + batch_size]

@@ -9,6 +9,10 @@
    replicates are sessions shared by every size, so the curve is paired), with the smallest size
    whose mean is within 0.01 of the largest size's (the paper's "stopping point", 2k trials on its
    data).
+4. TBFM forecasts more than the average evoked response: its test R2 beyond the evoked response (SST
+   around the test trials' mean at each time step) is above 0 at every training size on every
+   replicate; its numbers set each model's test R2 beside the evoked-response predictor's (the mean
+   training response forecast for every test trial), :mod:`sweeps.analyses._tbfm_r2`.
 
 Reads the Parquet table only (``python -m sweeps.report`` reruns it); the generic TBFM report has
 already drawn the R2-vs-trials figure.
@@ -20,6 +24,7 @@ import numpy as np
 
 from neuro_opt.tbfm import cell_setup
 from sweeps.analyses import finding
+from sweeps.analyses._tbfm_r2 import r2_context
 
 TARGET_TRIALS = 5000  # "Training on 5k trials of 32 channels to its plateau in <= 3 minutes"
 TARGET_CHANNELS = 32
@@ -115,6 +120,14 @@ def _curve(tbfm: dict) -> dict:
 
 
 def analyze(ctx) -> dict:
-    models = _by_model(ctx.table.to_pylist())
+    rows = ctx.table.to_pylist()
+    models = _by_model(rows)
     tbfm, sham = models.get("tbfm", {}), models.get("tbfm_sham", {})
-    return {"findings": [_training_time(ctx, tbfm), _state_dependence(tbfm, sham), _curve(tbfm)]}
+    return {
+        "findings": [
+            _training_time(ctx, tbfm),
+            _state_dependence(tbfm, sham),
+            _curve(tbfm),
+            r2_context(rows, model="tbfm", by="n_train"),
+        ]
+    }

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from neuro_opt import metrics as M
 from neuro_opt.tbfm import cell_setup, cells
@@ -66,9 +67,17 @@ class TBFMKind(Experiment):
                 raise ConfigError(f"params.cell={name!r}: expected one of {', '.join(sorted(CELLS))}")
             p.pop("rep", None)
             try:
-                cell_setup.resolve_params({k: v for k, v in p.items()}, _EXTRA.get(name, {}))
+                resolved = cell_setup.resolve_params({k: v for k, v in p.items()}, _EXTRA.get(name, {}))
             except ValueError as exc:
                 raise ConfigError(f"params ({name}): {exc}") from None
+            if name != "latency":  # the name only: whether the device exists is the worker's to say
+                try:
+                    torch.device(resolved["device"])
+                except (RuntimeError, TypeError, ValueError):
+                    raise ConfigError(
+                        f"params.device={resolved['device']!r} ({name}): not a torch device name; expected e.g. "
+                        f"cpu, cuda, cuda:1 or mps"
+                    ) from None
         for key in list(cfg.report.metrics) + list(cfg.report.by):
             if not isinstance(key, str):
                 raise ConfigError(f"report.metrics / report.by take column names, got {key!r}")
