@@ -83,6 +83,7 @@ class MultiSessionTBFM(nn.Module):
             head.generator = self.generator
             heads.append(head)
         self.heads = nn.ModuleList(heads)
+        self.float()  # float32 throughout, whatever torch's default dtype (as TBFM)
 
     @property
     def n_sessions(self) -> int:
