@@ -15,10 +15,11 @@ A notebook-friendly library (no ray, mlflow, hydra or optuna here)::
         forecast = stream.push(sample)            # after the 20th sample: horizon x channels
 
 Modules: ``simulator`` (synthetic LFP), ``data`` (windows, descriptors, split),
-``model`` (TBFM, training), ``fsam``, ``compile``, ``baselines`` (LSSM, AE-LSTM,
-sham-runway TBFM), ``metrics``, ``control`` (closed-loop demonstrations),
-``cells`` (sweep cells returning Arrow tables; ``latency`` holds the latency cell and its timers,
-``cell_setup`` what every cell sets up the same way).
+``model`` (TBFM, training), ``multisession`` (one basis generator shared by sessions, a weight
+estimator each), ``fsam``, ``compile``, ``baselines`` (LSSM, AE-LSTM, sham-runway TBFM), ``metrics``,
+``control`` (closed-loop demonstrations), ``cells`` (sweep cells returning Arrow tables; ``latency``
+holds the latency cell and its timers, ``multisession_cell`` the multi-session one, ``cell_setup`` what
+every cell sets up the same way).
 """
 
 from neuro_opt.tbfm.baselines import AELSTM, LSSM, fit_baseline, state_agnostic_tbfm
@@ -45,6 +46,7 @@ from neuro_opt.tbfm.metrics import (
     state_dependent_r2,
 )
 from neuro_opt.tbfm.model import TBFM, FitResult, fit_tbfm
+from neuro_opt.tbfm.multisession import MultiSessionTBFM, compile_session, fit_multisession
 from neuro_opt.tbfm.simulator import LFPSession, find_unusable_channels, simulate_session
 
 __all__ = [
@@ -78,6 +80,9 @@ __all__ = [
     "TBFM",
     "FitResult",
     "fit_tbfm",
+    "MultiSessionTBFM",
+    "compile_session",
+    "fit_multisession",
     "LFPSession",
     "find_unusable_channels",
     "simulate_session",

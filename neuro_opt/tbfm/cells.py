@@ -78,6 +78,7 @@ from neuro_opt.tbfm.latency import (
     time_forecasts,
 )
 from neuro_opt.tbfm.metrics import evoked_baseline, forecast_report, r2_horizon
+from neuro_opt.tbfm.multisession_cell import run_multisession  # noqa: F401 - a cell, like run_latency
 
 
 def run_sample_efficiency(params: dict, seed: int) -> pa.Table:

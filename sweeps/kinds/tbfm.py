@@ -43,8 +43,9 @@ from sweeps.schema import ConfigError
 CELLS = {name[len("run_") :]: getattr(cells, name) for name in dir(cells) if name.startswith("run_")}
 
 
-#: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed).
-SESSION_KEYS = ("n_channels", "n_session", "ipi_ms", "sim")
+#: The cell parameters that define a simulated session (with ``rep`` and the global seed, a cell's seed);
+#: ``sessions`` only the multi-session cell has (the other cells' seeds hash the first four alone).
+SESSION_KEYS = ("n_channels", "n_session", "ipi_ms", "sim", "sessions")
 
 
 def seed_key(payload: dict) -> str:
@@ -52,7 +53,7 @@ def seed_key(payload: dict) -> str:
     p = dict(payload["params"])
     name, rep = p.pop("cell"), p.pop("rep", 0)
     resolved = cell_setup.resolve_params(p, _EXTRA.get(name, {}))
-    return stable_hash({"rep": rep, **{k: resolved[k] for k in SESSION_KEYS}})
+    return stable_hash({"rep": rep, **{k: resolved[k] for k in SESSION_KEYS if k in resolved}})
 
 
 class TBFMKind(Experiment):
@@ -246,6 +247,7 @@ _EXTRA = {
         "warmup": None,
     },
     "control": {"target_step": None, "n_mix": None},
+    "multisession": {"sessions": None, "hidden": None, "depth": None, "horizons": None},
 }
 
 
