@@ -468,9 +468,7 @@ def promote(argv: list[str]) -> Path:
     hv = rec.get("heldout_objective")
     pv = rec.get("published_heldout_objective")
     hp = ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in rec["algorithm"].items()
-        if k in HP_NAMES
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec["algorithm"].items() if k in HP_NAMES
     )
     print(
         f"promoted {rec['source_type']} {rec['source']} ({rec['method']}): {hp}; held-out "

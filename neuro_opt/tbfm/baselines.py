@@ -27,7 +27,8 @@ from torch import nn
 
 from neuro_opt.tbfm.base import ForecastModel
 from neuro_opt.tbfm.data import STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.model import TBFM, FitResult, _EarlyStopper, _val_r2, over_budget
+from neuro_opt.tbfm.model import TBFM
+from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, validation_r2
 
 
 def state_agnostic_tbfm(n_channels: int, runway: int = 20, horizon: int = 164, n_bases: int = 12, **kwargs) -> TBFM:
@@ -213,7 +214,7 @@ def fit_baseline(
         lr_patience: halve the learning rate after this many epochs without a better
             validation R2 (``ReduceLROnPlateau``); None keeps it constant.
         max_seconds: training budget in CPU seconds of this process
-            (:func:`~neuro_opt.tbfm.model.over_budget`), checked after each epoch.
+            (:func:`~neuro_opt.tbfm.training.over_budget`), checked after each epoch.
     """
     model.check_trials(train)
     model.check_trials(val)
@@ -227,7 +228,7 @@ def fit_baseline(
         else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=int(lr_patience))
     )
     g = torch.Generator().manual_seed(seed)
-    stopper = _EarlyStopper(model, patience)
+    stopper = EarlyStopper(model, patience)
     history, it, n = [], 0, train.n_trials
     for it in range(1, max_epochs + 1):
         model.train()
@@ -241,7 +242,7 @@ def fit_baseline(
             nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             tot += float(loss.detach()) * len(b)
-        score = _val_r2(model, val)
+        score = validation_r2(model, val)
         history.append((it, tot / n, score))
         if verbose:
             print(f"{type(model).__name__} epoch {it}: loss {tot / n:.4f} val r2 {score:.4f}")

@@ -40,7 +40,7 @@ window length that validation R2 prefers on the simulator, a departure from the 
 suffixes combine: ``ae_lstm_w164_h128``).
 
 Training budgets (``max_seconds``) count CPU seconds of the cell's process, the same for every
-model (see :func:`neuro_opt.tbfm.model.over_budget`); rows report both ``train_s`` (wall) and
+model (see :func:`neuro_opt.tbfm.training.over_budget`); rows report both ``train_s`` (wall) and
 ``train_cpu_s``.
 
 Default-scale parameters live in the experiment files (``conf/exp/tbfm_*.yaml``); their run

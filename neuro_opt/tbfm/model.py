@@ -30,8 +30,6 @@ Training (:func:`fit_tbfm`) minimizes ``mean((y - target)^2 / std^2) + lam * ||W
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 import torch
@@ -39,7 +37,7 @@ from torch import nn
 
 from neuro_opt.tbfm.base import ForecastModel
 from neuro_opt.tbfm.data import STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.metrics import r2_horizon
+from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, reduced_rank, set_weights, validation_r2
 
 
 class BasisGenerator(nn.Module):
@@ -186,67 +184,6 @@ class TBFM(ForecastModel):
         return self.estimator.penalty()
 
 
-@dataclass
-class FitResult:
-    """Outcome of a training run.
-
-    Attributes:
-        method: training method. train_s: wall time (s). n_iters: epochs or
-        alternations run. best_iter: the one restored. best_val_r2: its
-        validation R2. history: per iteration ``(iter, train_loss, val_r2)``.
-        train_cpu_s: CPU time of the process (s) spent training.
-    """
-
-    method: str
-    train_s: float
-    n_iters: int
-    best_iter: int
-    best_val_r2: float
-    history: list = field(default_factory=list)
-    train_cpu_s: float = float("nan")
-
-
-def over_budget(c0: float, max_seconds: float | None) -> bool:
-    """True once this process has used more than ``max_seconds`` of CPU time since ``c0`` (``time.process_time``).
-
-    Training budgets count CPU time, not wall time, so that models compared under the same
-    ``max_seconds`` get the same compute whatever else runs on a shared machine.
-    """
-    return bool(max_seconds) and time.process_time() - c0 > cast(float, max_seconds)  # not None: truthy
-
-
-def _val_r2(model: ForecastModel, val: TrialSet) -> float:
-    pred = model.predict(val)
-    if not np.isfinite(pred).all():  # a diverging model scores worst instead of failing the fit
-        return -np.inf
-    return r2_horizon(pred, val.target[:, : model.horizon])
-
-
-class _EarlyStopper:
-    state: dict[str, torch.Tensor] | None  # the best iteration's parameters
-
-    def __init__(self, model: nn.Module, patience: int, min_delta: float = 1e-4):
-        self.model, self.patience, self.min_delta = model, patience, min_delta
-        self.best, self.best_iter, self.state, self.bad = -np.inf, -1, None, 0
-
-    def update(self, it: int, score: float) -> bool:
-        """Record a validation score; True when training should stop."""
-        if not np.isfinite(score):
-            score = -np.inf
-        if score > self.best + self.min_delta or self.state is None:
-            if score > self.best:
-                self.best, self.best_iter = score, it
-                self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.bad = 0
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-    def restore(self) -> None:
-        if self.state is not None:
-            self.model.load_state_dict(self.state)
-
-
 def fit_tbfm(
     model: TBFM,
     train: TrialSet,
@@ -341,7 +278,7 @@ def _fit_adamw(
         lr=lr,
     )
     g = torch.Generator().manual_seed(seed)
-    stopper = _EarlyStopper(model, patience)
+    stopper = EarlyStopper(model, patience)
     history = []
     n = train.n_trials
     it = 0
@@ -358,7 +295,7 @@ def _fit_adamw(
             loss.backward()
             opt.step()
             tot += float(mse.detach()) * len(b)
-        score = _val_r2(model, val)
+        score = validation_r2(model, val)
         history.append((it, tot / n, score))
         if verbose:
             print(f"epoch {it}: train mse {tot / n:.4f} val r2 {score:.4f}")
@@ -396,7 +333,7 @@ def _fit_alternating(
     lam_ = lam * N * H * C
     gen_params = list(model.generator.parameters()) if trainable is None else list(trainable)
     opt = torch.optim.AdamW(gen_params, lr=lr, weight_decay=weight_decay)
-    stopper = _EarlyStopper(model, patience)
+    stopper = EarlyStopper(model, patience)
     history = []
     it = 0
     for it in range(1, max_iters + 1):
@@ -414,9 +351,9 @@ def _fit_alternating(
             Wt = Xt / (m_eig[None, :, None] * g_eig[None, None, :] + lam_)
             W = torch.einsum("bi,cij->cbj", P, Wt) @ Q.T  # C x B x RC
             if est.rank is not None:
-                W = _reduced_rank(W, g_eig, Q, est.rank)
+                W = reduced_rank(W, g_eig, Q, est.rank)
             bias = (torch.linalg.pinv(M) @ Bm @ Dbar).T - torch.einsum("cbj,j->cb", W, zbar)  # C x B
-            _set_weights(est, W.permute(1, 0, 2), bias.T)
+            set_weights(est, W.permute(1, 0, 2), bias.T)
             # ---- sufficient statistics for the bases ----
             A = est(z.view(N, model.runway, C))  # N x B x C, float32
             S_aa32 = torch.einsum("nbc,ndc->bd", A.to(dt), A.to(dt)).float()
@@ -432,7 +369,7 @@ def _fit_alternating(
             loss.backward()
             opt.step()
             loss_val = float(loss.detach()) * d_sq / (N * H * C)
-        score = _val_r2(model, val)
+        score = validation_r2(model, val)
         history.append((it, loss_val, score))
         if verbose:
             print(f"alternation {it}: train mse {loss_val:.4f} val r2 {score:.4f}")
@@ -442,32 +379,3 @@ def _fit_alternating(
     return FitResult(
         "alternating", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history, time.process_time() - c0
     )
-
-
-def _reduced_rank(W: torch.Tensor, g: torch.Tensor, Q: torch.Tensor, k: int) -> torch.Tensor:
-    """Best rank-``k`` approximation of ``W`` (``C x B x RC``) in the metric of the runway covariance."""
-    C, B, d = W.shape
-    s = g.clamp_min(g.max() * 1e-10).sqrt()
-    Y = (W.reshape(C * B, d) @ Q) * s  # fitted-value coordinates
-    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
-    k = min(k, S.shape[0])
-    Yk = (U[:, :k] * S[:k]) @ Vh[:k]
-    return ((Yk / s) @ Q.T).reshape(C, B, d)
-
-
-def _set_weights(est: WeightEstimator, W: torch.Tensor, bias: torch.Tensor) -> None:
-    """Load ``W`` (``B x C x RC``) and ``bias`` (``B x C``) into an estimator (factorizing if rank-limited)."""
-    est.bias.copy_(bias.to(est.bias.dtype))
-    if est.rank is None:
-        est.weight.copy_(W.to(est.weight.dtype))
-        return
-    Wf = W.reshape(-1, W.shape[-1])
-    U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
-    k = est.rank
-    r = min(k, S.shape[0])
-    u = torch.zeros_like(est.U, dtype=Wf.dtype)
-    v = torch.zeros_like(est.V, dtype=Wf.dtype)
-    u[:, :r] = U[:, :r] * S[:r].sqrt()
-    v[:r] = S[:r].sqrt()[:, None] * Vh[:r]
-    est.U.copy_(u.to(est.U.dtype))
-    est.V.copy_(v.to(est.V.dtype))

@@ -33,16 +33,8 @@ from torch import nn
 
 from neuro_opt.tbfm.compile import CompiledTBFM, compile_tbfm
 from neuro_opt.tbfm.data import LEAD_MS, STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.model import (
-    TBFM,
-    BasisGenerator,
-    FitResult,
-    _EarlyStopper,
-    _reduced_rank,
-    _set_weights,
-    _val_r2,
-    over_budget,
-)
+from neuro_opt.tbfm.model import TBFM, BasisGenerator
+from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, reduced_rank, set_weights, validation_r2
 
 
 class MultiSessionTBFM(nn.Module):
@@ -180,9 +172,9 @@ def _solve_weights(head: TBFM, d: _SessionData, Bm: torch.Tensor, lam: float) ->
     Wt = Xt / (m_eig[None, :, None] * d.g_eig[None, None, :] + lam * N * H * C)
     W = torch.einsum("bi,cij->cbj", P, Wt) @ d.Q.T  # C x B x RC
     if est.rank is not None:
-        W = _reduced_rank(W, d.g_eig, d.Q, est.rank)
+        W = reduced_rank(W, d.g_eig, d.Q, est.rank)
     bias = (torch.linalg.pinv(M) @ Bm @ d.Dbar).T - torch.einsum("cbj,j->cb", W, d.zbar)  # C x B
-    _set_weights(est, W.permute(1, 0, 2), bias.T)
+    set_weights(est, W.permute(1, 0, 2), bias.T)
     A = est(d.z.view(N, head.runway, C))  # N x B x C
     S_aa = torch.einsum("nbc,ndc->bd", A.to(_DT), A.to(_DT)).float()
     S_ad = torch.einsum("nbc,nhc->bh", A, d.D)
@@ -225,7 +217,7 @@ def fit_multisession(
         max_seconds: stop after this much CPU time of this process.
 
     Returns:
-        A :class:`~neuro_opt.tbfm.model.FitResult` (``method="multisession"``; ``best_val_r2`` is the mean
+        A :class:`~neuro_opt.tbfm.training.FitResult` (``method="multisession"``; ``best_val_r2`` is the mean
         over sessions).
     """
     heads = model.session_models()
@@ -242,7 +234,7 @@ def fit_multisession(
         data.append(_prepare(head, tr, s))
     stims = torch.cat([d.stim for d in data])  # S x H x 3
     opt = torch.optim.AdamW(model.generator.parameters(), lr=lr, weight_decay=weight_decay)
-    stopper = _EarlyStopper(model, patience)
+    stopper = EarlyStopper(model, patience)
     history = []
     it = 0
     for it in range(1, max_iters + 1):
@@ -263,7 +255,7 @@ def fit_multisession(
             loss.backward()
             opt.step()
             loss_val = float(loss.detach())
-        scores = [_val_r2(h, va) for h, va in zip(heads, vals)]
+        scores = [validation_r2(h, va) for h, va in zip(heads, vals)]
         score = float(sum(scores) / len(scores))
         history.append((it, loss_val, score))
         if verbose:
