@@ -37,7 +37,7 @@ from torch import nn
 
 from neuro_opt.tbfm.base import ForecastModel
 from neuro_opt.tbfm.data import STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, reduced_rank, set_weights, validation_r2
+from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, validation_r2
 
 
 class BasisGenerator(nn.Module):
@@ -379,3 +379,32 @@ def _fit_alternating(
     return FitResult(
         "alternating", time.perf_counter() - t0, it, stopper.best_iter, stopper.best, history, time.process_time() - c0
     )
+
+
+def reduced_rank(W: torch.Tensor, g: torch.Tensor, Q: torch.Tensor, k: int) -> torch.Tensor:
+    """Best rank-``k`` approximation of ``W`` (``C x B x RC``) in the metric of the runway covariance."""
+    C, B, d = W.shape
+    s = g.clamp_min(g.max() * 1e-10).sqrt()
+    Y = (W.reshape(C * B, d) @ Q) * s  # fitted-value coordinates
+    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    k = min(k, S.shape[0])
+    Yk = (U[:, :k] * S[:k]) @ Vh[:k]
+    return ((Yk / s) @ Q.T).reshape(C, B, d)
+
+
+def set_weights(est: WeightEstimator, W: torch.Tensor, bias: torch.Tensor) -> None:
+    """Load ``W`` (``B x C x RC``) and ``bias`` (``B x C``) into an estimator (factorizing if rank-limited)."""
+    est.bias.copy_(bias.to(est.bias.dtype))
+    if est.rank is None:
+        est.weight.copy_(W.to(est.weight.dtype))
+        return
+    Wf = W.reshape(-1, W.shape[-1])
+    U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
+    k = est.rank
+    r = min(k, S.shape[0])
+    u = torch.zeros_like(est.U, dtype=Wf.dtype)
+    v = torch.zeros_like(est.V, dtype=Wf.dtype)
+    u[:, :r] = U[:, :r] * S[:r].sqrt()
+    v[:r] = S[:r].sqrt()[:, None] * Vh[:r]
+    est.U.copy_(u.to(est.U.dtype))
+    est.V.copy_(v.to(est.V.dtype))

@@ -33,8 +33,8 @@ from torch import nn
 
 from neuro_opt.tbfm.compile import CompiledTBFM, compile_tbfm
 from neuro_opt.tbfm.data import LEAD_MS, STIM_DIM, TrialSet, zscore_stats
-from neuro_opt.tbfm.model import TBFM, BasisGenerator
-from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, reduced_rank, set_weights, validation_r2
+from neuro_opt.tbfm.model import TBFM, BasisGenerator, reduced_rank, set_weights
+from neuro_opt.tbfm.training import EarlyStopper, FitResult, over_budget, validation_r2
 
 
 class MultiSessionTBFM(nn.Module):

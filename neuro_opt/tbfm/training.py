@@ -1,5 +1,5 @@
 """What training a forecast model shares across models: the result record, the CPU-time budget,
-validation scoring, early stopping, and loading solved weights (full or reduced rank).
+validation scoring and early stopping.
 
 Used by :func:`neuro_opt.tbfm.model.fit_tbfm`, the baselines (:mod:`neuro_opt.tbfm.baselines`)
 and the multi-session fit (:mod:`neuro_opt.tbfm.multisession`).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -18,9 +18,6 @@ from torch import nn
 from neuro_opt.tbfm.base import ForecastModel
 from neuro_opt.tbfm.data import TrialSet
 from neuro_opt.tbfm.metrics import r2_horizon
-
-if TYPE_CHECKING:
-    from neuro_opt.tbfm.model import WeightEstimator
 
 
 @dataclass
@@ -82,32 +79,3 @@ class EarlyStopper:
     def restore(self) -> None:
         if self.state is not None:
             self.model.load_state_dict(self.state)
-
-
-def reduced_rank(W: torch.Tensor, g: torch.Tensor, Q: torch.Tensor, k: int) -> torch.Tensor:
-    """Best rank-``k`` approximation of ``W`` (``C x B x RC``) in the metric of the runway covariance."""
-    C, B, d = W.shape
-    s = g.clamp_min(g.max() * 1e-10).sqrt()
-    Y = (W.reshape(C * B, d) @ Q) * s  # fitted-value coordinates
-    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
-    k = min(k, S.shape[0])
-    Yk = (U[:, :k] * S[:k]) @ Vh[:k]
-    return ((Yk / s) @ Q.T).reshape(C, B, d)
-
-
-def set_weights(est: WeightEstimator, W: torch.Tensor, bias: torch.Tensor) -> None:
-    """Load ``W`` (``B x C x RC``) and ``bias`` (``B x C``) into an estimator (factorizing if rank-limited)."""
-    est.bias.copy_(bias.to(est.bias.dtype))
-    if est.rank is None:
-        est.weight.copy_(W.to(est.weight.dtype))
-        return
-    Wf = W.reshape(-1, W.shape[-1])
-    U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
-    k = est.rank
-    r = min(k, S.shape[0])
-    u = torch.zeros_like(est.U, dtype=Wf.dtype)
-    v = torch.zeros_like(est.V, dtype=Wf.dtype)
-    u[:, :r] = U[:, :r] * S[:r].sqrt()
-    v[:r] = S[:r].sqrt()[:, None] * Vh[:r]
-    est.U.copy_(u.to(est.U.dtype))
-    est.V.copy_(v.to(est.V.dtype))
