@@ -181,3 +181,10 @@ def test_tbfm_multisession_tiny_launch(tmp_path):
     assert findings[3]["holds"]  # compiled forecasts equal the eager ones
     assert summary["headline"][0].startswith(findings[0]["finding"])
     assert (Path(summary["run_dir"]) / "figures" / "multisession.png").stat().st_size > 0
+
+
+def test_the_multisession_cell_refuses_a_device_it_does_not_train_on():
+    from neuro_opt.tbfm.multisession_cell import run_multisession
+
+    with pytest.raises(ValueError, match="CPU only"):
+        run_multisession({"n_channels": 6, "n_session": 320, "n_test": 60, "n_train": 40, "device": "cuda"}, 0)

@@ -122,6 +122,11 @@ def run_multisession(params: dict, seed: int) -> pa.Table:
     hidden, depth, lam, ms = int(p["hidden"]), int(p["depth"]), float(p["lam"]), float(p["max_seconds"])
     if p["tbfm_method"] != "alternating":
         raise ValueError(f"tbfm_method={p['tbfm_method']!r}: the multi-session fit is alternating only")
+    if str(p["device"]) != "cpu":
+        raise ValueError(f"device={p['device']!r}: the multi-session cell trains on the CPU only (device='cpu')")
+    # the first optimizer of a process imports torch._dynamo (seconds of CPU): done here, outside every
+    # model's CPU budget, so the joint fit (trained first) and the per-session fits get the same budget
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     rows = []
     with limit_threads(p["threads"]):
         splits = _splits(p, seed)
