@@ -42,7 +42,9 @@ on the selected dimension: it fixes that one coordinate and searches every other
 the same line (fixing one coordinate of two leaves a line along the other); in 3-D and more the
 companion code searches a hyperplane. Both are offered: ``greedy`` (:class:`GreedySearch`, the
 companion code, the default benchmark) and ``greedy_line`` (:class:`GreedyLineSearch`, the STAR
-Methods' line).
+Methods' line). A hyperplane of a large space holds more points than a budget of a few hundred
+queries, so beyond 2-D ``greedy`` may never finish its first search; the companion code's own
+configurations run greedy search on 2-D maps only.
 """
 
 from __future__ import annotations
