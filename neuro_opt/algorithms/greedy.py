@@ -43,8 +43,8 @@ the same line (fixing one coordinate of two leaves a line along the other); in 3
 companion code searches a hyperplane. Both are offered: ``greedy`` (:class:`GreedySearch`, the
 companion code, the default benchmark) and ``greedy_line`` (:class:`GreedyLineSearch`, the STAR
 Methods' line). A hyperplane of a large space holds more points than a budget of a few hundred
-queries, so beyond 2-D ``greedy`` may never finish its first search; the companion code's own
-configurations run greedy search on 2-D maps only.
+queries, so beyond 2-D ``greedy`` may never finish its first search; the one configuration beyond
+2-D that the companion code ships (a 4-D toy problem) is set to GP-BO.
 """
 
 from __future__ import annotations
