@@ -16,6 +16,7 @@ ALGORITHMS = {
     "gpbo_product": "GP-BO (space x time kernel)",
     "extensive": "extensive search",
     "greedy": "greedy search",
+    "greedy_line": "greedy search (line)",
     "hierarchical": "hierarchical GP-BO",
     "flat": "flat GP-BO (space x time kernel)",
 }
@@ -24,6 +25,7 @@ COLORS = {
     "gpbo": "#1f77b4",
     "extensive": "#ff7f0e",
     "greedy": "#2ca02c",
+    "greedy_line": "#98df8a",
     "gpbo_fixed_rho": "#9467bd",
     "gpbo_botorch": "#8c564b",
     "gpbo_product": "#17becf",

@@ -128,3 +128,25 @@ def results(run_dir: Path) -> pa.Table:
     files = sorted((run_dir / "results").glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     return table.sort_by([("cell", "ascending"), ("rep", "ascending"), ("query", "ascending")])
+
+
+def without_algorithm(run_dir: Path, dest: Path, algorithm: str, config_too: bool) -> Path:
+    """A copy of a finished run folder without ``algorithm``'s cells (its Parquet files), for reports on
+    runs that lack it. ``config_too``: drop it from the composed config's ``grid.algorithm`` and
+    ``report.compare`` as well (a run launched before it was in the experiment file); else keep the
+    config (a launch that overrode ``grid.algorithm`` only)."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("figures", "*.db"))
+    for f in (dest / "results").glob("*.parquet"):
+        if algorithm in pq.read_table(f, columns=["algorithm"])["algorithm"].to_pylist():
+            f.unlink()
+    if config_too:
+        path = dest / ".hydra" / "config.yaml"
+        cfg = OmegaConf.load(path)
+        cfg.grid.algorithm = [a for a in cfg.grid.algorithm if a != algorithm]
+        cfg.report.compare = [p for p in cfg.report.compare if algorithm not in p]
+        OmegaConf.save(cfg, path)
+    return dest

@@ -33,26 +33,31 @@ def test_extensive_prior_ranked_order_and_greedy_prior_start():
         order.append(int(x[0]))
     assert order == [1, 3, 2, 4, 0]
     g = algorithms.make("greedy", s, n_reps=2, seed=0, prior=prior)
-    assert g.current.tolist() == [1, 1]
+    assert g.current.tolist() == [1, 1] and g.ask().tolist() == [1, 1]  # the start point is queried first
 
 
-def test_greedy_searches_one_dimension_at_a_time_and_finds_separable_optimum():
+@pytest.mark.parametrize("name", ["greedy", "greedy_line"])
+def test_greedy_searches_one_dimension_at_a_time_and_finds_separable_optimum(name):
+    """A positive separable truth without noise: two searches (two hyperplanes of at most 30 points for
+    greedy, which fixes one coordinate) or three lines (greedy_line) reach the optimum."""
     s = SearchSpace({"a": range(6), "b": range(5), "c": range(4)})
     truth = (np.sin(s.X[:, 0]) + 1.5) * np.exp(-(s.X[:, 1] - 3) ** 2) * (1 + s.X[:, 2])
-    opt = algorithms.make("greedy", s, n_reps=4, seed=3)
-    for t in range(40):
+    opt = algorithms.make(name, s, n_reps=4, seed=3)
+    for t in range(60):
         x = opt.ask()
         opt.tell(x, truth[x])
     best = opt.best()
     assert np.all(truth[best] == truth.max())
 
 
-def test_greedy_lines_vary_one_dimension_and_never_the_same_twice_in_a_row():
+@pytest.mark.parametrize("name", ["greedy", "greedy_line"])
+def test_greedy_lines_vary_one_dimension_and_never_the_same_twice_in_a_row(name):
     """STAR Methods: test every value along one dimension, keep the best, then continue "along one
-    other selected dimension": each line of 6 queries varies one coordinate, consecutive lines differ."""
+    other selected dimension": each line of 6 queries varies one coordinate, consecutive lines differ.
+    In 2-D both variants search lines (fixing one coordinate of two leaves a line)."""
     s = SearchSpace({"a": range(6), "b": range(6)})
     truth = np.random.default_rng(0).random(s.n_points)
-    opt = algorithms.make("greedy", s, n_reps=8, seed=1)
+    opt = algorithms.make(name, s, n_reps=8, seed=1)
     pts = []
     for t in range(60):
         x = opt.ask()

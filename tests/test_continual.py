@@ -50,7 +50,7 @@ def test_lineages_are_independent_of_each_other(problem):
     assert three.slice(0, 2 * S * Q).equals(two)
 
 
-@pytest.mark.parametrize("algorithm", ["gpbo", "extensive"])
+@pytest.mark.parametrize("algorithm", ["gpbo", "extensive", "greedy"])
 def test_each_session_starts_from_what_the_previous_one_learned(problem, algorithm):
     chained = continual(problem, algorithm, n_lineages=L, seed=1, noise=0.1)
     # the next prior's argmax is what the session believed best: GP-BO's posterior-mean argmax,
@@ -65,7 +65,7 @@ def test_each_session_starts_from_what_the_previous_one_learned(problem, algorit
 def test_a_first_session_prior_sets_the_first_query(problem):
     prior = np.zeros(problem.space.n_points)
     prior[5] = 1.0
-    for algorithm in ("gpbo", "extensive"):
+    for algorithm in ("gpbo", "extensive", "greedy"):  # greedy: the start point is its first query
         t = continual(problem, algorithm, n_lineages=L, seed=2, prior=prior, n_sessions=1)
         assert set(t["point"].to_numpy().reshape(L, Q)[:, 0].tolist()) == {5}
 

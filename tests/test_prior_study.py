@@ -12,7 +12,7 @@ import pytest
 
 from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate
-from tests.launching import launch, results, run_module
+from tests.launching import launch, results, run_module, without_algorithm
 
 SMALL = {"n_subjects": 3, "n_values": 3, "seed": 5}
 
@@ -74,11 +74,20 @@ def test_tiny_prior_study_states_findings_draws_the_figure_and_reports_again(tmp
                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     path = Path(proc.stdout.strip().splitlines()[-1])
     summary = json.loads(path.read_text())
-    # 2 subjects x 2 quantities x 2 qualities x (GP-BO at 2 kappas + extensive + greedy)
-    assert summary["n_cells"] == 2 * 2 * 2 * 4 and summary["failed_cells"] == 0
+    # 2 subjects x 2 quantities x 2 qualities x (GP-BO at 2 kappas + extensive + both readings of greedy search)
+    assert summary["n_cells"] == 2 * 2 * 2 * 5 and summary["failed_cells"] == 0
     table = results(path.parent)
     assert set(table["dataset_prior_dims"].to_pylist()) == {0.0, 6.0}
-    assert len(summary["findings"]) == 5
+    assert len(summary["findings"]) == 7  # quality, quantity, recovery, ahead of each of 3 benchmarks, kappa
+    ahead = [f["finding"] for f in summary["findings"] if "in every condition" in f["finding"]]
+    assert [s.split(" ahead of ")[1] for s in ahead] == [
+        "prior-ranked extensive search in every condition",
+        "prior-started greedy search (companion code, hyperplane) in every condition",
+        "prior-started greedy search (STAR Methods line) in every condition",
+    ]
+    assert {(c["a"], c["b"]) for c in summary["comparisons"]} == {
+        ("gpbo_prior", b) for b in ("extensive", "greedy", "greedy_line")
+    }
     for f in summary["findings"]:
         assert set(f) == {"finding", "published", "holds", "numbers"}
         assert f["holds"] in (True, False, None) and "rule" in f["numbers"]
@@ -86,6 +95,7 @@ def test_tiny_prior_study_states_findings_draws_the_figure_and_reports_again(tmp
     assert study["quantities"] == [0, 6] and study["qualities"] == [-1.0, 1.0]
     gp = np.array(study["gpbo_auc"])
     assert gp.shape == (2, 2) and np.all(gp[0] == gp[0, 0])  # no prior: one baseline for every r
+    assert set(study["gpbo_minus"]) == {"extensive", "greedy", "greedy_line"}
     fig = path.parent / "figures" / "prior_study.png"
     assert fig.stat().st_size > 20_000
 
@@ -94,3 +104,12 @@ def test_tiny_prior_study_states_findings_draws_the_figure_and_reports_again(tmp
     assert again.returncode == 0, again.stderr
     assert fig.is_file()
     assert json.loads(path.read_text())["findings"] == summary["findings"]
+
+    # a run launched before greedy_line was in the experiment: reported with the benchmarks it has
+    older = without_algorithm(path.parent, tmp_path / "older", "greedy_line", config_too=True)
+    proc = run_module(tmp_path, "sweeps.report", f"run={older}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    old = json.loads((older / "summary.json").read_text())
+    assert len(old["findings"]) == 6 and not any("STAR Methods" in f["finding"] for f in old["findings"])
+    assert set(old["prior_study"]["gpbo_minus"]) == {"extensive", "greedy"}
+    assert (older / "figures" / "prior_study.png").is_file()

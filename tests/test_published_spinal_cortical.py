@@ -12,13 +12,13 @@ import pytest
 from neuro_opt.datasets import load
 from neuro_opt.space import SearchSpace
 from sweeps.analyses._common import pairwise_r, pearson, project
-from tests.launching import launch, run_module
+from tests.launching import launch, run_module, without_algorithm
 
 TINY = {
     "spinal_4d": ["n_reps=2", "n_queries=8", "dataset.n_subjects=2"],
     "cortical_5d": ["n_reps=2", "n_queries=5", "dataset.n_subjects=2", "dataset.n_repetitions=2"],
 }
-N_FINDINGS = {"spinal_4d": 7, "cortical_5d": 6}
+N_FINDINGS = {"spinal_4d": 7, "cortical_5d": 8}
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -42,6 +42,16 @@ def test_findings_and_figure(tiny):
     assert fig.stat().st_size > 50_000  # many panels, not an empty canvas
     if exp == "cortical_5d":
         assert set(summary["profiles"]) == {"duration", "frequency", "pulse_width", "spatial"}
+        # GP-BO vs each benchmark, both readings of greedy search included, with the published greedy numbers
+        assert {(c["a"], c["b"]) for c in summary["comparisons"]} == {
+            ("gpbo", b) for b in ("extensive", "greedy", "greedy_line")
+        }
+        line = [f for f in summary["findings"] if "greedy search (STAR Methods line)" in f["finding"]]
+        hyper = [f for f in summary["findings"] if "greedy search (companion code, hyperplane)" in f["finding"]]
+        assert len(line) == len(hyper) == 2
+        assert [f["published"] for f in line] == [f["published"] for f in hyper]
+        c = next(c for c in summary["comparisons"] if c["b"] == "greedy_line")
+        assert line[0]["numbers"]["points"] == round(c["exploration_points_final"], 2)
 
 
 def test_report_remakes_figure_and_findings(tiny):
@@ -54,6 +64,20 @@ def test_report_remakes_figure_and_findings(tiny):
     assert fig.stat().st_size > 50_000
     again = json.loads((run_dir / "summary.json").read_text())
     assert again["findings"] == summary["findings"]
+
+
+def test_cortical_report_without_greedy_line_leaves_its_findings_out(tiny):
+    """A launch that overrode grid.algorithm without greedy_line: report.compare still names it."""
+    exp, tmp, summary = tiny
+    if exp != "cortical_5d":
+        pytest.skip("greedy_line is a cortical_5d benchmark")
+    run_dir = without_algorithm(Path(summary["run_dir"]), tmp / "no_line", "greedy_line", config_too=False)
+    proc = run_module(tmp, "sweeps.report", f"run={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert len(again["findings"]) == 6 and not any("STAR Methods" in f["finding"] for f in again["findings"])
+    assert {c["b"] for c in again["comparisons"]} == {"extensive", "greedy"}
+    assert (run_dir / "figures" / "cortical_5d.png").is_file()
 
 
 def test_project_hand_made_map_with_a_masked_point():

@@ -16,7 +16,7 @@ from neuro_opt.datasets import load
 from neuro_opt.simulate import simulate, squared_correlation
 from sweeps.analyses._common import spearman
 from sweeps.results import read_curves
-from tests.launching import launch, results, run_module
+from tests.launching import launch, results, run_module, without_algorithm
 
 
 def report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -41,28 +41,50 @@ def smooth_run(tmp_path_factory):
 def test_smoothness_sweep_kappa_applies_to_gpbo_only_and_states_findings(smooth_run):
     tmp, path = smooth_run
     summary = json.loads(path.read_text())
-    # 3 subjects x (GP-BO at 3 kappas + extensive + greedy)
-    assert summary["n_cells"] == 15 and summary["failed_cells"] == 0
+    # 3 subjects x (GP-BO at 3 kappas + extensive + both readings of greedy search)
+    assert summary["n_cells"] == 18 and summary["failed_cells"] == 0
     table = results(path.parent)
     kappa = dict(zip(table["algorithm"].to_pylist(), table["algorithm_kappa"].to_pylist()))
-    assert kappa["extensive"] is None and kappa["greedy"] is None
+    assert kappa["extensive"] is None and kappa["greedy"] is None and kappa["greedy_line"] is None
     assert set(table.filter(pc.equal(table["algorithm"], "gpbo"))["algorithm_kappa"].to_pylist()) == {1.0, 3.0, 6.0}
-    # GP-BO at each kappa is compared with the one extensive / greedy search
+    # GP-BO at each kappa is compared with the one extensive / greedy / greedy_line search
     pairs = {(c["b"], c["params"]["algorithm.kappa"]) for c in summary["comparisons"]}
-    assert pairs == {(b, k) for b in ("extensive", "greedy") for k in (1.0, 3.0, 6.0)}
+    assert pairs == {(b, k) for b in ("extensive", "greedy", "greedy_line") for k in (1.0, 3.0, 6.0)}
     curves = read_curves(path.parent)  # the per-query curves live beside summary.json, not in it
     for i, g in enumerate(summary["groups"]):
         assert "per_query" not in g
         for name in ("exploration", "exploitation"):
             rows = curves.filter(pc.and_(pc.equal(curves["group"], i), pc.equal(curves["curve"], name)))
             assert rows["query"].to_pylist() == list(range(1, 16)) and rows["sem"].null_count == 0
-    _check_findings(summary, 4)
+    _check_findings(summary, 5)
+    # one "ahead" finding per benchmark, naming the reading of greedy search; line numbers = its comparison's
+    texts = [f["finding"] for f in summary["findings"]]
+    assert any("ahead of extensive search" in s for s in texts)
+    assert any("ahead of greedy search (companion code, hyperplane)" in s for s in texts)
+    line = next(f for f in summary["findings"] if "ahead of greedy search (STAR Methods line)" in f["finding"])
+    c = next(c for c in summary["comparisons"] if c["b"] == "greedy_line" and c["params"]["algorithm.kappa"] == 3.0)
+    assert line["numbers"]["exploration_points"] == round(c["exploration_points_final"], 2)
+    trend = next(f for f in summary["findings"] if "grows with smoothness" in f["finding"])["numbers"]
+    assert {"spearman_rho_vs_greedy", "spearman_rho_vs_greedy_line"} <= set(trend)
     smooth = summary["smoothness"]
+    assert set(smooth["final_exploration"]) == {"gpbo", "extensive", "greedy", "greedy_line"}
     # the best kappa is the argmax of the per-subject finals reported next to it
     by_k = smooth["gpbo_final_exploration_by_kappa"]
     for i, best in enumerate(smooth["best_kappa"]):
         assert by_k[str(best)][i] == max(by_k[k][i] for k in by_k)
     assert (path.parent / "figures" / "smoothness_sweep.png").stat().st_size > 20_000
+
+
+def test_smoothness_report_of_a_run_launched_before_greedy_line(smooth_run):
+    tmp, path = smooth_run
+    older = without_algorithm(path.parent, tmp / "older", "greedy_line", config_too=True)
+    proc = report(tmp, f"run={older}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((older / "summary.json").read_text())
+    _check_findings(summary, 4)
+    assert not any("STAR Methods" in f["finding"] for f in summary["findings"])
+    assert set(summary["smoothness"]["final_exploration"]) == {"gpbo", "extensive", "greedy"}
+    assert (older / "figures" / "smoothness_sweep.png").is_file()
 
 
 def test_report_remakes_figures_from_folder_and_from_mlflow_run_id(smooth_run):

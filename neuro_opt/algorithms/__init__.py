@@ -2,8 +2,10 @@
 
 ``make(name, space, n_reps, seed, prior=None, **hyperparameters)`` builds one:
 ``gpbo`` (variable-rho unless ``mode="fixed"``), ``gpbo_fixed_rho``,
-``extensive``, ``greedy``; ``gpbo_botorch``: the same variable-rho GP-BO as a plain
-BoTorch loop, one fitted ``SingleTaskGP`` per replicate per query (the engine's reference).
+``extensive``, ``greedy`` (as the papers' companion code runs it, the default benchmark) and
+``greedy_line`` (the STAR Methods' line search; the same as ``greedy`` in 2-D); ``gpbo_botorch``:
+the same variable-rho GP-BO as a plain BoTorch loop, one fitted ``SingleTaskGP`` per replicate per
+query (the engine's reference).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from neuro_opt.algorithms.base import Optimizer
 from neuro_opt.algorithms.botorch_reference import BotorchGPBO
 from neuro_opt.algorithms.extensive import ExtensiveSearch
 from neuro_opt.algorithms.gpbo import GPBO
-from neuro_opt.algorithms.greedy import GreedySearch
+from neuro_opt.algorithms.greedy import GreedyLineSearch, GreedySearch
 from neuro_opt.space import SearchSpace
 
 _REGISTRY: dict[str, Callable[..., Optimizer]] = {
@@ -27,6 +29,7 @@ _REGISTRY: dict[str, Callable[..., Optimizer]] = {
     "gpbo_fixed_rho": lambda *a, **kw: GPBO(*a, **{"mode": "fixed", **kw}),
     "extensive": ExtensiveSearch,
     "greedy": GreedySearch,
+    "greedy_line": GreedyLineSearch,
     "gpbo_botorch": BotorchGPBO,
 }
 
@@ -98,6 +101,7 @@ __all__ = [
     "GPBO",
     "ExtensiveSearch",
     "GreedySearch",
+    "GreedyLineSearch",
     "BotorchGPBO",
     "make",
     "available",
