@@ -7,16 +7,36 @@ boundaries (Ray) and lands in Parquet without any live object.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from neuro_opt import algorithms
+from neuro_opt.algorithms.blocks import BlockGenerator
 from neuro_opt.datasets.base import Problem, sample_responses
 from neuro_opt.trace import TRACE_SCHEMA, trace_table
 
-__all__ = ["TRACE_SCHEMA", "simulate", "squared_correlation", "curves"]
+__all__ = ["TRACE_SCHEMA", "Block", "simulate", "simulate_batch", "squared_correlation", "curves"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One problem's replicates in a batch of :func:`simulate_batch`.
+
+    Attributes:
+        problem: the ground truth and, for repetition modes, the recordings.
+        n_reps: replicates of this problem.
+        seed: int or SeedSequence; the block's algorithm draws and responses get independent
+            child streams of it, exactly as :func:`simulate` gives them.
+        noise: Gaussian noise std as a fraction of the maximum response (Fig. S3).
+    """
+
+    problem: Problem
+    n_reps: int
+    seed: int | np.random.SeedSequence = 0
+    noise: float = 0.0
 
 
 def simulate(
@@ -56,46 +76,154 @@ def simulate(
         Arrow table (``TRACE_SCHEMA``, plus ``map_r2`` and ``posterior`` with
         ``record_map``), ``n_reps x n_queries`` rows.
     """
-    P = problem.space.n_points
+    block = Block(problem, n_reps, seed, noise)
+    return simulate_batch(
+        [block],
+        algorithm,
+        n_queries,
+        response_mode=response_mode,
+        use_prior=use_prior,
+        hyperparameters=hyperparameters,
+        progress=progress,
+        record_map=record_map,
+    )[0]
+
+
+def simulate_batch(
+    blocks: Sequence[Block],
+    algorithm: str,
+    n_queries: int | None = None,
+    response_mode: str = "gaussian",
+    use_prior: bool = False,
+    hyperparameters: dict[str, Any] | None = None,
+    progress: Callable[[int], object] | None = None,
+    record_map: bool = False,
+) -> list[pa.Table]:
+    """Run several problems' replicates as one engine batch; block ``i``'s table is the one
+    :func:`simulate` gives for ``blocks[i]`` alone (same rows, same values).
+
+    The problems must share a search space (the muscles of a subject, one problem at several noise
+    levels). The batch pays the per-query overhead of the engine once for all blocks, and each
+    block keeps its own random streams (:class:`~neuro_opt.algorithms.blocks.BlockGenerator`).
+    An algorithm whose draws are not batch-shaped (``algorithms.batch_draws``), or a run with
+    ``use_prior`` (one prior per batch), runs its blocks one after another instead: same results.
+
+    Args:
+        blocks: ``k`` blocks (problem, replicates, seed, noise).
+        algorithm, n_queries, response_mode, use_prior, hyperparameters, progress, record_map:
+            as :func:`simulate`, for every block.
+
+    Returns:
+        ``k`` Arrow tables, one per block, as :func:`simulate` returns them.
+    """
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError("simulate_batch needs at least one block")
+    space = blocks[0].problem.space
+    for i, blk in enumerate(blocks):
+        if not isinstance(blk.n_reps, (int, np.integer)) or blk.n_reps < 1:
+            raise ValueError(f"block {i}: n_reps must be an integer >= 1, got {blk.n_reps!r}")
+        if not (np.isfinite(blk.noise) and blk.noise >= 0):
+            raise ValueError(f"block {i}: noise level must be >= 0, got {blk.noise!r}")
+        if i and not _same_space(blk.problem.space, space):
+            raise ValueError(
+                f"block {i} (problem {blk.problem.key!r}) has another search space than block 0 "
+                f"(problem {blocks[0].problem.key!r}); a batch shares one space"
+            )
+    P = space.n_points
     if n_queries is None:
         n_queries = P
     if not isinstance(n_queries, (int, np.integer)) or n_queries < 1:
         raise ValueError(f"n_queries must be a positive integer, got {n_queries!r}")
-    if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise level must be >= 0, got {noise!r}")
-    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    s_alg, s_resp = ss.spawn(2)
-    prior = problem.prior if use_prior else None
-    if use_prior and prior is None and problem.meta.get("prior_dims") != []:  # [] = no prior by design
-        raise ValueError(f"use_prior is set but problem {problem.key!r} has no prior")
-    hp = dict(hyperparameters or {})
+    if use_prior:
+        for blk in blocks:
+            if blk.problem.prior is None and blk.problem.meta.get("prior_dims") != []:  # [] = no prior by design
+                raise ValueError(f"use_prior is set but problem {blk.problem.key!r} has no prior")
+    if len(blocks) > 1 and (use_prior or not algorithms.batch_draws(algorithm)):
+        return [
+            simulate_batch([blk], algorithm, n_queries, response_mode, use_prior, hyperparameters, None, record_map)[0]
+            for blk in blocks
+        ]
+    return _run(
+        blocks, algorithm, int(n_queries), response_mode, use_prior, dict(hyperparameters or {}), progress, record_map
+    )
+
+
+def _same_space(a, b) -> bool:
+    return a is b or (a.X.shape == b.X.shape and np.array_equal(a.X, b.X))
+
+
+def _run(blocks, algorithm, n_queries, response_mode, use_prior, hp, progress, record_map) -> list[pa.Table]:
+    """The query loop of :func:`simulate_batch` (its arguments checked)."""
+    sizes = [int(blk.n_reps) for blk in blocks]
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    rows = [slice(int(a), int(z)) for a, z in zip(edges[:-1], edges[1:])]
+    streams = []  # per block: (algorithm stream, response stream), as simulate spawns them
+    for blk in blocks:
+        ss = blk.seed if isinstance(blk.seed, np.random.SeedSequence) else np.random.SeedSequence(blk.seed)
+        streams.append(ss.spawn(2))
+    problem0 = blocks[0].problem
+    prior = problem0.prior if use_prior else None  # one block when use_prior (simulate_batch)
     if algorithm.startswith("gpbo"):
         hp.setdefault("capacity", n_queries)
-    opt = algorithms.make(algorithm, problem.space, n_reps=n_reps, seed=s_alg, prior=prior, **hp)
-    rng = np.random.default_rng(s_resp)
-    pts = np.empty((n_reps, n_queries), dtype=np.int64)
-    resp = np.empty((n_reps, n_queries))
-    best = np.empty((n_reps, n_queries), dtype=np.int64)
-    explore = np.empty((n_reps, n_queries))
-    exploit = np.empty((n_reps, n_queries))
+    if len(blocks) == 1:
+        alg_rng: Any = streams[0][0]
+    else:
+        alg_rng = BlockGenerator([np.random.default_rng(s) for s, _ in streams], sizes)
+    b = int(edges[-1])
+    opt = algorithms.make(algorithm, problem0.space, n_reps=b, seed=alg_rng, prior=prior, **hp)
+    resp_rng = [np.random.default_rng(r) for _, r in streams]
+    pts = np.empty((b, n_queries), dtype=np.int64)
+    resp = np.empty((b, n_queries))
+    best = np.empty((b, n_queries), dtype=np.int64)
+    explore = np.empty((b, n_queries))
+    exploit = np.empty((b, n_queries))
     model = opt if record_map and hasattr(opt, "posterior") else None  # None: no map to record
-    map_r2 = np.full((n_reps, n_queries), np.nan)
+    map_r2 = np.full((b, n_queries), np.nan)
+    y = np.empty(b)
     for t in range(n_queries):
-        truth = problem.truth_at(t)
+        truths = [blk.problem.truth_at(t) for blk in blocks]
         x = opt.ask()
-        y = sample_responses(
-            problem, x, rng, noise=noise, mode=response_mode, truth=None if problem.stationary else truth
-        )
-        opt.tell(x, y)
-        b = opt.best()
-        top = truth.max()
-        pts[:, t], resp[:, t], best[:, t] = x, y, b
-        explore[:, t] = truth[b] / top if top > 0 else 0.0
-        exploit[:, t] = truth[x] / top if top > 0 else 0.0
-        if model is not None:
-            map_r2[:, t] = squared_correlation(model.posterior()[0], truth)
+        for blk, sl, rng, truth in zip(blocks, rows, resp_rng, truths):
+            y[sl] = sample_responses(
+                blk.problem,
+                x[sl],
+                rng,
+                noise=blk.noise,
+                mode=response_mode,
+                truth=None if blk.problem.stationary else truth,
+            )
+        opt.tell(x, y.copy())
+        bst = opt.best()
+        pts[:, t], resp[:, t], best[:, t] = x, y, bst
+        post = model.posterior()[0] if model is not None else None
+        for sl, truth in zip(rows, truths):
+            top = truth.max()
+            explore[sl, t] = truth[bst[sl]] / top if top > 0 else 0.0
+            exploit[sl, t] = truth[x[sl]] / top if top > 0 else 0.0
+            if post is not None:
+                map_r2[sl, t] = squared_correlation(post[sl], truth)
         if progress is not None:
             progress(t + 1)
+    final = np.asarray(model.posterior()[0], dtype=np.float32) if model is not None else None
+    return [
+        _trace(
+            pts[sl],
+            resp[sl],
+            best[sl],
+            explore[sl],
+            exploit[sl],
+            map_r2[sl],
+            None if final is None else final[sl],
+            record_map,
+        )
+        for sl in rows
+    ]
+
+
+def _trace(pts, resp, best, explore, exploit, map_r2, final, record_map) -> pa.Table:
+    """One block's trace table from its ``n_reps x n_queries`` arrays (``final``: ``n_reps x P``)."""
+    n_reps, n_queries = pts.shape
     reps = np.repeat(np.arange(n_reps), n_queries)
     queries = np.tile(np.arange(1, n_queries + 1), n_reps)
     table = trace_table(
@@ -112,8 +240,7 @@ def simulate(
     if not record_map:
         return table
     maps: list[np.ndarray | None] = [None] * (n_reps * n_queries)
-    if model is not None:
-        final = np.asarray(model.posterior()[0], dtype=np.float32)
+    if final is not None:
         for r in range(n_reps):
             maps[(r + 1) * n_queries - 1] = final[r]
     table = table.append_column("map_r2", pa.array(map_r2.ravel(), pa.float64(), mask=np.isnan(map_r2.ravel())))

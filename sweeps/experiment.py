@@ -55,6 +55,19 @@ class Experiment(ABC):
         """Driver-side data a cell reads (put in Ray's object store once per dataset and problem)."""
         return None
 
+    def batch_key(self, payload: dict, data: Any) -> str | None:
+        """Cells with one key may run together in one task (:meth:`run_batch`), up to
+        ``cluster.batch_reps`` replicates; None: the cell runs alone."""
+        return None
+
+    def batch_size(self, payload: dict) -> int:
+        """What a cell counts towards ``cluster.batch_reps`` (its replicates)."""
+        return 1
+
+    def run_batch(self, payloads: list[dict], seed_sequences: list, data: list) -> list[pa.Table]:
+        """Run cells of one batch key in one task; each table must be the one :meth:`run_cell` gives."""
+        return [self.run_cell(p, s, d) for p, s, d in zip(payloads, seed_sequences, data)]
+
     @abstractmethod
     def run_cell(self, payload: dict, seed_sequence: np.random.SeedSequence, data: Any) -> pa.Table:
         """Run one cell inside a Ray task; returns its rows (any schema the report reads)."""

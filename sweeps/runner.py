@@ -106,15 +106,23 @@ def _fan_out(cfg: DictConfig, experiment: Experiment, cells: list, pending: list
     import ray
     from tqdm import tqdm
 
-    task = ray.remote(_execute).options(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
+    opts = dict(num_cpus=cfg.cluster.cpus_per_cell, max_retries=cfg.cluster.max_retries)
+    task, batch_task = ray.remote(_execute).options(**opts), ray.remote(_execute_batch).options(**opts)
+    data = CellData(experiment)
     refs_of_data: dict[str, object] = {}
-    futures = {}
-    for c in pending:
-        dkey = grid.stable_hash([c.payload.get("dataset"), c.payload.get("muscle")])
-        if dkey not in refs_of_data:
-            refs_of_data[dkey] = ray.put(experiment.data_for(c.payload))
-        ent = list(c.seed_sequence(cfg.seed).entropy)
-        futures[task.remote(cfg.kind, c.key, c.coords, c.payload, ent, refs_of_data[dkey])] = c
+    futures: dict = {}  # task ref -> the cells it runs
+    for group in batches(experiment, pending, cfg.cluster.batch_reps, data):
+        refs = []
+        for c in group:
+            dkey = data.key(c)
+            if dkey not in refs_of_data:
+                refs_of_data[dkey] = ray.put(data(c))
+            refs.append(refs_of_data[dkey])
+        specs = [(c.key, c.coords, c.payload, list(c.seed_sequence(cfg.seed).entropy)) for c in group]
+        if len(group) == 1:
+            futures[task.remote(cfg.kind, *specs[0], refs[0])] = group
+        else:
+            futures[batch_task.remote(cfg.kind, specs, *refs)] = group
     failures: list[dict] = []
     bar = tqdm(
         total=len(cells),
@@ -128,20 +136,72 @@ def _fan_out(cfg: DictConfig, experiment: Experiment, cells: list, pending: list
     waiting = list(futures)
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=1)
-        cell = futures[ready[0]]
+        group = futures[ready[0]]
         try:
-            store.write(cell.key, ray.get(ready[0]))
-        except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the sweep
-            failures.append({"cell": cell.key, "coords": cell.coords, "error": _short(exc)})
-        bar.update(1)
+            out = ray.get(ready[0])
+            tables = out if isinstance(out, list) else [out]
+            for cell, table in zip(group, tables):
+                store.write(cell.key, table)
+        except Exception as exc:  # noqa: BLE001 - one failed task must not stop the sweep
+            failures += [{"cell": c.key, "coords": c.coords, "error": _short(exc)} for c in group]
+        bar.update(len(group))
         bar.set_postfix(failed=len(failures))
     bar.close()
     return failures
 
 
-def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: list, data):
-    """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
+class CellData:
+    """A cell's driver-side data (``experiment.data_for``), made once per dataset and problem."""
+
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+        self.made: dict[str, object] = {}
+
+    @staticmethod
+    def key(cell) -> str:
+        return grid.stable_hash([cell.payload.get("dataset"), cell.payload.get("muscle")])
+
+    def __call__(self, cell):
+        k = self.key(cell)
+        if k not in self.made:
+            self.made[k] = self.experiment.data_for(cell.payload)
+        return self.made[k]
+
+
+def batches(experiment: Experiment, cells: list, batch_reps: int, data: CellData) -> list[list]:
+    """The cells in tasks: cells with one ``experiment.batch_key`` are packed, in grid order, into
+    tasks of up to ``batch_reps`` replicates (``experiment.batch_size``); the rest run alone.
+    A function of the cells and ``batch_reps`` only, not of the workers, so a seed gives the same
+    tasks on any cluster."""
+    open_: dict[str, list] = {}
+    groups: list[list] = []
+    for c in cells:
+        key = experiment.batch_key(c.payload, data(c)) if batch_reps > 0 else None
+        if key is None:
+            groups.append([c])
+            continue
+        size = experiment.batch_size(c.payload)
+        group = open_.get(key)
+        if group is None or sum(experiment.batch_size(g.payload) for g in group) + size > batch_reps:
+            group = open_[key] = []
+            groups.append(group)
+        group.append(c)
+    return groups
+
+
+def _execute_batch(kind_name: str, specs: list, *data):
+    """Body of a Ray task that runs several cells as one batch (``experiment.run_batch``); returns
+    their tables, each tagged as :func:`_execute` tags one."""
     import numpy as np
+
+    experiment = _prepare_worker(kind_name)
+    seeds = [np.random.SeedSequence(ent) for _, _, _, ent in specs]
+    tables = experiment.run_batch([p for _, _, p, _ in specs], seeds, list(data))
+    return [coord_columns(t, key, coords) for t, (key, coords, _, _) in zip(tables, specs)]
+
+
+def _prepare_worker(kind_name: str) -> Experiment:
+    """A task's setup: subnormals flushed, torch threads = the task's CPUs; returns the experiment."""
     import torch
 
     from neuro_opt.gp.linalg import flush_denormals_for_process
@@ -156,6 +216,14 @@ def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: lis
         pass
     experiment = kinds.get(kind_name)
     assert isinstance(experiment, Experiment)  # build_cells checked it on the driver
+    return experiment
+
+
+def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: list, data):
+    """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
+    import numpy as np
+
+    experiment = _prepare_worker(kind_name)
     table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
     return coord_columns(table, key, coords)
 
@@ -211,6 +279,11 @@ def check_cpus(cfg: DictConfig) -> None:
     if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
         raise ConfigError(
             f"cluster.num_cpus={cfg.cluster.num_cpus}: a local Ray needs at least 1 CPU (null: all of this machine's)"
+        )
+    reps = cfg.cluster.batch_reps
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 0:
+        raise ConfigError(
+            f"cluster.batch_reps={reps!r}: expected an integer >= 0 (replicates per engine batch; 0: one task per cell)"
         )
     if cfg.cluster.address:
         return

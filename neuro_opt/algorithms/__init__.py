@@ -62,14 +62,24 @@ _COMMON = ("self", "space", "n_reps", "seed", "prior")
 _NUMBERS = {"float": "a number", "int": "an integer"}
 
 
+def _class_of(name: str) -> type[Optimizer]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
+    # every entry but gpbo_fixed_rho (a lambda) is an Optimizer class
+    return GPBO if name == "gpbo_fixed_rho" else cast(type[Optimizer], _REGISTRY[name])
+
+
+def batch_draws(name: str) -> bool:
+    """Whether optimizer ``name`` draws every random number for the whole batch at once, so that the
+    replicates of several problems can share one batch (:func:`neuro_opt.simulate.simulate_batch`)."""
+    return bool(_class_of(name).batch_draws)
+
+
 def parameters(name: str) -> dict[str, inspect.Parameter] | None:
     """The hyperparameters optimizer ``name`` takes, read from its constructor's signature
     (None: it takes any keyword). The one description of them: :func:`check_hyperparameters` and the
     sweep configs' typed schema (``sweeps.config``) both read it."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
-    # every entry but gpbo_fixed_rho (a lambda) is an Optimizer class
-    target = GPBO if name == "gpbo_fixed_rho" else cast(type[Optimizer], _REGISTRY[name])
+    target = _class_of(name)
     params = {k: p for k, p in inspect.signature(target.__init__).parameters.items() if k not in _COMMON}
     return None if any(p.kind == p.VAR_KEYWORD for p in params.values()) else params
 
@@ -105,6 +115,7 @@ __all__ = [
     "BotorchGPBO",
     "make",
     "available",
+    "batch_draws",
     "argmax_random_ties",
     "check_hyperparameters",
     "parameters",

@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from neuro_opt.acquisition import argmax_random_ties
+from neuro_opt.algorithms.blocks import BlockGenerator
 from neuro_opt.space import SearchSpace
 
 
 def make_rng(seed) -> np.random.Generator:
-    """A numpy Generator from an int, a SeedSequence or a Generator."""
-    if isinstance(seed, np.random.Generator):
-        return seed
+    """A numpy Generator from an int, a SeedSequence or a Generator (a
+    :class:`~neuro_opt.algorithms.blocks.BlockGenerator` is kept as it is)."""
+    if isinstance(seed, (np.random.Generator, BlockGenerator)):
+        return seed  # type: ignore[return-value]  # BlockGenerator: the batch-shaped draws of a Generator
     return np.random.default_rng(seed)
 
 
@@ -33,6 +35,9 @@ class Optimizer:
     """
 
     name = "base"
+    # True when every random draw covers the whole batch at once (first axis = replicates), so the
+    # replicates of several problems can share one batch with a BlockGenerator (simulate_batch)
+    batch_draws = False
 
     def __init__(self, space: SearchSpace, n_reps: int = 1, seed=0, prior=None):
         if n_reps < 1:

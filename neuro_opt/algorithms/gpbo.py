@@ -46,6 +46,7 @@ class GPBO(ModelOptimizer):
     """
 
     name = "gpbo"
+    batch_draws = True  # ask_first/ask_initial: integers(.., b); ties: random((b, P))
 
     def __init__(
         self,

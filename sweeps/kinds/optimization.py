@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 from neuro_opt import algorithms, metrics
 from neuro_opt.datasets import Dataset
 from neuro_opt.datasets import load as load_dataset
-from neuro_opt.simulate import simulate
+from neuro_opt.simulate import Block, simulate, simulate_batch
 from sweeps import plots
 from sweeps.experiment import Experiment
 from sweeps.schema import ConfigError, as_dict
@@ -107,6 +108,41 @@ class OptimizationKind(DatasetKind):
                 raise ConfigError(
                     f"use_prior=true but problem {problem.key!r} of dataset {p['dataset']['name']!r} has no prior map"
                 )
+
+    def batch_key(self, payload: dict, problem) -> str | None:
+        """Cells that differ only in problem (of one search space), noise level or seed share a key:
+        their replicates run as one engine batch (simulate_batch; the same results as apart)."""
+        from sweeps.grid import stable_hash
+
+        name = payload["algorithm"]["name"]
+        if payload["use_prior"] or not algorithms.batch_draws(name):
+            return None
+        shared = {k: v for k, v in payload.items() if k not in ("muscle", "noise", "n_reps", "seed")}
+        space = problem.space.X
+        return stable_hash([shared, list(space.shape), hashlib.sha1(np.ascontiguousarray(space).tobytes()).hexdigest()])
+
+    def batch_size(self, payload: dict) -> int:
+        return int(payload["n_reps"])
+
+    @staticmethod
+    def run_batch(payloads: list[dict], seed_sequences: list, problems: list) -> list[pa.Table]:
+        """Cells of one batch key (see :meth:`batch_key`) as one :func:`simulate_batch`."""
+        first = payloads[0]
+        alg = dict(first["algorithm"])
+        name = alg.pop("name")
+        blocks = [
+            Block(problem, p["n_reps"], ss, float(p["noise"]))
+            for p, ss, problem in zip(payloads, seed_sequences, problems)
+        ]
+        return simulate_batch(
+            blocks,
+            name,
+            n_queries=first["n_queries"],
+            response_mode=first["response_mode"],
+            use_prior=first["use_prior"],
+            hyperparameters=alg,
+            record_map=bool(first.get("record_map", False)),
+        )
 
     # --------------------------------------------------------------- worker side
     @staticmethod
