@@ -91,14 +91,33 @@ def test_a_sweep_batched_across_cells_equals_one_task_per_cell(tmp_path):
     tiny = ["+exp=noise_sweep", "n_reps=3", "n_queries=10", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1",
             "dataset.n_muscles=2", "grid.algorithm=[gpbo]", "progress=false", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
     runs = {}
-    for reps in (0, 6, 256):  # one task per cell; tasks of two cells; one task for all four
+    for reps in (0, 6):  # one task per cell; two tasks of two cells (3 replicates each)
         proc = launch(tmp_path, *tiny, f"cluster.batch_reps={reps}")
         runs[reps] = results(Path(json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())["run_dir"]))
     assert runs[0].num_rows == 4 * 3 * 10
-    assert runs[6].equals(runs[0]) and runs[256].equals(runs[0])
+    assert runs[6].equals(runs[0])
 
 
 def test_a_negative_batch_size_is_refused_before_any_work(tmp_path):
     proc = launch(tmp_path, "+exp=noise_sweep", "cluster.batch_reps=-1", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cluster.batch_reps=-1: expected an integer >= 0" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_runner_packs_gpbo_cells_of_one_space_and_runs_the_rest_alone():
+    from sweeps import kinds
+    from sweeps.runner import CellData, batches
+    from tests.test_config import composed
+
+    overrides = ["+exp=noise_sweep", "n_reps=3", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1", "dataset.n_muscles=3",
+                 "grid.algorithm=[gpbo,extensive]"]
+    from sweeps.runner import build_cells
+
+    experiment, cells = build_cells(composed(*overrides), overrides)
+    assert experiment is kinds.get("optimization") and len(cells) == 12
+    for reps, sizes in ((0, [1] * 12), (9, [3, 3] + [1] * 6), (256, [6] + [1] * 6)):
+        groups = batches(experiment, cells, reps, CellData(experiment))
+        assert sorted((len(g) for g in groups), reverse=True) == sizes, reps
+        for g in groups:  # a task holds one algorithm's cells only, in grid order
+            assert len({c.payload["algorithm"]["name"] for c in g}) == 1
+            assert len(g) == 1 or g[0].payload["algorithm"]["name"] == "gpbo"

@@ -117,7 +117,7 @@ class OptimizationKind(DatasetKind):
         name = payload["algorithm"]["name"]
         if payload["use_prior"] or not algorithms.batch_draws(name):
             return None
-        shared = {k: v for k, v in payload.items() if k not in ("muscle", "noise", "n_reps", "seed")}
+        shared = {k: v for k, v in payload.items() if k not in ("muscle", "noise", "n_reps", "seed", "coords")}
         space = problem.space.X
         return stable_hash([shared, list(space.shape), hashlib.sha1(np.ascontiguousarray(space).tobytes()).hexdigest()])
 

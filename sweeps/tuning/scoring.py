@@ -12,10 +12,11 @@ from sweeps.tuning.space import Objective
 # scoring on Ray
 # =============================================================================================
 def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
-    """Ray task body: one batched ``simulate`` call per problem; returns the curves only."""
+    """Ray task body: the problems' replicates as one engine batch (``simulate_batch``, the same
+    runs as one ``simulate`` per problem); returns the curves only."""
     import torch
 
-    from neuro_opt.simulate import curves, simulate
+    from neuro_opt.simulate import Block, curves, simulate_batch
 
     try:
         import ray
@@ -26,19 +27,16 @@ def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
         pass
     alg = dict(algorithm)
     name = alg.pop("name")
+    traces = simulate_batch(
+        [Block(problem, run["n_reps"], ss, run["noise"]) for problem, ss in zip(problems, seeds)],
+        name,
+        n_queries=run["n_queries"],
+        response_mode=run["response_mode"],
+        use_prior=run["use_prior"],
+        hyperparameters=alg,
+    )
     out = []
-    for problem, ss in zip(problems, seeds):
-        trace = simulate(
-            problem,
-            name,
-            n_reps=run["n_reps"],
-            n_queries=run["n_queries"],
-            seed=ss,
-            noise=run["noise"],
-            response_mode=run["response_mode"],
-            use_prior=run["use_prior"],
-            hyperparameters=alg,
-        )
+    for problem, trace in zip(problems, traces):
         out.append(
             {
                 "key": problem.key,
