@@ -17,7 +17,8 @@ TRACE = ("rep", "query", "point", "response", "best", "exploration", "exploitati
 
 
 def _blocks(ds, keys, reps, noises, tag):
-    return [Block(ds[k], n, np.random.SeedSequence([tag, i]), nz) for i, (k, n, nz) in enumerate(zip(keys, reps, noises))]
+    rows = enumerate(zip(keys, reps, noises))
+    return [Block(ds[k], n, np.random.SeedSequence([tag, i]), nz) for i, (k, n, nz) in rows]
 
 
 def _apart(blk, i, tag, algorithm, **kw):
@@ -106,13 +107,11 @@ def test_a_negative_batch_size_is_refused_before_any_work(tmp_path):
 
 def test_the_runner_packs_gpbo_cells_of_one_space_and_runs_the_rest_alone():
     from sweeps import kinds
-    from sweeps.runner import CellData, batches
+    from sweeps.runner import CellData, batches, build_cells
     from tests.test_config import composed
 
     overrides = ["+exp=noise_sweep", "n_reps=3", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1", "dataset.n_muscles=3",
                  "grid.algorithm=[gpbo,extensive]"]
-    from sweeps.runner import build_cells
-
     experiment, cells = build_cells(composed(*overrides), overrides)
     assert experiment is kinds.get("optimization") and len(cells) == 12
     for reps, sizes in ((0, [1] * 12), (9, [3, 3] + [1] * 6), (256, [6] + [1] * 6)):
