@@ -56,7 +56,7 @@ class Experiment(ABC):
         return None
 
     def batch_key(self, payload: dict, data: Any) -> str | None:
-        """Cells with one key may run together in one task (:meth:`run_batch`), up to
+        """Cells with one key may run together in one task (:meth:`run_batch`), of at most about
         ``cluster.batch_reps`` replicates; None: the cell runs alone."""
         return None
 

@@ -169,24 +169,31 @@ class CellData:
 
 
 def batches(experiment: Experiment, cells: list, batch_reps: int, data: CellData) -> list[list]:
-    """The cells in tasks: cells with one ``experiment.batch_key`` are packed, in grid order, into
-    tasks of up to ``batch_reps`` replicates (``experiment.batch_size``); the rest run alone.
-    A function of the cells and ``batch_reps`` only, not of the workers, so a seed gives the same
-    tasks on any cluster."""
-    open_: dict[str, list] = {}
-    groups: list[list] = []
+    """The cells in tasks: the cells of one ``experiment.batch_key`` are split, in grid order, into
+    the fewest tasks of about equal size that keep each near ``batch_reps`` replicates
+    (``experiment.batch_size``); the rest run alone. Batched tasks come first (the longest work
+    starts first). A function of the cells and ``batch_reps`` only, not of the workers, so a seed
+    gives the same tasks on any cluster."""
+    keyed: dict[str, list] = {}
+    alone: list[list] = []
     for c in cells:
         key = experiment.batch_key(c.payload, data(c)) if batch_reps > 0 else None
         if key is None:
-            groups.append([c])
-            continue
-        size = experiment.batch_size(c.payload)
-        group = open_.get(key)
-        if group is None or sum(experiment.batch_size(g.payload) for g in group) + size > batch_reps:
-            group = open_[key] = []
-            groups.append(group)
-        group.append(c)
-    return groups
+            alone.append([c])
+        else:
+            keyed.setdefault(key, []).append(c)
+    groups: list[list] = []
+    for members in keyed.values():
+        sizes = [experiment.batch_size(c.payload) for c in members]
+        total = sum(sizes)
+        n = -(-total // batch_reps)  # ceil
+        chunks: list[list] = [[] for _ in range(n)]
+        before = 0
+        for c, size in zip(members, sizes):
+            chunks[min(n - 1, before * n // total)].append(c)
+            before += size
+        groups += [g for g in chunks if g]
+    return groups + alone
 
 
 def _execute_batch(kind_name: str, specs: list, *data):

@@ -54,7 +54,7 @@ class ClusterConfig:
     address: Optional[str] = None
     num_cpus: Optional[int] = None
     cpus_per_cell: float = 1.0
-    batch_reps: int = 256  # cells that share a search space run as one engine batch of up to this many replicates
+    batch_reps: int = 256  # cells that share a search space run as engine batches of at most about this many replicates
     max_retries: int = 3
     runtime_env: Dict[str, Any] = field(default_factory=dict)
 

@@ -89,8 +89,17 @@ def test_block_generator_splits_only_batch_shaped_draws():
 
 
 def test_a_sweep_batched_across_cells_equals_one_task_per_cell(tmp_path):
-    tiny = ["+exp=noise_sweep", "n_reps=3", "n_queries=10", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1",
-            "dataset.n_muscles=2", "grid.algorithm=[gpbo]", "progress=false", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    tiny = [
+        "+exp=noise_sweep",
+        "n_reps=3",
+        "n_queries=10",
+        "grid.noise=[0.0,0.5]",
+        "dataset.n_subjects=1",
+        "dataset.n_muscles=2",
+        "grid.algorithm=[gpbo]",
+        "progress=false",
+        f"tracking.uri=sqlite:///{tmp_path}/m.db",
+    ]
     runs = {}
     for reps in (0, 6):  # one task per cell; two tasks of two cells (3 replicates each)
         proc = launch(tmp_path, *tiny, f"cluster.batch_reps={reps}")
@@ -110,11 +119,17 @@ def test_the_runner_packs_gpbo_cells_of_one_space_and_runs_the_rest_alone():
     from sweeps.runner import CellData, batches, build_cells
     from tests.test_config import composed
 
-    overrides = ["+exp=noise_sweep", "n_reps=3", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1", "dataset.n_muscles=3",
-                 "grid.algorithm=[gpbo,extensive]"]
+    overrides = [
+        "+exp=noise_sweep",
+        "n_reps=3",
+        "grid.noise=[0.0,0.5]",
+        "dataset.n_subjects=1",
+        "dataset.n_muscles=3",
+        "grid.algorithm=[gpbo,extensive]",
+    ]
     experiment, cells = build_cells(composed(*overrides), overrides)
     assert experiment is kinds.get("optimization") and len(cells) == 12
-    for reps, sizes in ((0, [1] * 12), (9, [3, 3] + [1] * 6), (256, [6] + [1] * 6)):
+    for reps, sizes in ((0, [1] * 12), (9, [3, 3] + [1] * 6), (10, [3, 3] + [1] * 6), (256, [6] + [1] * 6)):
         groups = batches(experiment, cells, reps, CellData(experiment))
         assert sorted((len(g) for g in groups), reverse=True) == sizes, reps
         for g in groups:  # a task holds one algorithm's cells only, in grid order
