@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from sweeps import config, grid, kinds, results
 from sweeps.experiment import DriveExperiment, Experiment
-from sweeps.run import Run, loggable
+from sweeps.run import Run, loggable, task_cpus
 from sweeps.schema import ConfigError, Interrupted
 from sweeps.store import LaunchRecord, ResultStore, coord_columns
 
@@ -142,21 +142,15 @@ def _fan_out(cfg: DictConfig, experiment: Experiment, cells: list, pending: list
 def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: list, data):
     """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
     import numpy as np
-    import torch
 
     from neuro_opt.gp.linalg import flush_denormals_for_process
+    from neuro_opt.threads import intra_op_threads
 
     flush_denormals_for_process()  # before torch's thread pool starts, so its threads flush too
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
-        pass
     experiment = kinds.get(kind_name)
     assert isinstance(experiment, Experiment)  # build_cells checked it on the driver
-    table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
+    with intra_op_threads(task_cpus()):  # as many torch threads as the task's CPUs (cluster.cpus_per_cell)
+        table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
     return coord_columns(table, key, coords)
 
 

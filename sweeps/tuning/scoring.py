@@ -13,39 +13,33 @@ from sweeps.tuning.space import Objective
 # =============================================================================================
 def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
     """Ray task body: one batched ``simulate`` call per problem; returns the curves only."""
-    import torch
-
     from neuro_opt.simulate import curves, simulate
+    from neuro_opt.threads import intra_op_threads
+    from sweeps.run import task_cpus
 
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
-        pass
     alg = dict(algorithm)
     name = alg.pop("name")
     out = []
-    for problem, ss in zip(problems, seeds):
-        trace = simulate(
-            problem,
-            name,
-            n_reps=run["n_reps"],
-            n_queries=run["n_queries"],
-            seed=ss,
-            noise=run["noise"],
-            response_mode=run["response_mode"],
-            use_prior=run["use_prior"],
-            hyperparameters=alg,
-        )
-        out.append(
-            {
-                "key": problem.key,
-                "exploration": curves(trace, "exploration"),
-                "exploitation": curves(trace, "exploitation"),
-            }
-        )
+    with intra_op_threads(task_cpus()):  # as many torch threads as the task's CPUs
+        for problem, ss in zip(problems, seeds):
+            trace = simulate(
+                problem,
+                name,
+                n_reps=run["n_reps"],
+                n_queries=run["n_queries"],
+                seed=ss,
+                noise=run["noise"],
+                response_mode=run["response_mode"],
+                use_prior=run["use_prior"],
+                hyperparameters=alg,
+            )
+            out.append(
+                {
+                    "key": problem.key,
+                    "exploration": curves(trace, "exploration"),
+                    "exploitation": curves(trace, "exploitation"),
+                }
+            )
     return out
 
 
