@@ -6,7 +6,15 @@ imports ray, mlflow, hydra or optuna, so it runs from a notebook with plain
 arguments.
 """
 
-from neuro_opt.space import SearchSpace
+import os
+import sys
+
+# Idle OpenMP threads sleep instead of spinning on cores other work needs (neuro_opt.threads). libgomp
+# reads this once, when torch loads it: set before torch only, and it has no effect once libgomp is loaded.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from neuro_opt.space import SearchSpace  # noqa: E402 - after the environment libgomp reads
 
 __all__ = ["SearchSpace"]
 __version__ = "0.1.0"

@@ -168,6 +168,36 @@ def check_address(address: str) -> None:
         ) from None
 
 
+#: Environment of every Ray worker a launch starts (a key of ``cluster.runtime_env.env_vars`` wins):
+#: torch's OpenMP (libgomp) reads ``OMP_WAIT_POLICY`` when torch loads in the worker, and PASSIVE
+#: makes idle OpenMP threads sleep at once instead of spinning on cores other cells need.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def worker_runtime_env(runtime_env: dict | None) -> dict:
+    """``cluster.runtime_env`` with :data:`WORKER_ENV` merged under its ``env_vars``."""
+    env = dict(runtime_env or {})
+    given = env.get("env_vars") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"cluster.runtime_env.env_vars={given!r}: expected a mapping NAME: value")
+    env["env_vars"] = {**WORKER_ENV, **given}
+    return env
+
+
+def task_cpus() -> int | None:
+    """The CPUs the running Ray task holds (``num_cpus``, at least 1; a fraction rounds down), or
+    None outside a Ray worker: the intra-op threads every task body of a launch uses
+    (:func:`neuro_opt.threads.intra_op_threads`)."""
+    import ray
+
+    if not ray.is_initialized():  # (get_runtime_context would start a local Ray)
+        return None
+    ctx = ray.get_runtime_context()
+    if ctx.worker.mode != ray.WORKER_MODE:
+        return None
+    return max(1, int(ctx.get_assigned_resources().get("CPU", 1)))
+
+
 def connect_ray(cfg: DictConfig) -> bool:
     """Connect to (or start) Ray. Returns True if this call started it (and must shut it down)."""
     import logging
@@ -181,7 +211,9 @@ def connect_ray(cfg: DictConfig) -> bool:
     address = cfg.cluster.address
     if address:
         check_address(address)
-    runtime_env = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True) or None
+    given = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True)
+    assert isinstance(given, dict)  # typed by ClusterConfig
+    runtime_env = worker_runtime_env(given)
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, include_dashboard=False, runtime_env=runtime_env)
     try:
         if address:

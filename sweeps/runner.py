@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from sweeps import config, grid, kinds, results
 from sweeps.experiment import DriveExperiment, Experiment
-from sweeps.run import Run, loggable
+from sweeps.run import Run, loggable, task_cpus
 from sweeps.schema import ConfigError, Interrupted
 from sweeps.store import LaunchRecord, ResultStore, coord_columns
 
@@ -201,26 +201,21 @@ def _execute_batch(kind_name: str, specs: list, *data):
     their tables, each tagged as :func:`_execute` tags one."""
     import numpy as np
 
+    from neuro_opt.threads import intra_op_threads
+
     experiment = _prepare_worker(kind_name)
     seeds = [np.random.SeedSequence(ent) for _, _, _, ent in specs]
-    tables = experiment.run_batch([p for _, _, p, _ in specs], seeds, list(data))
+    with intra_op_threads(task_cpus()):  # as many torch threads as the task's CPUs (cluster.cpus_per_cell)
+        tables = experiment.run_batch([p for _, _, p, _ in specs], seeds, list(data))
     return [coord_columns(t, key, coords) for t, (key, coords, _, _) in zip(tables, specs)]
 
 
 def _prepare_worker(kind_name: str) -> Experiment:
-    """A task's setup: subnormals flushed, torch threads = the task's CPUs; returns the experiment."""
-    import torch
-
+    """A task's setup: subnormals flushed (before torch's thread pool starts, so its threads flush
+    too); returns the experiment."""
     from neuro_opt.gp.linalg import flush_denormals_for_process
 
-    flush_denormals_for_process()  # before torch's thread pool starts, so its threads flush too
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
-        pass
+    flush_denormals_for_process()
     experiment = kinds.get(kind_name)
     assert isinstance(experiment, Experiment)  # build_cells checked it on the driver
     return experiment
@@ -230,8 +225,11 @@ def _execute(kind_name: str, key: str, coords: dict, payload: dict, entropy: lis
     """Body of one Ray task: run a cell and tag its rows with the cell key and coordinates."""
     import numpy as np
 
+    from neuro_opt.threads import intra_op_threads
+
     experiment = _prepare_worker(kind_name)
-    table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
+    with intra_op_threads(task_cpus()):  # as many torch threads as the task's CPUs (cluster.cpus_per_cell)
+        table = experiment.run_cell(payload, np.random.SeedSequence(entropy), data)
     return coord_columns(table, key, coords)
 
 

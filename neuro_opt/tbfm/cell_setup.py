@@ -1,8 +1,7 @@
-"""Shared by the TBFM sweep cells: parameters and defaults, threads, seeds, the simulated session, models by name."""
+"""Shared by the TBFM sweep cells: parameters and defaults, seeds, the simulated session, models by name."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import numpy as np
@@ -51,28 +50,6 @@ def resolve_params(params: dict | None, extra: dict) -> dict:
             raise ValueError(f"unknown parameter {k!r}; known: {', '.join(sorted(p))}")
         p[k] = v
     return p
-
-
-@contextlib.contextmanager
-def limit_threads(n: int):
-    """Limit torch and BLAS (numpy) threads to ``n`` inside the block, then restore them.
-
-    Oversubscribed BLAS threads on a loaded machine make a 100 us product take milliseconds,
-    so the latency cell must control both pools.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        from threadpoolctl import threadpool_limits  # installed with botorch
-
-        blas = threadpool_limits(limits=int(n))
-    except ImportError:  # pragma: no cover - threadpoolctl comes with botorch
-        blas = contextlib.nullcontext()
-    try:
-        with blas:
-            yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def derive_seed(seed: int, *salt: int) -> int:

@@ -61,15 +61,7 @@ import numpy as np
 import pyarrow as pa
 
 from neuro_opt.tbfm.base import resolve_device
-from neuro_opt.tbfm.cell_setup import (
-    build_and_fit,
-    cell_session,
-    cell_split,
-    derive_seed,
-    limit_threads,
-    model_rank,
-    resolve_params,
-)
+from neuro_opt.tbfm.cell_setup import build_and_fit, cell_session, cell_split, derive_seed, model_rank, resolve_params
 from neuro_opt.tbfm.control import demo_reference_tracking, demo_target_ranges
 from neuro_opt.tbfm.fsam import fit_fsam
 from neuro_opt.tbfm.latency import (
@@ -79,6 +71,7 @@ from neuro_opt.tbfm.latency import (
 )
 from neuro_opt.tbfm.metrics import evoked_baseline, forecast_report, r2_horizon
 from neuro_opt.tbfm.multisession_cell import run_multisession  # noqa: F401 - a cell, like run_latency
+from neuro_opt.threads import intra_op_threads
 
 
 def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
@@ -106,7 +99,7 @@ def run_sample_efficiency(params: dict, seed: int) -> pa.Table:
     )
     resolve_device(p["device"])  # an unavailable device stops the cell before any work
     rows = []
-    with limit_threads(p["threads"]):
+    with intra_op_threads(p["threads"], blas=True):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
         evoked = evoked_baseline(train.target, test.target)
@@ -168,7 +161,7 @@ def run_fsam(params: dict, seed: int) -> pa.Table:
     """
     p = resolve_params(params, {"max_bases": 8, "patience": 2, "min_delta": 1e-3, "hidden": 8})
     dev = resolve_device(p["device"])
-    with limit_threads(p["threads"]):
+    with intra_op_threads(p["threads"], blas=True):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
         r = fit_fsam(
@@ -215,7 +208,7 @@ def run_control(params: dict, seed: int) -> pa.Table:
     """
     p = resolve_params(params, {"target_step": None, "n_mix": 3})
     resolve_device(p["device"])
-    with limit_threads(p["threads"]):
+    with intra_op_threads(p["threads"], blas=True):
         s, ts = cell_session(p, seed)
         train, val, test = cell_split(p, ts)
         model, _ = build_and_fit("tbfm", train, val, p, seed)

@@ -9,17 +9,11 @@ import pyarrow as pa
 import torch
 
 from neuro_opt.tbfm.base import resolve_device
-from neuro_opt.tbfm.cell_setup import (
-    build_and_fit,
-    cell_session,
-    cell_split,
-    derive_seed,
-    limit_threads,
-    resolve_params,
-)
+from neuro_opt.tbfm.cell_setup import build_and_fit, cell_session, cell_split, derive_seed, resolve_params
 from neuro_opt.tbfm.compile import compile_tbfm
 from neuro_opt.tbfm.data import stim_descriptor
 from neuro_opt.tbfm.model import TBFM, fit_tbfm
+from neuro_opt.threads import intra_op_threads
 
 #: The issue's latency targets: compiled forecast <= 100 us (94 channels, runway 20, horizon 164,
 #: 12 bases) and compiled at least 1.5x faster than uncompiled.
@@ -201,7 +195,7 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     if "cuda" in devices:
         resolve_device("cuda")  # a one-line ValueError: what was asked, what exists
     rows = []
-    with limit_threads(p["threads"]):
+    with intra_op_threads(p["threads"], blas=True):
         for horizon in p["horizons"]:
             ph = {
                 **p,

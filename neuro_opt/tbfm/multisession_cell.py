@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from neuro_opt.tbfm.cell_setup import derive_seed, limit_threads, resolve_params
+from neuro_opt.tbfm.cell_setup import derive_seed, resolve_params
 from neuro_opt.tbfm.compile import compile_tbfm
 from neuro_opt.tbfm.data import TrialSet, from_session, time_ordered_split
 from neuro_opt.tbfm.metrics import forecast_report, r2_horizon
 from neuro_opt.tbfm.model import TBFM, FitResult, fit_tbfm
 from neuro_opt.tbfm.multisession import MultiSessionTBFM, compile_session, fit_multisession
 from neuro_opt.tbfm.simulator import simulate_session
+from neuro_opt.threads import intra_op_threads
 
 #: Three sessions as in Section 4.4: intervals 10, 30 and 100 ms, different numbers of usable channels.
 DEFAULT_SESSIONS = [
@@ -128,7 +129,7 @@ def run_multisession(params: dict, seed: int) -> pa.Table:
     # model's CPU budget, so the joint fit (trained first) and the per-session fits get the same budget
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     rows = []
-    with limit_threads(p["threads"]):
+    with intra_op_threads(p["threads"], blas=True):
         splits = _splits(p, seed)
         ipis = [int(sp[0].ipi_ms[0]) for sp in splits]
         torch.manual_seed(derive_seed(seed, 2, 99))

@@ -41,7 +41,6 @@ the summary lists them under ``skipped``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neuro_opt import metrics
+from neuro_opt.threads import intra_op_threads as torch_threads
 from sweeps.experiment import Experiment
 from sweeps.query_timing import grid_space, time_queries
 from sweeps.schema import ConfigError
@@ -129,20 +129,6 @@ def _time_setting(p: dict, s: dict, seed, dev_name: str, rows: dict) -> None:
             ("device_name", dev_name),
         ):
             rows[k].append(v)
-
-
-@contextmanager
-def torch_threads(n):
-    """Run with ``n`` torch threads (None: leave the launcher's choice, the cell's CPUs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_threads(n) -> None:

@@ -162,7 +162,7 @@ class ThroughputKind(Experiment):
     def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
         import torch
 
-        from sweeps.kinds.latency import torch_threads
+        from neuro_opt.threads import intra_op_threads
 
         p = payload["params"]
         w, engine = p["workload"], p["engine"]
@@ -175,7 +175,7 @@ class ThroughputKind(Experiment):
         ref_args = reference_hyperparameters(payload["algorithm"])
         s_warm, s_runs = seed_sequence.spawn(2)
         tables: list[pa.Table] = []
-        with torch_threads(p["threads"]):
+        with intra_op_threads(p["threads"]):
             threads = torch.get_num_threads()
             _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables)
         out = pa.concat_tables(tables)

@@ -14,37 +14,25 @@ from sweeps.tuning.space import Objective
 def _simulate_batch(algorithm: dict, run: dict, seeds: list, *problems) -> list:
     """Ray task body: the problems' replicates as one engine batch (``simulate_batch``, the same
     runs as one ``simulate`` per problem); returns the curves only."""
-    import torch
-
     from neuro_opt.simulate import Block, curves, simulate_batch
+    from neuro_opt.threads import intra_op_threads
+    from sweeps.run import task_cpus
 
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - outside a Ray worker: keep torch's default
-        pass
     alg = dict(algorithm)
     name = alg.pop("name")
-    traces = simulate_batch(
-        [Block(problem, run["n_reps"], ss, run["noise"]) for problem, ss in zip(problems, seeds)],
-        name,
-        n_queries=run["n_queries"],
-        response_mode=run["response_mode"],
-        use_prior=run["use_prior"],
-        hyperparameters=alg,
-    )
-    out = []
-    for problem, trace in zip(problems, traces):
-        out.append(
-            {
-                "key": problem.key,
-                "exploration": curves(trace, "exploration"),
-                "exploitation": curves(trace, "exploitation"),
-            }
+    with intra_op_threads(task_cpus()):  # as many torch threads as the task's CPUs
+        traces = simulate_batch(
+            [Block(problem, run["n_reps"], ss, run["noise"]) for problem, ss in zip(problems, seeds)],
+            name,
+            n_queries=run["n_queries"],
+            response_mode=run["response_mode"],
+            use_prior=run["use_prior"],
+            hyperparameters=alg,
         )
-    return out
+    return [
+        {"key": p.key, "exploration": curves(t, "exploration"), "exploitation": curves(t, "exploitation")}
+        for p, t in zip(problems, traces)
+    ]
 
 
 class Scorer:
