@@ -16,6 +16,7 @@ import pyarrow as pa
 from neuro_opt import algorithms
 from neuro_opt.algorithms.blocks import BlockGenerator
 from neuro_opt.datasets.base import Problem, sample_responses
+from neuro_opt.threads import default_threads, intra_op_threads
 from neuro_opt.trace import TRACE_SCHEMA, trace_table
 
 __all__ = ["TRACE_SCHEMA", "Block", "simulate", "simulate_batch", "squared_correlation", "curves"]
@@ -51,6 +52,7 @@ def simulate(
     hyperparameters: dict[str, Any] | None = None,
     progress: Callable[[int], object] | None = None,
     record_map: bool = False,
+    threads: int | None = None,
 ) -> pa.Table:
     """Run ``n_reps`` replicates of ``algorithm`` on ``problem``.
 
@@ -71,6 +73,8 @@ def simulate(
             the posterior mean and the truth in force, Fig. S6B's map accuracy)
             and ``posterior`` on each replicate's last row (the final posterior
             mean, float32 ``P``; null on other rows). Other algorithms get nulls.
+        threads: torch intra-op threads for the run; None: :func:`neuro_opt.threads.default_threads`
+            (1, or the count of an enclosing ``intra_op_threads`` block: never more cores than asked for).
 
     Returns:
         Arrow table (``TRACE_SCHEMA``, plus ``map_r2`` and ``posterior`` with
@@ -86,6 +90,7 @@ def simulate(
         hyperparameters=hyperparameters,
         progress=progress,
         record_map=record_map,
+        threads=threads,
     )[0]
 
 
@@ -98,6 +103,7 @@ def simulate_batch(
     hyperparameters: dict[str, Any] | None = None,
     progress: Callable[[int], object] | None = None,
     record_map: bool = False,
+    threads: int | None = None,
 ) -> list[pa.Table]:
     """Run several problems' replicates as one engine batch; block ``i``'s table is the one
     :func:`simulate` gives for ``blocks[i]`` alone (same rows, same values).
@@ -110,7 +116,7 @@ def simulate_batch(
 
     Args:
         blocks: ``k`` blocks (problem, replicates, seed, noise).
-        algorithm, n_queries, response_mode, use_prior, hyperparameters, progress, record_map:
+        algorithm, n_queries, response_mode, use_prior, hyperparameters, progress, record_map, threads:
             as :func:`simulate`, for every block.
 
     Returns:
@@ -139,14 +145,12 @@ def simulate_batch(
         for blk in blocks:
             if blk.problem.prior is None and blk.problem.meta.get("prior_dims") != []:  # [] = no prior by design
                 raise ValueError(f"use_prior is set but problem {blk.problem.key!r} has no prior")
-    if len(blocks) > 1 and (use_prior or not algorithms.batch_draws(algorithm)):
-        return [
-            simulate_batch([blk], algorithm, n_queries, response_mode, use_prior, hyperparameters, None, record_map)[0]
-            for blk in blocks
-        ]
-    return _run(
-        blocks, algorithm, int(n_queries), response_mode, use_prior, dict(hyperparameters or {}), progress, record_map
-    )
+    with intra_op_threads(default_threads() if threads is None else threads):
+        if len(blocks) > 1 and (use_prior or not algorithms.batch_draws(algorithm)):
+            args = (n_queries, response_mode, use_prior, hyperparameters, None, record_map)
+            return [simulate_batch([blk], algorithm, *args)[0] for blk in blocks]
+        hp = dict(hyperparameters or {})
+        return _run(blocks, algorithm, int(n_queries), response_mode, use_prior, hp, progress, record_map)
 
 
 def _same_space(a, b) -> bool:
