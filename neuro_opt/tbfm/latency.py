@@ -238,7 +238,7 @@ def mark_targets(rows: list[dict], same: tuple[str, ...] = ()) -> None:
     """
 
     def key(r: dict, device: str) -> tuple:
-        return (r["model"], device, r["horizon_ms"], *(r[c] for c in same))
+        return (r["model"], device, r["horizon_ms"], *(r.get(c) for c in same))
 
     base = {key(r, r["device"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
     for r in rows:

@@ -126,14 +126,14 @@ class TBFMKind(Experiment):
         by = [b for b in cfg.report.by if b in table.column_names]
         cols = [k.replace(".", "_") for k in keys] + by
         names = keys + by
-        wanted = [m for m in cfg.report.metrics if m in table.column_names] or [
-            c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type)
-        ]
         raw: dict = {}  # rows timed in rounds (the latency cell), by group: one per variant and round
         if "round" in table.column_names:
             for r in table.to_pylist():
                 raw.setdefault(tuple(r[c] for c in cols), []).append(r)
             table = best_of_rounds_table(table)  # one row per variant: its lowest over rounds
+        wanted = [m for m in cfg.report.metrics if m in table.column_names] or [
+            c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type)
+        ]
         rows = table.to_pylist()
         groups_rows: dict = {}
         for r in rows:
