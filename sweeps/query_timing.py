@@ -1,8 +1,11 @@
-"""Timing GP-BO queries for the latency kind: a grid space of any size, a smooth function on it, the timed loop."""
+"""Timing GP-BO queries for the latency kind: a grid space of any size, a smooth function on it, the untimed
+setup of a setting (:func:`prepare_queries`) and one timed round of its queries (:func:`time_round`)."""
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,28 +40,40 @@ def smooth_function(X: np.ndarray, rng: np.random.Generator, n_bumps: int = 3) -
     return f / f.max()
 
 
-def time_queries(
+@dataclass
+class Prepared:
+    """One setting after its untimed setup (steps 1-2 of :mod:`sweeps.kinds.latency`), ready to time.
+
+    ``opt`` is the GP-BO with ``history`` observations and its refit done, ``x`` its next query (asked,
+    not yet answered), ``rng`` the response noise generator, ``f`` the ``P`` noise-free responses.
+    :func:`time_round` times copies of ``opt`` and ``rng``, so every round starts from this same state.
+    """
+
+    opt: Any
+    x: np.ndarray
+    f: np.ndarray
+    rng: np.random.Generator
+    device: str
+    n_unique: int
+    n_timed: int | None = None  # set by the first round: how many queries every later round times
+
+
+def prepare_queries(
     algorithm: dict,
     n_points: int,
     n_dims: int,
     history: int,
     device: str = "cpu",
-    repeats: int = 7,
-    warmup: int = 1,
-    max_seconds: float = 60.0,
+    capacity: int = 1,
     seed=0,
     history_from: str = "distinct",
-) -> dict:
-    """Time GP-BO queries after ``history`` observations (steps 1-3 of :mod:`sweeps.kinds.latency`).
+) -> Prepared:
+    """Set up one setting (untimed): the space, the function, GP-BO with ``history`` observations.
 
     Args:
         algorithm: an algorithm config (``name`` plus hyperparameters), e.g. conf/algorithm/gpbo.yaml.
-
-    Returns ``{"ms_query", "ms_tell", "ms_ask", "fit_steps": lists, "n_unique": int}`` (``fit_steps``:
-    the Adam steps of each timed query's refit; 0 in fixed-rho).
+        capacity: observations to allocate for beyond ``history`` (the timed and warm-up queries of a round).
     """
-    import torch
-
     from neuro_opt import algorithms
 
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
@@ -66,14 +81,10 @@ def time_queries(
     space = grid_space(n_points, n_dims)
     f = smooth_function(space.X, np.random.default_rng(s_fun))
     rng = np.random.default_rng(s_pts)
-
-    def respond(x):
-        return np.clip(f[x] + rng.normal(0.0, 0.05, size=np.shape(x)), 0.0, None)
-
     alg = dict(algorithm)
     name = alg.pop("name")
     opt: Any = algorithms.make(
-        name, space, n_reps=1, seed=s_alg, capacity=history + warmup + repeats + 1, device=device, **alg
+        name, space, n_reps=1, seed=s_alg, capacity=history + capacity + 1, device=device, **alg
     )  # a GP-BO: its engine is opt.gp
     gp = opt.gp
     P = space.n_points
@@ -81,7 +92,7 @@ def time_queries(
         asked = []
         for _ in range(history):
             x = opt.ask()
-            opt.tell(x, respond(x))
+            opt.tell(x, _respond(f, rng, x))
             asked.append(int(x[0]))
         pts = np.array(asked)
     else:
@@ -89,7 +100,7 @@ def time_queries(
             pts = rng.choice(P, size=history, replace=False)
         else:
             pts = np.concatenate([rng.permutation(P), rng.integers(0, P, history - P)])
-        for p, r in zip(pts, respond(pts)):
+        for p, r in zip(pts, _respond(f, rng, pts)):
             gp.observe(np.array([p]), np.array([r]))
         opt.t = history  # the optimizer is past its random start: every query below uses the model
         gp.fit()
@@ -101,19 +112,35 @@ def time_queries(
                 if int(gp.last_fit_steps.max()) < gp.fit_steps:
                     break
                 gp.fit()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     x = opt.ask()
-    sync()
-    out: dict[str, Any] = {"ms_query": [], "ms_tell": [], "ms_ask": [], "fit_steps": []}
+    _sync(device)
+    return Prepared(opt=opt, x=x, f=f, rng=rng, device=device, n_unique=int(len(np.unique(pts))))
+
+
+def time_round(prep: Prepared, repeats: int, warmup: int, max_seconds: float) -> dict:
+    """Time one round of queries of a prepared setting (step 3 of :mod:`sweeps.kinds.latency`).
+
+    The round works on copies of the prepared optimizer and response generator, so every round times
+    the same queries (history + warmup + 1, ...) with the same responses from the same state; the
+    history does not grow from round to round. The first round stops early (after at least 3 timed
+    queries) once its timed queries exceed ``max_seconds``; later rounds time as many as it did.
+
+    Returns ``{"ms_query", "ms_tell", "ms_ask", "fit_steps": lists}`` (``fit_steps``: the Adam steps
+    of each timed query's refit; 0 in fixed-rho).
+    """
+    opt, rng = copy.deepcopy(prep.opt), copy.deepcopy(prep.rng)
+    gp, x = opt.gp, prep.x.copy()
+    n_timed = prep.n_timed if prep.n_timed is not None else repeats
+    out: dict[str, list] = {"ms_query": [], "ms_tell": [], "ms_ask": [], "fit_steps": []}
     spent = 0.0
-    for i in range(warmup + repeats):
-        y = respond(x)
+    for i in range(warmup + n_timed):
+        y = _respond(prep.f, rng, x)
         t0 = time.perf_counter()
         opt.tell(x, y)
-        sync()
+        _sync(prep.device)
         t1 = time.perf_counter()
         x = opt.ask()
-        sync()
+        _sync(prep.device)
         t2 = time.perf_counter()
         if i >= warmup:
             out["ms_query"].append(1e3 * (t2 - t0))
@@ -121,7 +148,20 @@ def time_queries(
             out["ms_ask"].append(1e3 * (t2 - t1))
             out["fit_steps"].append(int(gp.last_fit_steps[0]) if gp.mode == "variable" else 0)
             spent += t2 - t0
-            if spent > max_seconds and len(out["ms_query"]) >= 3:
+            if prep.n_timed is None and spent > max_seconds and len(out["ms_query"]) >= 3:
                 break
-    out["n_unique"] = int(len(np.unique(pts)))
+    if prep.n_timed is None:
+        prep.n_timed = len(out["ms_query"])
     return out
+
+
+def _respond(f: np.ndarray, rng: np.random.Generator, x) -> np.ndarray:
+    """Noisy responses at points ``x``: ``f[x]`` plus 5 % Gaussian noise, clipped at 0."""
+    return np.clip(f[x] + rng.normal(0.0, 0.05, size=np.shape(x)), 0.0, None)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -101,7 +102,9 @@ def test_reference_loop_rejects_bad_arguments():
 
 TINY_LATENCY = ["+exp=latency", "cluster.num_cpus=2", "cluster.cpus_per_cell=1", "params.values.n_points=[150,300]", "params.values.n_dims=[1,2]",
                 "params.values.history=[10,20]", "params.anchor.n_points=300", "params.anchor.n_dims=2",
-                "params.anchor.history=20", "params.repeats=3", "params.warmup=0", "params.run_history=[15]"]
+                "params.anchor.history=20", "params.repeats=3", "params.warmup=0", "params.run_history=[15]",
+                "params.rounds=2"]
+ROUNDS = 2
 
 
 def test_tiny_latency_launch(tmp_path):
@@ -127,7 +130,7 @@ def test_tiny_latency_launch(tmp_path):
         steps = g["metrics"]["fit_steps"][0]  # Adam steps of the timed refits: none in fixed-rho
         assert steps == 0 if g["params"]["mode"] == "fixed_rho" else 0 <= steps <= 10
         anchor = (g["params"]["n_points"], g["params"]["n_dims"], g["params"]["history"]) == (300, 2, 20)
-        assert g["n"] == 3 * (3 if anchor else 1)  # the anchor is timed in each of the 3 axis cells
+        assert g["n"] == 3 * ROUNDS * (3 if anchor else 1)  # the anchor is timed in each of the 3 axis cells
         if g["params"]["history_from"] == "run":  # GP-BO's own queries: repeats collapse
             assert 1 <= g["n_unique"] <= 15
         else:
@@ -135,12 +138,41 @@ def test_tiny_latency_launch(tmp_path):
     if not torch.cuda.is_available():
         assert any("cuda" in s for s in summary["skipped"])
     run_dir = Path(summary["run_dir"])
+    _check_latency_rounds(pq.read_table(run_dir / "results").to_pylist(), groups)
     assert (run_dir / "figures" / "latency.png").stat().st_size > 10_000
+    # the report reads the Parquet table only: it remakes the same summary
+    again = launching.run_module(tmp_path, "sweeps.report", f"run={run_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["groups"] == groups
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("latency").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
     assert len(children) == len(groups)
     assert all({"ms_per_query", "ms_per_query_sem"} <= set(c.data.metrics) for c in children)
+
+
+def _check_latency_rounds(rows: list[dict], groups: list[dict]) -> None:
+    """Every setting of every cell is timed in rounds 1..ROUNDS, each with the same queries (the history does not grow
+    from round to round); a group's ms_per_query is the lowest of its per-round medians, reported with them and their
+    spread."""
+    keys = ("mode", "device", "n_points", "n_dims", "history", "history_from")
+    per_cell: dict = {}
+    for r in rows:
+        per_cell.setdefault((r["cell"], *(r[k] for k in keys)), {}).setdefault(r["round"], []).append(r)
+    for by_round in per_cell.values():
+        assert sorted(by_round) == list(range(1, ROUNDS + 1))
+        assert len({len(rs) for rs in by_round.values()}) == 1  # later rounds time as many queries as round 1
+        fits = [[r["fit_steps"] for r in rs] for rs in by_round.values()]
+        assert all(f == fits[0] for f in fits)  # the same state every round: the same refits
+    for g in groups:
+        sub = [r for r in rows if all(r[k] == g["params"][k] for k in keys)]
+        medians = [float(np.median([r["ms_query"] for r in sub if r["round"] == k])) for k in range(1, ROUNDS + 1)]
+        assert g["rounds"]["ms_per_query"] == pytest.approx(medians)
+        assert g["metrics"]["ms_per_query"][0] == pytest.approx(min(medians))
+        assert g["rounds"]["best_round"] == 1 + int(np.argmin(medians))
+        spread = (max(medians) - min(medians)) / min(medians)
+        assert g["rounds"]["spread"] == pytest.approx(spread)
+        assert g["metrics"]["ms_per_query_spread"][0] == pytest.approx(spread)
 
 
 def test_tiny_throughput_launch(tmp_path):
@@ -200,3 +232,19 @@ def test_bad_benchmark_config_stops_before_any_work(overrides, message):
         cfg = compose("config", overrides=overrides)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         build_cells(cfg, overrides)
+
+
+@pytest.mark.parametrize("exp", ["latency", "tbfm_latency"])
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5"])
+def test_bad_rounds_stops_before_any_work(exp, value):
+    """params.rounds must be an integer >= 1: anything else stops the launch at validation, in one line naming it."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.runner import build_cells
+    from sweeps.schema import ConfigError
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+exp={exp}", f"params.rounds={value}"])
+    with pytest.raises(ConfigError, match=r"params\.rounds=") as info:
+        build_cells(cfg, [f"+exp={exp}", f"params.rounds={value}"])
+    assert "\n" not in str(info.value) and "integer >= 1" in str(info.value)

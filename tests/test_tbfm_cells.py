@@ -63,12 +63,19 @@ def test_fsam_cell():
 
 def test_latency_cell():
     t = cells.run_latency({**TINY, "n_channels": 10, "models": ["tbfm", "lssm"], "horizons": [40], "n_calls": 30,
-                           "warmup": 5}, seed=0)
+                           "warmup": 5, "rounds": 2}, seed=0)
     _plain(t)
     rows = t.to_pylist()
     keys = [(r["model"], r["compiled"], r["streaming"], r["device"], r["horizon_ms"]) for r in rows]
-    assert sorted(keys) == [("lssm", False, False, "cpu", 40), ("tbfm", False, False, "cpu", 40),
-                            ("tbfm", True, False, "cpu", 40), ("tbfm", True, True, "cpu", 40)]
+    variants = [("lssm", False, False, "cpu", 40), ("tbfm", False, False, "cpu", 40),
+                ("tbfm", True, False, "cpu", 40), ("tbfm", True, True, "cpu", 40)]
+    assert sorted(keys) == sorted(variants * 2)
+    # interleaved rounds: every variant in round 1, then every variant again in round 2
+    assert [r["round"] for r in rows] == [1] * 4 + [2] * 4 and keys[:4] == keys[4:]
+    # the speedup pairs the compiled forecast with the uncompiled one of the same round
+    for r in rows:
+        unc = next(u for u in rows if u["round"] == r["round"] and u["model"] == r["model"] and not u["compiled"])
+        assert r["speedup"] == pytest.approx(unc["us_per_forecast"] / r["us_per_forecast"])
     assert all(r["us_per_forecast"] > 0 and r["us_p10"] <= r["us_per_forecast"] <= r["us_p90"] for r in rows)
     # the streaming row times the work between samples too; the others have none
     assert all((r["us_advance"] is not None and r["us_advance"] > 0) == r["streaming"] for r in rows)
@@ -88,6 +95,9 @@ def test_control_cell():
 
 
 def test_unknown_or_inconsistent_params():
+    for bad in (0, -1, "x", 1.5, True):
+        with pytest.raises(ValueError, match="rounds="):
+            cells.run_latency({**TINY, "rounds": bad}, seed=0)
     with pytest.raises(ValueError, match="unknown parameter 'n_trains'"):
         cells.run_sample_efficiency({"n_trains": 10}, seed=0)
     with pytest.raises(ValueError, match="raise n_session"):

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.launching import launch
+from tests.launching import launch, run_module
 
 # ++ adds a params key the experiment file does not list, or overrides it
 TINY = ["++params.n_channels=6", "++params.n_session=320", "++params.n_test=60", "++params.max_seconds=2",
@@ -17,7 +17,7 @@ CASES = {
     "tbfm_compare": (["++params.n_train=200", "++params.latency_calls=20", "grid.params.rep=[0,1]"], "state_dependent_r2", 4),
     "tbfm_fsam": (["++params.n_train=200", "++params.max_bases=2", "grid.params.rep=[0]"], "val_r2", None),
     "tbfm_latency": (["++params.models=[tbfm]", "++params.n_calls=20", "++params.n_train=200", "grid.params.rank=[null]",
-                      "grid.params.threads=[1]"], "us_per_forecast", 6),
+                      "grid.params.threads=[1]", "params.rounds=2"], "us_per_forecast", 6),
     "tbfm_control": (["++params.n_train=200", "grid.params.rep=[0]"], "auc", 2),
 }
 
@@ -67,6 +67,13 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
         assert (Path(summary["run_dir"]) / "figures" / "latency.png").stat().st_size > 0
         assert all(g["metrics"]["us_per_forecast"][0] > 0 for g in groups)
         assert all(g["metrics"]["meets_target"][0] in (0.0, 1.0) and g["metrics"]["speedup"][0] > 0 for g in groups)
+        run_dir = Path(summary["run_dir"])
+        _check_latency_rounds(pq.read_table(run_dir / "results").to_pylist(), groups, rounds=2)
+        # the report reads the Parquet table only: it remakes the same summary
+        again = run_module(tmp_path, "sweeps.report", f"run={run_dir}")
+        assert again.returncode == 0, again.stderr[-3000:]
+        remade = json.loads((run_dir / "summary.json").read_text())
+        assert remade["groups"] == groups and remade["findings"] == summary["findings"]
     if exp == "tbfm_compare":
         assert {g["params"]["model"] for g in groups} == {"tbfm", "tbfm_sham", "lssm", "ae_lstm"}
         (block,) = summary["orderings"]["blocks"]
@@ -85,6 +92,27 @@ def test_tbfm_experiment_tiny(tmp_path, exp):
     children = client.search_runs([client.get_experiment_by_name(exp).experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")
     assert len(children) == len(groups)
+
+
+def _check_latency_rounds(rows: list[dict], groups: list[dict], rounds: int) -> None:
+    """Every variant is timed in rounds 1..rounds; its group reports the lowest per-round median, the per-round
+    medians and their spread; a compiled group's speedup is the ratio of the two sides' lowest medians."""
+    keys = ("model", "compiled", "streaming", "horizon_ms")
+    per: dict = {}
+    for r in rows:
+        per.setdefault(tuple(r[k] for k in keys), {})[r["round"]] = r["us_per_forecast"]
+    assert all(sorted(v) == list(range(1, rounds + 1)) for v in per.values()) and len(per) == len(groups)
+    best = {k: min(v.values()) for k, v in per.items()}
+    for g in groups:
+        key = tuple(g["params"][k] for k in keys)
+        medians = [per[key][i] for i in range(1, rounds + 1)]
+        spread = (max(medians) - min(medians)) / min(medians)
+        assert g["metrics"]["us_per_forecast"][0] == pytest.approx(min(medians))
+        assert g["rounds"]["us_per_forecast"] == pytest.approx(medians)
+        assert g["rounds"]["spread"] == pytest.approx(spread)
+        assert g["metrics"]["us_per_forecast_spread"][0] == pytest.approx(spread)
+        uncompiled = best[(key[0], False, False, key[3])]
+        assert g["metrics"]["speedup"][0] == pytest.approx(uncompiled / best[key])
 
 
 def test_report_order_naming_an_unknown_model_stops_the_launch(tmp_path):
@@ -169,6 +197,31 @@ def test_tbfm_latency_findings_rules(tmp_path, batch_us, advance_us, expect):
     assert set(findings[0]["numbers"]["floor_by_threads"]) == {1, 2}
     assert findings[2]["numbers"]["threads_meeting"] == ([1, 2] if expect[2] else [])
     assert (tmp_path / "latency.png").exists()
+
+
+def test_tbfm_latency_findings_take_the_lowest_round(tmp_path):
+    """A stall in one round does not flip a finding: the report collapses each variant's rounds to its lowest
+    per-round median (speedup from the two sides' lowest medians), and the findings give the spread beside it."""
+    import pyarrow as pa
+
+    from sweeps.analyses import Context, tbfm_latency
+    from sweeps.kinds.tbfm import best_of_rounds_table
+
+    rows = []
+    for rnd, stall in ((1, 3.0), (2, 1.0), (3, 1.2)):  # round 1 ran while the machine was busy
+        unc = _latency_row(1, False, False, 400.0)
+        comp = _latency_row(1, True, False, 95.0 * stall)
+        rows += [{**r, "round": rnd, "cell": "c0", "device": "cpu", "speedup": 0.0}
+                 for r in (unc, comp, _latency_row(1, True, True, 60.0 * stall, advance=400.0))]
+    table = best_of_rounds_table(pa.Table.from_pylist(rows))
+    assert table.num_rows == 3 and "round" not in table.column_names
+    ctx = Context(cfg=None, table=table, figures=tmp_path, groups=[], comparisons=[], kind=None)
+    batch, speedup, streamed = tbfm_latency.analyze(ctx)["findings"]
+    assert [batch["holds"], speedup["holds"], streamed["holds"]] == [True, True, True]
+    assert batch["numbers"]["best_us"] == pytest.approx(95.0)
+    assert batch["numbers"]["rounds_by_threads"][1]["us_per_forecast"] == pytest.approx([285.0, 95.0, 114.0])
+    assert batch["numbers"]["rounds_by_threads"][1]["spread"] == pytest.approx((285.0 - 95.0) / 95.0)
+    assert speedup["numbers"]["speedups"][0]["speedup"] == pytest.approx(400.0 / 95.0)
 
 
 def _r2_row(model, seed, n_train, r2, beyond, evoked=0.4, evoked_beyond=-0.01):

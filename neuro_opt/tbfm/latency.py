@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,8 @@ from neuro_opt.threads import intra_op_threads
 #: 12 bases) and compiled at least 1.5x faster than uncompiled.
 LATENCY_TARGET_US = 100.0
 SPEEDUP_TARGET = 1.5
+#: The TBFM model names: the models with a weight map (``rank`` applies; ``compiled`` compiles them).
+TBFM_NAMES = ("tbfm", "tbfm_adamw", "tbfm_sham")
 
 
 def time_forecasts(fn, runways: list, n_calls: int = 1000, warmup: int = 100) -> dict:
@@ -142,26 +146,31 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     runway sample to the forecast (:func:`time_streaming`), with the work between samples in
     ``us_advance``.
 
+    Timing runs in ``rounds`` interleaved rounds: every variant (model, compiled, streaming, device,
+    horizon) is trained, compiled and given its forecast function once; then round 1 times each
+    variant once (``warmup`` untimed and ``n_calls`` timed forecasts), round 2 times them all again,
+    and so on, so a burst of load on the machine hits every variant of a round alike. Each round's
+    row is that round's median; whoever reads them takes the lowest over rounds (the sweep's summary
+    does, see :mod:`sweeps.rounds`).
+
     Extra params: ``models`` (default ``["tbfm"]``; ``lssm``, ``ae_lstm``,
     ``tbfm_sham`` allowed), ``compiled`` (default ``[False, True]``; compiled
     applies to TBFM models only), ``streaming`` (default True), ``horizons`` (default ``[40, 164]``),
     ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"`` = both when a GPU is present),
     ``rank`` (None: full weight map; k: rank-k TBFM), ``n_calls`` (1000),
-    ``warmup`` (100). Defaults here use ``n_channels=94, n_session=500, n_train=300, n_test=100`` and
-    ``sim={"bad_fraction": 0.0}`` (all 94 channels usable, as in the paper's 94-electrode benchmark).
+    ``warmup`` (100), ``rounds`` (3). Defaults here use ``n_channels=94, n_session=500, n_train=300,
+    n_test=100`` and ``sim={"bad_fraction": 0.0}`` (all 94 channels usable, as in the paper's
+    94-electrode benchmark).
 
     With ``rank`` set, only the TBFM models are run (the baselines have no weight map; they are
     timed in the full-rank cell).
 
-    Returns one row per (model, compiled, streaming, device, horizon_ms): ``model, compiled, streaming,
-    device, n_channels, n_usable, horizon_ms, runway_ms, n_bases, rank, threads, us_per_forecast`` (median),
-    ``us_p10, us_p90, us_iqr, us_mean, us_advance, us_advance_p90`` (streaming rows; None otherwise),
-    ``us_read_floor, us_bare_matvec, map_mb`` (compiled rows given the whole runway, see
-    :func:`time_map_floor`; None otherwise), ``n_calls``, and the targets of the issue:
-    ``target_us`` (100: compiled forecast <= 0.1 ms at 94 channels, horizon 164),
-    ``meets_target`` (1.0 when ``us_per_forecast <= target_us``, else 0.0), ``speedup``
-    (uncompiled median / this row's median for the same model, device and horizon; 1 for
-    uncompiled rows) and ``meets_speedup`` (1.0 when ``speedup >= 1.5``).
+    Returns one row per (model, compiled, streaming, device, horizon_ms, round): ``model, compiled,
+    streaming, device, n_channels, n_usable, horizon_ms, runway_ms, n_bases, rank, threads, round``
+    (1, 2, ...), ``us_per_forecast`` (median of the round), ``us_p10, us_p90, us_iqr, us_mean,
+    us_advance, us_advance_p90`` (streaming rows; None otherwise), ``us_read_floor, us_bare_matvec,
+    map_mb`` (compiled rows given the whole runway, see :func:`time_map_floor`; None otherwise),
+    ``n_calls``, and the targets of the issue (:func:`mark_targets`, paired within the round).
     """
     p = resolve_params(
         params,
@@ -174,8 +183,12 @@ def run_latency(params: dict, seed: int) -> pa.Table:
             "rank": None,
             "n_calls": 1000,
             "warmup": 100,
+            "rounds": 3,
         },
     )
+    rounds = p["rounds"]
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r}: expected an integer >= 1 (interleaved timing rounds)")
     for k, v in {
         "n_channels": 94,
         "n_session": 500,
@@ -194,93 +207,124 @@ def run_latency(params: dict, seed: int) -> pa.Table:
     )
     if "cuda" in devices:
         resolve_device("cuda")  # a one-line ValueError: what was asked, what exists
-    rows = []
     with intra_op_threads(p["threads"], blas=True):
-        for horizon in p["horizons"]:
-            ph = {
-                **p,
-                "horizon_ms": int(horizon),
-                "max_seconds": min(float(p["max_seconds"]), 20.0),
-                "max_epochs": min(int(p["max_epochs"]), 3),
-            }
-            s, ts = cell_session(ph, seed)
-            train, val, test = cell_split(ph, ts)
-            runways = [np.ascontiguousarray(test.runway[i]) for i in range(test.n_trials)]
-            for name in p["models"]:
-                if p["rank"] is not None and name not in ("tbfm", "tbfm_adamw", "tbfm_sham"):
-                    continue  # baselines have no weight-map rank: timed in the full-rank cell
-                if name in ("tbfm", "tbfm_adamw", "tbfm_sham") and p["rank"] is not None:
-                    torch.manual_seed(derive_seed(seed, 2))
-                    model = TBFM(
-                        ts.n_channels,
-                        ph["runway_ms"],
-                        int(horizon),
-                        int(p["n_bases"]),
-                        rank=int(p["rank"]),
-                        state_agnostic=name == "tbfm_sham",
-                    )
-                    fit_tbfm(model, train, val, lam=float(p["lam"]), max_iters=5)
-                else:
-                    # trained on the CPU; p["device"] here names the devices the forecasts are timed on
-                    model, _ = build_and_fit(
-                        name, train, val, {**ph, "tbfm_method": "alternating", "device": "cpu"}, seed
-                    )
-                is_tbfm = isinstance(model, TBFM)
-                for compiled in p["compiled"]:
-                    if compiled and not is_tbfm:
-                        continue
-                    for device in devices:
-                        if compiled and device != "cpu":
-                            continue  # the compiled model is numpy: CPU only
-                        comp = compile_tbfm(model, [int(p["ipi_ms"])], lead=int(p["lead_ms"])) if compiled else None
-                        fn = forecast_fn(model, comp, int(p["ipi_ms"]), int(p["lead_ms"]), device)
-                        timings = [
-                            (
-                                False,
-                                {
-                                    **time_forecasts(fn, runways, int(p["n_calls"]), int(p["warmup"])),
-                                    **(time_map_floor(comp, int(p["n_calls"]), int(p["warmup"])) if compiled else {}),
-                                },
-                            )
-                        ]
-                        if comp is not None and p["streaming"]:
-                            timings.append(
-                                (
-                                    True,
-                                    time_streaming(
-                                        comp.stream(int(p["ipi_ms"])), runways, int(p["n_calls"]), int(p["warmup"])
-                                    ),
-                                )
-                            )
-                        model.to("cpu")
-                        for streaming, t in timings:
-                            rows.append(
-                                {
-                                    "model": name,
-                                    "compiled": bool(compiled),
-                                    "streaming": streaming,
-                                    "device": device,
-                                    "n_channels": int(p["n_channels"]),
-                                    "n_usable": int(ts.n_channels),
-                                    "horizon_ms": int(horizon),
-                                    "runway_ms": int(p["runway_ms"]),
-                                    "n_bases": int(getattr(model, "n_bases", 0)),
-                                    "rank": -1 if p["rank"] is None else int(p["rank"]),
-                                    "threads": int(p["threads"]),
-                                    "us_advance": None,
-                                    "us_advance_p90": None,
-                                    "us_read_floor": None,
-                                    "us_bare_matvec": None,
-                                    "map_mb": None,
-                                    **t,
-                                    "n_calls": int(p["n_calls"]),
-                                }
-                            )
-    base = {(r["model"], r["device"], r["horizon_ms"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
+        variants = _variants(p, seed, devices)
+        rows = [
+            {**meta, "round": rnd, **time_variant(), "n_calls": int(p["n_calls"])}
+            for rnd in range(1, rounds + 1)  # interleaved: every variant once per round
+            for meta, time_variant in variants
+        ]
+    mark_targets(rows, same=("round",))
+    return pa.Table.from_pylist(rows)
+
+
+def mark_targets(rows: list[dict], same: tuple[str, ...] = ()) -> None:
+    """Add the issue's targets to each latency row (in place).
+
+    ``target_us`` (100: compiled forecast <= 0.1 ms at 94 channels, horizon 164), ``meets_target``
+    (1.0 when ``us_per_forecast <= target_us``, else 0.0), ``speedup`` (the uncompiled row's
+    ``us_per_forecast`` for the same model and horizon, on the CPU for a compiled row, else on the
+    row's device, and with the same values of the ``same`` columns, over this row's; 1 for uncompiled
+    rows; NaN without such a row) and ``meets_speedup`` (1.0 when ``speedup >= 1.5``).
+
+    The cell pairs within a round (``same=("round",)``: A and B of the same round); the sweep's
+    summary pairs each setting's lowest-over-rounds medians within a cell (``same=("cell",)``).
+    """
+
+    def key(r: dict, device: str) -> tuple:
+        return (r["model"], device, r["horizon_ms"], *(r.get(c) for c in same))
+
+    base = {key(r, r["device"]): r["us_per_forecast"] for r in rows if not r["compiled"]}
     for r in rows:
-        ref = base.get((r["model"], "cpu" if r["compiled"] else r["device"], r["horizon_ms"]))
+        ref = base.get(key(r, "cpu" if r["compiled"] else r["device"]))
         r["target_us"] = LATENCY_TARGET_US
         r["meets_target"] = float(r["us_per_forecast"] <= LATENCY_TARGET_US)
         r["speedup"] = float(ref / r["us_per_forecast"]) if ref is not None else float("nan")
         r["meets_speedup"] = float(r["speedup"] >= SPEEDUP_TARGET) if ref is not None else float("nan")
-    return pa.Table.from_pylist(rows)
+
+
+def _variants(p: dict, seed: int, devices: list[str]) -> list[tuple[dict, Callable[[], dict]]]:
+    """Every timed variant of the cell, set up once (untimed): its row's fixed columns and a function that
+    times it once (one round) and returns its timing columns."""
+    out = []
+    for horizon in p["horizons"]:
+        ph = {
+            **p,
+            "horizon_ms": int(horizon),
+            "max_seconds": min(float(p["max_seconds"]), 20.0),
+            "max_epochs": min(int(p["max_epochs"]), 3),
+        }
+        s, ts = cell_session(ph, seed)
+        train, val, test = cell_split(ph, ts)
+        runways = [np.ascontiguousarray(test.runway[i]) for i in range(test.n_trials)]
+        for name in p["models"]:
+            if p["rank"] is not None and name not in TBFM_NAMES:
+                continue  # baselines have no weight-map rank: timed in the full-rank cell
+            model = _trained(name, p, ph, train, val, ts.n_channels, int(horizon), seed)
+            meta = {
+                "model": name,
+                "device": "cpu",
+                "n_channels": int(p["n_channels"]),
+                "n_usable": int(ts.n_channels),
+                "horizon_ms": int(horizon),
+                "runway_ms": int(p["runway_ms"]),
+                "n_bases": int(getattr(model, "n_bases", 0)),
+                "rank": -1 if p["rank"] is None else int(p["rank"]),
+                "threads": int(p["threads"]),
+            }
+            for compiled in p["compiled"]:
+                if compiled and not isinstance(model, TBFM):
+                    continue
+                for device in devices:
+                    if compiled and device != "cpu":
+                        continue  # the compiled model is numpy: CPU only
+                    m = {**meta, "compiled": bool(compiled), "device": device}
+                    out += _timers(p, model, compiled, device, runways, m)
+    return out
+
+
+def _trained(name: str, p: dict, ph: dict, train, val, n_channels: int, horizon: int, seed: int):
+    """Model ``name`` trained briefly on the CPU (rank-k TBFM models: a few alternating iterations)."""
+    if name in TBFM_NAMES and p["rank"] is not None:
+        torch.manual_seed(derive_seed(seed, 2))
+        model = TBFM(
+            n_channels,
+            ph["runway_ms"],
+            horizon,
+            int(p["n_bases"]),
+            rank=int(p["rank"]),
+            state_agnostic=name == "tbfm_sham",
+        )
+        fit_tbfm(model, train, val, lam=float(p["lam"]), max_iters=5)
+        return model
+    # trained on the CPU; p["device"] here names the devices the forecasts are timed on
+    model, _ = build_and_fit(name, train, val, {**ph, "tbfm_method": "alternating", "device": "cpu"}, seed)
+    return model
+
+
+def _timers(p: dict, model, compiled: bool, device: str, runways: list, meta: dict) -> list:
+    """The (row columns, timer) pairs of one model variant: the forecast given the whole runway (with its
+    weight map's floor when compiled) and, compiled with ``streaming``, the streamed forecast."""
+    n, w, ipi = int(p["n_calls"]), int(p["warmup"]), int(p["ipi_ms"])
+    empty = dict.fromkeys(("us_advance", "us_advance_p90", "us_read_floor", "us_bare_matvec", "map_mb"))
+    comp = compile_tbfm(model, [ipi], lead=int(p["lead_ms"])) if compiled else None
+    # a device other than the CPU times its own copy: the CPU variants keep the model where they time it
+    on_device = model if device == "cpu" or comp is not None else copy.deepcopy(model)
+    fn = forecast_fn(on_device, comp, ipi, int(p["lead_ms"]), device)
+
+    def whole() -> dict:
+        return {
+            **empty,
+            **time_forecasts(fn, runways, n, w),
+            **(time_map_floor(comp, n, w) if comp is not None else {}),
+        }
+
+    out: list[tuple[dict, Callable[[], dict]]] = [({**meta, "streaming": False}, whole)]
+    if comp is not None and p["streaming"]:
+        stream = comp.stream(ipi)  # a ring of partial sums: each timed call streams one whole runway through it
+
+        def streamed() -> dict:
+            return {**empty, **time_streaming(stream, runways, n, w)}
+
+        out.append(({**meta, "streaming": True}, streamed))
+    return out
