@@ -2,9 +2,10 @@
 
 * :class:`Experiment`: a grid of independent cells. The runner expands the grid, validates the
   cells, runs each as a Ray task, keeps each cell's Arrow table as Parquet, and calls ``report``
-  on the whole table. Simulated optimization, TBFM, latency and throughput are experiments.
+  on the whole table. Simulated optimization, TBFM and latency are experiments.
 * :class:`DriveExperiment`: an experiment that is not a grid of independent cells (an Optuna
-  study, a one-at-a-time calibration, an online session). It drives its own work inside the
+  study, a one-at-a-time calibration, an online session, the throughput benchmark of the whole
+  machine). It drives its own work inside the
   runner's :class:`~sweeps.run.Run`, which owns the MLflow parent run, Ray, the run folder and
   ``summary.json``.
 

@@ -176,34 +176,98 @@ def _check_latency_rounds(rows: list[dict], groups: list[dict]) -> None:
 
 
 def test_tiny_throughput_launch(tmp_path):
-    proc = launch(tmp_path, "+exp=throughput", "cluster.num_cpus=2", "n_queries=3", "n_reps=3",
-                  "params.n_problems=2", "params.workload_specs.rat.runs_reference=1",
-                  "params.workload_specs.nhp.runs_reference=1")
+    """Both conditions measured on the shared 2-CPU test Ray; the load really ran and is gone;
+    batched equals apart run for run; ratios, slowdown and targets come from the groups."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    problems = {"rat": 2}  # one design keeps it short; the NHP design differs only in its dataset
+    proc = launch(tmp_path, "+exp=throughput", "n_queries=3", "n_reps=2", "params.rounds=1", "params.designs=[rat]",
+                  "params.design_specs.rat.n_problems=2", "params.load.max_s=120")
     summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
-    assert summary["experiment"] == "throughput" and summary["failed_cells"] == 0
-    groups = {(g["params"]["workload"], g["params"]["engine"]): g for g in summary["groups"]}
-    assert set(groups) == {(w, e) for w in ("rat", "nhp") for e in ("batched", "botorch_reference")}
-    for (w, e), g in groups.items():
-        assert set(g["params"]) == {"workload", "engine"}
-        assert g["n"] == (2 * 3 if e == "batched" else 1)  # n_reps x n_problems, or the reference runs
-        assert g["n_queries"] == 3
-        rate, sem = g["metrics"]["runs_per_s"]
-        assert rate > 0 and sem >= 0
-        for m in ("exploration_final", "exploitation_final"):
-            value, sem = g["metrics"][m]
-            assert 0.0 <= value <= 1.0 and sem >= 0.0
-    for w in ("rat", "nhp"):
-        expected = groups[(w, "batched")]["metrics"]["runs_per_s"][0] / \
-            groups[(w, "botorch_reference")]["metrics"]["runs_per_s"][0]
-        assert summary["ratios"][w] == pytest.approx(expected)
-    assert {c["workload"] for c in summary["comparisons"]} == {"rat", "nhp"}
-    assert any("NHP runs per second" in t["target"] for t in summary["targets"])
-    assert (Path(summary["run_dir"]) / "figures" / "throughput.png").stat().st_size > 10_000
+    machine = summary["machine"]
+    assert summary["experiment"] == "throughput" and machine["cpus"] == 2 and machine["workers"] == 2
+    engines = ("batched", "apart", "botorch_reference")
+    groups = {tuple(g["params"].values()): g for g in summary["groups"]}
+    assert set(groups) == {(d, e, c) for d in problems for e in engines for c in ("quiet", "loaded")}
+    for (d, e, c), g in groups.items():
+        assert g["n"] == (2 * problems[d] if e != "botorch_reference" else 2)  # reference: one run per worker
+        assert g["metrics"]["runs_per_s"][0] == pytest.approx(g["runs_per_round"] / g["wall_s"])
+        assert g["load_processes"] == (2 if c == "loaded" else 0)
+        assert (g["metrics"]["load_cpu_s"][0] > 0) == (c == "loaded")
+    # the load: one busy process per CPU, really spinning, and every one ended and reaped
+    (session,) = machine["loads"]
+    assert len(session["pids"]) == 2 and session["cpu_s"] > 0
+    assert machine["load_nice"] == machine["worker_nice"]
+    for pid in session["pids"]:
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[3] != str(os.getpid())
+    # batched is today's engine run for run
+    comparisons = {c["params"]["design"]: c for c in summary["comparisons"]}
+    for d, n in problems.items():
+        c = comparisons[d]
+        assert c["n_runs"] == c["identical_runs"] == 2 * n * 2  # both conditions
+        assert c["exploration_points_max_abs"] == c["exploitation_points_max_abs"] == 0.0
+    rate = {k: g["metrics"]["runs_per_s"][0] for k, g in groups.items()}
+    for r in summary["ratios"]:
+        assert r["ratio"] == pytest.approx(rate[(r["design"], "batched", r["condition"])]
+                                           / rate[(r["design"], "botorch_reference", r["condition"])])
+    assert len(summary["ratios"]) == 2
+    for s in summary["slowdown"]:
+        assert s["fraction"] == pytest.approx(rate[(s["design"], s["engine"], "loaded")]
+                                              / rate[(s["design"], s["engine"], "quiet")])
+    assert len(summary["slowdown"]) == 3
+    targets = summary["targets"]
+    assert [t["target"].split(":")[0] for t in targets] == ["rat"] * 3
+    assert all(isinstance(t["met"], bool) for t in targets)
+    assert next(t for t in targets if t["unit"] == "points")["met"] is False  # 16 runs, not 800
+    assert any(line.startswith("target rat: batched >= 300 runs/s") for line in summary["headline"])
+    run_dir = Path(summary["run_dir"])
+    assert pq.read_table(run_dir / "results" / "phases.parquet").num_rows == 6
+    assert pq.read_table(run_dir / "results" / "runs.parquet").num_rows == sum(g["n"] for g in groups.values())
+    assert (run_dir / "figures" / "throughput.png").stat().st_size > 10_000
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert {"ratio/rat quiet", "loaded_over_quiet/rat batched", "wall_s"} <= set(parent.data.metrics)
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
-    assert len(children) == 4
-    assert all({"runs_per_s", "exploration_final", "exploitation_final"} <= set(c.data.metrics) for c in children)
+    assert len(children) == 6
+    assert all({"runs_per_s", "exploration_final", "load_cpu_s"} <= set(c.data.metrics) for c in children)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["cluster.num_cpus=2", "cluster.cpus_per_cell=4"], "cpus_per_cell"),
+    (["params.engines=[batched,bogus]"], "bogus"),
+    (["params.designs=[rat,monkey]"], "monkey"),
+    (["params.conditions=[quiet,noisy]"], "noisy"),
+    (["params.design_specs.rat.n_problems=99"], "params.design_specs.rat.n_problems=99"),
+    (["n_queries=97", "params.designs=[nhp]"], "n_queries=97"),
+    (["params.design_specs.rat.n_queries=33"], "params.design_specs.rat.n_queries=33"),
+    (["params.rounds=0"], "params.rounds=0"),
+    (["params.load.nice=30"], "params.load.nice=30"),
+    (["+params.bogus=1"], "bogus"),
+    (["cluster.address=127.0.0.1:9"], "the competing load runs on this machine"),
+    (["algorithm=gpbo_fixed_rho"], "variable-rho"),
+])
+def test_bad_throughput_config_stops_before_any_work(tmp_path, monkeypatch, overrides, message):
+    """The drive kind validates everything before Ray or MLflow start (one line naming the key)."""
+    from hydra import compose, initialize_config_dir
+
+    import sweeps.run
+    from sweeps.runner import run
+    from sweeps.schema import ConfigError
+
+    def no_ray(cfg):
+        raise AssertionError("Ray was started before the config was checked")
+
+    monkeypatch.setattr(sweeps.run, "connect_ray", no_ray)
+    ov = ["+exp=throughput", *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=ov)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        run(cfg, ov, tmp_path / "run")
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -213,13 +277,8 @@ def test_tiny_throughput_launch(tmp_path):
     (["+exp=latency", "n_queries=5"], "n_queries"),
     (["+exp=latency", "params.algorithms.variable_rho.rho_low=-1"], "variable_rho"),
     (["+exp=latency", "params.threads=0"], "params.threads"),
-    (["+exp=throughput", "cluster.num_cpus=2", "cluster.cpus_per_cell=4"], "cpus_per_cell"),
     (["+exp=tbfm_latency", "cluster.num_cpus=1"], "cluster.cpus_per_cell=2 but the local Ray has 1 CPU"),
     (["+exp=noise_sweep", "cluster.cpus_per_cell=0"], "positive CPU count"),
-    (["+exp=throughput", "grid.params.engine=[batched,bogus]"], "bogus"),
-    (["+exp=throughput", "params.n_problems=99"], "n_problems"),
-    (["+exp=throughput", "n_queries=97", "grid.params.workload=[nhp]"], "n_queries=97"),
-    (["+exp=throughput", "algorithm=gpbo_fixed_rho"], "variable-rho"),
 ])
 def test_bad_benchmark_config_stops_before_any_work(overrides, message):
     """Validation runs on the composed config before Ray or MLflow start (as the launcher calls it)."""

@@ -1,48 +1,52 @@
-"""Complete simulated GP-BO runs per second: the batched engine vs the plain BoTorch loop.
+"""``+exp=throughput``: complete simulated GP-BO runs per second on the whole machine, quiet and
+beside a competing load, for the batched engine, today's engine and the BoTorch reference.
 
-Workloads (``params.workload_specs``): ``rat`` = synthetic rat maps (8 x 4 array, 32 queries),
-``nhp`` = synthetic NHP maps (10 x 10 array minus corners, 96 queries), each on the first
-``params.n_problems`` problems (subject/muscle) of its dataset. A cell is one (workload,
-engine), and both engines run in the same launch on the same problems, with the same
-GP-BO hyperparameters (the top-level ``algorithm``, variable-rho) and response sampling:
+Designs (``params.design_specs``): ``rat`` = synthetic rat maps (2 rats x 4 muscles, 8 x 4
+array, 32 queries), ``nhp`` = synthetic NHP maps (2 monkeys x 3 muscles, 96 electrodes,
+96 queries); a design is ``n_reps`` runs of each of its first ``n_problems`` problems, which
+share one search space. Engines (``params.engines``, see :mod:`sweeps.throughput.shards`):
+``batched`` (``simulate_batch`` across the design's problems), ``apart`` (today's path, one
+``simulate`` batch per problem: the decision-quality baseline) and ``botorch_reference`` (the
+plain BoTorch loop, one run at a time per worker, ``reference_runs`` per worker).
 
-* ``batched``: :func:`neuro_opt.simulate.simulate` with ``gpbo``, ``n_reps`` replicates of
-  one problem as one batch, one batch per problem: ``n_reps x n_problems`` runs;
-* ``botorch_reference``: :func:`neuro_opt.reference_loop.botorch_reference_run`, one run at a
-  time, ``workload_specs.<w>.runs_reference`` runs, cycling over the problems (it is slow:
-  0.05 to 0.15 s per query on one thread here; the default runs 100 per workload, ~10 minutes
-  on 2 cores).
+It drives its own work (a :class:`~sweeps.experiment.DriveExperiment`), because its conditions
+are states of the whole machine, not independent cells. One worker per ``cluster.cpus_per_cell``
+of Ray's CPUs (a Ray actor, that many CPUs and torch threads), and every measurement splits the
+design's work into one shard per worker, started together: runs per second = runs / time from
+the first shard's start to the last one's finish. Rounds (``params.rounds``) alternate the
+conditions (``params.conditions``): ``quiet`` (nothing else started; the load average says what
+else ran) and ``loaded`` (:class:`~sweeps.throughput.load.BusyLoad`: one busy process per Ray
+CPU, started for the round's measurements, ended and joined after them). A group's figure is
+its best round; the rounds' spread is beside it.
 
-Runs per second = runs / wall time of the complete runs (responses, model, acquisition and
-metrics included), after one short untimed warm-up run of the same engine. Cells take
-``cluster.cpus_per_cell`` cores (1 in the exp file, as sweeps run: cells side by side, one
-per core) and torch uses ``params.threads`` threads (null: the cell's CPUs). One thread per
-cell is also what keeps the measurement honest on a shared machine: two torch threads on two
-busy cores make the small operations of both loops many times slower. ``runs_per_s`` is
-therefore per cell; ``targets`` in the summary multiplies it by the Ray CPUs for the
-whole-machine figure of the throughput target, and says so.
-
-The summary has a group per (workload, engine) with ``n`` = the runs its figures rest on,
-and a top-level ``ratios`` (batched / reference runs per second, per workload) and
-``comparisons`` (performance points, batched minus reference, on the problems both ran).
+Results: ``results/phases.parquet`` (a row per measurement) and ``results/runs.parquet`` (a row
+per run, its last query); the summary (:mod:`sweeps.throughput.summary`) has ``groups`` per
+(design, engine, condition), ``ratios`` (batched / reference), ``slowdown`` (loaded / quiet),
+``comparisons`` (batched vs apart, run for run), ``targets`` and ``machine``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from neuro_opt import metrics
-from sweeps.experiment import Experiment
-from sweeps.schema import ConfigError
+from sweeps.experiment import DriveExperiment
+from sweeps.schema import ConfigError, as_dict
+from sweeps.throughput.shards import ENGINES, Design
+from sweeps.throughput.summary import CONDITIONS
 
-ENGINES = ("batched", "botorch_reference")
+if TYPE_CHECKING:
+    from sweeps.run import Run
+
+PARAMS = ("designs", "engines", "conditions", "rounds", "load", "targets", "design_specs")
+SPEC_KEYS = ("dataset", "n_problems", "n_queries", "reference_runs", "target_runs_per_s", "target_quality_runs")
 # GP-BO hyperparameters the reference loop takes (the rest are the engine's own knobs)
 REFERENCE_KEYS = (
     "kappa",
@@ -68,359 +72,281 @@ def reference_hyperparameters(alg: dict) -> dict:
     return {k: alg[k] for k in REFERENCE_KEYS if k in alg}
 
 
-def _n_queries(payload: dict, spec: dict) -> int:
-    return int(payload["n_queries"] if payload["n_queries"] is not None else spec["n_queries"])
+def _int(v: Any, key: str, minimum: int = 1, null: bool = False) -> None:
+    if null and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{key}={v!r}: expected an integer >= {minimum}{' or null' if null else ''}")
 
 
-class ThroughputKind(Experiment):
-    payload_keys = ("kind", "params", "algorithm", "n_reps", "n_queries", "noise", "response_mode", "seed")
+def _number(v: Any, key: str, what: str, ok) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+        raise ConfigError(f"{key}={v!r}: expected {what}")
+    return float(v)
 
-    def __init__(self):
-        self._datasets = {}
 
-    # --------------------------------------------------------------- driver side
-    def problems(self, ds_cfg: dict, n_problems: int) -> list:
-        from neuro_opt.datasets import load
-        from sweeps.grid import stable_hash
-        from sweeps.kinds.optimization import dataset_args
+def _choices(v: Any, key: str, known: tuple[str, ...] | list[str]) -> list[str]:
+    if not isinstance(v, list) or not v or len(set(map(str, v))) != len(v):
+        raise ConfigError(f"{key}={v!r}: expected a non-empty list without repeats, of {', '.join(known)}")
+    for x in v:
+        if x not in known:
+            raise ConfigError(f"{key}: {x!r} is not one of {', '.join(known)}")
+    return list(v)
 
-        key = stable_hash(ds_cfg)
-        if key not in self._datasets:
-            name, args = dataset_args(ds_cfg)
-            try:
-                self._datasets[key] = load(name, **args)
-            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
-                raise ConfigError(f"dataset={name}: {exc}") from None
-        ds = self._datasets[key]
-        if n_problems > len(ds):
-            raise ConfigError(
-                f"params.n_problems={n_problems} but dataset {ds_cfg.get('name')!r} has only {len(ds)} problems"
-            )
-        return [ds[k] for k in ds.keys()[:n_problems]]
 
-    def data_for(self, payload: dict) -> dict:
-        """Every workload's problems (one object shared by all cells: the launcher puts it once)."""
-        p = payload["params"]
-        return {w: self.problems(spec["dataset"], int(p["n_problems"])) for w, spec in p["workload_specs"].items()}
+class ThroughputKind(DriveExperiment):
+    """kind=throughput (``+exp=throughput``)."""
 
-    def validate(self, cfg, cells) -> None:
+    def plan(self, cfg) -> tuple[dict, list[Design], dict, dict]:
+        """Everything validated before any work: the params, the designs (problems loaded), the
+        engine's and the reference loop's hyperparameters. Raises :class:`ConfigError`."""
         from neuro_opt import algorithms
-        from sweeps.kinds.latency import check_threads
+        from neuro_opt.datasets import load as load_dataset
+        from sweeps import config
+        from sweeps.kinds.optimization import dataset_args
+        from sweeps.runner import check_cpus
+        from sweeps.tuning.space import RESPONSE_MODES
 
-        for cell in cells:
-            pl = cell.payload
-            p = pl["params"]
-            where = f"cell {cell.coords}"
-            for key in ("workload", "engine", "workload_specs", "n_problems", "threads"):
-                if key not in p:
-                    raise ConfigError(f"params.{key} is missing ({where}); see conf/exp/throughput.yaml")
-            if p["engine"] not in ENGINES:
-                raise ConfigError(f"params.engine={p['engine']!r} ({where}): expected one of {', '.join(ENGINES)}")
-            if p["workload"] not in p["workload_specs"]:
+        if cfg.resume:
+            raise ConfigError(f"resume={cfg.resume!r}: a throughput run measures the machine at once; start a new run")
+        check_cpus(cfg)
+        p = as_dict(cfg.params, "params")
+        unknown = sorted(set(p) - set(PARAMS))
+        if unknown:
+            raise ConfigError(f"params: unknown key(s) {unknown} for kind=throughput; known: {', '.join(PARAMS)}")
+        for key in PARAMS:
+            if key not in p:
+                raise ConfigError(f"params.{key} is missing; see conf/exp/throughput.yaml")
+        specs = as_dict(p["design_specs"], "params.design_specs")
+        designs = _choices(p["designs"], "params.designs", list(specs))
+        _choices(p["engines"], "params.engines", ENGINES)
+        conditions = _choices(p["conditions"], "params.conditions", CONDITIONS)
+        _int(p["rounds"], "params.rounds")
+        load = as_dict(p["load"], "params.load")
+        if set(load) != {"processes", "max_s", "nice"}:
+            raise ConfigError(
+                f"params.load={load!r}: expected the keys processes (null: one per CPU), max_s and nice "
+                f"(null: the workers' niceness)"
+            )
+        _int(load["processes"], "params.load.processes", null=True)
+        if load["nice"] is not None and (
+            isinstance(load["nice"], bool) or not isinstance(load["nice"], int) or not -20 <= load["nice"] <= 19
+        ):
+            raise ConfigError(f"params.load.nice={load['nice']!r}: expected a niceness from -20 to 19, or null")
+        _number(load["max_s"], "params.load.max_s", "seconds > 0 (each load process ends by itself after it)", bool)
+        address = cfg.cluster.address
+        if "loaded" in conditions and address and address != "local":
+            raise ConfigError(
+                f"params.conditions has loaded but cluster.address={address!r}: the competing load runs on this "
+                f"machine, not on the cluster's; measure the loaded condition with a local Ray (cluster.address=null)"
+            )
+        t = as_dict(p["targets"], "params.targets")
+        if set(t) != {"cpus", "points", "loaded_fraction"}:
+            raise ConfigError(f"params.targets={t!r}: expected the keys cpus, points and loaded_fraction")
+        _int(t["cpus"], "params.targets.cpus", null=True)
+        _number(t["points"], "params.targets.points", "performance points >= 0", lambda v: v >= 0)
+        _number(t["loaded_fraction"], "params.targets.loaded_fraction", "a fraction in (0, 1]", lambda v: 0 < v <= 1)
+        _int(cfg.n_reps, "n_reps")
+        _number(cfg.noise, "noise", "a noise std >= 0 (fraction of the maximum response)", lambda v: v >= 0)
+        if cfg.response_mode not in RESPONSE_MODES:
+            raise ConfigError(f"response_mode={cfg.response_mode!r}: expected one of {', '.join(RESPONSE_MODES)}")
+        alg = as_dict(cfg.algorithm, "algorithm")
+        name = alg.pop("name", None)
+        if name != "gpbo" or alg.get("mode", "variable") != "variable":
+            mode = f" (mode {alg['mode']!r})" if "mode" in alg else ""
+            raise ConfigError(
+                f"algorithm={name!r}{mode}: throughput compares variable-rho GP-BO "
+                f"(algorithm=gpbo) with the BoTorch reference loop"
+            )
+        ref_args = reference_hyperparameters({"name": name, **alg})
+        out = []
+        for d in designs:
+            where = f"params.design_specs.{d}"
+            spec = as_dict(specs[d], where)
+            unknown = sorted(set(spec) - set(SPEC_KEYS))
+            missing = [k for k in SPEC_KEYS if k not in spec]
+            if unknown or missing:
                 raise ConfigError(
-                    f"params.workload={p['workload']!r} ({where}): not in params.workload_specs "
-                    f"({', '.join(p['workload_specs'])})"
+                    f"{where}: {'unknown key(s) ' + str(unknown) if unknown else 'missing ' + str(missing)}; "
+                    f"a design has {', '.join(SPEC_KEYS)}"
                 )
-            check_threads(p["threads"])
-            if not isinstance(p["n_problems"], int) or p["n_problems"] < 1:
-                raise ConfigError(f"params.n_problems={p['n_problems']!r}: must be an integer >= 1")
-            if pl["n_reps"] < 1:
-                raise ConfigError(f"n_reps={pl['n_reps']}: must be >= 1 (batched runs per problem)")
-            spec = p["workload_specs"][p["workload"]]
-            for key in ("dataset", "n_queries", "runs_reference"):
-                if key not in spec:
-                    raise ConfigError(f"params.workload_specs.{p['workload']}.{key} is missing")
-            if not isinstance(spec["runs_reference"], int) or spec["runs_reference"] < 1:
+            _int(spec["n_problems"], f"{where}.n_problems")
+            _int(spec["n_queries"], f"{where}.n_queries")
+            _int(spec["reference_runs"], f"{where}.reference_runs")
+            _int(spec["target_quality_runs"], f"{where}.target_quality_runs", null=True)
+            if spec["target_runs_per_s"] is not None:
+                _number(spec["target_runs_per_s"], f"{where}.target_runs_per_s", "runs/s > 0 or null", lambda v: v > 0)
+            config.check_option("dataset", spec["dataset"])
+            ds_name, args = dataset_args(spec["dataset"])
+            try:
+                ds = load_dataset(ds_name, **args)
+            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+                raise ConfigError(f"{where}.dataset={ds_name}: {exc}") from None
+            if spec["n_problems"] > len(ds):
                 raise ConfigError(
-                    f"params.workload_specs.{p['workload']}.runs_reference={spec['runs_reference']!r}: "
-                    f"must be an integer >= 1"
+                    f"{where}.n_problems={spec['n_problems']} but dataset {ds_name!r} has only {len(ds)} problems"
                 )
-            problems = self.problems(spec["dataset"], int(p["n_problems"]))
-            P = min(pr.space.n_points for pr in problems)
-            n_q = _n_queries(pl, spec)
-            if n_q < 1 or n_q > P:
-                raise ConfigError(
-                    f"n_queries={n_q} ({where}): must be between 1 and the size of the search space ({P} points)"
-                )
-            if not (isinstance(pl["noise"], (int, float)) and math.isfinite(pl["noise"]) and pl["noise"] >= 0):
-                raise ConfigError(f"noise={pl['noise']!r}: must be >= 0")
-            alg = dict(pl["algorithm"])
-            name = alg.pop("name", None)
-            if name != "gpbo" or alg.get("mode", "variable") != "variable":
-                raise ConfigError(
-                    f"algorithm={name!r} (mode {alg.get('mode')!r}): throughput compares variable-rho "
-                    f"GP-BO (algorithm=gpbo) with the BoTorch reference loop"
-                )
+            problems = [ds[k] for k in ds.keys()[: spec["n_problems"]]]
+            X0 = problems[0].space.X
+            for pr in problems[1:]:
+                if pr.space.X.shape != X0.shape or not np.array_equal(pr.space.X, X0):
+                    raise ConfigError(
+                        f"{where}: problems {problems[0].key!r} and {pr.key!r} have different search spaces; "
+                        f"a design's problems run as one engine batch and must share one"
+                    )
+            P = problems[0].space.n_points
+            n_q = cfg.n_queries if cfg.n_queries is not None else spec["n_queries"]
+            key = "n_queries" if cfg.n_queries is not None else f"{where}.n_queries"
+            if not isinstance(n_q, int) or not 1 <= n_q <= P:
+                raise ConfigError(f"{key}={n_q!r}: must be between 1 and design {d}'s search space size ({P} points)")
             try:
                 algorithms.make(name, problems[0].space, n_reps=1, seed=0, **alg)
             except ValueError as exc:
-                raise ConfigError(f"algorithm ({where}): {exc}") from None
-            reference_hyperparameters(pl["algorithm"])
+                raise ConfigError(f"algorithm: {exc}") from None
+            out.append(Design(d, problems, int(cfg.n_reps), n_q, spec["reference_runs"]))
+        return p, out, alg, ref_args
 
-    # --------------------------------------------------------------- worker side
+    def drive(self, run: Run) -> dict:
+        import ray
+
+        from sweeps import grid, results
+
+        cfg = run.cfg
+        grid.apply_scale(cfg, run.overrides)
+        params, designs, alg, ref_args = self.plan(cfg)
+        sample = {"noise": float(cfg.noise), "response_mode": str(cfg.response_mode)}
+        run.dir.mkdir(parents=True, exist_ok=True)
+        with run.ray():
+            run.open_parent(tags={"neuro_opt.kind": "throughput"})
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            per = float(cfg.cluster.cpus_per_cell)
+            n_workers, threads = max(1, int(cpus // per)), max(1, int(per))
+            n_load = params["load"]["processes"] or int(cpus)
+            machine = {
+                "cpus": int(cpus),
+                "workers": n_workers,
+                "cpus_per_worker": per,
+                "threads_per_worker": threads,
+                "load_processes": n_load,
+                "load_max_s": params["load"]["max_s"],
+                "os_cpus": len(os.sched_getaffinity(0)),
+                "loadavg_at_start": list(os.getloadavg()),
+                "n_reps": int(cfg.n_reps),
+                "n_queries": {d.name: d.n_queries for d in designs},
+                "rounds": params["rounds"],
+            }
+            phases, runs = self.measure_all(cfg, params, designs, alg, ref_args, sample, machine)
+            machine["loadavg_at_end"] = list(os.getloadavg())
+        table_runs = write_results(run.dir, phases, runs)
+        from sweeps.throughput.summary import summarize
+
+        body = summarize(params, machine, phases, table_runs, run.dir)
+        parent = run.require_parent()
+        results.log_groups(run.tracker, parent, body)
+        run.tracker.metrics(parent, parent_metrics(body))
+        return body
+
     @staticmethod
-    def run_cell(payload: dict, seed_sequence, data) -> pa.Table:
-        import torch
+    def measure_all(cfg, params, designs, alg, ref_args, sample, machine: dict):
+        """Every round: each condition (the load started for it), each design and engine. Adds the
+        workers' niceness, the load's and every load session to ``machine``."""
+        from sweeps.throughput import shards
+        from sweeps.throughput.load import BusyLoad
 
-        from neuro_opt.threads import intra_op_threads
-
-        p = payload["params"]
-        w, engine = p["workload"], p["engine"]
-        spec = p["workload_specs"][w]
-        problems = data[w]
-        n_q = _n_queries(payload, spec)
-        alg = dict(payload["algorithm"])
-        alg.pop("name")
-        sample = dict(noise=float(payload["noise"]), response_mode=payload["response_mode"])
-        ref_args = reference_hyperparameters(payload["algorithm"])
-        s_warm, s_runs = seed_sequence.spawn(2)
-        tables: list[pa.Table] = []
-        with intra_op_threads(p["threads"]):
-            threads = torch.get_num_threads()
-            _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables)
-        out = pa.concat_tables(tables)
-        n = out.num_rows
-        for k, v, typ in (
-            ("workload", w, pa.string()),
-            ("engine", engine, pa.string()),
-            ("threads", threads, pa.int32()),
-        ):
-            out = out.append_column(k, pa.array([v] * n, typ))
-        return out
-
-    # --------------------------------------------------------------- report
-    def report(self, cfg, table: pa.Table, run_dir: Path, tracker, parent_run: str | None, axes: dict) -> dict:
-        last = _final_rows(table)
-        groups, per_problem = [], {}
-        combos = sorted(set(zip(last["workload"].to_pylist(), last["engine"].to_pylist())))
-        for w, e in combos:
-            sub = last.filter(pc.and_(pc.equal(last["workload"], w), pc.equal(last["engine"], e)))
-            runs_per_s = _rate(sub)
-            params = {"workload": w, "engine": e}
-            m = {
-                "runs_per_s": runs_per_s,
-                "exploration_final": _mean_sem(sub["exploration"].to_numpy()),
-                "exploitation_final": _mean_sem(sub["exploitation"].to_numpy()),
-            }
-            batches = _batches(sub)
-            g = {
-                "params": params,
-                "n": sub.num_rows,
-                "metrics": m,
-                "n_queries": int(pc.max(sub["query"]).as_py()),
-                "n_problems": len(set(sub["problem"].to_pylist())),
-                "wall_s": float(sum(b[1] for b in batches)),
-                "threads": int(sub["threads"][0].as_py()),
-            }
-            groups.append(g)
-            per_problem[(w, e)] = _per_problem(sub)
-        ratios, comparisons = {}, []
-        by = {(g["params"]["workload"], g["params"]["engine"]): g for g in groups}
-        for w in sorted({g["params"]["workload"] for g in groups}):
-            b, r = by.get((w, "batched")), by.get((w, "botorch_reference"))
-            if b is None or r is None:
-                continue
-            ratio = b["metrics"]["runs_per_s"][0] / r["metrics"]["runs_per_s"][0]
-            ratios[w] = ratio
-            pb, pr = per_problem[(w, "batched")], per_problem[(w, "botorch_reference")]
-            common = sorted(set(pb) & set(pr))
-            entry = {
-                "workload": w,
-                "runs_per_s_ratio": ratio,
-                "n_batched": b["n"],
-                "n_reference": r["n"],
-                "problems": common,
-            }
-            for name in ("exploration", "exploitation"):
-                # performance points: per-problem mean final values, batched minus reference, averaged over
-                # the problems both engines ran; the SEM is over those problems (0 with one problem)
-                diffs = 100 * np.array([pb[k][name] - pr[k][name] for k in common])
-                entry[f"{name}_points_final"] = float(diffs.mean()) if common else None
-                entry[f"{name}_points_final_sem"] = metrics.value_sem(diffs)[1]
-            entry["per_problem"] = {k: {"batched": pb[k], "botorch_reference": pr[k]} for k in common}
-            comparisons.append(entry)
-            if tracker is not None:
-                tracker.metrics(parent_run, {f"ratio_{w}": ratio})
-        figs = run_dir / "figures"
-        figs.mkdir(exist_ok=True)
-        if groups:
-            throughput_figure(groups, ratios, figs / "throughput.png")
-        return {
-            "groups": groups,
-            "ratios": ratios,
-            "comparisons": comparisons,
-            "targets": _targets(cfg, groups, comparisons),
-        }
-
-
-def _targets(cfg, groups: list[dict], comparisons: list[dict]) -> list[dict]:
-    """Issue 3's throughput targets, as measured (and, for the 2-core figure, how it is derived)."""
-    out = []
-    for c in comparisons:
-        out.append(
-            {
-                "target": f"batched >= 100x the reference, {c['workload']}",
-                "value": c["runs_per_s_ratio"],
-                "met": bool(c["runs_per_s_ratio"] >= 100),
-            }
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if cfg.progress else (lambda msg: None)
+        n_load = machine["load_processes"]
+        workers, info = shards.start_workers(
+            machine["workers"], machine["cpus_per_worker"], machine["threads_per_worker"], designs
         )
-        pts = [c[f"{n}_points_final"] for n in ("exploration", "exploitation")]
-        if None not in pts:
-            out.append(
-                {
-                    "target": f"final exploration and exploitation within 2 points of the reference, {c['workload']}",
-                    "value": pts,
-                    "met": bool(max(abs(v) for v in pts) <= 2),
-                    "n_reference": c["n_reference"],
-                    "problems": len(c["problems"]),
-                }
-            )
-    cores = cfg.cluster.num_cpus or os.cpu_count() or 1
-    cells = max(1, int(cores // cfg.cluster.cpus_per_cell))
-    for g in groups:
-        if g["params"] == {"workload": "nhp", "engine": "batched"}:
-            rate = g["metrics"]["runs_per_s"][0] * cells
-            out.append(
-                {
-                    "target": ">= 20 complete NHP runs per second on 2 cores",
-                    "value": rate,
-                    "met": bool(rate >= 20) if cores == 2 else None,
-                    "basis": f"runs_per_s of one cell ({cfg.cluster.cpus_per_cell} CPU, {g['threads']} "
-                    f"thread(s)) x {cells} cells side by side on {cores} CPUs",
-                }
-            )
+        machine["worker_nice"] = max(i["nice"] for i in info)
+        machine["worker_threads"] = max(i["threads"] for i in info)
+        nice = params["load"]["nice"]
+        nice = machine["load_nice"] = machine["worker_nice"] if nice is None else nice
+        phases: list[dict] = []
+        runs: list[dict] = []
+        loads: list[dict] = machine.setdefault("loads", [])
+        try:
+            for d in designs:
+                shards.warm(workers, d, alg, ref_args, sample)
+            for rnd in range(1, params["rounds"] + 1):
+                for cond in params["conditions"]:
+                    loaded = cond == "loaded"
+                    t_load = time.time()
+                    with BusyLoad(n_load, params["load"]["max_s"], nice) if loaded else nullcontext() as load:
+                        for d in designs:
+                            for engine in params["engines"]:
+                                la, l0 = os.getloadavg()[0], load.cpu_s() if load else 0.0
+                                m = shards.measure(workers, d, engine, cfg.seed, (rnd, cond), alg, ref_args, sample)
+                                l1 = load.cpu_s() if load else 0.0
+                                if load is not None and load.alive() < n_load:
+                                    raise RuntimeError(
+                                        f"the competing load ended during round {rnd} ({load.alive()} of {n_load} "
+                                        f"processes left); raise params.load.max_s={params['load']['max_s']}"
+                                    )
+                                rows = m.pop("rows")
+                                key = {"round": rnd, "condition": cond, "design": d.name, "engine": engine}
+                                phases.append(
+                                    {
+                                        **key,
+                                        **m,
+                                        "runs_per_s": m["n_runs"] / m["wall_s"],
+                                        "load_processes": n_load if loaded else 0,
+                                        "load_cpu_s": l1 - l0,
+                                        "loadavg_1m": la,
+                                    }
+                                )
+                                runs.append({**key, **rows})
+                                say(
+                                    f"round {rnd}/{params['rounds']} {cond} {d.name} {engine}: {m['n_runs']} runs in "
+                                    f"{m['wall_s']:.2f} s = {m['n_runs'] / m['wall_s']:.3g} runs/s"
+                                    + (f" (load {l1 - l0:.1f} CPU s)" if loaded else "")
+                                )
+                    if load is not None:
+                        loads.append(
+                            {"round": rnd, "pids": load.pids, "cpu_s": load.final_cpu_s, "wall_s": time.time() - t_load}
+                        )
+        finally:
+            shards.stop_workers(workers)
+        return phases, runs
+
+
+def write_results(run_dir: Path, phases: list[dict], runs: list[dict]) -> dict[str, np.ndarray]:
+    """``results/phases.parquet`` and ``results/runs.parquet``; returns the runs as columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(run_dir) / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(phases), out / "phases.parquet")
+    cols: dict[str, list] = {}
+    for block in runs:
+        n = len(block["rep"])
+        for k, v in block.items():
+            cols.setdefault(k, []).extend(v if isinstance(v, list) else [v] * n)
+    table = pa.table(cols)
+    pq.write_table(table, out / "runs.parquet")
+    return {k: table[k].to_numpy(zero_copy_only=False) for k in table.column_names}
+
+
+def parent_metrics(body: dict) -> dict[str, float]:
+    """Ratios, slowdown and targets as the parent run's metrics (also in ``summary.json``)."""
+    from sweeps.results import metric_key
+
+    out: dict[str, float] = {}
+    for r in body["ratios"]:
+        for k in ("ratio", "apart_ratio", "batched_over_apart"):
+            if k in r:
+                out[metric_key(k, f"{r['design']} {r['condition']}")] = r[k]
+    for s in body["slowdown"]:
+        out[metric_key("loaded_over_quiet", f"{s['design']} {s['engine']}")] = s["fraction"]
+    for c in body["comparisons"]:
+        out[metric_key("max_abs_points", f"{c['params']['design']} batched vs apart")] = max(
+            c["exploration_points_max_abs"], c["exploitation_points_max_abs"]
+        )
+    for i, t in enumerate(body["targets"]):
+        if t["met"] is not None:
+            out[metric_key("target_met", f"{i} {t['target'].split(':')[0]}")] = float(t["met"])
     return out
-
-
-def _run_engine(engine, problems, spec, n_q, payload, alg, ref_args, sample, s_warm, s_runs, tables) -> None:
-    """Time complete runs of one engine (after a short untimed warm-up run) into ``tables``."""
-    from neuro_opt.reference_loop import botorch_reference_run
-    from neuro_opt.simulate import simulate
-
-    if engine == "batched":
-        reps = int(payload["n_reps"])
-        simulate(problems[0], "gpbo", n_reps=2, n_queries=min(3, n_q), seed=s_warm, hyperparameters=alg, **sample)
-        for i, (problem, ss) in enumerate(zip(problems, s_runs.spawn(len(problems)))):
-            t0 = time.perf_counter()
-            tab = simulate(problem, "gpbo", n_reps=reps, n_queries=n_q, seed=ss, hyperparameters=alg, **sample)
-            dt = time.perf_counter() - t0
-            tables.append(_annotate(tab, problem.key, i * reps, i, dt, reps))
-    else:
-        botorch_reference_run(problems[0], min(3, n_q), seed=s_warm, **ref_args, **sample)
-        for r, ss in enumerate(s_runs.spawn(int(spec["runs_reference"]))):
-            problem = problems[r % len(problems)]
-            t0 = time.perf_counter()
-            tab = botorch_reference_run(problem, n_q, seed=ss, **ref_args, **sample)
-            dt = time.perf_counter() - t0
-            tables.append(_annotate(tab, problem.key, r, r, dt, 1))
-
-
-def _annotate(tab: pa.Table, problem: str, rep0: int, batch: int, seconds: float, batch_size: int) -> pa.Table:
-    """Number the runs of a cell consecutively and record which timed batch each belongs to."""
-    n = tab.num_rows
-    tab = tab.set_column(0, "rep", pa.array(tab["rep"].to_numpy() + rep0, pa.int32()))
-    for k, v, typ in (
-        ("problem", problem, pa.string()),
-        ("batch", batch, pa.int32()),
-        ("batch_s", seconds, pa.float64()),
-        ("batch_size", batch_size, pa.int32()),
-    ):
-        tab = tab.append_column(k, pa.array([v] * n, typ))
-    return tab
-
-
-def _final_rows(table: pa.Table) -> pa.Table:
-    """The last query of every run (one row per run)."""
-    keep = np.zeros(table.num_rows, dtype=bool)
-    w = np.asarray(table["workload"].to_pylist())
-    q = table["query"].to_numpy()
-    for wl in np.unique(w):
-        sel = w == wl
-        keep |= sel & (q == q[sel].max())
-    return table.filter(pa.array(keep))
-
-
-def _batches(sub: pa.Table) -> list[tuple[int, float]]:
-    """``(runs, seconds)`` of every timed unit (a batch of replicates, or one reference run)."""
-    seen = {}
-    for cell, b, s, n in zip(
-        sub["cell"].to_pylist(), sub["batch"].to_pylist(), sub["batch_s"].to_pylist(), sub["batch_size"].to_pylist()
-    ):
-        seen[(cell, b)] = (n, s)
-    return list(seen.values())
-
-
-def _rate(sub: pa.Table) -> list[float]:
-    """Runs per second = total runs / total time, with its SEM over the timed units (ratio estimator)."""
-    units = np.array(_batches(sub), dtype=float)
-    n, t = units[:, 0], units[:, 1]
-    rate = n.sum() / t.sum()
-    k = len(units)
-    sem = float(np.sqrt(((n - rate * t) ** 2).sum() / (k * (k - 1))) / t.mean()) if k > 1 else 0.0
-    return [float(rate), sem]
-
-
-_mean_sem = metrics.value_sem
-
-
-def _per_problem(sub: pa.Table) -> dict:
-    acc: dict = {}
-    for k, ex, ei in zip(sub["problem"].to_pylist(), sub["exploration"].to_pylist(), sub["exploitation"].to_pylist()):
-        acc.setdefault(k, []).append((ex, ei))
-    return {
-        k: {
-            "exploration": float(np.mean([v[0] for v in vals])),
-            "exploitation": float(np.mean([v[1] for v in vals])),
-            "n": len(vals),
-        }
-        for k, vals in acc.items()
-    }
-
-
-def throughput_figure(groups: list[dict], ratios: dict, path: Path) -> Path:
-    """Runs per second (log scale) and final exploration/exploitation per workload and engine."""
-    from sweeps.plots import plt
-
-    workloads = sorted({g["params"]["workload"] for g in groups})
-    engines = [e for e in ENGINES if any(g["params"]["engine"] == e for g in groups)]
-    by = {(g["params"]["workload"], g["params"]["engine"]): g for g in groups}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    width = 0.8 / max(1, len(engines))
-    for ax, metric, scale in zip(axes, ("runs_per_s", "exploration_final", "exploitation_final"), (1, 100, 100)):
-        for j, e in enumerate(engines):
-            xs, ms, ss, ns = [], [], [], []
-            for i, w in enumerate(workloads):
-                g = by.get((w, e))
-                if g is None:
-                    continue
-                xs.append(i + (j - (len(engines) - 1) / 2) * width)
-                ms.append(scale * g["metrics"][metric][0])
-                ss.append(scale * g["metrics"][metric][1])
-                ns.append(g["n"])
-            ax.bar(xs, ms, width, yerr=ss, capsize=3, color=f"C{j}", label=e)
-            for x, m, n in zip(xs, ms, ns):
-                ax.annotate(f"n={n}", (x, m), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(workloads)))
-        ax.set_xticklabels(
-            [f"{w}\n{by[(w, engines[0])]['n_queries']} queries" if (w, engines[0]) in by else w for w in workloads]
-        )
-        ax.set_ylabel(metric.replace("_", " ") + (" (% of max)" if scale == 100 else ""))
-        if metric == "runs_per_s":
-            ax.set_yscale("log")
-            threads = sorted({g["threads"] for g in groups})
-            ax.set_title(
-                "batched / reference: "
-                + ("; ".join(f"{w} x{r:.0f}" for w, r in ratios.items()) or "-")
-                + f"\n(per cell, {'/'.join(map(str, threads))} torch thread(s))",
-                fontsize=9,
-            )
-        else:
-            ax.set_ylim(0, 110)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 KIND = ThroughputKind()
