@@ -42,11 +42,12 @@ class ThreadProbe(Experiment):
             "omp_wait_policy": [os.environ.get("OMP_WAIT_POLICY")],  # what libgomp read when torch loaded here
             "job_omp_wait_policy": [job_env.get("OMP_WAIT_POLICY")],  # what the launch's runtime_env gave
             "probe_var": [os.environ.get("PROBE_VAR")],
+            "nice": [os.getpriority(os.PRIO_PROCESS, 0)],  # the worker's niceness (Ray's own default: 15)
         })
 
     def report(self, cfg, table, run_dir, tracker, parent_run, axes) -> dict:
         rows = table.select(["threads", "default_threads", "omp_wait_policy", "job_omp_wait_policy",
-                             "probe_var"]).to_pylist()
+                             "probe_var", "nice"]).to_pylist()
         return {"groups": [{"params": {}, "n": len(rows), "metrics": {}}], "cells": rows}
 
 
@@ -69,6 +70,7 @@ def test_a_launched_cell_has_its_cpus_as_torch_threads_and_passive_openmp(tmp_pa
         assert c["threads"] == 2 and c["default_threads"] == 2, c
         assert c["omp_wait_policy"] == "PASSIVE" and c["job_omp_wait_policy"] == "PASSIVE", c
         assert c["probe_var"] == "kept", c  # a user's env_vars are kept beside the launcher's
+        assert c["nice"] == os.getpriority(os.PRIO_PROCESS, 0), c  # workers compete as ordinary jobs, not at 15
 
 
 def test_cells_side_by_side_take_one_thread_each(tmp_path):

@@ -126,7 +126,7 @@ class ThroughputKind(DriveExperiment):
         if set(load) != {"processes", "max_s", "nice"}:
             raise ConfigError(
                 f"params.load={load!r}: expected the keys processes (null: one per CPU), max_s and nice "
-                f"(null: the workers' niceness)"
+                f"(0: an ordinary process; null: the workers' niceness)"
             )
         _int(load["processes"], "params.load.processes", null=True)
         if load["nice"] is not None and (

@@ -8,9 +8,10 @@ parent is gone, so a killed launch leaves no load behind for long; on exit the c
 (SIGTERM, then SIGKILL) and reaps it. Their CPU seconds, read from ``/proc/<pid>/stat``, say how
 much load was actually present.
 
-The processes run at a given niceness: Linux shares a core by niceness, so a load at niceness 0
-beside Ray's workers (which Ray starts at niceness 15 unless ``RAY_worker_niceness`` says
-otherwise) takes nearly all of the core, and a load at the workers' own niceness shares it evenly.
+The processes run at a given niceness (0 by default: an ordinary job). Linux shares a core by
+niceness; the launcher's local Ray starts its workers at 0 too (``hardware.local_ray``; Ray's own
+default is 15, beside which a niceness-0 process takes nearly all of the core), so the default
+load and the workers share the cores evenly.
 """
 
 from __future__ import annotations
