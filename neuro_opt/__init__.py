@@ -9,10 +9,12 @@ arguments.
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning on cores other work needs (neuro_opt.threads). libgomp
-# reads this once, when torch loads it: set before torch only, and it has no effect once libgomp is loaded.
+from neuro_opt.threads import openmp_defaults
+
+# Idle OpenMP threads spin only briefly before they sleep (neuro_opt.threads.OPENMP_ENV). libgomp reads
+# this once, when torch loads it: set before torch only, and it has no effect once libgomp is loaded.
 if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    openmp_defaults(os.environ)
 
 from neuro_opt.space import SearchSpace  # noqa: E402 - after the environment libgomp reads
 

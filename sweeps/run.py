@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from neuro_opt.threads import openmp_defaults
 from sweeps import results
 from sweeps.schema import ConfigError, Interrupted
 from sweeps.store import write_summary
@@ -169,18 +170,18 @@ def check_address(address: str) -> None:
 
 
 #: Environment of every Ray worker a launch starts (a key of ``cluster.runtime_env.env_vars`` wins):
-#: torch's OpenMP (libgomp) reads ``OMP_WAIT_POLICY`` when torch loads in the worker, and PASSIVE
-#: makes idle OpenMP threads sleep at once instead of spinning on cores other cells need.
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def worker_runtime_env(runtime_env: dict | None) -> dict:
-    """``cluster.runtime_env`` with :data:`WORKER_ENV` merged under its ``env_vars``."""
+    """``cluster.runtime_env`` with :data:`neuro_opt.threads.OPENMP_ENV` (how long torch's idle OpenMP
+    threads spin) merged under its ``env_vars``, unless those set a wait policy or spin count."""
     env = dict(runtime_env or {})
     given = env.get("env_vars") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"cluster.runtime_env.env_vars={given!r}: expected a mapping NAME: value")
-    env["env_vars"] = {**WORKER_ENV, **given}
+    merged = dict(given)
+    openmp_defaults(merged)  # unless the user's env_vars set a wait policy or spin count themselves
+    env["env_vars"] = merged
     return env
 
 
