@@ -50,9 +50,11 @@ HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 
 TINY = ["+exp=noise_sweep", "n_reps=2", "n_queries=8", "grid.noise=[0.0,0.5]", "dataset.n_subjects=1",
         "dataset.n_muscles=2", "progress=false"]
-# 16 GP-BO cells of a second or two each: long enough to lose a node in the middle of it.
+# 16 GP-BO cells in 8 tasks of two (batch_reps: one engine batch per pair of cells), a few seconds
+# each: long enough to lose a node in the middle of it, and a lost task takes two cells with it.
 LARGER = ["+exp=noise_sweep", "n_reps=2", "n_queries=40", "grid.algorithm=[gpbo]",
-          "grid.noise=[0.0,0.25,0.5,0.75]", "dataset.n_subjects=1", "dataset.n_muscles=4", "progress=false"]
+          "grid.noise=[0.0,0.25,0.5,0.75]", "dataset.n_subjects=1", "dataset.n_muscles=4", "progress=false",
+          "cluster.batch_reps=4"]
 
 
 # --------------------------------------------------------------------------- static checks
