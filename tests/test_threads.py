@@ -60,7 +60,7 @@ def _probe_launch(tmp: Path, *overrides: str, process: bool) -> list[dict]:
     return summary["cells"]
 
 
-def test_a_launched_cell_has_its_cpus_as_torch_threads_and_passive_openmp(tmp_path, monkeypatch):
+def test_a_launched_cell_has_its_cpus_as_torch_threads_a_bounded_openmp_spin_and_niceness_0(tmp_path, monkeypatch):
     """``python -m sweeps.launch`` (a process: the launcher starts its own local Ray and workers)."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # what the cells see comes from the launch
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
