@@ -4,9 +4,10 @@ torch runs one operation on a pool of intra-op threads (GNU OpenMP, libgomp, in 
 used here: ``torch.__config__.parallel_info()``). A parallel region waits for its slowest thread,
 so on cores shared with other work (other sweep cells, other jobs) a second thread can make a
 small operation many times slower instead of faster; and libgomp's idle threads spin after each
-region (``GOMP_SPINCOUNT`` iterations) before they sleep. :data:`OPENMP_ENV` bounds that spin
-(the launcher gives its Ray workers that setting; importing :mod:`neuro_opt` before torch sets it
-unless the environment has a value of its own). A one-thread task has no idle OpenMP threads at all.
+region before they sleep. A one-thread task (every sweep cell by default) has no OpenMP team, so
+no idle thread at all. libgomp's own bounded spin is kept for tasks of several threads: both
+``OMP_WAIT_POLICY=PASSIVE`` and a shorter ``GOMP_SPINCOUNT`` made the back-to-back operations of a
+2-thread online GP-BO query wait for sleeping threads (docs/cluster.md).
 
 * :func:`intra_op_threads`: torch uses ``n`` threads inside a ``with`` block, restored after.
   Every sweep cell runs inside one whose ``n`` is the CPUs its Ray task holds
@@ -28,22 +29,7 @@ import os
 from contextvars import ContextVar
 from typing import Iterator
 
-__all__ = ["OPENMP_ENV", "available_cpus", "check_threads", "default_threads", "intra_op_threads", "openmp_defaults"]
-
-# How long libgomp's idle threads spin after a parallel region before they sleep: a third of its own
-# default (300,000; OMP_WAIT_POLICY=PASSIVE makes it 0). Short enough that a thread whose partner
-# has gone to other work soon sleeps instead of holding a core; long enough that the back-to-back
-# operations of one GP-BO query still find their threads awake (with PASSIVE every operation wakes a
-# sleeping thread, and a 2-thread online query got slower: see docs/cluster.md).
-OPENMP_ENV = {"GOMP_SPINCOUNT": "100000"}
-
-
-def openmp_defaults(environ) -> None:
-    """Put :data:`OPENMP_ENV` in ``environ`` (e.g. ``os.environ``) unless it sets a wait policy or spin
-    count of its own. libgomp reads them once, when torch loads it: set them before torch."""
-    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
-        return
-    environ.update(OPENMP_ENV)
+__all__ = ["available_cpus", "check_threads", "default_threads", "intra_op_threads"]
 
 
 # the n of the innermost intra_op_threads block (None: outside every block)

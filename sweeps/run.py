@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from neuro_opt.threads import openmp_defaults
 from sweeps import results
 from sweeps.schema import ConfigError, Interrupted
 from sweeps.store import write_summary
@@ -169,22 +168,6 @@ def check_address(address: str) -> None:
         ) from None
 
 
-#: Environment of every Ray worker a launch starts (a key of ``cluster.runtime_env.env_vars`` wins):
-
-
-def worker_runtime_env(runtime_env: dict | None) -> dict:
-    """``cluster.runtime_env`` with :data:`neuro_opt.threads.OPENMP_ENV` (how long torch's idle OpenMP
-    threads spin) merged under its ``env_vars``, unless those set a wait policy or spin count."""
-    env = dict(runtime_env or {})
-    given = env.get("env_vars") or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"cluster.runtime_env.env_vars={given!r}: expected a mapping NAME: value")
-    merged = dict(given)
-    openmp_defaults(merged)  # unless the user's env_vars set a wait policy or spin count themselves
-    env["env_vars"] = merged
-    return env
-
-
 def task_cpus() -> int | None:
     """The CPUs the running Ray task holds (``num_cpus``, at least 1; a fraction rounds down), or
     None outside a Ray worker: the intra-op threads every task body of a launch uses
@@ -212,9 +195,7 @@ def connect_ray(cfg: DictConfig) -> bool:
     address = cfg.cluster.address
     if address:
         check_address(address)
-    given = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True)
-    assert isinstance(given, dict)  # typed by ClusterConfig
-    runtime_env = worker_runtime_env(given)
+    runtime_env = OmegaConf.to_container(cfg.cluster.runtime_env, resolve=True) or None
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, include_dashboard=False, runtime_env=runtime_env)
     try:
         if address:

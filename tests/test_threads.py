@@ -1,7 +1,7 @@
 """Thread hygiene: torch threads per cell, idle OpenMP threads that sleep, the threads block.
 
 A cell uses as many torch intra-op threads as the CPUs its Ray task holds (``cluster.cpus_per_cell``),
-and the workers a launch starts have a bounded ``GOMP_SPINCOUNT`` so that torch's OpenMP threads
+and a one-thread process has no idle OpenMP thread, while libgomp's idle threads sleep after a short spin
 (libgomp) do not spin on cores other cells need. ``ThreadProbe`` (``kind=tests.test_threads:ThreadProbe``)
 is a cell that records what it runs with.
 """
@@ -19,16 +19,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from neuro_opt.threads import OPENMP_ENV, available_cpus, default_threads, intra_op_threads
+from neuro_opt.threads import available_cpus, default_threads, intra_op_threads
 from sweeps.experiment import Experiment
-from sweeps.run import worker_runtime_env
 from tests import launching
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class ThreadProbe(Experiment):
-    """One row per cell: the torch threads it runs with and its worker's OpenMP spin count."""
+    """One row per cell: the torch threads it runs with, its worker's niceness and environment."""
 
     payload_keys = ("kind", "params", "seed")
 
@@ -39,15 +38,13 @@ class ThreadProbe(Experiment):
         return pa.table({
             "threads": [torch.get_num_threads()],
             "default_threads": [default_threads()],
-            "omp_wait_policy": [os.environ.get("GOMP_SPINCOUNT")],  # what libgomp read when torch loaded here
-            "job_omp_wait_policy": [job_env.get("GOMP_SPINCOUNT")],  # what the launch's runtime_env gave
+            "job_probe_var": [job_env.get("PROBE_VAR")],  # what the launch's runtime_env gave
             "probe_var": [os.environ.get("PROBE_VAR")],
             "nice": [os.getpriority(os.PRIO_PROCESS, 0)],  # the worker's niceness (Ray's own default: 15)
         })
 
     def report(self, cfg, table, run_dir, tracker, parent_run, axes) -> dict:
-        rows = table.select(["threads", "default_threads", "omp_wait_policy", "job_omp_wait_policy",
-                             "probe_var", "nice"]).to_pylist()
+        rows = table.select(["threads", "default_threads", "job_probe_var", "probe_var", "nice"]).to_pylist()
         return {"groups": [{"params": {}, "n": len(rows), "metrics": {}}], "cells": rows}
 
 
@@ -60,17 +57,14 @@ def _probe_launch(tmp: Path, *overrides: str, process: bool) -> list[dict]:
     return summary["cells"]
 
 
-def test_a_launched_cell_has_its_cpus_as_torch_threads_a_bounded_openmp_spin_and_niceness_0(tmp_path, monkeypatch):
+def test_a_launched_cell_has_its_cpus_as_torch_threads_and_niceness_0(tmp_path):
     """``python -m sweeps.launch`` (a process: the launcher starts its own local Ray and workers)."""
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # what the cells see comes from the launch
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     cells = _probe_launch(tmp_path, "cluster.cpus_per_cell=2", "+cluster.runtime_env.env_vars.PROBE_VAR=kept",
                           process=True)
     assert len(cells) == 2
     for c in cells:
         assert c["threads"] == 2 and c["default_threads"] == 2, c
-        assert c["omp_wait_policy"] == c["job_omp_wait_policy"] == OPENMP_ENV["GOMP_SPINCOUNT"], c
-        assert c["probe_var"] == "kept", c  # a user's env_vars are kept beside the launcher's
+        assert c["probe_var"] == c["job_probe_var"] == "kept", c  # a user's env_vars reach the workers
         assert c["nice"] == os.getpriority(os.PRIO_PROCESS, 0), c  # workers compete as ordinary jobs, not at 15
 
 
@@ -79,16 +73,6 @@ def test_cells_side_by_side_take_one_thread_each(tmp_path):
     torch.set_num_threads(2)  # the driver's count does not leak into the cells
     cells = _probe_launch(tmp_path, "cluster.cpus_per_cell=1", process=False)
     assert [(c["threads"], c["default_threads"]) for c in cells] == [(1, 1), (1, 1)]
-
-
-def test_worker_runtime_env_merges_under_a_users_env_vars():
-    assert worker_runtime_env(None) == {"env_vars": OPENMP_ENV}
-    assert worker_runtime_env({"env_vars": {"A": "1"}}) == {"env_vars": {"A": "1", **OPENMP_ENV}}
-    user = {"working_dir": ".", "env_vars": {"A": "1", "OMP_WAIT_POLICY": "ACTIVE"}}
-    assert worker_runtime_env(user) == {"working_dir": ".", "env_vars": {"A": "1", "OMP_WAIT_POLICY": "ACTIVE"}}
-    assert user["env_vars"] == {"A": "1", "OMP_WAIT_POLICY": "ACTIVE"}  # not modified
-    with pytest.raises(ValueError, match="cluster.runtime_env.env_vars"):
-        worker_runtime_env({"env_vars": ["A=1"]})
 
 
 # CPU time of an idle process whose torch ran parallel regions on 2 threads a moment ago
@@ -107,35 +91,19 @@ IDLE_BOUND_S = 0.05
 
 def _idle_cpu_s(policy: str) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(dict([policy.split("=")]))
+    env.update(dict([policy.split("=")]) if policy else {})
     out = subprocess.run([sys.executable, "-c", _IDLE_CPU], env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     return float(out.stdout.strip())
 
 
 @pytest.mark.skipif(available_cpus() < 2, reason="needs 2 CPUs for a second OpenMP thread")
-def test_idle_openmp_threads_sleep_soon_with_the_bounded_spin():
-    """With the bounded spin, a process whose 2 torch threads are idle uses (almost) no CPU over 0.5 s;
+def test_idle_openmp_threads_sleep_soon():
+    """With libgomp's default bounded spin, a process whose 2 torch threads are idle uses (almost) no CPU over 0.5 s;
     with ACTIVE (the control: the measurement can fail) an idle thread spins through it."""
     assert torch.__config__.parallel_info().count("OpenMP") >= 1  # libgomp: what OMP_WAIT_POLICY governs
-    assert _idle_cpu_s("GOMP_SPINCOUNT=" + OPENMP_ENV["GOMP_SPINCOUNT"]) < IDLE_BOUND_S
+    assert _idle_cpu_s("") < IDLE_BOUND_S  # libgomp's own default
     assert _idle_cpu_s("OMP_WAIT_POLICY=ACTIVE") > IDLE_BOUND_S
-
-
-def test_neuro_opt_bounds_the_openmp_spin_only_before_torch_and_never_over_a_users_value():
-    code = "import os, sys; {}; print(os.environ.get('GOMP_SPINCOUNT'))"
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env["PYTHONPATH"] = str(ROOT)
-
-    def policy(imports: str, **extra: str) -> str:
-        out = subprocess.run([sys.executable, "-c", code.format(imports)], env={**env, **extra},
-                             capture_output=True, text=True, timeout=120, check=True)
-        return out.stdout.strip()
-
-    assert policy("import neuro_opt; import torch") == OPENMP_ENV["GOMP_SPINCOUNT"]
-    assert policy("import torch; import neuro_opt") == "None"  # too late: libgomp has read the environment
-    assert policy("import neuro_opt", OMP_WAIT_POLICY="ACTIVE") == "None"  # a wait policy of the user's
-    assert policy("import neuro_opt", GOMP_SPINCOUNT="5") == "5"
 
 
 def test_intra_op_threads_sets_and_restores_and_refuses_bad_counts():
