@@ -236,8 +236,8 @@ def test_a_rig_fault_mid_session_stops_it_and_resume_carries_on(fresh, tmp_path)
         run_online(online, rig_cfg(port), run_dir=tmp_path / "s", use_actor=False, echo=lambda s: None)
     assert isinstance(info.value.cause, LateResponse) and info.value.run_dir == tmp_path / "s"
     recs = Journal.read(tmp_path / "s" / "journal.jsonl")
-    assert [r["kind"] for r in recs] == ["header", "intent", "no_response", "stop"]
-    assert "LateResponse" in recs[2]["error"] and "sent, no valid response" in recs[3]["error"]
+    assert [r["kind"] for r in recs] == ["header", "ask", "intent", "no_response", "stop"]
+    assert "LateResponse" in recs[3]["error"] and "sent, no valid response" in recs[4]["error"]
     stopped = json.loads((tmp_path / "s" / "session.json").read_text())
     assert stopped["n_stimulations"] == 1 and "no new EMG window" in stopped["stopped"]
     out = run_online(online, rig_cfg(port), resume=tmp_path / "s", use_actor=False, echo=lambda s: None)

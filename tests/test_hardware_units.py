@@ -250,12 +250,17 @@ def test_operator_mode_confirms_every_stimulation_and_pauses_and_resumes(tmp_pat
     assert "channel" in prompts[0] and "Enter to stimulate" in prompts[0]
     intents = [r for r in recs if r["kind"] == "intent"]
     assert len(intents) == 3  # one stimulation per Enter, none after the q
-    assert recs[-2]["kind"] == "query" and out["n_queries"] == recs[-2]["query"] + 1 >= 2
+    # the query the operator paused at was asked (journaled) and stays pending: a resume stimulates it
+    assert recs[-2]["kind"] == "ask" and recs[-3]["kind"] == "query"
+    assert out["n_queries"] == recs[-3]["query"] + 1 == recs[-2]["query"] >= 2
+    paused_at = recs[-2]
     assert sum("retry" in p for p in prompts) == sum(r["attempt"] > 0 for r in intents)
     out = run_online(online_cfg(mode="autonomous", n_queries=5), rig_cfg(), resume=run, use_actor=False,
                      make_optimizer=make_standin, echo=lambda s: None)
     recs = Journal.read(run / "journal.jsonl")
     assert [r["query"] for r in recs if r["kind"] == "query"] == [0, 1, 2, 3, 4]
+    resumed = next(r for r in recs if r["kind"] == "query" and r["query"] == paused_at["query"])
+    assert (resumed["query_id"], resumed["point"]) == (paused_at["query_id"], paused_at["point"])
     assert not out["paused"] and recs[-1]["kind"] == "end"
     assert (run / "session.json").exists() and (run / "figures" / "performance.png").exists()
     with pytest.raises(ValueError, match=r"differs in \['algorithm'\]"):

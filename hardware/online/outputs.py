@@ -1,6 +1,6 @@
 """What a session leaves behind: ``estimated_map.json``, the figures and ``session.json``.
 
-Functions of an :class:`~hardware.online.session.OnlineSession`, read from its journal.
+Functions of a :class:`~hardware.online.core.SessionCore`, read from its journal.
 """
 
 from __future__ import annotations
@@ -15,12 +15,33 @@ import numpy as np
 from hardware.journal import to_jsonable
 
 
-def write_outputs(session, paused: bool = False, stopped: str | None = None) -> dict:
-    """Write the estimated map, figures and ``session.json``; return the summary.
+def write_outputs(
+    core,
+    run_dir: Path,
+    *,
+    rig: dict,
+    confirmation: str,
+    paused: bool = False,
+    stopped: str | None = None,
+    tracker=None,
+    artefact_min_snr: float | None = None,
+    echo=print,
+) -> dict:
+    """Write the estimated map, figures and ``session.json`` of a session; return the summary.
+
+    Args:
+        core: the session's :class:`~hardware.online.core.SessionCore`.
+        run_dir: the session folder.
+        rig: ``{name, kind}`` of the rig it stimulated through.
+        confirmation: ``operator`` or ``none``.
+        tracker: optional, ``log_summary(summary, artifacts)``.
+        artefact_min_snr: the dry run's artefact threshold (dry-run mode only).
 
     ``n_stimulations`` counts the triggers that were sent (a trial, or no valid response);
     ``n_maybe_delivered`` those whose fate is unknown; ``n_not_sent`` the failures before a trigger.
     """
+    session = core
+    run_dir = Path(run_dir)
     queries = session.journal.of_kind("query")
     trials = session.journal.of_kind("trial")
     est = session.estimate() if queries else np.full(session.P, np.nan)
@@ -34,15 +55,15 @@ def write_outputs(session, paused: bool = False, stopped: str | None = None) -> 
         "mean": [float(v) if math.isfinite(v) else None for v in est],
         "n_queries": len(queries),
     }
-    _atomic_write(session.run_dir / "estimated_map.json", json.dumps(emap, indent=1))
-    figures = _figures(session, queries, est) if queries else []
+    _atomic_write(run_dir / "estimated_map.json", json.dumps(emap, indent=1))
+    figures = _figures(session, run_dir, queries, est) if queries else []
     summary = {
         "session_id": session.journal.header["session_id"],
         "name": session.cfg.name,
         "mode": session.cfg.mode,
-        "confirmation": "operator" if session.confirm is not None else "none",
-        "rig": {"name": session.rig.name, "kind": session.rig.kind},
-        "run_dir": str(session.run_dir),
+        "confirmation": confirmation,
+        "rig": {"name": rig["name"], "kind": rig["kind"]},
+        "run_dir": str(run_dir),
         "journal": str(session.journal.path),
         "paused": paused,
         "stopped": stopped,
@@ -63,10 +84,10 @@ def write_outputs(session, paused: bool = False, stopped: str | None = None) -> 
         "exploitation_final": queries[-1]["exploitation"] if queries else None,
         "replay_mismatches": session.replay_mismatches,
         "figures": figures,
-        "estimated_map": str(session.run_dir / "estimated_map.json"),
+        "estimated_map": str(run_dir / "estimated_map.json"),
     }
-    if session.cfg.mode == "dry_run":
-        thr = session.rig.emg.artefact_min_snr
+    if session.cfg.mode == "dry_run" and artefact_min_snr is not None:
+        thr = artefact_min_snr
         seen: dict[int, float] = {}
         for t in trials:
             ch = int(t["params"]["channel"])
@@ -78,25 +99,25 @@ def write_outputs(session, paused: bool = False, stopped: str | None = None) -> 
             "channels_without_artefact": missing,
             "artefact_min_snr": thr,
         }
-        session.echo(
+        echo(
             f"dry run: stimulation artefact {'present on every' if not missing else 'MISSING on'} "
             f"channel{'' if not missing else 's ' + str(missing)} of {len(seen)} tested"
         )
-    _atomic_write(session.run_dir / "session.json", json.dumps(to_jsonable(summary), indent=1))
-    if session.tracker is not None and hasattr(session.tracker, "log_summary"):
-        session.tracker.log_summary(
-            summary, [session.run_dir / "estimated_map.json", session.journal.path, *[Path(f) for f in figures]]
+    _atomic_write(run_dir / "session.json", json.dumps(to_jsonable(summary), indent=1))
+    if tracker is not None and hasattr(tracker, "log_summary"):
+        tracker.log_summary(
+            summary, [run_dir / "estimated_map.json", session.journal.path, *[Path(f) for f in figures]]
         )
     return summary
 
 
-def _figures(session, queries: list[dict], est: np.ndarray) -> list[str]:
+def _figures(session, run_dir: Path, queries: list[dict], est: np.ndarray) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    d = session.run_dir / "figures"
+    d = run_dir / "figures"
     d.mkdir(exist_ok=True)
     out = []
     # estimated map over the electrode grid (max over any other dimension)

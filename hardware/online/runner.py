@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import secrets
 from pathlib import Path
 from typing import Callable, Mapping
 
 from hardware.journal import Journal, to_jsonable
-from hardware.online.config import JOURNAL_NAME, RESUMABLE_CHANGES, OnlineConfig, StimulationPlan, plain
+from hardware.online.config import JOURNAL_NAME, OnlineConfig, StimulationPlan, plain
+from hardware.online.core import check_resumable, new_session_id, start_journal
 from hardware.online.session import OnlineSession, confirmation, resolve_mode
 from hardware.rig import ChannelMap
 from neuro_opt.space import SearchSpace
@@ -17,24 +16,6 @@ from neuro_opt.space import SearchSpace
 def _journal_path(resume: str | Path) -> Path:
     p = Path(resume)
     return p / JOURNAL_NAME if p.is_dir() else p
-
-
-def _check_resumable(header: dict, cfg: OnlineConfig, plan: StimulationPlan) -> None:
-    old = dict(header["online"])
-    new = cfg.to_dict()
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if diff:
-        raise ValueError(
-            f"cannot resume {header['session_id']}: the online config differs in {diff} "
-            f"(only {list(RESUMABLE_CHANGES)} may change on resume)"
-        )
-    if header["space"] != to_jsonable(plan.describe()):
-        raise ValueError(
-            f"cannot resume {header['session_id']}: its search space differs from this config's "
-            f"(an online config made for another search space)"
-        )
-    if plan.chmap is not None and header.get("ch2xy") != plan.chmap.to_list():
-        raise ValueError(f"cannot resume {header['session_id']}: the rig's ch2xy mapping changed")
 
 
 def ensure_ray(rig_cfg: Mapping, address: str | None = None) -> None:
@@ -113,8 +94,7 @@ def run_online(
         session_id = journal.header["session_id"]
         run_dir = journal.path.parent
     else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        session_id = f"{cfg.name}-{stamp}-{secrets.token_hex(3)}"
+        session_id = new_session_id(cfg.name)
         run_dir = Path(run_dir) if run_dir is not None else Path("runs") / "online" / session_id
     try:
         if use_actor:
@@ -123,27 +103,16 @@ def run_online(
         plan = StimulationPlan(cfg, chmap, rig_session.limits)
         plan.preflight()
         if journal is not None:
-            _check_resumable(journal.header, cfg, plan)
+            check_resumable(journal.header, cfg, plan)
         else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            journal = Journal.create(
-                run_dir / JOURNAL_NAME,
-                {
-                    "version": 1,
-                    "session_id": session_id,
-                    "online": cfg.to_dict(),
-                    "space": plan.describe(),
-                    "mode": cfg.mode,
-                    "confirmation": "operator" if confirm is not None else "none",
-                    "ch2xy": chmap.to_list() if chmap else None,
-                    "started": _dt.datetime.now().isoformat(),
-                    "rig": {
-                        "name": rig_session.name,
-                        "kind": rig_session.kind,
-                        "muscles": list(rig_session.muscles),
-                        "config": to_jsonable(rig_cfg),
-                    },
-                },
+            rig_info = {"name": rig_session.name, "kind": rig_session.kind, "muscles": list(rig_session.muscles)}
+            journal = start_journal(
+                run_dir,
+                session_id,
+                cfg,
+                plan,
+                {**rig_info, "config": to_jsonable(rig_cfg)},
+                "operator" if confirm is not None else "none",
             )
         session = OnlineSession(
             cfg,

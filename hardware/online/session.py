@@ -6,21 +6,20 @@ are :func:`resolve_mode` and :func:`confirmation`; a stop on an error is :class:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from hardware.journal import Journal, JournalError
-from hardware.online.config import MODES, OnlineConfig, StimulationPlan, load_prior
+from hardware.journal import Journal
+from hardware.online.config import MODES, OnlineConfig, StimulationPlan
+from hardware.online.core import SessionCore
 from hardware.online.outputs import write_outputs
 from hardware.rig import MAYBE_DELIVERED, NOT_SENT, SENT, delivery_of
-from hardware.safety import SafetyViolation, StimParams
+from hardware.safety import StimParams
 
 # journal kinds of a stimulation's outcome, by what reached the stimulator ("lost": older journals')
 OUTCOME_KIND = {NOT_SENT: "not_sent", SENT: "no_response", MAYBE_DELIVERED: "maybe_delivered"}
@@ -84,7 +83,11 @@ def error_text(exc: BaseException) -> str:
 
 
 class OnlineSession:
-    """One session over a journal (see the module docstring).
+    """One session driven through a rig: the rig client of :class:`~hardware.online.core.SessionCore`.
+
+    Per query it asks the core (checked and journaled ``ask``), confirms in operator mode,
+    journals each attempt (``intent``, then ``trial`` or the failure by what reached the
+    stimulator), repeats invalid trials up to ``max_retries``, and tells the core.
 
     Args:
         cfg: the online config.
@@ -111,10 +114,7 @@ class OnlineSession:
         tracker=None,
         echo: Callable[[str], None] = print,
     ):
-        if make_optimizer is None:
-            from neuro_opt.algorithms import make as make_optimizer
         self.cfg, self.plan, self.rig, self.journal, self.run_dir = cfg, plan, rig, journal, Path(run_dir)
-        self.space = plan.space
         self.confirm = confirmation(cfg.mode, confirm)
         self.tracker, self.echo = tracker, echo
         if cfg.target_muscle not in rig.muscles:
@@ -122,84 +122,40 @@ class OnlineSession:
                 f"online.target_muscle {cfg.target_muscle!r} is not recorded by rig {rig.name!r} "
                 f"(muscles {list(rig.muscles)})"
             )
-        algo = dict(cfg.algorithm)
-        name = algo.pop("name")
-        prior = None
-        if cfg.prior:
-            prior = load_prior(cfg.prior["path"], self.space)
-            if name.startswith("gpbo"):
-                if cfg.prior.get("scale") is not None:
-                    algo["prior_scale"] = float(cfg.prior["scale"])
-                if cfg.prior.get("fade") is not None:
-                    algo["prior_fade"] = int(cfg.prior["fade"])
-        self.opt = make_optimizer(name, self.space, n_reps=1, seed=cfg.seed, prior=prior, **algo)
-        self.P = self.space.n_points
-        self.obs_sum, self.obs_cnt = np.zeros(self.P), np.zeros(self.P)
-        self.max_told = -math.inf
-        self.replay_mismatches = 0
+        self.core = SessionCore(cfg, plan, journal, make_optimizer=make_optimizer, echo=echo)
 
-    # ---- optimizer steps, identical live and in replay -----------------------------------------
-    def _ask(self) -> int:
-        idx = np.asarray(self.opt.ask())
-        if idx.shape != (1,) or not 0 <= int(idx[0]) < self.P:
-            raise RuntimeError(f"optimizer asked {idx!r}; expected one point in 0..{self.P - 1}")
-        return int(idx[0])
-
-    def _finish(self, point: int, response: float | None, told: bool) -> dict:
-        if told:
-            self.opt.tell(np.array([point]), np.array([float(response)]))
-            self.obs_sum[point] += response
-            self.obs_cnt[point] += 1
-            self.max_told = max(self.max_told, float(response))
-        if self.obs_cnt.sum() == 0:
-            return {"best_point": None, "exploration": None, "exploitation": None}
-        best = int(np.asarray(self.opt.best())[0])
-        est = self.estimate()
-        e_best = est[best]
-        ok = math.isfinite(e_best) and e_best > 0
-        return {
-            "best_point": best,
-            "exploration": float(e_best) if math.isfinite(e_best) else None,
-            "exploitation": float(est[point] / e_best) if ok and math.isfinite(est[point]) else None,
-        }
+    @property
+    def opt(self):
+        """The optimizer (the core's)."""
+        return self.core.opt
 
     def estimate(self) -> np.ndarray:
-        """The model's estimated response map (``P``, response units; NaN where unknown).
-
-        The GP posterior mean when the optimizer has one (GP-BO works on
-        responses divided by the largest told so far: scaled back here),
-        else the mean observed response per point.
-        """
-        post = getattr(self.opt, "posterior", None)
-        if callable(post) and self.obs_cnt.sum() > 0:
-            mean = np.asarray(post()[0], dtype=np.float64).reshape(-1)[: self.P]
-            scale = self.max_told if self.max_told > 0 else 1.0
-            return mean * scale
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.obs_cnt > 0, self.obs_sum / np.maximum(self.obs_cnt, 1), np.nan)
+        """The model's estimated response map (:meth:`SessionCore.estimate`)."""
+        return self.core.estimate()
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> dict:
         """Run the remaining queries; raises :class:`SessionStopped` when an error stops it."""
-        q, pending = self._replay()
+        core = self.core
+        pending = self._recover_attempts() if core.pending is not None else {}
+        if core.n_done or core.pending is not None or core.status in ("stopped", "paused"):
+            core.resume()
         try:
             lease = self.rig.open()
         except Exception as exc:
-            self.journal.append("rig_error", at_query=q, error=error_text(exc))
+            self.journal.append("rig_error", at_query=core.n_done, error=error_text(exc))
             raise SessionStopped(
-                f"the rig could not be opened before query {q + 1}: {error_text(exc)}", self.run_dir, exc
+                f"the rig could not be opened before query {core.n_done + 1}: {error_text(exc)}", self.run_dir, exc
             ) from exc
         if lease.get("taken_from"):
             self.journal.append("note", text=f"took over the rig lease from stale session {lease['taken_from']}")
         try:
-            while q < self.cfg.n_queries:
-                self._query(q, **pending)
-                q, pending = q + 1, {}
-            if not self.journal.of_kind("end") or self.journal.records[-1]["kind"] != "end":
-                self.journal.append("end", n_queries=q)
+            while core.status == "active":
+                self._query(**pending)
+                pending = {}
         except SessionPaused:
-            self.journal.append("pause", at_query=q)
-            self.echo(f"session paused before query {q + 1}; resume with resume={self.run_dir}")
+            core.pause()
+            self.echo(f"session paused before query {core.n_done + 1}; resume with resume={self.run_dir}")
             return self.outputs(paused=True)
         except Exception as exc:
             last = self.journal.records[-1]["kind"]
@@ -209,8 +165,9 @@ class OnlineSession:
                 "maybe_delivered": "the stimulation may have been delivered",
                 "refused": "refused by the safety limits, nothing was sent",
             }.get(last, "")
-            message = f"query {q + 1} failed{f' ({what})' if what else ''}: {error_text(exc)}"
-            self.journal.append("stop", at_query=q, error=message)
+            message = f"query {core.n_done + 1} failed{f' ({what})' if what else ''}: {error_text(exc)}"
+            self.journal.append("stop", at_query=core.n_done, error=message)
+            core._lifecycle = "stopped"
             try:
                 self.outputs(stopped=message)
             except Exception as out_exc:  # noqa: BLE001 - the journal holds everything; report the first error
@@ -220,30 +177,12 @@ class OnlineSession:
             self.rig.close()
         return self.outputs()
 
-    def _replay(self) -> tuple[int, dict]:
-        recs = self.journal.records
-        done = [r for r in recs if r["kind"] == "query"]
-        for i, r in enumerate(done):
-            if r["query"] != i:
-                raise JournalError(f"journal {self.journal.path}: query records out of order at {i} ({r['query']})")
-            asked = self._ask()
-            if asked != r["point"]:
-                self.replay_mismatches += 1
-            self._finish(r["point"], r["response"], r["told"])
-        q = len(done)
-        if self.replay_mismatches:
-            self.echo(
-                f"note: on replay the optimizer asked differently at {self.replay_mismatches} of {q} queries; "
-                f"the journal's points were told (they are what was stimulated)"
-            )
-        mine = [r for r in recs if r.get("query") == q and r["kind"] in ("intent", "error", *OUTCOMES)]
-        if not mine:
-            if q:
-                self.journal.append("resume", at_query=q, mode=self.cfg.mode, mismatches=self.replay_mismatches)
-            return q, {}
-        points = {r["point"] for r in mine}
-        if len(points) != 1:
-            raise JournalError(f"journal {self.journal.path}: query {q} has attempts at several points {points}")
+    def _recover_attempts(self) -> dict:
+        """The pending query's attempts so far; an ``intent`` with no outcome is journaled ``maybe_delivered``."""
+        ask = self.core.pending
+        assert ask is not None
+        q = ask["query"]
+        mine = [r for r in self.journal.records if r.get("query") == q and r["kind"] in ("intent", "error", *OUTCOMES)]
         closed = {r["attempt"] for r in mine if r["kind"] in OUTCOMES and "attempt" in r}
         used = {r["attempt"] for r in mine if r["kind"] in USES_ATTEMPT}
         errors = {r["attempt"]: r["error"] for r in mine if r["kind"] == "error"}  # journals before outcome kinds
@@ -264,27 +203,14 @@ class OnlineSession:
                 )
                 closed.add(r["attempt"])
                 used.add(r["attempt"])
-        trials = [r for r in self.journal.records if r.get("query") == q and r["kind"] == "trial"]
-        self.journal.append(
-            "resume", at_query=q, mode=self.cfg.mode, attempts_done=len(used), mismatches=self.replay_mismatches
-        )
-        return q, {
-            "point": points.pop(),
-            "attempts_done": max(used) + 1 if used else 0,
-            "last_trial": trials[-1] if trials else None,
-        }
+        trials = [r for r in mine if r["kind"] == "trial"]
+        return {"attempts_done": max(used) + 1 if used else 0, "last_trial": trials[-1] if trials else None}
 
-    def _query(self, q: int, point: int | None = None, attempts_done: int = 0, last_trial: dict | None = None):
+    def _query(self, attempts_done: int = 0, last_trial: dict | None = None):
         cfg, m = self.cfg, self.cfg.target_muscle
-        t_ask = time.time()
-        asked = self._ask()
-        point = asked if point is None else point
-        params = self.plan.params(point)
-        try:
-            self.plan.limits.check(params)
-        except SafetyViolation as exc:
-            self.journal.append("refused", query=q, point=point, params=params.to_dict(), error=str(exc))
-            raise
+        ask = self.core.ask()
+        q, point = ask["query"], ask["point"]
+        params = StimParams.coerce(ask["params"])
         trial, a = last_trial, attempts_done
         while (trial is None or not trial["valid"]) and a <= cfg.max_retries:
             if self.confirm is not None:
@@ -333,35 +259,21 @@ class OnlineSession:
                 )
         response = trial["response"] if trial else None
         valid = bool(trial and trial["valid"])
-        told = trial is not None and response is not None and (valid or cfg.tell_invalid)
-        est = self._finish(point, response, told)
-        best = est["best_point"]
-        rec = self.journal.append(
-            "query",
-            query=q,
-            point=point,
-            asked=asked,
-            coords=self.plan.coords(point),
-            channel=params.channel,
-            params=params.to_dict(),
-            response=response,
+        rec = self.core.tell(
+            ask["query_id"],
+            response,
             valid=valid,
             reason=trial["reason"] if trial else "lost",
             attempts=a,
-            told=told,
-            best_point=best,
-            best_coords=self.plan.coords(best) if best is not None else None,
-            exploration=est["exploration"],
-            exploitation=est["exploitation"],
-            t_ask=t_ask,
-            t_end=time.time(),
+            readback=trial["readback"] if trial else None,
         )
         if self.tracker is not None:
             self.tracker.log_query(rec)
+        best = rec["best_point"]
         best_txt = self.plan.coords(best) if best is not None else "-"
         self.echo(
             f"[q {q + 1}/{cfg.n_queries}] ch {params.channel} {self.plan.coords(point)}: {m} "
-            f"{_fmt(response)}{'' if valid else ' (invalid)'} | best {best_txt} est {_fmt(est['exploration'])}"
+            f"{_fmt(response)}{'' if valid else ' (invalid)'} | best {best_txt} est {_fmt(rec['exploration'])}"
         )
 
     def _confirm(self, q: int, a: int, point: int, params: StimParams) -> None:
@@ -394,7 +306,17 @@ class OnlineSession:
     def outputs(self, paused: bool = False, stopped: str | None = None) -> dict:
         """Write the estimated map, figures and ``session.json``; return the summary
         (:func:`hardware.online.outputs.write_outputs`)."""
-        return write_outputs(self, paused=paused, stopped=stopped)
+        return write_outputs(
+            self.core,
+            self.run_dir,
+            rig={"name": self.rig.name, "kind": self.rig.kind},
+            confirmation="operator" if self.confirm is not None else "none",
+            paused=paused,
+            stopped=stopped,
+            tracker=self.tracker,
+            artefact_min_snr=self.rig.emg.artefact_min_snr if self.cfg.mode == "dry_run" else None,
+            echo=self.echo,
+        )
 
 
 def _fmt(v) -> str:
