@@ -198,6 +198,16 @@ class StimulationPlan:
         self.space = SearchSpace(dict(cfg.space), mask=mask)
         self.limits = limits.without_channels(cfg.disabled_channels) if cfg.disabled_channels else limits
 
+    @classmethod
+    def for_rig(cls, cfg: OnlineConfig, rig_cfg: Mapping, limits: SafetyLimits) -> "StimulationPlan":
+        """The plan of ``cfg`` on the rig of ``rig_cfg`` (its ``ch2xy``), under ``limits``."""
+        chmap = None
+        if cfg.electrode_dims:
+            if rig_cfg.get("ch2xy") is None:
+                raise ValueError("rig.ch2xy is required: the online space has electrode dimensions")
+            chmap = ChannelMap.from_config(rig_cfg["ch2xy"], SearchSpace(dict(cfg.space)), cfg.electrode_dims)
+        return cls(cfg, chmap, limits)
+
     def _channel(self, space: SearchSpace, point: int) -> int:
         v = space.values_of(point)
         if not self.cfg.electrode_dims:

@@ -9,8 +9,6 @@ from hardware.journal import Journal, to_jsonable
 from hardware.online.config import JOURNAL_NAME, OnlineConfig, StimulationPlan, plain
 from hardware.online.core import check_resumable, new_session_id, start_journal
 from hardware.online.session import OnlineSession, confirmation, resolve_mode
-from hardware.rig import ChannelMap
-from neuro_opt.space import SearchSpace
 
 
 def _journal_path(resume: str | Path) -> Path:
@@ -81,12 +79,8 @@ def run_online(
     cfg.validate()
     confirm = confirmation(cfg.mode, confirm)  # operator mode with nobody to confirm: refused before anything
     rig_cfg = plain(rig)
-    chspec = rig_cfg.get("ch2xy")
-    chmap = None
-    if cfg.electrode_dims:
-        if chspec is None:
-            raise ValueError("rig.ch2xy is required: the online space has electrode dimensions")
-        chmap = ChannelMap.from_config(chspec, SearchSpace(dict(cfg.space)), cfg.electrode_dims)
+    if cfg.electrode_dims and rig_cfg.get("ch2xy") is None:
+        raise ValueError("rig.ch2xy is required: the online space has electrode dimensions")
 
     journal = None
     if resume is not None:
@@ -100,7 +94,7 @@ def run_online(
         if use_actor:
             ensure_ray(rig_cfg, ray_address)
         rig_session = open_rig_session(rig_cfg, session_id, use_actor=use_actor, echo=echo)
-        plan = StimulationPlan(cfg, chmap, rig_session.limits)
+        plan = StimulationPlan.for_rig(cfg, rig_cfg, rig_session.limits)
         plan.preflight()
         if journal is not None:
             check_resumable(journal.header, cfg, plan)
