@@ -11,14 +11,21 @@ Entry points:
 The online config schema is :class:`OnlineConfig` (shared with the promotion
 step that writes ``conf/online/NAME.yaml`` from a calibration).
 
-Per query ``q`` the runner:
+There is one online loop: :class:`SessionCore` (:mod:`hardware.online.core`) asks the
+optimizer, checks the stimulation against the limits, journals the ``ask`` with a query id and
+takes the tell. Its clients stimulate: :class:`OnlineSession` through a rig (below), and the
+session service (:mod:`hardware.serve`) through any lab's own software over HTTP.
 
-1. asks the optimizer for a point; maps it to stimulation parameters (the
-   electrode coordinates through the rig's ``ch2xy`` to a channel; the other
-   dimensions by name; the rest fixed by ``stimulation``);
-2. checks them against the rig's safety limits (minus disabled electrodes); a
-   violation is journaled and raised, and nothing is sent (the whole space is
-   also checked before the session starts);
+Per query ``q`` the rig client:
+
+1. asks the core for the query: the optimizer's point, mapped to stimulation
+   parameters (the electrode coordinates through the rig's ``ch2xy`` to a
+   channel; the other dimensions by name; the rest fixed by ``stimulation``),
+   journaled as ``ask`` with its query id (a resumed session is handed the
+   query that was pending);
+2. the core checks them against the rig's safety limits (minus disabled
+   electrodes) first; a violation is journaled and raised, and nothing is sent
+   (the whole space is also checked before the session starts);
 3. in ``operator`` mode, waits for Enter (``q`` pauses the session); the mode in
    force is resolved once before the session starts (:func:`resolve_mode`), and
    operator mode without a terminal refuses to start (:func:`confirmation`);
@@ -31,7 +38,7 @@ Per query ``q`` the runner:
    ``not_sent`` (before the trigger; no retry used), ``no_response`` (sent, no
    valid response) or ``maybe_delivered``; then the session stops
    (:class:`SessionStopped`) and ``resume=`` carries on;
-5. tells the optimizer (invalid trials only if ``tell_invalid``), computes
+5. tells the core, which tells the optimizer (invalid trials only if ``tell_invalid``), computes
    exploration and exploitation without ground truth (STAR Protocols: the
    model's estimate at its believed-best point, and the estimate at the queried
    point relative to it), journals the ``query`` and hands it to the tracker.
@@ -49,11 +56,13 @@ session's prior), ``figures/estimated_map.png``, ``figures/performance.png``
 and ``session.json``.
 
 Modules: :mod:`~hardware.online.config` (the schema and the stimulation plan),
-:mod:`~hardware.online.session` (the loop), :mod:`~hardware.online.outputs` (map, figures,
+:mod:`~hardware.online.core` (ask and tell over the journal), :mod:`~hardware.online.session`
+(the rig client), :mod:`~hardware.online.outputs` (map, figures,
 ``session.json``), :mod:`~hardware.online.runner` (:func:`run_online`).
 """
 
 from hardware.online.config import MODES, OnlineConfig, StimulationPlan, load_prior
+from hardware.online.core import QueryConflict, SessionClosed, SessionCore, SessionError, UnknownQuery
 from hardware.online.runner import ensure_ray, run_online
 from hardware.online.session import (
     OnlineSession,
@@ -73,6 +82,11 @@ __all__ = [
     "run_online",
     "ensure_ray",
     "OnlineSession",
+    "SessionCore",
+    "SessionError",
+    "SessionClosed",
+    "QueryConflict",
+    "UnknownQuery",
     "OperatorNeedsTerminal",
     "SessionPaused",
     "SessionStopped",
