@@ -236,7 +236,7 @@ class SessionCore:
             self._finish(r["point"], r["response"], r["told"])
             self.answered[r.get("query_id") or f"q{i}"] = r
         for r in recs:
-            if r["kind"] == "trial" and r.get("readback"):
+            if r["kind"] in ("trial", "query", "safety") and r.get("readback"):
                 self.last_readback = r["readback"]
         q = len(done)
         if self.replay_mismatches:
@@ -394,6 +394,7 @@ class SessionCore:
                 "target_muscle": self.cfg.target_muscle,
                 "n_queries": self.cfg.n_queries,
                 "n_done": self.n_done,
+                "stop_reason": self._stop_reason(),
                 "pending": _public(self.pending) if self.pending else None,
                 "space": {
                     "names": list(self.space.names),
@@ -416,6 +417,8 @@ class SessionCore:
                             "best_point",
                             "exploration",
                             "exploitation",
+                            "params",
+                            "readback",
                         )
                     }
                     for r in queries
@@ -434,9 +437,18 @@ class SessionCore:
                     "last_params": (self.pending or last or {}).get("params"),
                     "last_readback": self.last_readback,
                     "refused": len(self.journal.of_kind("refused")),
+                    "alerts": [r.get("error") for r in self.journal.of_kind("safety")][-3:],
                 },
             }
         )
+
+    def _stop_reason(self) -> str | None:
+        if self.status not in ("stopped", "paused"):
+            return None
+        for r in reversed(self.journal.records):
+            if r["kind"] in ("stop", "pause", "end"):
+                return r.get("error") or {"pause": "paused by the operator"}.get(r["kind"], "ended early")
+        return None
 
 
 def _public(ask: dict) -> dict:
