@@ -24,6 +24,12 @@ class SafetyViolation(ValueError):
     """A stimulation outside the safety limits; nothing was sent to the stimulator."""
 
 
+def holds(read_back: float, checked: float) -> bool:
+    """A value read back from a stimulator is the one checked (up to the float round trip
+    through the stimulator's registers)."""
+    return math.isclose(float(read_back), float(checked), rel_tol=1e-5, abs_tol=1e-6)
+
+
 def check_keys(d: Mapping, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
     if not isinstance(d, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")

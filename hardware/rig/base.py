@@ -27,7 +27,6 @@ virtual subject. :func:`hardware.rig.make_rig` builds either from a ``conf/rig/*
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import numpy as np
 
 from hardware import emg as emg_mod
 from hardware.emg import EMGConfig
-from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams
+from hardware.safety import STIMULATOR_KEYS, SafetyLimits, SafetyViolation, StimParams, holds
 
 
 class RigError(RuntimeError):
@@ -233,7 +232,7 @@ class Rig(ABC):
                 else f"but {intended[k]!r} was checked (the circuit fixes it: rig.circuit must say what it holds)"
             )
             for k in STIMULATOR_KEYS
-            if not math.isclose(held[k], intended[k], rel_tol=1e-5, abs_tol=1e-6)
+            if not holds(held[k], intended[k])
         ]
         if diffs:
             raise ReadbackMismatch(

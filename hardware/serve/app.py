@@ -319,7 +319,7 @@ def create_app(
                     raise ApiError(409, f"session {session_id} is {core.status}; resume it before telling")
                 if body.readback is not None and pending is not None and pending["query_id"] == body.query_id:
                     try:
-                        problem = readback_problem(pending["params"], body.readback, reg.limits)
+                        problem = readback_problem(pending["params"], body.readback, core.plan.limits)
                     except ValueError as exc:
                         raise ApiError(422, f"body.readback: {exc}") from None
                     if problem:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import math
 import re
 import shutil
 import threading
@@ -28,7 +27,7 @@ from hardware.journal import Journal, to_jsonable
 from hardware.online.config import JOURNAL_NAME, OnlineConfig, StimulationPlan, plain
 from hardware.online.core import SessionCore, check_resumable, new_session_id, start_journal
 from hardware.online.outputs import write_outputs
-from hardware.safety import STIM_FIELDS, STIMULATOR_KEYS, SafetyLimits, StimParams
+from hardware.safety import STIM_FIELDS, STIMULATOR_KEYS, SafetyLimits, StimParams, holds
 from neuro_opt.threads import intra_op_threads
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -260,7 +259,7 @@ def readback_problem(asked: Mapping, readback: Mapping, limits: SafetyLimits) ->
     diffs = [
         f"{k} reads back {getattr(held, k)!r}, {getattr(asked_p, k)!r} was asked"
         for k in STIM_FIELDS
-        if not _close(getattr(held, k), getattr(asked_p, k))
+        if not holds(getattr(held, k), getattr(asked_p, k))
     ]
     bad = limits.violations(held)
     if diffs or bad:
@@ -270,10 +269,6 @@ def readback_problem(asked: Mapping, readback: Mapping, limits: SafetyLimits) ->
             + "; the session is stopped (resume it once the stimulator holds the asked values)"
         )
     return None
-
-
-def _close(a, b) -> bool:
-    return math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-6)
 
 
 __all__ = ["Registry", "Entry", "Subscriber", "UnknownSession", "readback_problem", "state_line"]
