@@ -18,62 +18,14 @@ import pytest
 import requests
 import yaml
 
-from hardware.serve.client import ServiceError, SessionClient
+from hardware.serve.client import ServiceError
+from hardware.serve.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RIG = "conf/rig/external.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m hardware.serve`` on a free loopback port over ``root``."""
-
-    def __init__(self, root: Path, wait: bool = True):
-        self.root, self.port = Path(root), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.root.parent / f"{self.root.name}-{self.port}.log", "w")
-        cmd = [sys.executable, "-m", "hardware.serve", "--port", str(self.port), "--root", str(root), "--rig", RIG]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait()
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()
-            tok = self.root / "token"
-            if tok.exists() and tok.read_text().strip():
-                self.token = tok.read_text().strip()
-                try:
-                    r = requests.get(self.url + "/api/sessions", headers=self.auth, timeout=5)
-                    if r.status_code == 200:
-                        return
-                except requests.ConnectionError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"the server did not answer: {Path(self.log.name).read_text()}")
-
-    @property
-    def auth(self) -> dict:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def client(self) -> SessionClient:
-        return SessionClient(self.url, self.token, timeout=60)
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+Server = ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +52,14 @@ def respond(q: dict) -> float:
     """A smooth map over the array, peaked at (6, 2)."""
     c = q["coords"]
     return 0.05 + math.exp(-((c["x"] - 6) ** 2 + (c["y"] - 2) ** 2) / 4.0)
+
+
+def written(path: Path, within_s: float = 30.0) -> bool:
+    """``path`` exists, or appears within ``within_s`` (the server writes outputs off the request path)."""
+    deadline = time.monotonic() + within_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return path.exists()
 
 
 def journal_of(server: Server, sid: str) -> Path:
@@ -152,7 +112,7 @@ def test_http_session_matches_in_process_run(server, tmp_path):
         assert [g[key] for g in got] == [r[key] for r in ref], key
     st = c.state(sid)
     assert st["status"] == "complete" and st["n_done"] == 10 and len(st["queries"]) == 10
-    assert (server.root / sid / "session.json").exists() and (server.root / sid / "estimated_map.json").exists()
+    assert written(server.root / sid / "session.json") and written(server.root / sid / "estimated_map.json")
     with pytest.raises(ServiceError) as e:
         c.ask(sid)
     assert e.value.status == 409 and "complete" in e.value.message
@@ -324,6 +284,26 @@ def test_tell_is_idempotent_and_conflicts_are_refused(server):
     assert [r["query_id"] for r in records(journal_of(server, sid), "query")] == [q["query_id"]]
 
 
+def test_operator_mode_asks_the_operator_before_each_stimulation(server):
+    c = server.client()
+    sid = c.create(online(6, mode="operator"))
+    prompts, answers, delivered = [], iter(["", "maybe", "y", "q"]), []
+
+    def operator(prompt):
+        prompts.append(prompt)
+        return next(answers)
+
+    def deliver(q):
+        delivered.append(q["query_id"])
+        return respond(q)
+
+    st = c.drive(sid, deliver, confirm=operator)
+    # two stimulations confirmed ('' and 'y'; 'maybe' asked again), the third stopped at 'q' and left pending
+    assert len(prompts) == 4 and "Enter to stimulate" in prompts[0] and len(delivered) == 2
+    assert st["n_done"] == 2 and st["pending"] is not None and st["confirmation"] == "operator"
+    assert st["pending"]["query_id"] not in delivered
+
+
 # ---- readback, stop, resume, events ------------------------------------------------------------------------
 def test_readback_mismatch_stops_and_resume_continues(server):
     c = server.client()
@@ -348,7 +328,7 @@ def test_readback_mismatch_stops_and_resume_continues(server):
     assert e.value.status == 409 and "amplitude_uA" in e.value.message
     assert next_state()["status"] == "stopped"
     assert records(journal_of(server, sid), "safety")[0]["query_id"] == q["query_id"]
-    assert (server.root / sid / "session.json").exists()
+    assert written(server.root / sid / "session.json")
     with pytest.raises(ServiceError) as e:
         c.tell(sid, q["query_id"], respond(q))
     assert e.value.status == 409 and "stopped" in e.value.message

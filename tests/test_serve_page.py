@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
+
+from hardware.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -44,47 +42,11 @@ def _browser_paths() -> tuple[str, str]:
     return chromium, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path):
     """``python -m hardware.serve`` on a free loopback port: yields (url, token)."""
-    root = tmp_path / "serve"
-    root.mkdir()
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    cmd = [sys.executable, "-m", "hardware.serve", "--port", str(port), "--root", str(root)]
-    proc = subprocess.Popen([*cmd, "--rig", "conf/rig/external.yaml"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url, token_file = f"http://127.0.0.1:{port}", root / "token"
-    try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}")
-            if time.time() > deadline:
-                pytest.fail(f"the server did not answer in 60 s:\n{(tmp_path / 'server.log').read_text()}")
-            try:
-                if token_file.exists():
-                    token = token_file.read_text().strip()
-                    r = requests.get(f"{url}/api/sessions", headers={"Authorization": f"Bearer {token}"}, timeout=2)
-                    if r.status_code == 200:
-                        break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with ServerProcess(tmp_path / "serve") as srv:
+        yield srv.url, srv.token
 
 
 def _online() -> dict:

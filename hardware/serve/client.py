@@ -107,13 +107,20 @@ class SessionClient:
         """End the session early; returns its state."""
         return self._call("POST", f"/api/sessions/{session_id}/stop", {"reason": reason})
 
-    def drive(self, session_id: str, respond: Callable[[dict], float | None]) -> dict:
+    def drive(
+        self, session_id: str, respond: Callable[[dict], float | None], confirm: Callable[[str], str] | None = None
+    ) -> dict:
         """Ask, ``respond(query)``, tell, until the session completes; returns the final state.
 
         ``respond`` gets the ask answer (``params`` is the stimulation to deliver) and returns the
-        target muscle's response, or None when there was no valid one. Raises :class:`ServiceError`
-        if the session is stopped before it completes.
+        target muscle's response, or None when there was no valid one. When the session's mode
+        asks for an operator's confirmation (``confirmation: operator``), each stimulation waits
+        for ``confirm(prompt)`` first (default: Enter on the terminal; refused without one): ''
+        or 'y' goes on, 'q' stops driving and leaves the query pending (returns the state).
+        Raises :class:`ServiceError` if the session is stopped before it completes.
         """
+        from hardware.online.session import confirmation
+
         while True:
             try:
                 q = self.ask(session_id)
@@ -124,6 +131,18 @@ class SessionClient:
                 if st["status"] == "complete":
                     return st
                 raise
+            if q.get("confirmation") == "operator":
+                ask_operator = confirmation("operator", confirm)
+                assert ask_operator is not None
+                where = f"[q {q['query'] + 1}/{q['n_queries']}] {q['coords']} {q['params']}"
+                prompt = f"{where}: Enter to stimulate, q to stop: "
+                answer = ""
+                while True:
+                    answer = str(ask_operator(prompt)).strip().lower()
+                    if answer in ("", "y", "yes", "q", "quit", "stop"):
+                        break
+                if answer.startswith("q") or answer == "stop":
+                    return self.state(session_id)
             response = respond(q)
             self.tell(session_id, q["query_id"], response, valid=response is not None)
 

@@ -15,9 +15,6 @@ server, runs both and records the figures.
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -152,71 +149,3 @@ def in_process(online: dict, rig_cfg: dict, n_sessions: int, root: Path, seed: i
         "tell_ms": tell_ms,
         "points": points,
     }
-
-
-class ServerProcess:
-    """``python -m hardware.serve`` as a child process on a free loopback port (a context manager).
-
-    Attributes (once entered): ``url``, ``token``, ``proc``.
-    """
-
-    def __init__(self, root: Path, rig: str | Path = "conf/rig/external.yaml", port: int | None = None, wait_s=60.0):
-        self.root, self.rig, self.port, self.wait_s = Path(root), str(rig), port, wait_s
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "ServerProcess":
-        import requests
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        token_file = self.root / "token"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hardware.serve",
-                "--port",
-                str(self.port),
-                "--root",
-                str(self.root),
-                "--rig",
-                self.rig,
-                "--token-file",
-                str(token_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "server.log", "ab"),
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + self.wait_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the session server exited with {self.proc.returncode}; see {self.root}/server.log")
-            try:
-                if token_file.exists():
-                    self.token = token_file.read_text().strip()
-                    requests.get(
-                        f"{self.url}/api/sessions", headers={"Authorization": f"Bearer {self.token}"}, timeout=2
-                    )
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"the session server did not answer within {self.wait_s:g} s; see {self.root}/server.log")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

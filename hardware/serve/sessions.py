@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import queue
 import re
 import shutil
 import threading
@@ -111,6 +112,8 @@ class Registry:
         self.make_optimizer, self.echo = make_optimizer, echo
         self._entries: dict[str, Entry] = {}
         self._mu = threading.Lock()
+        self._to_write: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
 
     # ---- finding sessions ------------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -153,6 +156,8 @@ class Registry:
             if resume and core.status == "active" and (core.n_done or core.pending is not None):
                 core.resume()
             entry.core = core
+            if core.status in ("complete", "stopped") and not (entry.run_dir / "session.json").exists():
+                self.outputs(entry)  # ended while the server was down before its outputs were written
         return entry.core
 
     # ---- lifecycle -----------------------------------------------------------------------------------
@@ -187,19 +192,49 @@ class Registry:
         return entry
 
     def outputs(self, entry: Entry, stopped: str | None = None) -> None:
-        """Write ``entry``'s session.json, estimated map and figures (call under ``entry.lock``)."""
-        with _OUTPUTS, intra_op_threads(1):
-            write_outputs(
-                entry.core,
-                entry.run_dir,
-                rig=entry.rig,
-                confirmation=entry.confirmation,
-                stopped=stopped,
-                echo=self.echo,
-            )
+        """Queue ``entry``'s session.json, estimated map and figures for the writer thread.
+
+        The figures take a while (pyplot, one at a time); written off the request path, the tell
+        that completes a session answers at once, and sessions completing together do not queue
+        behind each other's figures.
+        """
+        with self._mu:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_outputs, name="outputs", daemon=True)
+                self._writer.start()
+        self._to_write.put((entry, stopped))
+
+    def _write_outputs(self) -> None:
+        while True:
+            item = self._to_write.get()
+            try:
+                if item is None:
+                    return
+                entry, stopped = item
+                with entry.lock:
+                    if entry.core is None:
+                        continue
+                    with _OUTPUTS, intra_op_threads(1):
+                        write_outputs(
+                            entry.core,
+                            entry.run_dir,
+                            rig=entry.rig,
+                            confirmation=entry.confirmation,
+                            stopped=stopped,
+                            echo=self.echo,
+                        )
+            except Exception as exc:  # noqa: BLE001 - the journal holds everything; say it and carry on
+                self.echo(f"note: the outputs of {item[0].session_id} were not written: {type(exc).__name__}: {exc}")
+            finally:
+                self._to_write.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued output is written."""
+        self._to_write.join()
 
     def close(self) -> None:
-        """Close every journal (server shutdown)."""
+        """Write the queued outputs, then close every journal (server shutdown)."""
+        self.flush()
         with self._mu:
             entries = list(self._entries.values())
         for e in entries:

@@ -75,7 +75,9 @@ class ServeLoadKind(DriveExperiment):
         return p, online, rig
 
     def drive(self, run: Run) -> dict:
-        from hardware.serve.load import ServerProcess, drive_sessions, in_process
+        from hardware.serve.load import drive_sessions, in_process
+        from hardware.serve.process import ServerProcess
+        from hardware.rig import resolve_path
         from sweeps import results
 
         cfg = run.cfg
@@ -86,7 +88,7 @@ class ServeLoadKind(DriveExperiment):
         rows: list[dict] = []
         refs: list[dict] = []
         top = max(params["sessions"])
-        with ServerProcess(run.dir / "serve", params["rig"]) as server:
+        with ServerProcess(run.dir / "serve", resolve_path(params["rig"], "params.rig")) as server:
             for rnd in range(1, params["rounds"] + 1):
                 ref = in_process(online, rig, top, run.dir / "reference" / f"round{rnd}", seed=int(cfg.seed))
                 refs.append(ref)
