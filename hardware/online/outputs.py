@@ -9,6 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,7 @@ def write_outputs(
     tracker=None,
     artefact_min_snr: float | None = None,
     echo=print,
+    draw: Callable[[dict, Path], list[str]] | None = None,
 ) -> dict:
     """Write the estimated map, figures and ``session.json`` of a session; return the summary.
 
@@ -36,12 +38,15 @@ def write_outputs(
         confirmation: ``operator`` or ``none``.
         tracker: optional, ``log_summary(summary, artifacts)``.
         artefact_min_snr: the dry run's artefact threshold (dry-run mode only).
+        draw: draws the figures from :func:`figure_data` (default :func:`draw_figures` here;
+            the session service hands it to a drawing process).
 
     ``n_stimulations`` counts the triggers that were sent (a trial, or no valid response);
     ``n_maybe_delivered`` those whose fate is unknown; ``n_not_sent`` the failures before a trigger.
     """
     session = core
     run_dir = Path(run_dir)
+    draw = draw or draw_figures
     queries = session.journal.of_kind("query")
     trials = session.journal.of_kind("trial")
     est = session.estimate() if queries else np.full(session.P, np.nan)
@@ -56,7 +61,7 @@ def write_outputs(
         "n_queries": len(queries),
     }
     _atomic_write(run_dir / "estimated_map.json", json.dumps(emap, indent=1))
-    figures = _figures(session, run_dir, queries, est) if queries else []
+    figures = draw(figure_data(session, queries, est), run_dir) if queries else []
     summary = {
         "session_id": session.journal.header["session_id"],
         "name": session.cfg.name,
@@ -111,18 +116,35 @@ def write_outputs(
     return summary
 
 
-def _figures(session, run_dir: Path, queries: list[dict], est: np.ndarray) -> list[str]:
+def figure_data(session, queries: list[dict], est: np.ndarray) -> dict:
+    """What :func:`draw_figures` draws, as plain values (it can be sent to another process)."""
+    ax_e = list(session.plan.electrode_axes)
+    b = queries[-1]["best_point"] if queries else None
+    return {
+        "name": session.cfg.name,
+        "target_muscle": session.cfg.target_muscle,
+        "grid": session.space.to_grid(est),
+        "electrode_axes": ax_e,
+        "dims": [(d.name, [str(v) for v in d.values]) for d in session.space.dims],
+        "best_index": None if b is None else [int(i) for i in session.space.index[b]],
+        "queries": [{k: r[k] for k in ("query", "exploration", "response", "exploitation")} for r in queries],
+    }
+
+
+def draw_figures(data: dict, run_dir: Path) -> list[str]:
+    """``figures/estimated_map.png`` (two electrode dimensions) and ``figures/performance.png``
+    from :func:`figure_data`; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    d = run_dir / "figures"
+    d = Path(run_dir) / "figures"
     d.mkdir(exist_ok=True)
     out = []
+    queries, name, muscle = data["queries"], data["name"], data["target_muscle"]
     # estimated map over the electrode grid (max over any other dimension)
-    grid = session.space.to_grid(est)
-    ax_e = session.plan.electrode_axes
+    grid, ax_e = data["grid"], data["electrode_axes"]
     if len(ax_e) == 2:
         other = tuple(i for i in range(grid.ndim) if i not in ax_e)
         with np.errstate(all="ignore"):
@@ -130,21 +152,20 @@ def _figures(session, run_dir: Path, queries: list[dict], est: np.ndarray) -> li
             if ax_e[0] > ax_e[1]:
                 g = g.T
         fig, ax = plt.subplots(figsize=(5, 4))
-        dx, dy = session.space.dims[ax_e[0]], session.space.dims[ax_e[1]]
+        (nx, vx), (ny, vy) = data["dims"][ax_e[0]], data["dims"][ax_e[1]]
         im = ax.imshow(
-            g.T, origin="lower", cmap="viridis", aspect="auto", extent=(-0.5, len(dx) - 0.5, -0.5, len(dy) - 0.5)
+            g.T, origin="lower", cmap="viridis", aspect="auto", extent=(-0.5, len(vx) - 0.5, -0.5, len(vy) - 0.5)
         )
-        ax.set_xticks(range(len(dx)), [str(v) for v in dx.values])
-        ax.set_yticks(range(len(dy)), [str(v) for v in dy.values])
-        ax.set_xlabel(dx.name)
-        ax.set_ylabel(dy.name)
-        b = queries[-1]["best_point"]
-        if b is not None:
-            gi = session.space.index[b]
+        ax.set_xticks(range(len(vx)), vx)
+        ax.set_yticks(range(len(vy)), vy)
+        ax.set_xlabel(nx)
+        ax.set_ylabel(ny)
+        gi = data["best_index"]
+        if gi is not None:
             ax.plot(gi[ax_e[0]], gi[ax_e[1]], "r*", ms=14, label="believed best")
             ax.legend(loc="upper right", fontsize=7)
-        fig.colorbar(im, ax=ax, label=f"{session.cfg.target_muscle} estimated response")
-        ax.set_title(f"{session.cfg.name}: estimated map after {len(queries)} queries")
+        fig.colorbar(im, ax=ax, label=f"{muscle} estimated response")
+        ax.set_title(f"{name}: estimated map after {len(queries)} queries")
         out.append(_save(plt, fig, d / "estimated_map.png"))
     fig, axs = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     x = [r["query"] + 1 for r in queries]
@@ -158,7 +179,7 @@ def _figures(session, run_dir: Path, queries: list[dict], est: np.ndarray) -> li
     axs[0].scatter(
         x, [np.nan if r["response"] is None else r["response"] for r in queries], s=10, c="k", label="response"
     )
-    axs[0].set_ylabel(f"{session.cfg.target_muscle} response")
+    axs[0].set_ylabel(f"{muscle} response")
     axs[0].legend(fontsize=7)
     axs[1].plot(
         x, [np.nan if r["exploitation"] is None else r["exploitation"] for r in queries], "-o", ms=3, color="C1"
@@ -166,7 +187,7 @@ def _figures(session, run_dir: Path, queries: list[dict], est: np.ndarray) -> li
     axs[1].set_ylabel("exploitation")
     axs[1].set_xlabel("query")
     axs[1].set_ylim(bottom=0)
-    fig.suptitle(f"{session.cfg.name}: performance without ground truth")
+    fig.suptitle(f"{name}: performance without ground truth")
     out.append(_save(plt, fig, d / "performance.png"))
     return out
 

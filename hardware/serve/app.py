@@ -23,8 +23,7 @@ from hardware.online.config import JOURNAL_NAME
 from hardware.online.core import QueryConflict, SessionClosed, SessionError, UnknownQuery
 from hardware.safety import SafetyViolation
 from hardware.serve.auth import COOKIE, request_token, token_matches
-from hardware.serve.sessions import Entry, Registry, UnknownSession, readback_problem, state_line
-from neuro_opt.threads import intra_op_threads
+from hardware.serve.sessions import Entry, Registry, UnknownSession, optimizer_step, readback_problem, state_line
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
@@ -266,7 +265,7 @@ def create_app(
     def create_session(body: CreateBody):
         """Start a session of an online config; 422 names what is wrong with it."""
         try:
-            with intra_op_threads(1):
+            with optimizer_step():
                 entry = reg.create(body.online)
         except (ValueError, FileNotFoundError) as exc:
             raise ApiError(422, f"online config: {str(exc).splitlines()[0]}") from None
@@ -296,7 +295,7 @@ def create_app(
         """The next stimulation (the pending one again until it is told); 409 once the session ended."""
 
         def fn(entry: Entry):
-            with intra_op_threads(1):
+            with optimizer_step():
                 rec = entry.core.ask()
             return {
                 **{k: rec[k] for k in ("query_id", "query", "point", "coords", "params")},
@@ -337,7 +336,7 @@ def create_app(
                         reg.publish(entry)
                         raise ApiError(409, problem)
             extra = {"readback": body.readback} if body.readback is not None else {}
-            with intra_op_threads(1):
+            with optimizer_step():
                 rec = core.tell(body.query_id, body.response, valid=body.valid, reason=body.reason, **extra)
             if not rec.get("duplicate"):
                 if core.status == "complete":

@@ -55,7 +55,7 @@ def drive_sessions(url: str, token: str, online: dict, n_sessions: int, seed: in
     """Run ``n_sessions`` sessions at once against the server at ``url``; returns the figures.
 
     Returns:
-        ``sessions``, ``completed``, ``requests`` (asks + tells), ``errors`` (messages),
+        ``session_ids``, ``sessions``, ``completed``, ``requests`` (asks + tells), ``errors`` (messages),
         ``wall_s`` (first create to last tell), ``requests_per_s``, ``queries_per_s``,
         ``ask_ms`` and ``tell_ms`` (every request's latency), and ``points`` (per session,
         the points asked in order).
@@ -65,6 +65,7 @@ def drive_sessions(url: str, token: str, online: dict, n_sessions: int, seed: in
     ask_ms: list[list[float]] = [[] for _ in range(n_sessions)]
     tell_ms: list[list[float]] = [[] for _ in range(n_sessions)]
     points: list[list[int]] = [[] for _ in range(n_sessions)]
+    ids: list[str | None] = [None] * n_sessions
     errors: list[str] = []
     done = [False] * n_sessions
     start = threading.Barrier(n_sessions)
@@ -72,7 +73,7 @@ def drive_sessions(url: str, token: str, online: dict, n_sessions: int, seed: in
     def one(i: int) -> None:
         try:
             client = SessionClient(url, token, timeout=timeout_s)
-            sid = client.create(online)
+            sid = ids[i] = client.create(online)
             respond = bump_subject(i, seed)
             start.wait()
             for _ in range(int(online["n_queries"])):
@@ -113,7 +114,20 @@ def drive_sessions(url: str, token: str, online: dict, n_sessions: int, seed: in
         "ask_ms": asks,
         "tell_ms": tells,
         "points": points,
+        "session_ids": ids,
     }
+
+
+def wait_for_outputs(root: Path, session_ids: list, timeout_s: float = 300.0) -> float:
+    """Seconds until every session's ``session.json`` is written (the server writes it after the
+    last tell, off the request path); TimeoutError after ``timeout_s``."""
+    t0 = time.perf_counter()
+    for sid in session_ids:
+        while sid is not None and not (Path(root) / sid / "session.json").exists():
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"session {sid}: no session.json {timeout_s:g} s after its last tell")
+            time.sleep(0.05)
+    return time.perf_counter() - t0
 
 
 def in_process(online: dict, rig_cfg: dict, n_sessions: int, root: Path, seed: int = 0) -> dict:

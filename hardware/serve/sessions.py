@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import multiprocessing
 import queue
 import re
 import shutil
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -27,14 +30,61 @@ from typing import Callable, Mapping
 from hardware.journal import Journal, to_jsonable
 from hardware.online.config import JOURNAL_NAME, OnlineConfig, StimulationPlan, plain
 from hardware.online.core import SessionCore, check_resumable, new_session_id, start_journal
-from hardware.online.outputs import write_outputs
+from hardware.online.outputs import draw_figures, write_outputs
 from hardware.safety import STIM_FIELDS, STIMULATOR_KEYS, SafetyLimits, StimParams, holds
 from neuro_opt.threads import intra_op_threads
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 QUEUE_SIZE = 16  # states a subscriber may hold unread
 MAX_MISSED = 256  # publications a subscriber may miss in a row before it is disconnected
-_OUTPUTS = threading.Lock()  # write_outputs draws with pyplot, which is not thread-safe
+
+
+class TurnLock:
+    """A re-entrant lock handed out in arrival order.
+
+    Written here because the standard library has no fair lock: ``threading.Lock`` lets a thread
+    that just released take it again ahead of the waiters, so under load some requests wait many
+    turns while others wait none.
+    """
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._next = self._serving = self._depth = 0
+        self._owner: int | None = None
+
+    def __enter__(self) -> "TurnLock":
+        me = threading.get_ident()
+        with self._cv:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            ticket, self._next = self._next, self._next + 1
+            while self._serving != ticket:
+                self._cv.wait()
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cv:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner, self._serving = None, self._serving + 1
+                self._cv.notify_all()
+
+
+_STEP = TurnLock()  # re-entrant: a create or reopen inside a request that holds it
+
+
+@contextmanager
+def optimizer_step():
+    """One optimizer step at a time in this process, on one torch thread.
+
+    Threads that interleave many small torch operations convoy on the GIL (each operation lets it
+    go and takes it back); taking turns keeps every step's time its own compute, and the server's
+    throughput that of one session.
+    """
+    with _STEP, intra_op_threads(1):
+        yield
 
 
 class UnknownSession(LookupError):
@@ -114,6 +164,7 @@ class Registry:
         self._mu = threading.Lock()
         self._to_write: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._drawer: ProcessPoolExecutor | None = None
 
     # ---- finding sessions ------------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -148,7 +199,7 @@ class Registry:
                 cfg = OnlineConfig.from_dict(journal.header["online"])
                 plan = StimulationPlan.for_rig(cfg, self.rig_cfg, self.limits)
                 check_resumable(journal.header, cfg, plan)
-                with intra_op_threads(1):
+                with optimizer_step():
                     core = SessionCore(cfg, plan, journal, make_optimizer=self.make_optimizer, echo=self.echo)
             except BaseException:
                 journal.close()
@@ -180,7 +231,7 @@ class Registry:
         confirmation = "operator" if cfg.mode == "operator" else "none"
         journal = start_journal(run_dir, session_id, cfg, plan, rig, confirmation)
         try:
-            with intra_op_threads(1):
+            with optimizer_step():
                 core = SessionCore(cfg, plan, journal, make_optimizer=self.make_optimizer, echo=self.echo)
         except BaseException:
             journal.close()
@@ -214,19 +265,26 @@ class Registry:
                 with entry.lock:
                     if entry.core is None:
                         continue
-                    with _OUTPUTS, intra_op_threads(1):
-                        write_outputs(
-                            entry.core,
-                            entry.run_dir,
-                            rig=entry.rig,
-                            confirmation=entry.confirmation,
-                            stopped=stopped,
-                            echo=self.echo,
-                        )
+                    write_outputs(
+                        entry.core,
+                        entry.run_dir,
+                        rig=entry.rig,
+                        confirmation=entry.confirmation,
+                        stopped=stopped,
+                        echo=self.echo,
+                        draw=self._draw,
+                    )
             except Exception as exc:  # noqa: BLE001 - the journal holds everything; say it and carry on
                 self.echo(f"note: the outputs of {item[0].session_id} were not written: {type(exc).__name__}: {exc}")
             finally:
                 self._to_write.task_done()
+
+    def _draw(self, data: dict, run_dir: Path) -> list[str]:
+        # pyplot in this process would hold the GIL for most of a second per session and slow every
+        # request's torch steps (each takes the GIL back once per operation): a drawing process does it
+        if self._drawer is None:
+            self._drawer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._drawer.submit(draw_figures, data, run_dir).result()
 
     def flush(self) -> None:
         """Wait until every queued output is written."""
@@ -235,6 +293,8 @@ class Registry:
     def close(self) -> None:
         """Write the queued outputs, then close every journal (server shutdown)."""
         self.flush()
+        if self._drawer is not None:
+            self._drawer.shutdown()
         with self._mu:
             entries = list(self._entries.values())
         for e in entries:
@@ -306,4 +366,4 @@ def readback_problem(asked: Mapping, readback: Mapping, limits: SafetyLimits) ->
     return None
 
 
-__all__ = ["Registry", "Entry", "Subscriber", "UnknownSession", "readback_problem", "state_line"]
+__all__ = ["optimizer_step", "Registry", "Entry", "Subscriber", "UnknownSession", "readback_problem", "state_line"]

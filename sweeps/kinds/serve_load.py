@@ -75,9 +75,9 @@ class ServeLoadKind(DriveExperiment):
         return p, online, rig
 
     def drive(self, run: Run) -> dict:
-        from hardware.serve.load import drive_sessions, in_process
-        from hardware.serve.process import ServerProcess
         from hardware.rig import resolve_path
+        from hardware.serve.load import drive_sessions, in_process, wait_for_outputs
+        from hardware.serve.process import ServerProcess
         from sweeps import results
 
         cfg = run.cfg
@@ -96,6 +96,8 @@ class ServeLoadKind(DriveExperiment):
                 for n in params["sessions"]:
                     r = drive_sessions(server.url, server.token, online, n, seed=int(cfg.seed))
                     r["round"] = rnd
+                    # the next measurement starts on an idle server: its outputs of these sessions are written
+                    r["outputs_s"] = wait_for_outputs(server.root, r["session_ids"])
                     r["same_points"] = sum(r["points"][i] == ref["points"][i] for i in range(n))
                     rows.append(r)
                     say(
@@ -137,6 +139,7 @@ def summarize(params: dict, rows: list[dict], refs: list[dict], run_dir: Path) -
                         "requests_per_s": r["requests_per_s"],
                         "ask_p99_ms": _p(r["ask_ms"], 99),
                         "wall_s": r["wall_s"],
+                        "outputs_s": r["outputs_s"],
                         "completed": r["completed"],
                         "errors": r["errors"][:3],
                     }
