@@ -205,8 +205,11 @@ def figure(groups: list[dict], ref_ask: float, path: Path) -> Path:
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8)
     axes[1].set_title("what a rig waits for the next stimulation")
+    axes[0].set_ylim(bottom=0)
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(n, [str(v) for v in n])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
