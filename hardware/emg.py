@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import signal
 
 PZ5_EMG_RATE = 6103.515625  # Hz, the PZ5 in EMG mode ("about 6 kHz")
 
@@ -173,6 +172,8 @@ def _finite(v) -> bool:
 
 
 def _sos(cfg: EMGConfig):
+    from scipy import signal  # here, not at import: scipy.signal takes seconds, and the service never filters
+
     hp = signal.butter(cfg.order, cfg.highpass_hz, btype="highpass", fs=cfg.fs, output="sos")
     lp = signal.butter(cfg.order, cfg.envelope_hz, btype="lowpass", fs=cfg.fs, output="sos")
     return hp, lp
@@ -202,6 +203,8 @@ def envelope(window: np.ndarray, cfg: EMGConfig, pulse_times_ms: Sequence[float]
     """The EMG envelope (``... x n``, response units) of raw buffer windows (``... x n``)."""
     x = np.asarray(window, dtype=np.float64) * cfg.units_per_volt
     x = blank(x, cfg, pulse_times_ms)
+    from scipy import signal
+
     hp, lp = _sos(cfg)
     x = signal.sosfiltfilt(hp, x, axis=-1)
     return signal.sosfiltfilt(lp, np.abs(x), axis=-1)
