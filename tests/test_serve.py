@@ -426,13 +426,17 @@ def test_token_file_is_private_and_a_readable_one_is_refused(server, tmp_path):
 
 
 # ---- the load benchmark ------------------------------------------------------------------------------------
-def test_tiny_serve_load_launch(tmp_path):
-    """+exp=serve_load starts its own server, drives 1 and 2 concurrent sessions over HTTP and the same
-    sessions in-process; every HTTP session asks its in-process twin's points; the figures are the rounds'."""
-    from tests.launching import launch
+def test_serve_load_measures_http_sessions_against_their_in_process_twins(server, tmp_path):
+    """+exp=serve_load's measurement on this server: 1 and 2 concurrent sessions over HTTP and the same
+    sessions in-process; every HTTP session asks its twin's points; the figures are the rounds'."""
+    from sweeps.kinds.serve_load import ServeLoadKind, measure, summarize
+    from tests.test_config import composed
 
-    proc = launch(tmp_path, "+exp=serve_load", "params.sessions=[1,2]", "params.rounds=1", "params.n_queries=3")
-    summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+    params, cfg, rig = ServeLoadKind().plan(composed("+exp=serve_load", "params.sessions=[1,2]", "params.rounds=1",
+                                                     "params.n_queries=3"))
+    assert cfg["mode"] == "autonomous" and cfg["n_queries"] == 3 and "limits" in rig
+    rows, refs = measure(server, params, cfg, rig, tmp_path / "reference", seed=0, say=lambda s: None)
+    summary = summarize(params, rows, refs, tmp_path)
     groups = {g["params"]["sessions"]: g for g in summary["groups"]}
     assert set(groups) == {1, 2} and summary["decisions"] == {"sessions_compared": 3, "identical": True}
     for n, g in groups.items():
@@ -441,8 +445,7 @@ def test_tiny_serve_load_launch(tmp_path):
         assert m["completed"] == n and m["errors"] == 0 and g["n"] == 3 * n and g["same_points"] == n
         assert m["requests_per_s"] == pytest.approx(rnd["requests_per_s"]) and m["ask_p99_ms"] == rnd["ask_p99_ms"]
         assert 0 < m["ask_p50_ms"] <= m["ask_p99_ms"] and rnd["outputs_s"] >= 0
-    run_dir = Path(summary["run_dir"])
-    sessions = [p for p in (run_dir / "serve").iterdir() if (p / "journal.jsonl").exists()]
-    assert len(sessions) == 3 and all((p / "session.json").exists() for p in sessions)
-    assert (run_dir / "figures" / "serve_load.png").exists()
+    for r in rows:  # measured sessions were driven to the end and their outputs written before the next
+        assert all(written(server.root / sid / "session.json", 0) for sid in r["session_ids"])
+    assert (tmp_path / "figures" / "serve_load.png").exists()
     assert summary["reference"]["rounds"] == 1 and summary["reference"]["tell_p50_ms"] > 0

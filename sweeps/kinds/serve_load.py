@@ -76,7 +76,6 @@ class ServeLoadKind(DriveExperiment):
 
     def drive(self, run: Run) -> dict:
         from hardware.rig import resolve_path
-        from hardware.serve.load import drive_sessions, in_process, wait_for_outputs
         from hardware.serve.process import ServerProcess
         from sweeps import results
 
@@ -85,30 +84,39 @@ class ServeLoadKind(DriveExperiment):
         run.dir.mkdir(parents=True, exist_ok=True)
         run.open_parent(tags={"neuro_opt.kind": "serve_load"})
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if cfg.progress else (lambda msg: None)
-        rows: list[dict] = []
-        refs: list[dict] = []
-        top = max(params["sessions"])
         with ServerProcess(run.dir / "serve", resolve_path(params["rig"], "params.rig")) as server:
-            for rnd in range(1, params["rounds"] + 1):
-                ref = in_process(online, rig, top, run.dir / "reference" / f"round{rnd}", seed=int(cfg.seed))
-                refs.append(ref)
-                say(f"round {rnd} in-process: {ref['queries_per_s']:.1f} queries/s")
-                for n in params["sessions"]:
-                    r = drive_sessions(server.url, server.token, online, n, seed=int(cfg.seed))
-                    r["round"] = rnd
-                    # the next measurement starts on an idle server: its outputs of these sessions are written
-                    r["outputs_s"] = wait_for_outputs(server.root, r["session_ids"])
-                    r["same_points"] = sum(r["points"][i] == ref["points"][i] for i in range(n))
-                    rows.append(r)
-                    say(
-                        f"round {rnd} {n} sessions: {r['requests_per_s']:.0f} requests/s, ask p99 "
-                        f"{_p(r['ask_ms'], 99):.1f} ms, {r['completed']}/{n} completed, {len(r['errors'])} errors"
-                    )
+            rows, refs = measure(server, params, online, rig, run.dir / "reference", int(cfg.seed), say)
         body = summarize(params, rows, refs, run.dir)
         parent = run.require_parent()
         results.log_groups(run.tracker, parent, body)
         run.tracker.metrics(parent, {k: v for k, v in body["headline_metrics"].items()})
         return body
+
+
+def measure(server, params: dict, online: dict, rig: dict, ref_dir: Path, seed: int, say=print):
+    """Every round: the in-process reference, then each session count over HTTP against ``server``
+    (a :class:`~hardware.serve.process.ServerProcess`); returns (rows, references)."""
+    from hardware.serve.load import drive_sessions, in_process, wait_for_outputs
+
+    rows: list[dict] = []
+    refs: list[dict] = []
+    top = max(params["sessions"])
+    for rnd in range(1, params["rounds"] + 1):
+        ref = in_process(online, rig, top, ref_dir / f"round{rnd}", seed=seed)
+        refs.append(ref)
+        say(f"round {rnd} in-process: {ref['queries_per_s']:.1f} queries/s")
+        for n in params["sessions"]:
+            r = drive_sessions(server.url, server.token, online, n, seed=seed)
+            r["round"] = rnd
+            # the next measurement starts on an idle server: its outputs of these sessions are written
+            r["outputs_s"] = wait_for_outputs(server.root, r["session_ids"])
+            r["same_points"] = sum(r["points"][i] == ref["points"][i] for i in range(n))
+            rows.append(r)
+            say(
+                f"round {rnd} {n} sessions: {r['requests_per_s']:.0f} requests/s, ask p99 "
+                f"{_p(r['ask_ms'], 99):.1f} ms, {r['completed']}/{n} completed, {len(r['errors'])} errors"
+            )
+    return rows, refs
 
 
 def summarize(params: dict, rows: list[dict], refs: list[dict], run_dir: Path) -> dict:
