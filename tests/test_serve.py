@@ -144,6 +144,16 @@ def test_killed_server_resumes_the_pending_query(server, tmp_path):
         assert again["query_id"] == pending["query_id"] and again["point"] == pending["point"]
         final = c2.drive(sid, respond)
         assert final["status"] == "complete" and final["n_done"] == 8
+        # its figures were drawn by the server's drawing process, which must not outlive a killed server
+        assert written(root / sid / "session.json")
+        tasks = Path(f"/proc/{s2.proc.pid}/task").glob("*/children")  # a child belongs to the thread that started it
+        children = [c for t in tasks for c in t.read_text().split()]
+        assert children, "the server started no drawing process"
+        s2.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{c}").exists() for c in children), "the drawing process outlived the server"
     finally:
         s2.stop()
     got = records(root / sid / "journal.jsonl", "query")

@@ -17,10 +17,12 @@ import asyncio
 import collections
 import json
 import multiprocessing
+import os
 import queue
 import re
 import shutil
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,6 +87,18 @@ def optimizer_step():
     """
     with _STEP, intra_op_threads(1):
         yield
+
+
+def exit_with_parent(parent: int) -> None:
+    """In the drawing process: exit once the server that started it is gone (a killed server
+    cannot shut its pool down, and the process would wait for work forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class UnknownSession(LookupError):
@@ -283,7 +297,12 @@ class Registry:
         # pyplot in this process would hold the GIL for most of a second per session and slow every
         # request's torch steps (each takes the GIL back once per operation): a drawing process does it
         if self._drawer is None:
-            self._drawer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._drawer = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._drawer.submit(draw_figures, data, run_dir).result()
 
     def flush(self) -> None:
