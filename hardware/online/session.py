@@ -166,8 +166,7 @@ class OnlineSession:
                 "refused": "refused by the safety limits, nothing was sent",
             }.get(last, "")
             message = f"query {core.n_done + 1} failed{f' ({what})' if what else ''}: {error_text(exc)}"
-            self.journal.append("stop", at_query=core.n_done, error=message)
-            core._lifecycle = "stopped"
+            core.stop(message)
             try:
                 self.outputs(stopped=message)
             except Exception as out_exc:  # noqa: BLE001 - the journal holds everything; report the first error

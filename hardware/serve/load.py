@@ -46,11 +46,6 @@ def bump_subject(session: int, seed: int = 0, noise: float = 0.05) -> Callable[[
     return respond
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100), or None for no values."""
-    return float(np.percentile(values, q)) if values else None
-
-
 def drive_sessions(url: str, token: str, online: dict, n_sessions: int, seed: int = 0, timeout_s: float = 60.0) -> dict:
     """Run ``n_sessions`` sessions at once against the server at ``url``; returns the figures.
 
