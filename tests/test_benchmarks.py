@@ -177,14 +177,16 @@ def _check_latency_rounds(rows: list[dict], groups: list[dict]) -> None:
 
 def test_tiny_throughput_launch(tmp_path):
     """Both conditions measured on the shared 2-CPU test Ray; the load really ran and is gone;
-    batched equals apart run for run; ratios, slowdown and targets come from the groups."""
+    batched equals apart run for run (no baseline overrides: the batch changes no decision);
+    ratios, slowdown and targets come from the groups."""
     import os
 
     import pyarrow.parquet as pq
 
     problems = {"rat": 2}  # one design keeps it short; the NHP design differs only in its dataset
     proc = launch(tmp_path, "+exp=throughput", "n_queries=3", "n_reps=2", "params.rounds=1", "params.designs=[rat]",
-                  "params.design_specs.rat.n_problems=2", "params.load.max_s=120")
+                  "params.design_specs.rat.n_problems=2", "params.load.max_s=120",
+                  "~params.baseline.fit_steps")
     summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
     machine = summary["machine"]
     assert summary["experiment"] == "throughput" and machine["cpus"] == 2 and machine["workers"] == 2
@@ -202,7 +204,7 @@ def test_tiny_throughput_launch(tmp_path):
     assert machine["load_nice"] == machine["worker_nice"]
     for pid in session["pids"]:
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[3] != str(os.getpid())
-    # batched is today's engine run for run
+    # without baseline overrides, batched is the apart engine run for run
     comparisons = {c["params"]["design"]: c for c in summary["comparisons"]}
     for d, n in problems.items():
         c = comparisons[d]
@@ -249,6 +251,8 @@ def test_tiny_throughput_launch(tmp_path):
     (["+params.bogus=1"], "bogus"),
     (["cluster.address=127.0.0.1:9"], "the competing load runs on this machine"),
     (["algorithm=gpbo_fixed_rho"], "variable-rho"),
+    (["+params.baseline.kappa=2.0"], "params.baseline: ['kappa'] cannot differ"),
+    (["+params.baseline.fit_tol=-1"], "algorithm with params.baseline: fit_tol must be >= 0"),
 ])
 def test_bad_throughput_config_stops_before_any_work(tmp_path, monkeypatch, overrides, message):
     """The drive kind validates everything before Ray or MLflow start (one line naming the key)."""
@@ -268,6 +272,23 @@ def test_bad_throughput_config_stops_before_any_work(tmp_path, monkeypatch, over
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         run(cfg, ov, tmp_path / "run")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_throughput_baseline_is_the_earlier_refit_effort_for_apart_only():
+    """The apart engine runs the algorithm with params.baseline over it (the earlier 10 Adam
+    steps); the batched engine and the BoTorch reference keep the algorithm as given."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.kinds.throughput import KIND
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+exp=throughput", "params.designs=[rat]", "algorithm.kappa=2.5"])
+    _, _, algs, ref_args = KIND.plan(cfg)
+    assert algs["batched"]["fit_steps"] == 3 and algs["apart"]["fit_steps"] == 10
+    assert {k: v for k, v in algs["apart"].items() if k != "fit_steps"} == {
+        k: v for k, v in algs["batched"].items() if k != "fit_steps"
+    }
+    assert algs["apart"]["kappa"] == ref_args["kappa"] == 2.5
 
 
 @pytest.mark.parametrize("overrides,message", [

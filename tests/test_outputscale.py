@@ -28,6 +28,8 @@ def test_the_hydra_config_repeats_the_declared_defaults():
         "noise_max": defaults.NOISE_MAX,
         "outputscale_low": defaults.OUTPUTSCALE_LOW,
         "outputscale_high": defaults.OUTPUTSCALE_HIGH,
+        "fit_steps": defaults.FIT_STEPS,
+        "lr": defaults.LR,
     }
     assert {k: GPBO_YAML[k] for k in declared} == declared
     gp = algorithms.make("gpbo", array_space("rat"), n_reps=1).gp
@@ -43,7 +45,11 @@ def _fitted_outputscales(low: float, high: float) -> np.ndarray:
     truth = np.full(space.n_points, 0.02)
     truth[5] = 1.0
     rng = np.random.default_rng(3)
-    opt = algorithms.make("gpbo", space, n_reps=6, seed=0, outputscale_low=low, outputscale_high=high)
+    # 10 Adam steps per query (not the default 3): across bounds 10 decades wide a raw step moves the
+    # scale ~10 %, and 16 queries of 3 steps do not carry it from its start to where the data puts it
+    opt = algorithms.make(
+        "gpbo", space, n_reps=6, seed=0, outputscale_low=low, outputscale_high=high, fit_steps=10
+    )
     for _ in range(16):
         x = opt.ask()
         opt.tell(x, np.clip(truth[x] + 0.02 * rng.standard_normal(x.size), 0, None))

@@ -1,12 +1,13 @@
 """``+exp=throughput``: complete simulated GP-BO runs per second on the whole machine, quiet and
-beside a competing load, for the batched engine, today's engine and the BoTorch reference.
+beside a competing load, for the batched engine, the earlier engine (the baseline) and the BoTorch reference.
 
 Designs (``params.design_specs``): ``rat`` = synthetic rat maps (2 rats x 4 muscles, 8 x 4
 array, 32 queries), ``nhp`` = synthetic NHP maps (2 monkeys x 3 muscles, 96 electrodes,
 96 queries); a design is ``n_reps`` runs of each of its first ``n_problems`` problems, which
 share one search space. Engines (``params.engines``, see :mod:`sweeps.throughput.shards`):
-``batched`` (``simulate_batch`` across the design's problems), ``apart`` (today's path, one
-``simulate`` batch per problem: the decision-quality baseline) and ``botorch_reference`` (the
+``batched`` (``simulate_batch`` across the design's problems, with ``algorithm`` as given),
+``apart`` (the earlier path: one ``simulate`` batch per problem, with ``params.baseline`` over
+``algorithm``, the earlier refit effort: the decision-quality baseline, run for run) and ``botorch_reference`` (the
 plain BoTorch loop, one run at a time per worker, ``reference_runs`` per worker).
 
 It drives its own work (a :class:`~sweeps.experiment.DriveExperiment`), because its conditions
@@ -45,7 +46,7 @@ from sweeps.throughput.summary import CONDITIONS
 if TYPE_CHECKING:
     from sweeps.run import Run
 
-PARAMS = ("designs", "engines", "conditions", "rounds", "load", "targets", "design_specs")
+PARAMS = ("designs", "engines", "conditions", "rounds", "load", "targets", "design_specs", "baseline")
 SPEC_KEYS = ("dataset", "n_problems", "n_queries", "reference_runs", "target_runs_per_s", "target_quality_runs")
 # GP-BO hyperparameters the reference loop takes (the rest are the engine's own knobs)
 REFERENCE_KEYS = (
@@ -99,7 +100,8 @@ class ThroughputKind(DriveExperiment):
 
     def plan(self, cfg) -> tuple[dict, list[Design], dict, dict]:
         """Everything validated before any work: the params, the designs (problems loaded), the
-        engine's and the reference loop's hyperparameters. Raises :class:`ConfigError`."""
+        engines' hyperparameters (``{"batched": ..., "apart": ...}``: apart runs the algorithm with
+        ``params.baseline`` over it) and the reference loop's. Raises :class:`ConfigError`."""
         from neuro_opt import algorithms
         from neuro_opt.datasets import load as load_dataset
         from sweeps import config
@@ -159,6 +161,14 @@ class ThroughputKind(DriveExperiment):
                 f"(algorithm=gpbo) with the BoTorch reference loop"
             )
         ref_args = reference_hyperparameters({"name": name, **alg})
+        baseline = as_dict(p["baseline"], "params.baseline")
+        bad = sorted(set(baseline) - {"fit_steps", "lr", "fit_tol"})
+        if bad:
+            raise ConfigError(
+                f"params.baseline: {bad} cannot differ between the engines; the baseline (apart) changes only "
+                f"the refit's effort: fit_steps, lr, fit_tol"
+            )
+        algs = {"batched": alg, "apart": {**alg, **baseline}}
         out = []
         for d in designs:
             where = f"params.design_specs.{d}"
@@ -199,12 +209,14 @@ class ThroughputKind(DriveExperiment):
             key = "n_queries" if cfg.n_queries is not None else f"{where}.n_queries"
             if not isinstance(n_q, int) or not 1 <= n_q <= P:
                 raise ConfigError(f"{key}={n_q!r}: must be between 1 and design {d}'s search space size ({P} points)")
-            try:
-                algorithms.make(name, problems[0].space, n_reps=1, seed=0, **alg)
-            except ValueError as exc:
-                raise ConfigError(f"algorithm: {exc}") from None
+            for engine, hp in algs.items():
+                try:
+                    algorithms.make(name, problems[0].space, n_reps=1, seed=0, **hp)
+                except (ValueError, TypeError) as exc:
+                    where_hp = "algorithm" if engine == "batched" else "algorithm with params.baseline"
+                    raise ConfigError(f"{where_hp}: {exc}") from None
             out.append(Design(d, problems, int(cfg.n_reps), n_q, spec["reference_runs"]))
-        return p, out, alg, ref_args
+        return p, out, algs, ref_args
 
     def drive(self, run: Run) -> dict:
         import ray
@@ -213,7 +225,7 @@ class ThroughputKind(DriveExperiment):
 
         cfg = run.cfg
         grid.apply_scale(cfg, run.overrides)
-        params, designs, alg, ref_args = self.plan(cfg)
+        params, designs, algs, ref_args = self.plan(cfg)
         sample = {"noise": float(cfg.noise), "response_mode": str(cfg.response_mode)}
         run.dir.mkdir(parents=True, exist_ok=True)
         with run.ray():
@@ -235,7 +247,8 @@ class ThroughputKind(DriveExperiment):
                 "n_queries": {d.name: d.n_queries for d in designs},
                 "rounds": params["rounds"],
             }
-            phases, runs = self.measure_all(cfg, params, designs, alg, ref_args, sample, machine)
+            machine["baseline"] = dict(params["baseline"])
+            phases, runs = self.measure_all(cfg, params, designs, algs, ref_args, sample, machine)
             machine["loadavg_at_end"] = list(os.getloadavg())
         table_runs = write_results(run.dir, phases, runs)
         from sweeps.throughput.summary import summarize
@@ -247,9 +260,10 @@ class ThroughputKind(DriveExperiment):
         return body
 
     @staticmethod
-    def measure_all(cfg, params, designs, alg, ref_args, sample, machine: dict):
-        """Every round: each condition (the load started for it), each design and engine. Adds the
-        workers' niceness, the load's and every load session to ``machine``."""
+    def measure_all(cfg, params, designs, algs: dict, ref_args, sample, machine: dict):
+        """Every round: each condition (the load started for it), each design and engine (``algs``:
+        its hyperparameters, the batched engine's for the reference). Adds the workers' niceness,
+        the load's and every load session to ``machine``."""
         from sweeps.throughput import shards
         from sweeps.throughput.load import BusyLoad
 
@@ -267,7 +281,7 @@ class ThroughputKind(DriveExperiment):
         loads: list[dict] = machine.setdefault("loads", [])
         try:
             for d in designs:
-                shards.warm(workers, d, alg, ref_args, sample)
+                shards.warm(workers, d, algs["batched"], ref_args, sample)
             for rnd in range(1, params["rounds"] + 1):
                 for cond in params["conditions"]:
                     loaded = cond == "loaded"
@@ -276,7 +290,8 @@ class ThroughputKind(DriveExperiment):
                         for d in designs:
                             for engine in params["engines"]:
                                 la, l0 = os.getloadavg()[0], load.cpu_s() if load else 0.0
-                                m = shards.measure(workers, d, engine, cfg.seed, (rnd, cond), alg, ref_args, sample)
+                                hp = algs.get(engine, algs["batched"])
+                                m = shards.measure(workers, d, engine, cfg.seed, (rnd, cond), hp, ref_args, sample)
                                 l1 = load.cpu_s() if load else 0.0
                                 if load is not None and load.alive() < n_load:
                                     raise RuntimeError(

@@ -10,8 +10,9 @@ Engines (what a shard runs):
 
 * ``batched``: :func:`neuro_opt.simulate.simulate_batch` over the shard's blocks (one engine
   batch for all of its problems' replicates);
-* ``apart``: today's path, one :func:`neuro_opt.simulate.simulate` batch per block, the same
-  blocks and seeds (each block's runs are the ones ``batched`` gives, run for run);
+* ``apart``: the earlier path, one :func:`neuro_opt.simulate.simulate` batch per block, the same
+  blocks and seeds, with the baseline's hyperparameters (without overrides, each block's runs are
+  the ones ``batched`` gives, run for run);
 * ``botorch_reference``: :func:`neuro_opt.reference_loop.botorch_reference_run`, one run at a
   time, ``reference_runs`` runs per shard.
 """

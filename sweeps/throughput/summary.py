@@ -19,7 +19,7 @@ from neuro_opt import metrics
 from sweeps.throughput.shards import ENGINES
 
 CONDITIONS = ("quiet", "loaded")
-NAMES = {"batched": "batched", "apart": "apart (today's engine)", "botorch_reference": "BoTorch reference"}
+NAMES = {"batched": "batched", "apart": "apart (baseline)", "botorch_reference": "BoTorch reference"}
 
 
 def _vs(values: list[float]) -> list[float]:
@@ -168,7 +168,7 @@ def targets_of(params: dict, machine: dict, groups, ratios, slowdown, comparison
             out.append(
                 {
                     "target": f"{d}: batched's final exploration and exploitation within {t['points']:g} point(s) "
-                    f"of today's engine (apart) on >= {need} runs",
+                    f"of the baseline engine (apart: params.baseline) on >= {need} runs",
                     "value": pts,
                     "met": bool(max(abs(v) for v in pts) <= t["points"] and comp["n_runs"] >= need),
                     "n_runs": comp["n_runs"],
