@@ -284,7 +284,7 @@ def test_throughput_baseline_is_the_earlier_refit_effort_for_apart_only():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+exp=throughput", "params.designs=[rat]", "algorithm.kappa=2.5"])
     _, _, algs, ref_args = KIND.plan(cfg)
-    assert algs["batched"]["fit_steps"] == 3 and algs["apart"]["fit_steps"] == 10
+    assert algs["batched"]["fit_steps"] == 5 and algs["apart"]["fit_steps"] == 10
     assert {k: v for k, v in algs["apart"].items() if k != "fit_steps"} == {
         k: v for k, v in algs["batched"].items() if k != "fit_steps"
     }

@@ -45,8 +45,8 @@ def _fitted_outputscales(low: float, high: float) -> np.ndarray:
     truth = np.full(space.n_points, 0.02)
     truth[5] = 1.0
     rng = np.random.default_rng(3)
-    # 10 Adam steps per query (not the default 3): across bounds 10 decades wide a raw step moves the
-    # scale ~10 %, and 16 queries of 3 steps do not carry it from its start to where the data puts it
+    # 10 Adam steps per query (more than the default): across bounds 10 decades wide a raw step moves
+    # the scale ~10 %, and 16 queries of 3 steps do not carry it from its start to where the data puts it
     opt = algorithms.make(
         "gpbo", space, n_reps=6, seed=0, outputscale_low=low, outputscale_high=high, fit_steps=10
     )
