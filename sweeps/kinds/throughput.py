@@ -60,6 +60,8 @@ REFERENCE_KEYS = (
     "outputscale_high",
 )
 ENGINE_ONLY_KEYS = ("name", "mode", "fit_steps", "lr", "fit_tol", "capacity", "device")
+# the refit-effort keys params.baseline may set for the apart engine (everything else is shared)
+BASELINE_KEYS = ("fit_steps", "lr", "fit_tol")
 
 
 def reference_hyperparameters(alg: dict) -> dict:
@@ -162,11 +164,11 @@ class ThroughputKind(DriveExperiment):
             )
         ref_args = reference_hyperparameters({"name": name, **alg})
         baseline = as_dict(p["baseline"], "params.baseline")
-        bad = sorted(set(baseline) - {"fit_steps", "lr", "fit_tol"})
+        bad = sorted(set(baseline) - set(BASELINE_KEYS))
         if bad:
             raise ConfigError(
                 f"params.baseline: {bad} cannot differ between the engines; the baseline (apart) changes only "
-                f"the refit's effort: fit_steps, lr, fit_tol"
+                f"the refit's effort: {', '.join(BASELINE_KEYS)}"
             )
         algs = {"batched": alg, "apart": {**alg, **baseline}}
         out = []
