@@ -387,3 +387,35 @@ def test_gpbo_queries_the_same_points_with_and_without_screening():
         runs.append((np.array(picks), np.array(bests), used))
     assert runs[0][2] > 20 and runs[1][2] == 0  # the screened path did run, the other never
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("b", [1, 11])
+def test_compiled_refit_gradient_equals_the_torch_path(b):
+    """The compiled refit routine (neuro_opt/gp/_refit_terms.c) gives the torch path's gradient and
+    MLL on a lattice, with replicates padded to different sizes and a batch that is not a whole
+    number of its 8-replicate passes; a covariance that is not positive definite is refused."""
+    from neuro_opt.gp import refit_terms
+
+    assert refit_terms.available()  # built by `pip install -e .` (setup.py): the fast path runs here
+    rng = np.random.default_rng(21)
+    gp = BatchGP(X, b, 40, mode="variable", fit_steps=0)
+    for t in range(24):
+        pts = rng.integers(0, P, b)
+        pts[::3] = rng.integers(0, 6, len(pts[::3]))  # every third replicate: repeats, fewer unique points
+        gp.observe(pts, rng.random(b))
+    data = gp._collapsed()
+    data["bin"] = gp._pair_bins(data)
+    assert b == 1 or int(gp.n_slots.min()) < data["mask"].shape[1]  # padding
+    raw = torch.tensor(rng.normal(0, 1, (b, 4)))
+    d_fast = dict(data)
+    mll_fast, fast = gp.mll_and_grad(d_fast, raw)
+    assert "n_slots" in d_fast and "bin_lower" not in d_fast
+    gp.COMPILED_MAX_U = gp.COMPILED_SMALL_B_MAX_U = 0  # this instance only: the torch path
+    mll_ref, ref = gp.mll_and_grad(dict(data), raw)
+    assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9) and torch.allclose(mll_fast, mll_ref, rtol=1e-11, atol=1e-9)
+    U = data["mask"].shape[1]
+    table = torch.zeros(b, P + 1, dtype=torch.float64)
+    table[:, 0] = 1.0  # every pair covaries fully: singular without noise on the diagonal
+    bins = torch.zeros(b, U, U, dtype=torch.long)
+    args = (torch.full((b,), U), bins, table, torch.zeros(b, U, dtype=torch.float64), torch.ones(b, U, dtype=torch.float64))
+    assert refit_terms.terms(*args) is None

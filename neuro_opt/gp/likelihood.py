@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from neuro_opt.gp import lapack
+from neuro_opt.gp import lapack, refit_terms
 from neuro_opt.gp.kernels import SQRT5, matern52, matern52_of_r
 from neuro_opt.gp.linalg import safe_cholesky
 
@@ -100,6 +100,7 @@ class MarginalLikelihood(_Engine):
             data["inv_cnt"], data["pad_diag"] = mask / cnt, 1.0 - mask
             data["half_cm1"] = (mask * (-0.5 * (cnt - 1))).sum(-1)
             data["ss_sum"] = data["ss"].sum(-1)
+            data["n_slots"] = mask.sum(-1).long()
         sig = torch.sigmoid(raw)
         val = self._raw_lo + self._raw_span * sig  # Interval.transform of each packed parameter
         ls, noise, os_ = val[:, :d], val[:, d], val[:, d + 1]
@@ -130,15 +131,20 @@ class MarginalLikelihood(_Engine):
             Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
             return Kn
 
-        Kn = noisy_covariance()
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
         Wb = None
-        if "bin" in data and self._in_place(Kn):
+        if "bin" in data and self._compiled(b, U, rv):
+            diag = data["inv_cnt"] * s2[:, None] + data["pad_diag"]
+            out = refit_terms.terms(data["n_slots"], data["bin"], kb_bins * os_[:, None], diag, rv)
+            if out is not None:  # else a factor needs jitter: the torch path below
+                Wb, dW, alpha, half_logdet = out
+        Kn = noisy_covariance() if Wb is None else None
+        if Kn is not None and "bin" in data and self._in_place(Kn):
             Wb, dW, alpha, half_logdet = self._lower_triangle_w(data, Kn, rv)
             if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
                 Kn = noisy_covariance()
-        if Wb is None:
+        if Kn is not None and Wb is None:
 
             def info(q: int) -> str:
                 return f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"
@@ -170,6 +176,22 @@ class MarginalLikelihood(_Engine):
         grad = torch.cat([g_ls, (g_s2 * 2 * noise)[:, None], g_os[:, None]], dim=1) * self._raw_span * (sig * (1 - sig))
         mll = self._mll_value(data, (rv * alpha).sum(-1), half_logdet, s2) if with_mll else None
         return mll, grad
+
+    # The compiled routine (neuro_opt/gp/refit_terms.py) takes the refit's gradient on a lattice up to
+    # COMPILED_MAX_U unique points. It runs LANES = 8 replicates per pass, so a batch smaller than a
+    # pass pays for unused lanes: there it runs only up to COMPILED_SMALL_B_MAX_U, where it still beats
+    # torch's per-call costs (online use: one replicate).
+    COMPILED_MAX_U, COMPILED_SMALL_B_MAX_U = 128, 64
+
+    def _compiled(self, b: int, U: int, like: torch.Tensor) -> bool:
+        """Whether the refit's gradient on a lattice (``b`` replicates, ``U`` unique points) runs compiled."""
+        return (
+            U <= (self.COMPILED_MAX_U if b >= 8 else self.COMPILED_SMALL_B_MAX_U)
+            and like.device.type == "cpu"
+            and like.dtype == torch.float64
+            and not like.requires_grad
+            and refit_terms.available()
+        )
 
     # Unique points from which the refit's gradient factors ``Kn`` in place with LAPACK (see
     # neuro_opt/gp/lapack.py: same routines, without torch's copies); smaller factors batch better
