@@ -1,4 +1,4 @@
-/* The refit's gradient terms on a lattice, for a batch of small covariances, in one call.
+/* The refit's gradient terms and the posterior on a lattice, for a batch of small covariances, in one call.
 
 Why by hand: at every Adam step the refit factors, for each replicate, the noisy covariance of
 its unique points (tens of points), inverts it, and sums the inverse over the pairs of each
@@ -6,7 +6,7 @@ lattice offset. torch runs each small factor, triangular inverse and product as 
 call, with per-call and per-op costs several times the arithmetic at these sizes; nothing in
 torch, scipy or MKL's exported routines factors a batch of small matrices in one call. This
 file does the same algebra (the engine's padded algebra, tested equal) for LANES replicates at a
-time in SIMD lanes, in one call for the batch. Built by setup.py (an optional extension: where it
+time in SIMD lanes, in one call for the batch; the posterior after each query reuses its factor. Built by setup.py (an optional extension: where it
 is missing, neuro_opt/gp/refit_terms.py says so and the engine keeps its torch path).
 
 Layout: every array is C-contiguous float64 / int64 as torch hands it; row-major matrices.
@@ -17,13 +17,18 @@ Layout: every array is C-contiguous float64 / int64 as torch hands it; row-major
 #define LANES 8 /* replicates per pass: every step below runs on LANES replicates at once */
 /* LANES doubles; GCC lowers the arithmetic to the CPU's SIMD; aligned(8): any double buffer will do */
 typedef double vec __attribute__((vector_size(LANES * sizeof(double)), aligned(8)));
+/* each pass is compiled for AVX-512, AVX2 and the x86-64 baseline, picked at load time; no FMA
+   contraction (setup.py), so every clone gives the same bits */
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define INLINE static inline __attribute__((always_inline))
+#define CHUNK 128 /* points per pass of the posterior's triangular solve */
 
-/* Replicates idx[0..nl) (nl <= LANES), padded to m = their largest size with the identity (the padded
-   covariance's own padding: 0 off the diagonal, 1 on it), which changes no value of a real slot. */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static void group(int64_t nl, const int64_t *idx, int64_t m, int64_t U, int64_t T, const int64_t *n_slots,
-                  const int64_t *bins, const double *table, const double *diag, const double *r, double *Wb,
-                  double *dW, double *alpha, double *half_logdet, int64_t *status, vec *L, vec *M, vec *a) {
-    int bad[LANES] = {0};
+/* Replicates idx[0..nl) (nl <= LANES) are padded to m = their largest size with the identity (the
+   padded covariance's own padding: 0 off the diagonal, 1 on it), which changes no value of a real
+   slot. L (m x m vec, lower triangle) gets Kn's Cholesky factor; bad[l] = k + 1 when lane l's
+   leading (k + 1) x (k + 1) block is not positive definite (its pivot is then set to 1). */
+INLINE void factor(int64_t nl, const int64_t *idx, int64_t m, int64_t U, int64_t T, const int64_t *bins,
+                   const double *table, const double *diag, vec *L, int64_t *bad) {
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j <= i; j++) {
             vec v;
@@ -34,6 +39,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void group(i
             }
             L[i * m + j] = v;
         }
+    for (int l = 0; l < LANES; l++) bad[l] = 0;
     /* Cholesky-Banachiewicz, row by row: L[i][j] = (Kn[i][j] - L[i][:j] . L[j][:j]) / L[j][j] */
     for (int64_t i = 0; i < m; i++) {
         vec *Li = L + i * m;
@@ -46,21 +52,34 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void group(i
         vec s = Li[i];
         for (int64_t k = 0; k < i; k++) s -= Li[k] * Li[k];
         for (int l = 0; l < LANES; l++) {
-            if (!(s[l] > 0.0)) { /* not positive definite: flagged, and kept finite */
-                if (!bad[l]) bad[l] = (int)(i + 1);
+            if (!(s[l] > 0.0)) {
+                if (!bad[l]) bad[l] = i + 1;
                 s[l] = 1.0;
             }
             s[l] = sqrt(s[l]);
         }
         Li[i] = s;
     }
-    /* alpha: L y = r, then L^T alpha = y */
+}
+
+/* y = L^-1 r (r[q] per lane, 0 in empty lanes) */
+INLINE void forward(int64_t nl, const int64_t *idx, int64_t m, int64_t U, const double *r, const vec *L, vec *y) {
     for (int64_t i = 0; i < m; i++) {
         vec s;
         for (int l = 0; l < LANES; l++) s[l] = l < nl ? r[idx[l] * U + i] : 0.0;
-        for (int64_t k = 0; k < i; k++) s -= L[i * m + k] * a[k];
-        a[i] = s / L[i * m + i];
+        for (int64_t k = 0; k < i; k++) s -= L[i * m + k] * y[k];
+        y[i] = s / L[i * m + i];
     }
+}
+
+CLONES static void refit_group(int64_t nl, const int64_t *idx, int64_t m, int64_t U, int64_t T,
+                               const int64_t *n_slots, const int64_t *bins, const double *table, const double *diag,
+                               const double *r, double *Wb, double *dW, double *alpha, double *half_logdet,
+                               int64_t *status, vec *L, vec *M, vec *a) {
+    int64_t bad[LANES];
+    factor(nl, idx, m, U, T, bins, table, diag, L, bad);
+    /* alpha: L y = r, then L^T alpha = y */
+    forward(nl, idx, m, U, r, L, a);
     for (int64_t i = m - 1; i >= 0; i--) {
         vec s = a[i];
         for (int64_t k = i + 1; k < m; k++) s -= L[k * m + i] * a[k];
@@ -114,8 +133,58 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void group(i
     }
 }
 
-/* For each replicate q < b with n = n_slots[q] unique points (the first n of U slots; bins and diag
-   padded as the engine pads them):
+/* The posterior's two sums at every point p: with v = L^-1 k_p (k_p[i] = table[q][cross[q][p][i]]) and
+   y = L^-1 r, yv[q][p] = y . v and vv[q][p] = v . v (mean = prior + yv, variance = outputscale - vv). */
+CLONES static void posterior_group(int64_t nl, const int64_t *idx, int64_t m, int64_t U, int64_t T, int64_t P,
+                                   int64_t cap, const int64_t *bins, const double *table, const double *diag,
+                                   const double *r, const int64_t *cross, double *yv, double *vv, int64_t *status,
+                                   vec *L, vec *y, vec *V) {
+    int64_t bad[LANES];
+    factor(nl, idx, m, U, T, bins, table, diag, L, bad);
+    forward(nl, idx, m, U, r, L, y);
+    for (int l = 0; l < nl; l++) status[idx[l]] = bad[l];
+    for (int64_t p0 = 0; p0 < P; p0 += CHUNK) {
+        const int64_t w = P - p0 < CHUNK ? P - p0 : CHUNK;
+        for (int64_t i = 0; i < m; i++) {
+            vec *Vi = V + i * CHUNK;
+            for (int64_t p = 0; p < w; p++)
+                for (int l = 0; l < LANES; l++) {
+                    const int64_t q = idx[l < nl ? l : 0];
+                    Vi[p][l] = l < nl ? table[q * T + cross[(q * P + p0 + p) * cap + i]] : 0.0;
+                }
+            for (int64_t k = 0; k < i; k++) {
+                const vec c = L[i * m + k];
+                const vec *Vk = V + k * CHUNK;
+                for (int64_t p = 0; p < w; p++) Vi[p] -= c * Vk[p];
+            }
+            const vec d = L[i * m + i];
+            for (int64_t p = 0; p < w; p++) Vi[p] /= d;
+        }
+        for (int64_t p = 0; p < w; p++) {
+            vec sy = {0}, sv = {0};
+            for (int64_t i = 0; i < m; i++) {
+                sy += y[i] * V[i * CHUNK + p];
+                sv += V[i * CHUNK + p] * V[i * CHUNK + p];
+            }
+            for (int l = 0; l < nl; l++) {
+                yv[idx[l] * P + p0 + p] = sy[l];
+                vv[idx[l] * P + p0 + p] = sv[l];
+            }
+        }
+    }
+}
+
+/* order: the replicates sorted by size (counting sort; ties keep their order) */
+static void by_size(int64_t b, int64_t U, const int64_t *n_slots, int64_t *order) {
+    int64_t start[U + 2];
+    for (int64_t n = 0; n <= U + 1; n++) start[n] = 0;
+    for (int64_t q = 0; q < b; q++) start[n_slots[q] + 1]++;
+    for (int64_t n = 0; n <= U; n++) start[n + 1] += start[n];
+    for (int64_t q = 0; q < b; q++) order[start[n_slots[q]]++] = q;
+}
+
+/* The refit's terms. For each replicate q < b with n = n_slots[q] unique points (the first n of U
+   slots; bins and diag padded as the engine pads them):
      Kn[i][j] = table[q][bins[q][i][j]] + (i == j) * diag[q][i]
    and, with alpha = Kn^-1 r[q] and W = alpha alpha^T - Kn^-1:
      Wb[q][t]       sum of W[i][j] over the pairs (i, j) (both orders) of bin t; the padding bin
@@ -130,15 +199,28 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void group(i
 void refit_terms(int64_t b, int64_t U, int64_t T, const int64_t *n_slots, const int64_t *bins,
                  const double *table, const double *diag, const double *r, double *Wb, double *dW,
                  double *alpha, double *half_logdet, int64_t *status, double *work) {
-    int64_t order[b > 0 ? b : 1], start[U + 2];
-    for (int64_t n = 0; n <= U + 1; n++) start[n] = 0;
-    for (int64_t q = 0; q < b; q++) start[n_slots[q] + 1]++;
-    for (int64_t n = 0; n <= U; n++) start[n + 1] += start[n];
-    for (int64_t q = 0; q < b; q++) order[start[n_slots[q]]++] = q; /* counting sort by size */
+    int64_t order[b > 0 ? b : 1];
+    by_size(b, U, n_slots, order);
     for (int64_t g = 0; g < b; g += LANES) {
         const int64_t nl = b - g < LANES ? b - g : LANES;
         const int64_t m = n_slots[order[g + nl - 1]];
-        group(nl, order + g, m, U, T, n_slots, bins, table, diag, r, Wb, dW, alpha, half_logdet, status, (vec *)work,
-              (vec *)work + U * U, (vec *)work + 2 * U * U);
+        refit_group(nl, order + g, m, U, T, n_slots, bins, table, diag, r, Wb, dW, alpha, half_logdet, status,
+                    (vec *)work, (vec *)work + U * U, (vec *)work + 2 * U * U);
+    }
+}
+
+/* The posterior's sums at all P points (see posterior_group), from the same Kn as refit_terms;
+   cross[q][p][i] (row stride cap >= U) is the offset bin of point p and slot i, the padding bin at
+   padding slots. status as refit_terms. work: (U U + U + U CHUNK) LANES doubles. */
+void posterior_terms(int64_t b, int64_t U, int64_t T, int64_t P, int64_t cap, const int64_t *n_slots,
+                     const int64_t *bins, const double *table, const double *diag, const double *r,
+                     const int64_t *cross, double *yv, double *vv, int64_t *status, double *work) {
+    int64_t order[b > 0 ? b : 1];
+    by_size(b, U, n_slots, order);
+    for (int64_t g = 0; g < b; g += LANES) {
+        const int64_t nl = b - g < LANES ? b - g : LANES;
+        const int64_t m = n_slots[order[g + nl - 1]];
+        posterior_group(nl, order + g, m, U, T, P, cap, bins, table, diag, r, cross, yv, vv, status, (vec *)work,
+                        (vec *)work + U * U, (vec *)work + U * U + U);
     }
 }

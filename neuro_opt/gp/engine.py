@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from gpytorch.constraints import Interval
 
-from neuro_opt.gp import defaults
+from neuro_opt.gp import defaults, refit_terms
 from neuro_opt.gp.kernels import matern52
 from neuro_opt.gp.lattice import LatticeKernel
 from neuro_opt.gp.likelihood import MarginalLikelihood
@@ -272,6 +272,10 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         with torch.no_grad():
             data = self._collapsed()
             os_ = self.outputscale
+            sums = self._compiled_posterior(data, os_)
+            if sums is not None:
+                yv, vv = sums
+                return prior_all + yv, torch.clamp(os_[:, None] - vv, min=1e-12)
             L, r = self._chol(data, self.lengthscale, self.noise, os_)
             Kc = self._cross(data, self.lengthscale)
             Kc.mul_(os_[:, None, None])
@@ -282,6 +286,21 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         return mean, var
 
     # --------------------------------------------------------------- internals
+    def _compiled_posterior(self, data: dict[str, torch.Tensor], os_: torch.Tensor):
+        """The posterior's sums from the compiled routine (neuro_opt/gp/refit_terms.py) on a lattice
+        with the cached offset bins, where the refit's gradient runs compiled too; else ``None``
+        (also when a factor needs jitter: the torch path then adds it)."""
+        b, U = data["mask"].shape
+        if self.slot_bins is None or not self._compiled(b, U, data["r"]):
+            return None
+        noise = self.noise
+        table = self._kernel_bins(self.lengthscale) * os_[:, None]
+        diag = data["mask"] * (noise * noise)[:, None] / data["cnt"] + (1.0 - data["mask"])
+        n_slots = data["mask"].sum(-1).long()
+        return refit_terms.posterior_sums(
+            n_slots, self._pair_bins(data), table, diag, data["r"], self.slot_bins[:, :, :U]
+        )
+
     def _grow(self, capacity: int) -> None:
         """Double the observation buffers (amortized O(1) per observation)."""
 
