@@ -184,9 +184,10 @@ def test_tiny_throughput_launch(tmp_path):
     import pyarrow.parquet as pq
 
     problems = {"rat": 2}  # one design keeps it short; the NHP design differs only in its dataset
+    passes = 2  # each batched/apart measurement runs the design twice over, with new seeds
     proc = launch(tmp_path, "+exp=throughput", "n_queries=3", "n_reps=2", "params.rounds=1", "params.designs=[rat]",
-                  "params.design_specs.rat.n_problems=2", "params.load.max_s=120",
-                  "~params.baseline.fit_steps")
+                  "params.design_specs.rat.n_problems=2", f"params.design_specs.rat.passes={passes}",
+                  "params.load.max_s=120", "~params.baseline.fit_steps")
     summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
     machine = summary["machine"]
     assert summary["experiment"] == "throughput" and machine["cpus"] == 2 and machine["workers"] == 2
@@ -194,7 +195,7 @@ def test_tiny_throughput_launch(tmp_path):
     groups = {tuple(g["params"].values()): g for g in summary["groups"]}
     assert set(groups) == {(d, e, c) for d in problems for e in engines for c in ("quiet", "loaded")}
     for (d, e, c), g in groups.items():
-        assert g["n"] == (2 * problems[d] if e != "botorch_reference" else 2)  # reference: one run per worker
+        assert g["n"] == (2 * problems[d] * passes if e != "botorch_reference" else 2)  # reference: one per worker
         assert g["metrics"]["runs_per_s"][0] == pytest.approx(g["runs_per_round"] / g["wall_s"])
         assert g["load_processes"] == (2 if c == "loaded" else 0)
         assert (g["metrics"]["load_cpu_s"][0] > 0) == (c == "loaded")
@@ -208,7 +209,7 @@ def test_tiny_throughput_launch(tmp_path):
     comparisons = {c["params"]["design"]: c for c in summary["comparisons"]}
     for d, n in problems.items():
         c = comparisons[d]
-        assert c["n_runs"] == c["identical_runs"] == 2 * n * 2  # both conditions
+        assert c["n_runs"] == c["identical_runs"] == 2 * n * passes * 2  # both conditions; every pass its own runs
         assert c["exploration_points_max_abs"] == c["exploitation_points_max_abs"] == 0.0
     rate = {k: g["metrics"]["runs_per_s"][0] for k, g in groups.items()}
     for r in summary["ratios"]:
@@ -247,6 +248,7 @@ def test_tiny_throughput_launch(tmp_path):
     (["n_queries=97", "params.designs=[nhp]"], "n_queries=97"),
     (["params.design_specs.rat.n_queries=33"], "params.design_specs.rat.n_queries=33"),
     (["params.rounds=0"], "params.rounds=0"),
+    (["params.design_specs.rat.passes=0"], "params.design_specs.rat.passes=0"),
     (["params.load.nice=30"], "params.load.nice=30"),
     (["+params.bogus=1"], "bogus"),
     (["cluster.address=127.0.0.1:9"], "the competing load runs on this machine"),

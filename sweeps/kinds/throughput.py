@@ -4,7 +4,8 @@ beside a competing load, for the batched engine, the earlier engine (the baselin
 Designs (``params.design_specs``): ``rat`` = synthetic rat maps (2 rats x 4 muscles, 8 x 4
 array, 32 queries), ``nhp`` = synthetic NHP maps (2 monkeys x 3 muscles, 96 electrodes,
 96 queries); a design is ``n_reps`` runs of each of its first ``n_problems`` problems, which
-share one search space. Engines (``params.engines``, see :mod:`sweeps.throughput.shards`):
+share one search space, run ``passes`` times over (new seeds each pass) in each batched or apart
+measurement. Engines (``params.engines``, see :mod:`sweeps.throughput.shards`):
 ``batched`` (``simulate_batch`` across the design's problems, with ``algorithm`` as given),
 ``apart`` (the earlier path: one ``simulate`` batch per problem, with ``params.baseline`` over
 ``algorithm``, the earlier refit effort: the decision-quality baseline, run for run) and ``botorch_reference`` (the
@@ -47,7 +48,15 @@ if TYPE_CHECKING:
     from sweeps.run import Run
 
 PARAMS = ("designs", "engines", "conditions", "rounds", "load", "targets", "design_specs", "baseline")
-SPEC_KEYS = ("dataset", "n_problems", "n_queries", "reference_runs", "target_runs_per_s", "target_quality_runs")
+SPEC_KEYS = (
+    "dataset",
+    "n_problems",
+    "n_queries",
+    "passes",
+    "reference_runs",
+    "target_runs_per_s",
+    "target_quality_runs",
+)
 # GP-BO hyperparameters the reference loop takes (the rest are the engine's own knobs)
 REFERENCE_KEYS = (
     "kappa",
@@ -184,6 +193,7 @@ class ThroughputKind(DriveExperiment):
                 )
             _int(spec["n_problems"], f"{where}.n_problems")
             _int(spec["n_queries"], f"{where}.n_queries")
+            _int(spec["passes"], f"{where}.passes")
             _int(spec["reference_runs"], f"{where}.reference_runs")
             _int(spec["target_quality_runs"], f"{where}.target_quality_runs", null=True)
             if spec["target_runs_per_s"] is not None:
@@ -217,7 +227,7 @@ class ThroughputKind(DriveExperiment):
                 except (ValueError, TypeError) as exc:
                     where_hp = "algorithm" if engine == "batched" else "algorithm with params.baseline"
                     raise ConfigError(f"{where_hp}: {exc}") from None
-            out.append(Design(d, problems, int(cfg.n_reps), n_q, spec["reference_runs"]))
+            out.append(Design(d, problems, int(cfg.n_reps), n_q, spec["reference_runs"], spec["passes"]))
         return p, out, algs, ref_args
 
     def drive(self, run: Run) -> dict:

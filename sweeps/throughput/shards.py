@@ -4,12 +4,15 @@ A worker is a Ray actor holding ``cluster.cpus_per_cell`` CPUs (1 by default) wi
 threads, one per shard of the machine's Ray CPUs; it keeps each design's problems, so a
 measurement sends it only indices and seeds. A measurement starts one shard on every worker
 together and lasts from the first shard's start to the last one's finish (each shard stamps
-both with the machine's clock), so runs per second is the whole machine's figure.
+both with the machine's clock), so runs per second is the whole machine's figure. A design of
+short runs sets ``passes``: each measurement then runs the design that many times over, one pass
+after another with new seeds and the design's own batch size, so that it lasts long enough to be
+timed beside other work.
 
 Engines (what a shard runs):
 
 * ``batched``: :func:`neuro_opt.simulate.simulate_batch` over the shard's blocks (one engine
-  batch for all of its problems' replicates);
+  batch for all of its problems' replicates), once per pass;
 * ``apart``: the earlier path, one :func:`neuro_opt.simulate.simulate` batch per block, the same
   blocks and seeds, with the baseline's hyperparameters (without overrides, each block's runs are
   the ones ``batched`` gives, run for run);
@@ -39,6 +42,7 @@ class Design:
     n_reps: int
     n_queries: int
     reference_runs: int  # per shard and measurement
+    passes: int = 1  # times a batched or apart measurement runs the design, one pass after another
 
     @property
     def n_problems(self) -> int:
@@ -100,9 +104,12 @@ class ShardWorker:
         botorch_reference_run(problems[0], min(2, n_queries), seed=0, **ref_args, **sample)
         return time.perf_counter() - t0
 
-    def run(self, design: str, engine: str, units: list, n_queries: int, alg: dict, ref_args: dict, sample: dict):
+    def run(
+        self, design: str, engine: str, units: list, n_queries: int, alg: dict, ref_args: dict, sample: dict, passes=1
+    ):
         """Time one shard: ``units`` are ``(problem index, chunk, replicates, seed entropy)`` blocks,
-        or for the reference ``(problem index, run, 1, seed entropy)`` single runs.
+        ``passes`` equal passes of them one after another (batched: one engine batch per pass), or
+        for the reference ``(problem index, run, 1, seed entropy)`` single runs.
 
         Returns the shard's start and finish (epoch seconds), its CPU seconds and, per run, the
         last query's values (``RUN_COLUMNS``)."""
@@ -115,7 +122,19 @@ class ShardWorker:
         t0, c0 = time.time(), time.process_time()
         threads = self.info["threads"]  # the worker's CPUs (simulate's own default is one thread)
         if engine == "batched":
-            tables = simulate_batch(blocks, "gpbo", n_queries, response_mode=mode, hyperparameters=alg, threads=threads)
+            per = len(blocks) // passes
+            tables = [
+                t
+                for k in range(passes)
+                for t in simulate_batch(
+                    blocks[k * per : (k + 1) * per],
+                    "gpbo",
+                    n_queries,
+                    response_mode=mode,
+                    hyperparameters=alg,
+                    threads=threads,
+                )
+            ]
         elif engine == "apart":
             tables = [
                 simulate(
@@ -192,12 +211,15 @@ def measure(workers: list, design: Design, engine: str, seed: int, where: tuple,
         ]
         ents = [[entropy(seed, design.name, *where, engine, s, r) for _, r, _ in u] for s, u in enumerate(shards)]
     else:
-        shards = shard_units(design.n_problems, design.n_reps, n)
+        base = shard_units(design.n_problems, design.n_reps, n)
+        n_chunks = 1 + max(c for units in base for _, c, _ in units)
+        # pass k's blocks are chunks k * n_chunks + c: their own seeds, and their own runs in the comparison
+        shards = [[(p, k * n_chunks + c, r) for k in range(design.passes) for p, c, r in units] for units in base]
         ents = [[entropy(seed, design.name, *where, p, c) for p, c, _ in units] for units in shards]
     specs = [[(*u, e) for u, e in zip(units, es)] for units, es in zip(shards, ents)]
     t = time.perf_counter()
     refs = [
-        w.run.remote(design.name, engine, units, design.n_queries, alg, ref_args, sample)
+        w.run.remote(design.name, engine, units, design.n_queries, alg, ref_args, sample, design.passes)
         for w, units in zip(workers, specs)
         if units
     ]
