@@ -389,7 +389,7 @@ def test_gpbo_queries_the_same_points_with_and_without_screening():
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
 
 
-@pytest.mark.parametrize("b", [1, 11])
+@pytest.mark.parametrize("b", [8, 11])
 def test_compiled_refit_gradient_equals_the_torch_path(b):
     """The compiled refit routine (neuro_opt/gp/_refit_terms.c) gives the torch path's gradient and
     MLL on a lattice, with replicates padded to different sizes and a batch that is not a whole
@@ -405,12 +405,13 @@ def test_compiled_refit_gradient_equals_the_torch_path(b):
         gp.observe(pts, rng.random(b))
     data = gp._collapsed()
     data["bin"] = gp._pair_bins(data)
-    assert b == 1 or int(gp.n_slots.min()) < data["mask"].shape[1]  # padding
+    assert int(gp.n_slots.min()) < data["mask"].shape[1]  # padding
+    assert not gp._compiled(7, 10, data["r"])  # smaller batches (online use) keep the torch path
     raw = torch.tensor(rng.normal(0, 1, (b, 4)))
     d_fast = dict(data)
     mll_fast, fast = gp.mll_and_grad(d_fast, raw)
     assert "n_slots" in d_fast and "bin_lower" not in d_fast
-    gp.COMPILED_MAX_U = gp.COMPILED_SMALL_B_MAX_U = 0  # this instance only: the torch path
+    gp.COMPILED_MAX_U = 0  # this instance only: the torch path
     mll_ref, ref = gp.mll_and_grad(dict(data), raw)
     assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9) and torch.allclose(mll_fast, mll_ref, rtol=1e-11, atol=1e-9)
     U = data["mask"].shape[1]
@@ -421,7 +422,7 @@ def test_compiled_refit_gradient_equals_the_torch_path(b):
     assert refit_terms.terms(*args) is None
 
 
-@pytest.mark.parametrize("b", [1, 11])
+@pytest.mark.parametrize("b", [8, 11])
 def test_compiled_posterior_equals_the_torch_path(b):
     """The compiled posterior (one factor and triangular solve per replicate, over the points in
     chunks of 128) equals the torch path's, on a 144-point grid with padded replicates."""
@@ -435,7 +436,7 @@ def test_compiled_posterior_equals_the_torch_path(b):
         gp.fit()
     assert gp._compiled_posterior(gp._collapsed(), gp.outputscale) is not None  # the compiled path runs
     mean, var = gp.posterior()
-    gp.COMPILED_MAX_U = gp.COMPILED_SMALL_B_MAX_U = 0  # this instance only: the torch path
+    gp.COMPILED_MAX_U = 0  # this instance only: the torch path
     assert gp._compiled_posterior(gp._collapsed(), gp.outputscale) is None
     mean_ref, var_ref = gp.posterior()
     assert torch.allclose(mean, mean_ref, rtol=0, atol=1e-10) and torch.allclose(var, var_ref, rtol=0, atol=1e-10)

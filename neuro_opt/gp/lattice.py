@@ -119,7 +119,7 @@ class LatticeKernel(_Engine):
         U = int(self.n_slots.max())
         assert self.slot_bins is not None  # called only with the cache
         if self.b == 1:
-            return self.slot_bins[0, :, :U].index_select(0, pts[0])[None]
+            return self.slot_bins[0].index_select(0, pts[0])[None, :, :U]  # whole rows: index_select's fast path
         return self.slot_bins[:, :, :U][torch.arange(self.b, device=pts.device)[:, None], pts]  # copies U of each row
 
     @staticmethod

@@ -177,16 +177,17 @@ class MarginalLikelihood(_Engine):
         mll = self._mll_value(data, (rv * alpha).sum(-1), half_logdet, s2) if with_mll else None
         return mll, grad
 
-    # The compiled routine (neuro_opt/gp/refit_terms.py) takes the refit's gradient on a lattice up to
-    # COMPILED_MAX_U unique points. It runs LANES = 8 replicates per pass, so a batch smaller than a
-    # pass pays for unused lanes: there it runs only up to COMPILED_SMALL_B_MAX_U, where it still beats
-    # torch's per-call costs (online use: one replicate).
-    COMPILED_MAX_U, COMPILED_SMALL_B_MAX_U = 128, 64
+    # The compiled routine (neuro_opt/gp/refit_terms.py) takes the refit's gradient on a lattice for
+    # batches of at least COMPILED_MIN_B replicates of at most COMPILED_MAX_U unique points. It runs
+    # 8 replicates per pass in SIMD lanes, so a smaller batch (online use: one replicate) would pay for
+    # idle lanes; it keeps the torch path.
+    COMPILED_MIN_B, COMPILED_MAX_U = 8, 128
 
     def _compiled(self, b: int, U: int, like: torch.Tensor) -> bool:
         """Whether the refit's gradient on a lattice (``b`` replicates, ``U`` unique points) runs compiled."""
         return (
-            U <= (self.COMPILED_MAX_U if b >= 8 else self.COMPILED_SMALL_B_MAX_U)
+            b >= self.COMPILED_MIN_B
+            and U <= self.COMPILED_MAX_U
             and like.device.type == "cpu"
             and like.dtype == torch.float64
             and not like.requires_grad
