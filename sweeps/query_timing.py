@@ -106,10 +106,12 @@ def prepare_queries(
         gp.fit()
         if gp.mode == "variable" and gp.fit_tol > 0:
             # a refit that stops at convergence costs what the state of its hyperparameters makes it
-            # cost: bring them where `history` earlier refits would have (a refit that stops early),
-            # not one refit away from the initial values
+            # cost: bring them where `history` earlier refits would have, converged (a refit whose
+            # first step already moved the MLL by <= fit_tol), not one refit away from the initial
+            # values. A refit that merely stops early is not enough: one slow step (a parameter
+            # turning around) stops it while another parameter is still far from its optimum.
             for _ in range(SETUP_REFITS):
-                if int(gp.last_fit_steps.max()) < gp.fit_steps:
+                if int(gp.last_fit_steps.max()) <= 1:
                     break
                 gp.fit()
     x = opt.ask()

@@ -330,3 +330,21 @@ def test_bad_rounds_stops_before_any_work(exp, value):
     with pytest.raises(ConfigError, match=r"params\.rounds=") as info:
         build_cells(cfg, [f"+exp={exp}", f"params.rounds={value}"])
     assert "\n" not in str(info.value) and "integer >= 1" in str(info.value)
+
+
+def test_latency_setup_brings_a_converging_refit_to_convergence():
+    """With fit_tol, the timed queries start where a real run's earlier refits would have left the
+    hyperparameters: the setup refits until one stops after its first step (not merely early), so
+    the timed queries' refits mostly stop early, as at the end of a real run."""
+    from omegaconf import OmegaConf
+
+    from sweeps.query_timing import prepare_queries, time_round
+
+    alg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "algorithm" / "gpbo.yaml"))
+    medians = []
+    for seed in range(4):
+        prep = prepare_queries({**alg, "fit_steps": 10, "fit_tol": 0.05}, 1000, 3, 200, capacity=8, seed=seed)
+        assert prep.opt.gp.last_fit_steps.tolist() == [1]
+        steps = time_round(prep, repeats=6, warmup=1, max_seconds=60.0)["fit_steps"]
+        medians.append(float(np.median(steps)))
+    assert np.mean(medians) <= 4.0, medians

@@ -204,6 +204,9 @@ def test_image_pins_every_dependency_of_pyproject_within_its_range():
     ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().split()
     for copied in ("neuro_opt", "sweeps", "hardware", "conf"):
         assert f"COPY --chown=ray:users {copied} ./{copied}" in dockerfile and f"!{copied}/" in ignore
+    # setup.py builds the compiled refit routine: copied, with a compiler, and checked to load
+    assert "setup.py" in dockerfile.split("COPY --chown=ray:users pyproject.toml")[1].splitlines()[0] and "!setup.py" in ignore
+    assert " gcc " in dockerfile and "refit_terms.available()" in dockerfile
 
 
 def _published_ports(service: dict) -> list[tuple[str, str]]:
