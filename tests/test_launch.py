@@ -220,9 +220,12 @@ def test_interrupted_launch_ends_killed_in_one_line_and_resumes_its_own_parent(t
     assert n_cells == 6  # 2 muscles x 3 noise levels
     run_dir, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    # a terminal's Ctrl-C reaches a launch whose SIGINT is at its default, also when this suite itself runs
+    # as a background job (which starts with SIGINT ignored, and its children would inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *SLOW, "cluster.num_cpus=1",
                              f"hydra.run.dir={run_dir}", f"tracking.uri={uri}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while len(list((run_dir / "results").glob("*.parquet"))) < 2 and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
