@@ -293,12 +293,10 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         b, U = data["mask"].shape
         if self.slot_bins is None or not self._compiled(b, U, data["r"]):
             return None
-        noise = self.noise
         table = self._kernel_bins(self.lengthscale) * os_[:, None]
-        diag = data["mask"] * (noise * noise)[:, None] / data["cnt"] + (1.0 - data["mask"])
-        n_slots = data["mask"].sum(-1).long()
+        diag = self._noise_diagonal(data, self.noise)
         return refit_terms.posterior_sums(
-            n_slots, self._pair_bins(data), table, diag, data["r"], self.slot_bins[:, :, :U]
+            data["n_slots"], self._pair_bins(data), table, diag, data["r"], self.slot_bins[:, :, :U]
         )
 
     def _grow(self, capacity: int) -> None:

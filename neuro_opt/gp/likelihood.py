@@ -47,7 +47,7 @@ class MarginalLikelihood(_Engine):
         # with any other slot is exactly 0 in float64, so no masking is needed in the refit
         far = 1e6 * (1.0 + torch.arange(U, device=self.X.device, dtype=self.X.dtype))[None, :, None]
         Xu = torch.where(mask[..., None] > 0, self.X[pts], far.expand(self.b, U, self.d))
-        return dict(Xu=Xu, mask=mask, cnt=cnt, r=(ybar - prior_u) * mask, ss=ss)
+        return dict(Xu=Xu, mask=mask, cnt=cnt, r=(ybar - prior_u) * mask, ss=ss, n_slots=self.n_slots.clone())
 
     def _chol(
         self, data: dict[str, torch.Tensor], ls: torch.Tensor, noise: torch.Tensor, os_: torch.Tensor
@@ -56,7 +56,7 @@ class MarginalLikelihood(_Engine):
         Every caller solves with the factor (torch.linalg.solve_triangular reads only the lower
         triangle): above INPLACE_MIN_U unique points it is LAPACK's in-place factor, whose strict
         upper triangle still holds the covariance."""
-        mask, cnt = data["mask"], data["cnt"]
+        mask = data["mask"]
 
         def covariance() -> torch.Tensor:
             if self.lattice is not None:  # kernel per offset bin, gathered; padding pairs get 0
@@ -66,7 +66,7 @@ class MarginalLikelihood(_Engine):
                 Xu = data["Xu"]
                 K = matern52(Xu, Xu, ls)
                 K = os_[:, None, None] * K * (mask[:, :, None] * mask[:, None, :])
-            K.diagonal(dim1=-2, dim2=-1).add_(mask * (noise * noise)[:, None] / cnt + (1.0 - mask))
+            K.diagonal(dim1=-2, dim2=-1).add_(self._noise_diagonal(data, noise))
             return K
 
         K = covariance()
@@ -82,6 +82,13 @@ class MarginalLikelihood(_Engine):
             )
 
         return safe_cholesky(K, self.max_jitter, "GP covariance", info), data["r"]
+
+    @staticmethod
+    def _noise_diagonal(data: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        """What the noise adds to the covariance's diagonal: ``noise^2 / count`` at each unique slot, 1
+        at padding slots (``b x U``)."""
+        mask = data["mask"]
+        return mask * (noise * noise)[:, None] / data["cnt"] + (1.0 - mask)
 
     def mll_and_grad(
         self, data: dict[str, torch.Tensor], raw: torch.Tensor, with_mll: bool = True
@@ -100,7 +107,6 @@ class MarginalLikelihood(_Engine):
             data["inv_cnt"], data["pad_diag"] = mask / cnt, 1.0 - mask
             data["half_cm1"] = (mask * (-0.5 * (cnt - 1))).sum(-1)
             data["ss_sum"] = data["ss"].sum(-1)
-            data["n_slots"] = mask.sum(-1).long()
         sig = torch.sigmoid(raw)
         val = self._raw_lo + self._raw_span * sig  # Interval.transform of each packed parameter
         ls, noise, os_ = val[:, :d], val[:, d], val[:, d + 1]
@@ -123,28 +129,30 @@ class MarginalLikelihood(_Engine):
         else:
             kb = kb - torch.diag_embed(1.0 - mask)  # ... and 0 on it
 
+        diag = data["inv_cnt"] * s2[:, None] + data["pad_diag"]
+
         def noisy_covariance() -> torch.Tensor:
             if "bin" in data:
                 Kn = self._lookup(kb_bins * os_[:, None], data["bin"])  # padding pairs, diagonal included: 0
             else:
                 Kn = os_[:, None, None] * kb
-            Kn.diagonal(dim1=-2, dim2=-1).add_(data["inv_cnt"] * s2[:, None] + data["pad_diag"])
+            Kn.diagonal(dim1=-2, dim2=-1).add_(diag)
             return Kn
 
         rv = data["r"]
         dcorr_ds2 = data["half_cm1"] / s2 + data["ss_sum"] / (2 * s2 * s2)
         Wb = None
         if "bin" in data and self._compiled(b, U, rv):
-            diag = data["inv_cnt"] * s2[:, None] + data["pad_diag"]
             out = refit_terms.terms(data["n_slots"], data["bin"], kb_bins * os_[:, None], diag, rv)
-            if out is not None:  # else a factor needs jitter: the torch path below
+            if out is not None:  # else a factor needs jitter: the torch paths below
                 Wb, dW, alpha, half_logdet = out
-        Kn = noisy_covariance() if Wb is None else None
-        if Kn is not None and "bin" in data and self._in_place(Kn):
-            Wb, dW, alpha, half_logdet = self._lower_triangle_w(data, Kn, rv)
-            if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
-                Kn = noisy_covariance()
-        if Kn is not None and Wb is None:
+        if Wb is None:
+            Kn = noisy_covariance()
+            if "bin" in data and self._in_place(Kn):
+                Wb, dW, alpha, half_logdet = self._lower_triangle_w(data, Kn, rv)
+                if Wb is None:  # a factor needs jitter: the torch path below, on a fresh copy
+                    Kn = noisy_covariance()
+        if Wb is None:
 
             def info(q: int) -> str:
                 return f"lengthscale={ls[q].tolist()}, noise={float(noise[q]):.3g}, outputscale={float(os_[q]):.3g}"
