@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-SETUP_REFITS = 50  # untimed refits at most, to bring a converging refit's hyperparameters to convergence
+SETUP_REFITS = 200  # untimed full refits at most, to bring a converging refit's hyperparameters to convergence
 
 
 def grid_space(n_points: int, n_dims: int):
@@ -105,15 +105,7 @@ def prepare_queries(
         opt.t = history  # the optimizer is past its random start: every query below uses the model
         gp.fit()
         if gp.mode == "variable" and gp.fit_tol > 0:
-            # a refit that stops at convergence costs what the state of its hyperparameters makes it
-            # cost: bring them where `history` earlier refits would have, converged (a refit whose
-            # first step already moved the MLL by <= fit_tol), not one refit away from the initial
-            # values. A refit that merely stops early is not enough: one slow step (a parameter
-            # turning around) stops it while another parameter is still far from its optimum.
-            for _ in range(SETUP_REFITS):
-                if int(gp.last_fit_steps.max()) <= 1:
-                    break
-                gp.fit()
+            _converge(gp)
     x = opt.ask()
     _sync(device)
     return Prepared(opt=opt, x=x, f=f, rng=rng, device=device, n_unique=int(len(np.unique(pts))))
@@ -155,6 +147,28 @@ def time_round(prep: Prepared, repeats: int, warmup: int, max_seconds: float) ->
     if prep.n_timed is None:
         prep.n_timed = len(out["ms_query"])
     return out
+
+
+def _converge(gp) -> None:
+    """Bring a converging refit's hyperparameters (``fit_tol`` > 0) to where ``history`` earlier refits
+    would have brought them: converged, not one refit away from the initial values, since a refit
+    that stops at convergence costs what the state of its hyperparameters makes it cost.
+
+    Untimed refits of all ``fit_steps`` Adam steps each, until one whole refit moves the log marginal
+    likelihood by <= ``fit_tol`` (at most SETUP_REFITS). A refit that merely stops early is not
+    enough: one step that overshoots a parameter's optimum can change the likelihood by less than
+    ``fit_tol`` while another parameter is still climbing, many nats from its optimum.
+    """
+    tol = gp.fit_tol
+    gp.fit_tol = 0.0
+    try:
+        for _ in range(SETUP_REFITS):
+            before = gp.mll()
+            gp.fit()
+            if float((gp.mll() - before).abs().max()) <= tol:
+                break
+    finally:
+        gp.fit_tol = tol
 
 
 def _respond(f: np.ndarray, rng: np.random.Generator, x) -> np.ndarray:

@@ -259,6 +259,15 @@ class BatchGP(LatticeKernel, ScreenedArgmax, MarginalLikelihood):
         self.raw_ls, self.raw_noise, self.raw_os = raw[:, :d].clone(), raw[:, d].clone(), raw[:, d + 1].clone()
 
     @flush_denormals
+    def mll(self) -> torch.Tensor:
+        """``b`` exact log marginal likelihood of each replicate's observations at its current
+        hyperparameters (variable mode, after at least one observation): what :meth:`fit` ascends."""
+        if self.mode != "variable" or self.n == 0:
+            raise ValueError("mll() needs variable mode and at least one observation")
+        with torch.no_grad():
+            return self._mll(self._collapsed(), self.lengthscale, self.noise, self.outputscale)
+
+    @flush_denormals
     def posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent function at every point, ``b x P`` each."""
         if self.mode == "fixed":

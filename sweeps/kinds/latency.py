@@ -14,8 +14,8 @@ observations for every value of that axis (``params.values[axis]``), the other t
    observations straight into its engine (``BatchGP.observe``) at distinct random points (all
    distinct while ``history <= n_points``: the worst case, since a real run repeats points and
    the engine collapses repeats), then one untimed refit; with a refit that stops at convergence
-   (``fit_tol`` > 0), untimed refits until one stops after its first step (at most
-   ``SETUP_REFITS``): the converged state the
+   (``fit_tol`` > 0), untimed refits of all ``fit_steps`` steps until one moves the log marginal
+   likelihood by <= ``fit_tol`` (at most ``SETUP_REFITS``): the converged state the
    hyperparameters of a real ``history``-th query are in after as many refits, not one refit away
    from their initial values. The history cell also times, for each
    length in ``params.run_history``, the query after an actual GP-BO run of that length on the
