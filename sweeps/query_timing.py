@@ -162,11 +162,13 @@ def _converge(gp) -> None:
     tol = gp.fit_tol
     gp.fit_tol = 0.0
     try:
+        before = gp.mll()
         for _ in range(SETUP_REFITS):
-            before = gp.mll()
             gp.fit()
-            if float((gp.mll() - before).abs().max()) <= tol:
+            after = gp.mll()
+            if float((after - before).abs().max()) <= tol:
                 break
+            before = after
     finally:
         gp.fit_tol = tol
 
