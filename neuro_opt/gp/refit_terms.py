@@ -18,6 +18,7 @@ import os
 import torch
 
 _LIB = None
+LANES, CHUNK = 8, 128  # as in _refit_terms.c: replicates per pass, points per posterior solve
 
 
 def _lib():
@@ -70,7 +71,7 @@ def terms(
     f64 = dict(dtype=torch.float64)
     Wb, dW, alpha = torch.empty(b, T, **f64), torch.empty(b, U, **f64), torch.empty(b, U, **f64)
     half_logdet, status = torch.empty(b, **f64), torch.empty(b, dtype=torch.int64)
-    work = torch.empty(8 * (2 * U * U + U), **f64)  # LANES = 8 replicates' factor, inverse and alpha
+    work = torch.empty(LANES * (2 * U * U + U), **f64)  # each lane's factor, inverse and alpha
     ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (*args, Wb, dW, alpha, half_logdet, status, work)]
     lib.refit_terms(b, U, T, *ptrs)
     if bool((status != 0).any()):
@@ -109,7 +110,7 @@ def posterior_sums(
         cross = cross.contiguous()
     f64 = dict(dtype=torch.float64)
     yv, vv, status = torch.empty(b, P, **f64), torch.empty(b, P, **f64), torch.empty(b, dtype=torch.int64)
-    work = torch.empty(8 * (U * U + U + U * 128), **f64)  # LANES = 8 replicates' factor, y and CHUNK solves
+    work = torch.empty(LANES * (U * U + U + U * CHUNK), **f64)  # each lane's factor, y and solves
     ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (*args, cross, yv, vv, status, work)]
     lib.posterior_terms(b, U, T, P, cross.stride(1), *ptrs)
     if bool((status != 0).any()):
